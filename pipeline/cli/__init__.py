@@ -1,0 +1,25 @@
+"""`transcribe-batch`: the command line. Each sub-module registers its own commands on `app`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="transcribe-batch",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help=(
+        "Batch speech transcription with Qwen2-Audio-7B-Instruct on Sophgo BM1684X cards (bmodel) or GPUs.\n\n"
+        "Typical flow: [bold]manifest[/bold] (build a JSONL manifest) → [bold]run[/bold] (one Ray actor per card, "
+        "Parquet results, resumable) → [bold]eval[/bold] (WER, speed, side-by-side runs)."
+    ),
+)
+
+from . import devices, evaluate, manifest, run  # noqa: E402  (each registers its commands)
+
+for _module in (run, devices, evaluate, manifest):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

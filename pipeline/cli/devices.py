@@ -1,0 +1,7 @@
+"""`transcribe-batch devices` (being written)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

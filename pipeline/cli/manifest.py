@@ -1,0 +1,7 @@
+"""`transcribe-batch manifest` (being written)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

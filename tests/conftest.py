@@ -1,0 +1,40 @@
+"""Shared test fixtures: the project's shared data (real recordings, the real model's tokenizer/configs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TRANSCRIBE_BATCH_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared data not found at {SHARED} (set TRANSCRIBE_BATCH_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def audio_dir(shared_dir: Path) -> Path:
+    return shared_dir / "audio"
+
+
+@pytest.fixture(scope="session")
+def audio_manifest(audio_dir: Path) -> Path:
+    return audio_dir / "manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def audio_rows(audio_manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in audio_manifest.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def model_dir(shared_dir: Path) -> Path:
+    """The real Qwen2-Audio-7B-Instruct tokenizer and configs (no weights)."""
+    return shared_dir / "qwen2-audio-7b-instruct"
