@@ -1,0 +1,110 @@
+"""Whisper-style log-mel features exactly as Qwen2-Audio's WhisperFeatureExtractor makes them, in numpy.
+
+The window (chunk_length, feature_size, n_fft, hop_length) is read from the model folder's preprocessor_config.json:
+the real model takes 30 s → 3000 frames, a tiny test model may take 2 s → 200 frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    feature_size: int = 128  # mel bins
+    sampling_rate: int = 16000
+    hop_length: int = 160
+    n_fft: int = 400
+    chunk_length: int = 30  # seconds in the encoder's fixed window
+    padding_value: float = 0.0
+
+    @property
+    def n_samples(self) -> int:
+        return self.chunk_length * self.sampling_rate
+
+    @property
+    def n_frames(self) -> int:
+        return self.n_samples // self.hop_length
+
+    @property
+    def max_audio_s(self) -> float:
+        return float(self.chunk_length)
+
+    @property
+    def max_audio_tokens(self) -> int:
+        return audio_token_count(self.n_frames)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | os.PathLike | None) -> "FeatureConfig":
+        """Qwen2-Audio's values when there is no folder or no preprocessor_config.json in it."""
+        if model_dir is None:
+            return cls()
+        path = Path(model_dir) / "preprocessor_config.json"
+        if not path.is_file():
+            return cls()
+        cfg = json.loads(path.read_text())
+        fields = {k: cfg[k] for k in ("feature_size", "sampling_rate", "hop_length", "n_fft", "chunk_length") if k in cfg}
+        if "padding_value" in cfg:
+            fields["padding_value"] = float(cfg["padding_value"])
+        return cls(**fields)
+
+
+def audio_token_count(n_valid_frames: int) -> int:
+    """Audio tokens after the encoder's conv (stride 2) and avg-pool (stride 2), as Qwen2AudioProcessor counts them."""
+    conv = (n_valid_frames - 1) // 2 + 1
+    return max(0, (conv - 2) // 2 + 1)
+
+
+def valid_frames(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
+    """Frames marked real in the attention mask (the mask is the sample mask taken every hop, capped at the window)."""
+    return min(-(-n_samples // cfg.hop_length), cfg.n_frames)
+
+
+def n_audio_tokens(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
+    return audio_token_count(valid_frames(n_samples, cfg))
+
+
+@lru_cache(maxsize=8)
+def mel_filters(sampling_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Slaney-scale, Slaney-normalized triangular filters [n_mels, 1 + n_fft // 2] (Whisper's / HF's bank)."""
+    import librosa
+
+    return librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sampling_rate / 2,
+                               htk=False, norm="slaney", dtype=np.float64)
+
+
+@lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic, as torch.hann_window
+
+
+def log_mel(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """(features [feature_size, n_frames] float32, mask [n_frames] int32) for 16 kHz mono audio no longer than the window.
+
+    Zero-pads to the window, STFT with centre reflect padding, power spectrum, mel, log10 clamped at 1e-10, floor at
+    max − 8, then (x + 4) / 4 — WhisperFeatureExtractor with padding="max_length" and return_attention_mask=True.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio [n_samples], got shape {audio.shape}")
+    if audio.size > cfg.n_samples:
+        raise ValueError(f"{audio.size / cfg.sampling_rate:.2f} s of audio does not fit the {cfg.chunk_length} s window; split it first")
+    padded = np.full(cfg.n_samples, cfg.padding_value, dtype=np.float64)
+    padded[: audio.size] = audio
+    half = cfg.n_fft // 2
+    padded = np.pad(padded, (half, half), mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length][: cfg.n_frames]
+    power = np.abs(np.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)) ** 2  # [n_frames, 1 + n_fft // 2]
+    mel = mel_filters(cfg.sampling_rate, cfg.n_fft, cfg.feature_size) @ power.T
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    features = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    mask = np.zeros(cfg.n_frames, dtype=np.int32)
+    mask[: valid_frames(audio.size, cfg)] = 1
+    return features, mask
