@@ -1,0 +1,638 @@
+#include "runtime.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "dtype.h"
+
+namespace tbn {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string shape_str(const bm_shape_t &s) {
+  std::ostringstream o;
+  o << "[";
+  for (int i = 0; i < s.num_dims; ++i) o << (i ? "," : "") << s.dims[i];
+  o << "]";
+  return o.str();
+}
+
+uint64_t elements(const bm_shape_t &s) {
+  uint64_t n = 1;
+  for (int i = 0; i < s.num_dims; ++i) n *= static_cast<uint64_t>(s.dims[i]);
+  return n;
+}
+
+Counters minus(const Counters &a, const Counters &b) {
+  Counters d;
+  d.h2d_bytes = a.h2d_bytes - b.h2d_bytes;
+  d.d2h_bytes = a.d2h_bytes - b.d2h_bytes;
+  d.d2d_bytes = a.d2d_bytes - b.d2d_bytes;
+  d.h2d_calls = a.h2d_calls - b.h2d_calls;
+  d.d2h_calls = a.d2h_calls - b.d2h_calls;
+  d.d2d_calls = a.d2d_calls - b.d2d_calls;
+  d.launches = a.launches - b.launches;
+  return d;
+}
+
+uint64_t addr(const bm_device_mem_t &m) { return bm_mem_get_device_addr(m); }
+
+// The additive "hidden" value of the text nets' masks, as the compiled graphs expect it.
+void fill_mask_value(bm_data_type_t t, void *dst, size_t i, bool hidden) {
+  if (t == BM_FLOAT32) {
+    static_cast<float *>(dst)[i] = hidden ? -10000.0f : 0.0f;
+  } else if (t == BM_FLOAT16) {
+    static_cast<uint16_t *>(dst)[i] = hidden ? 0xF0E2 : 0;  // -10000 (≈-9984 after rounding) in f16
+  } else {
+    static_cast<uint16_t *>(dst)[i] = hidden ? 0xC61C : 0;  // -9984 in bf16
+  }
+}
+
+}  // namespace
+
+struct Runtime::Impl {
+  Runtime &rt;
+  std::string path;
+  bm_handle_t handle = nullptr;
+  void *bmrt = nullptr;
+
+  const bm_net_info_t *embed = nullptr, *embed_cache = nullptr, *lm = nullptr, *audio = nullptr,
+                      *projector = nullptr, *greedy_head = nullptr;
+  std::vector<const bm_net_info_t *> blocks, caches;
+
+  bm_data_type_t states_dt = BM_BFLOAT16, mask_dt = BM_BFLOAT16, dmask_dt = BM_BFLOAT16;
+  bm_data_type_t feat_dt = BM_FLOAT32, amask_dt = BM_FLOAT32, audio_out_dt = BM_FLOAT32, lm_out_dt = BM_INT32;
+  size_t row_bytes = 0, kv_row_bytes = 0;
+  int seqlen = 0, hidden = 0, vocab = 0, audio_rows = 0, n_mels = 0, n_frames = 0;
+  bool greedy = true, has_audio_mask = false;
+  bm_shape_t amask_shape{};
+
+  bm_device_mem_t states_buf{}, pos_buf{}, mask_buf{}, dpos_buf{}, dmask_buf{};
+  std::vector<bm_device_mem_t> k_store, v_store;
+  std::vector<bm_device_mem_t> owned;
+
+  Impl(Runtime &r) : rt(r) {}
+
+  ~Impl() {
+    for (auto &m : owned) bm_free_device(handle, m);
+    if (bmrt) bmrt_destroy(bmrt);
+    if (handle) bm_dev_free(handle);
+  }
+
+  [[noreturn]] void layout_error(const std::string &what) const {
+    throw LayoutError("bmodel " + path + ": " + what);
+  }
+
+  void check(bm_status_t s, const char *what) const {
+    if (s != BM_SUCCESS) throw DeviceError(std::string(what) + " failed (bm_status " + std::to_string(s) + ")");
+  }
+
+  bm_device_mem_t alloc(size_t bytes, const char *what) {
+    bm_device_mem_t m{};
+    check(bm_malloc_device_byte(handle, &m, static_cast<unsigned int>(bytes)), what);
+    owned.push_back(m);
+    return m;
+  }
+
+  // ---- counted transfers -------------------------------------------------------------------------------------
+  void h2d(bm_device_mem_t dst, size_t offset, const void *src, size_t size) {
+    check(bm_memcpy_s2d_partial_offset(handle, dst, const_cast<void *>(src), static_cast<unsigned int>(size),
+                                       static_cast<unsigned int>(offset)),
+          "host-to-device copy");
+    rt.counters_.h2d_bytes += size;
+    rt.counters_.h2d_calls += 1;
+  }
+  void d2h(void *dst, bm_device_mem_t src, size_t offset, size_t size) {
+    check(bm_memcpy_d2s_partial_offset(handle, dst, src, static_cast<unsigned int>(size),
+                                       static_cast<unsigned int>(offset)),
+          "device-to-host copy");
+    rt.counters_.d2h_bytes += size;
+    rt.counters_.d2h_calls += 1;
+  }
+  void d2d(bm_device_mem_t dst, size_t dst_off, bm_device_mem_t src, size_t src_off, size_t size) {
+    if (addr(dst) + dst_off == addr(src) + src_off) return;  // nets sharing an io buffer
+    check(bm_memcpy_d2d_byte(handle, dst, dst_off, src, src_off, size), "device-to-device copy");
+    rt.counters_.d2d_bytes += size;
+    rt.counters_.d2d_calls += 1;
+  }
+
+  void launch(const bm_net_info_t *net, const std::vector<std::pair<int, bm_device_mem_t>> &inputs = {}) {
+    const auto &st = net->stages[0];
+    std::vector<bm_tensor_t> in(net->input_num), out(net->output_num);
+    for (int i = 0; i < net->input_num; ++i)
+      bmrt_tensor_with_device(&in[i], st.input_mems[i], net->input_dtypes[i], st.input_shapes[i]);
+    for (const auto &kv : inputs)
+      bmrt_tensor_with_device(&in[kv.first], kv.second, net->input_dtypes[kv.first], st.input_shapes[kv.first]);
+    for (int i = 0; i < net->output_num; ++i)
+      bmrt_tensor_with_device(&out[i], st.output_mems[i], net->output_dtypes[i], st.output_shapes[i]);
+    if (!bmrt_launch_tensor_ex(bmrt, net->name, in.data(), net->input_num, out.data(), net->output_num, true, false))
+      throw DeviceError(std::string("launching net ") + net->name + " failed");
+    check(bm_thread_sync(handle), (std::string("running net ") + net->name).c_str());
+    rt.counters_.launches += 1;
+  }
+
+  // ---- introspection ----------------------------------------------------------------------------------------
+  const bm_net_info_t *find(const std::vector<std::string> &names, const std::vector<std::string> &candidates) {
+    for (const auto &c : candidates)
+      if (std::find(names.begin(), names.end(), c) != names.end()) return bmrt_get_network_info(bmrt, c.c_str());
+    return nullptr;
+  }
+
+  const bm_net_info_t *require(const std::vector<std::string> &names, const std::string &name,
+                               const std::string &role) {
+    auto *n = find(names, {name});
+    if (!n) {
+      std::string all;
+      for (const auto &x : names) all += (all.empty() ? "" : ", ") + x;
+      layout_error("missing net '" + name + "' (" + role + "); nets found: " + all);
+    }
+    return n;
+  }
+
+  static const bm_shape_t &in_shape(const bm_net_info_t *n, int i) { return n->stages[0].input_shapes[i]; }
+  static const bm_shape_t &out_shape(const bm_net_info_t *n, int i) { return n->stages[0].output_shapes[i]; }
+
+  void expect_io(const bm_net_info_t *n, int n_in, int n_out, const std::string &what) {
+    if (n->input_num != n_in || n->output_num != n_out)
+      layout_error("net " + std::string(n->name) + " has " + std::to_string(n->input_num) + " inputs and " +
+                   std::to_string(n->output_num) + " outputs; expected " + std::to_string(n_in) + " and " +
+                   std::to_string(n_out) + " (" + what + ")");
+  }
+
+  void expect_static_single_stage(const bm_net_info_t *n) {
+    if (n->is_dynamic)
+      layout_error("net " + std::string(n->name) +
+                   " is dynamic; this runtime drives static nets (compile without --dynamic)");
+    if (n->stage_num < 1) layout_error("net " + std::string(n->name) + " has no stage");
+  }
+
+  void introspect() {
+    int count = bmrt_get_network_number(bmrt);
+    const char **raw = nullptr;
+    bmrt_get_network_names(bmrt, &raw);
+    std::vector<std::string> names;
+    for (int i = 0; i < count; ++i) names.emplace_back(raw[i]);
+    free(raw);
+
+    for (const auto &name : names) {
+      const bm_net_info_t *n = bmrt_get_network_info(bmrt, name.c_str());
+      NetSummary s;
+      s.name = name;
+      s.is_dynamic = n->is_dynamic;
+      s.addr_mode = n->addr_mode;
+      s.stage_num = n->stage_num;
+      for (int i = 0; i < n->input_num; ++i) {
+        const auto &sh = in_shape(n, i);
+        s.inputs.push_back({n->input_names[i], dtype_name(n->input_dtypes[i]),
+                            std::vector<int>(sh.dims, sh.dims + sh.num_dims)});
+      }
+      for (int i = 0; i < n->output_num; ++i) {
+        const auto &sh = out_shape(n, i);
+        s.outputs.push_back({n->output_names[i], dtype_name(n->output_dtypes[i]),
+                             std::vector<int>(sh.dims, sh.dims + sh.num_dims)});
+      }
+      rt.nets_.push_back(std::move(s));
+    }
+
+    embed = require(names, "embedding", "token embeddings for the prompt");
+    embed_cache = require(names, "embedding_cache", "token embedding for one decoded token");
+    lm = require(names, "lm_head", "final norm + head");
+    audio = find(names, {"audio", "audio_encoder", "audio_ext_model", "audio_tower"});
+    if (!audio) layout_error("missing the audio encoder net (looked for 'audio', 'audio_encoder', 'audio_ext_model')");
+    projector = find(names, {"projector", "audio_projector"});
+    for (int i = 0;; ++i) {
+      auto *b = find(names, {"block_" + std::to_string(i)});
+      auto *c = find(names, {"block_cache_" + std::to_string(i)});
+      if (!b && !c) break;
+      if (!b) layout_error("net block_cache_" + std::to_string(i) + " has no matching block_" + std::to_string(i));
+      if (!c) layout_error("net block_" + std::to_string(i) + " has no matching block_cache_" + std::to_string(i));
+      blocks.push_back(b);
+      caches.push_back(c);
+    }
+    if (blocks.empty()) layout_error("no decoder layers (nets block_0 / block_cache_0 are missing)");
+
+    for (auto *n : {embed, embed_cache, lm, audio}) expect_static_single_stage(n);
+    if (projector) expect_static_single_stage(projector);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      expect_static_single_stage(blocks[i]);
+      expect_static_single_stage(caches[i]);
+    }
+
+    // text side
+    expect_io(embed, 1, 1, "token ids -> embeddings");
+    if (embed->input_dtypes[0] != BM_INT32 || embed_cache->input_dtypes[0] != BM_INT32)
+      layout_error("embedding nets must take INT32 token ids");
+    seqlen = in_shape(embed, 0).dims[in_shape(embed, 0).num_dims - 1];
+    const auto &eo = out_shape(embed, 0);
+    hidden = eo.dims[eo.num_dims - 1];
+    states_dt = embed->output_dtypes[0];
+    if (!is_float(states_dt)) layout_error("embedding output dtype " + dtype_name(states_dt) + " is not a float type");
+    row_bytes = static_cast<size_t>(hidden) * dtype_size(states_dt);
+    if (elements(eo) != static_cast<uint64_t>(seqlen) * hidden)
+      layout_error("embedding output " + shape_str(eo) + " is not [1," + std::to_string(seqlen) + ",hidden]");
+
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      auto *b = blocks[i];
+      auto *c = caches[i];
+      expect_io(b, 3, 3, "prefill layer: states, position_ids, mask -> states, k, v");
+      expect_io(c, 5, 3, "decode layer: states, position_id, mask, k history, v history -> states, k, v");
+      if (b->input_dtypes[1] != BM_INT32 || c->input_dtypes[1] != BM_INT32)
+        layout_error(std::string(b->name) + "/" + c->name + ": position ids must be INT32");
+      if (elements(in_shape(b, 0)) != static_cast<uint64_t>(seqlen) * hidden || b->input_dtypes[0] != states_dt)
+        layout_error(std::string(b->name) + " states input " + shape_str(in_shape(b, 0)) + " " +
+                     dtype_name(b->input_dtypes[0]) + " does not match the embedding output");
+      if (elements(in_shape(b, 2)) != static_cast<uint64_t>(seqlen) * seqlen)
+        layout_error(std::string(b->name) + " mask " + shape_str(in_shape(b, 2)) + " is not SEQLEN x SEQLEN (" +
+                     std::to_string(seqlen) + ")");
+      if (elements(in_shape(c, 2)) != static_cast<uint64_t>(seqlen) + 1)
+        layout_error(std::string(c->name) + " mask " + shape_str(in_shape(c, 2)) + " is not SEQLEN+1 (" +
+                     std::to_string(seqlen + 1) + ") slots");
+      for (int k = 1; k <= 2; ++k) {
+        const auto &ks = out_shape(b, k);
+        const auto &hs = in_shape(c, 2 + k);
+        const auto &ns = out_shape(c, k);
+        if (ks.num_dims < 2 || ks.dims[1] != seqlen || hs.num_dims < 2 || hs.dims[1] != seqlen)
+          layout_error(std::string(b->name) + " KV output " + shape_str(ks) + " / " + c->name + " history " +
+                       shape_str(hs) + ": the sequence must be dim 1 ([1,SEQLEN,kv_heads,head_dim])");
+        size_t kb = static_cast<size_t>(elements(ks) / seqlen) * dtype_size(b->output_dtypes[k]);
+        size_t hb = static_cast<size_t>(elements(hs) / seqlen) * dtype_size(c->input_dtypes[2 + k]);
+        size_t nb = static_cast<size_t>(elements(ns)) * dtype_size(c->output_dtypes[k]);
+        if (kb != hb || kb != nb || b->output_dtypes[k] != c->input_dtypes[2 + k])
+          layout_error(std::string(b->name) + "/" + c->name + ": KV row sizes differ (prefill " +
+                       std::to_string(kb) + " B, history " + std::to_string(hb) + " B, new " +
+                       std::to_string(nb) + " B)");
+        if (kv_row_bytes && kb != kv_row_bytes) layout_error("KV row size differs between layers");
+        kv_row_bytes = kb;
+      }
+      if (i == 0) {
+        mask_dt = b->input_dtypes[2];
+        dmask_dt = c->input_dtypes[2];
+      }
+      if (c->addr_mode != caches[0]->addr_mode) layout_error("decode layers use different addr_modes");
+      if (!is_float(b->input_dtypes[2]) || !is_float(c->input_dtypes[2]))
+        layout_error(std::string(b->name) + "/" + c->name + ": masks must be float (additive)");
+    }
+    if (caches[0]->addr_mode != 0 && caches[0]->addr_mode != 1)
+      layout_error("decode nets use addr_mode " + std::to_string(caches[0]->addr_mode) +
+                   "; supported: 0 (basic) and 1 (io_alone)");
+
+    // head
+    if (lm->input_num != 1 || lm->output_num < 1) layout_error("lm_head must have one input and at least one output");
+    if (elements(in_shape(lm, 0)) != static_cast<uint64_t>(hidden) || lm->input_dtypes[0] != states_dt)
+      layout_error("lm_head input " + shape_str(in_shape(lm, 0)) + " " + dtype_name(lm->input_dtypes[0]) +
+                   " is not one hidden row of " + dtype_name(states_dt));
+    lm_out_dt = lm->output_dtypes[0];
+    uint64_t lm_elems = elements(out_shape(lm, 0));
+    greedy = lm_elems == 1;
+    if (greedy) {
+      if (lm_out_dt != BM_INT32 && lm_out_dt != BM_FLOAT32)
+        layout_error("greedy lm_head output dtype " + dtype_name(lm_out_dt) + " (expected INT32)");
+    } else {
+      if (!is_float(lm_out_dt)) layout_error("lm_head logits dtype " + dtype_name(lm_out_dt) + " is not float");
+      vocab = static_cast<int>(lm_elems);
+      // a static greedy_head (argmax over the logits) keeps the token on the device; without one, argmax on host
+      greedy_head = find(names, {"greedy_head"});
+      if (greedy_head && (greedy_head->is_dynamic || greedy_head->input_num != 1 || greedy_head->output_num < 1 ||
+                          elements(in_shape(greedy_head, 0)) != lm_elems ||
+                          greedy_head->input_dtypes[0] != lm_out_dt || elements(out_shape(greedy_head, 0)) != 1 ||
+                          greedy_head->output_dtypes[0] != BM_INT32))
+        greedy_head = nullptr;
+    }
+
+    // audio side
+    if (audio->input_num < 1 || audio->input_num > 2 || audio->output_num < 1)
+      layout_error(std::string("audio net ") + audio->name + " must take (features[, mask]) and give embeddings");
+    const auto &fs = in_shape(audio, 0);
+    if (fs.num_dims < 2 || elements(fs) != static_cast<uint64_t>(fs.dims[fs.num_dims - 2]) * fs.dims[fs.num_dims - 1])
+      layout_error(std::string("audio net input ") + shape_str(fs) + " is not [1,n_mels,n_frames]");
+    n_mels = fs.dims[fs.num_dims - 2];
+    n_frames = fs.dims[fs.num_dims - 1];
+    feat_dt = audio->input_dtypes[0];
+    if (!is_float(feat_dt)) layout_error("audio features dtype " + dtype_name(feat_dt) + " is not float");
+    has_audio_mask = audio->input_num == 2;
+    if (has_audio_mask) {
+      amask_shape = in_shape(audio, 1);
+      amask_dt = audio->input_dtypes[1];
+      if (!is_float(amask_dt)) layout_error("audio mask dtype " + dtype_name(amask_dt) + " is not float (additive)");
+      int t = amask_shape.dims[amask_shape.num_dims - 1];
+      if (t != n_frames && t != (n_frames - 1) / 2 + 1)
+        layout_error("audio mask " + shape_str(amask_shape) + ": last dim must be the mel frames (" +
+                     std::to_string(n_frames) + ") or the encoder frames (" + std::to_string((n_frames - 1) / 2 + 1) +
+                     ")");
+    }
+    const bm_net_info_t *last = audio;
+    if (projector) {
+      if (projector->input_num != 1 || projector->output_num < 1) layout_error("projector must have one input");
+      if (elements(in_shape(projector, 0)) != elements(out_shape(audio, 0)) ||
+          projector->input_dtypes[0] != audio->output_dtypes[0])
+        layout_error("projector input " + shape_str(in_shape(projector, 0)) + " does not match audio output " +
+                     shape_str(out_shape(audio, 0)));
+      last = projector;
+    }
+    const auto &as = out_shape(last, 0);
+    if (as.dims[as.num_dims - 1] != hidden)
+      layout_error(std::string("audio embeddings ") + shape_str(as) + " from net " + last->name +
+                   " do not have the text hidden size " + std::to_string(hidden));
+    audio_rows = static_cast<int>(elements(as) / hidden);
+    audio_out_dt = last->output_dtypes[0];
+    if (!is_float(audio_out_dt)) layout_error("audio embeddings dtype " + dtype_name(audio_out_dt) + " is not float");
+
+    auto &L = rt.layout_;
+    L.seqlen = seqlen;
+    L.hidden = hidden;
+    L.n_layers = static_cast<int>(blocks.size());
+    L.kv_row_bytes = static_cast<int>(kv_row_bytes);
+    L.states_dtype = dtype_name(states_dt);
+    L.mask_dtype = dtype_name(mask_dt);
+    L.kv_dtype = dtype_name(caches[0]->input_dtypes[3]);
+    L.lm_head = greedy ? "greedy" : (greedy_head ? "logits+greedy_head" : "logits+host_argmax");
+    L.vocab = vocab;
+    L.audio_net = audio->name;
+    L.projector_net = projector ? projector->name : "";
+    L.n_mels = n_mels;
+    L.n_frames = n_frames;
+    L.audio_rows = audio_rows;
+    L.audio_mask = has_audio_mask ? shape_str(amask_shape) : "";
+    L.decode_addr_mode = caches[0]->addr_mode;
+  }
+
+  void allocate() {
+    size_t melt = dtype_size(mask_dt), dmelt = dtype_size(dmask_dt);
+    states_buf = alloc(static_cast<size_t>(seqlen) * row_bytes, "allocating the prompt states buffer");
+    pos_buf = alloc(static_cast<size_t>(seqlen) * 4, "allocating prefill positions");
+    mask_buf = alloc(static_cast<size_t>(seqlen) * seqlen * melt, "allocating the prefill mask");
+    dpos_buf = alloc(4, "allocating the decode position");
+    dmask_buf = alloc(static_cast<size_t>(seqlen + 1) * dmelt, "allocating the decode mask");
+    for (auto *c : caches) {
+      if (c->addr_mode == 1) {
+        // io_alone: each decode net owns its input memory, which persists between launches: keep the history there.
+        k_store.push_back(c->stages[0].input_mems[3]);
+        v_store.push_back(c->stages[0].input_mems[4]);
+      } else {
+        k_store.push_back(alloc(static_cast<size_t>(seqlen) * kv_row_bytes, "allocating the K cache"));
+        v_store.push_back(alloc(static_cast<size_t>(seqlen) * kv_row_bytes, "allocating the V cache"));
+      }
+      // never-written slots are masked, but must hold finite numbers (0 * NaN is NaN)
+      check(bm_memset_device(handle, 0, k_store.back()), "clearing the K cache");
+      check(bm_memset_device(handle, 0, v_store.back()), "clearing the V cache");
+    }
+  }
+
+  // The device memory holding the chosen token id (INT32) after lm_head (+ greedy_head), or nullptr when the
+  // argmax runs on the host.
+  const bm_device_mem_t *token_mem() const {
+    if (greedy) return lm_out_dt == BM_INT32 ? &lm->stages[0].output_mems[0] : nullptr;
+    return greedy_head ? &greedy_head->stages[0].output_mems[0] : nullptr;
+  }
+
+  int read_token() {
+    const auto &out = lm->stages[0].output_mems[0];
+    if (!greedy && greedy_head) {
+      auto &gi = greedy_head->stages[0].input_mems[0];
+      d2d(gi, 0, out, 0, static_cast<size_t>(vocab) * dtype_size(lm_out_dt));
+      launch(greedy_head);
+      int32_t v = 0;
+      d2h(&v, greedy_head->stages[0].output_mems[0], 0, 4);
+      return v;
+    }
+    if (greedy) {
+      int32_t v = 0;
+      d2h(&v, out, 0, 4);
+      if (lm_out_dt == BM_FLOAT32) {
+        float f;
+        std::memcpy(&f, &v, 4);
+        return static_cast<int>(f);
+      }
+      return v;
+    }
+    std::vector<uint8_t> buf(static_cast<size_t>(vocab) * dtype_size(lm_out_dt));
+    d2h(buf.data(), out, 0, buf.size());
+    int best = 0;
+    float best_v = load_float(lm_out_dt, buf.data(), 0);
+    for (int i = 1; i < vocab; ++i) {
+      float v = load_float(lm_out_dt, buf.data(), static_cast<size_t>(i));
+      if (v > best_v) { best_v = v; best = i; }  // first maximum, as torch.argmax
+    }
+    return best;
+  }
+
+  // Run the audio net (+ projector) and copy its first n rows over the prompt states at row `at`.
+  void encode_audio(const std::vector<float> &features, int n_valid_frames, int n_audio, int at) {
+    const auto &st = audio->stages[0];
+    size_t n_feat = static_cast<size_t>(n_mels) * n_frames;
+    std::vector<uint8_t> host(n_feat * dtype_size(feat_dt));
+    store_floats(feat_dt, features.data(), n_feat, host.data());
+    h2d(st.input_mems[0], 0, host.data(), host.size());
+    if (has_audio_mask) {
+      int t = amask_shape.dims[amask_shape.num_dims - 1];
+      int valid = t == n_frames ? n_valid_frames : (n_valid_frames - 1) / 2 + 1;
+      size_t n = elements(amask_shape);
+      std::vector<float> m(n);
+      for (size_t i = 0; i < n; ++i) m[i] = static_cast<int>(i % t) < valid ? 0.0f : rt_opts_mask_value;
+      std::vector<uint8_t> mh(n * dtype_size(amask_dt));
+      store_floats(amask_dt, m.data(), n, mh.data());
+      h2d(st.input_mems[1], 0, mh.data(), mh.size());
+    }
+    launch(audio);
+    bm_device_mem_t out = st.output_mems[0];
+    if (projector) {
+      d2d(projector->stages[0].input_mems[0], 0, out, 0, bm_mem_get_device_size(projector->stages[0].input_mems[0]));
+      launch(projector);
+      out = projector->stages[0].output_mems[0];
+    }
+    size_t n_elems = static_cast<size_t>(n_audio) * hidden;
+    if (audio_out_dt == states_dt) {
+      d2d(states_buf, static_cast<size_t>(at) * row_bytes, out, 0, n_elems * dtype_size(states_dt));
+    } else {  // a bmodel whose audio output was not quantized to the text dtype: convert once per request on host
+      std::vector<uint8_t> a(n_elems * dtype_size(audio_out_dt));
+      d2h(a.data(), out, 0, a.size());
+      std::vector<float> f(n_elems);
+      for (size_t i = 0; i < n_elems; ++i) f[i] = load_float(audio_out_dt, a.data(), i);
+      std::vector<uint8_t> s(n_elems * dtype_size(states_dt));
+      store_floats(states_dt, f.data(), n_elems, s.data());
+      h2d(states_buf, static_cast<size_t>(at) * row_bytes, s.data(), s.size());
+    }
+  }
+
+  float rt_opts_mask_value = -10000.0f;
+};
+
+Runtime::Runtime(const std::string &bmodel_path, int device_id, RuntimeOptions options)
+    : impl_(std::make_unique<Impl>(*this)), device_id_(device_id) {
+  auto &I = *impl_;
+  I.path = bmodel_path;
+  I.rt_opts_mask_value = options.audio_mask_value;
+  if (!std::ifstream(bmodel_path).good()) throw std::invalid_argument("bmodel not found or unreadable: " + bmodel_path);
+  bm_status_t s = bm_dev_request(&I.handle, device_id);
+  if (s != BM_SUCCESS) {
+    I.handle = nullptr;
+    throw DeviceError("cannot open BM1684X device " + std::to_string(device_id) + " (bm_dev_request returned " +
+                      std::to_string(s) + ")");
+  }
+  I.bmrt = bmrt_create(I.handle);
+  if (!I.bmrt) throw DeviceError("bmrt_create failed on device " + std::to_string(device_id));
+  if (options.share_mem) bmrt_set_flags(I.bmrt, BM_RUNTIME_SHARE_MEM);
+  if (!bmrt_load_bmodel(I.bmrt, bmodel_path.c_str()))
+    throw DeviceError("bmrt_load_bmodel failed for " + bmodel_path + " (not a bmodel for this chip/runtime?)");
+  I.introspect();
+  I.allocate();
+}
+
+Runtime::~Runtime() = default;
+
+Generation Runtime::generate(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                             const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                             const std::vector<int> &stop_ids, int max_new_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto &I = *impl_;
+  const int S = I.seqlen;
+
+  if (n_mels != I.n_mels || n_frames != I.n_frames)
+    throw std::invalid_argument("features are [" + std::to_string(n_mels) + "," + std::to_string(n_frames) +
+                                "]; the audio net takes [" + std::to_string(I.n_mels) + "," +
+                                std::to_string(I.n_frames) + "]");
+  if (features.size() != static_cast<size_t>(n_mels) * n_frames)
+    throw std::invalid_argument("features size does not match n_mels x n_frames");
+  if (n_valid_frames < 1 || n_valid_frames > n_frames)
+    throw std::invalid_argument("n_valid_frames " + std::to_string(n_valid_frames) + " outside 1.." +
+                                std::to_string(n_frames));
+  if (max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
+  if (n_audio_tokens < 1) throw std::invalid_argument("n_audio_tokens must be >= 1");
+  auto audio_pos = std::find(prompt_ids.begin(), prompt_ids.end(), audio_token_id);
+  if (audio_pos == prompt_ids.end() ||
+      std::count(prompt_ids.begin(), prompt_ids.end(), audio_token_id) != 1)
+    throw std::invalid_argument("prompt_ids must hold the audio token id " + std::to_string(audio_token_id) +
+                                " exactly once");
+  const int at = static_cast<int>(audio_pos - prompt_ids.begin());
+  const int L = static_cast<int>(prompt_ids.size()) - 1 + n_audio_tokens;
+  if (n_audio_tokens > I.audio_rows)
+    throw TooLong("audio of " + std::to_string(n_audio_tokens) + " tokens exceeds the audio net's " +
+                  std::to_string(I.audio_rows) + " (" + std::to_string(I.n_frames) + " mel frames)");
+  if (L + 1 > S)
+    throw TooLong("prompt of " + std::to_string(L) + " tokens (" + std::to_string(n_audio_tokens) +
+                  " audio) leaves no room for an answer within SEQLEN " + std::to_string(S));
+
+  Generation g;
+  g.prompt_len = L;
+  const Counters start = counters_;
+  const auto t0 = Clock::now();
+
+  // 1. text embeddings of the whole padded prompt (audio slots get id 0, overwritten below)
+  std::vector<int32_t> ids(static_cast<size_t>(S), 0);
+  for (int i = 0, j = 0; i < static_cast<int>(prompt_ids.size()); ++i) {
+    if (i == at) { j += n_audio_tokens; continue; }
+    ids[static_cast<size_t>(j++)] = prompt_ids[static_cast<size_t>(i)];
+  }
+  I.h2d(I.embed->stages[0].input_mems[0], 0, ids.data(), ids.size() * 4);
+  I.launch(I.embed);
+  I.d2d(I.states_buf, 0, I.embed->stages[0].output_mems[0], 0, static_cast<size_t>(S) * I.row_bytes);
+
+  // 2. audio encoder + projector, spliced over the <|AUDIO|> slots on the device
+  const auto ta = Clock::now();
+  I.encode_audio(features, n_valid_frames, n_audio_tokens, at);
+  g.encode_s = seconds_since(ta);
+
+  // 3. causal prefill, positions 0..L-1; prompt K/V into the decode history
+  std::vector<int32_t> pos(static_cast<size_t>(S), 0);
+  for (int i = 0; i < L; ++i) pos[static_cast<size_t>(i)] = i;
+  I.h2d(I.pos_buf, 0, pos.data(), pos.size() * 4);
+  {
+    std::vector<uint8_t> mask(static_cast<size_t>(S) * S * dtype_size(I.mask_dt));
+    for (int i = 0; i < S; ++i)
+      for (int j = 0; j < S; ++j)
+        fill_mask_value(I.mask_dt, mask.data(), static_cast<size_t>(i) * S + j, !(j <= i && i < L));
+    I.h2d(I.mask_buf, 0, mask.data(), mask.size());
+  }
+  bm_device_mem_t cur = I.states_buf;
+  const size_t kv_prompt = static_cast<size_t>(L) * I.kv_row_bytes;
+  for (size_t l = 0; l < I.blocks.size(); ++l) {
+    auto *b = I.blocks[l];
+    const auto &st = b->stages[0];
+    I.d2d(st.input_mems[0], 0, cur, 0, static_cast<size_t>(S) * I.row_bytes);
+    I.d2d(st.input_mems[1], 0, I.pos_buf, 0, static_cast<size_t>(S) * 4);
+    I.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(S) * S * dtype_size(I.mask_dt));
+    I.launch(b);
+    cur = st.output_mems[0];
+    I.d2d(I.k_store[l], 0, st.output_mems[1], 0, kv_prompt);
+    I.d2d(I.v_store[l], 0, st.output_mems[2], 0, kv_prompt);
+  }
+  // 4. first token from the last real position
+  I.d2d(I.lm->stages[0].input_mems[0], 0, cur, static_cast<size_t>(L - 1) * I.row_bytes, I.row_bytes);
+  I.launch(I.lm);
+  int tok = I.read_token();
+  g.ttft_s = seconds_since(t0);
+  g.prefill_s = g.ttft_s - g.encode_s;
+
+  // decode mask for this request: the prompt's slots visible, the rest hidden, the current token's slot visible.
+  // Uploaded once; each step then reveals one more slot (2-4 bytes).
+  const size_t delt = dtype_size(I.dmask_dt);
+  {
+    std::vector<uint8_t> dm(static_cast<size_t>(S + 1) * delt);
+    for (int j = 0; j <= S; ++j) fill_mask_value(I.dmask_dt, dm.data(), static_cast<size_t>(j), j >= L && j < S);
+    I.h2d(I.dmask_buf, 0, dm.data(), dm.size());
+  }
+  g.prefill = minus(counters_, start);
+
+  // 5. greedy decode, KV on the device
+  const Counters dstart = counters_;
+  const std::vector<uint8_t> visible(delt, 0);
+  auto &ec = I.embed_cache->stages[0];
+  while (true) {
+    if (std::find(stop_ids.begin(), stop_ids.end(), tok) != stop_ids.end()) {
+      g.finish_reason = "eos";
+      g.stop_id = tok;
+      break;
+    }
+    g.tokens.push_back(tok);
+    if (static_cast<int>(g.tokens.size()) >= max_new_tokens) {
+      g.finish_reason = "max_tokens";
+      break;
+    }
+    const int q = L + static_cast<int>(g.tokens.size()) - 1;  // position of the token fed back
+    if (q >= S)
+      throw TooLong("answer reached SEQLEN " + std::to_string(S) + " (prompt " + std::to_string(L) + " tokens, " +
+                    std::to_string(g.tokens.size()) + " generated) without a stop token");
+    const auto ts = Clock::now();
+    if (const bm_device_mem_t *tm = I.token_mem())
+      I.d2d(ec.input_mems[0], 0, *tm, 0, 4);  // the token never leaves the device on its way back in
+    else {
+      int32_t t32 = tok;
+      I.h2d(ec.input_mems[0], 0, &t32, 4);
+    }
+    I.launch(I.embed_cache);
+    cur = ec.output_mems[0];
+    int32_t q32 = q;
+    I.h2d(I.dpos_buf, 0, &q32, 4);
+    if (q > L) I.h2d(I.dmask_buf, static_cast<size_t>(q - 1) * delt, visible.data(), delt);
+    for (size_t l = 0; l < I.caches.size(); ++l) {
+      auto *c = I.caches[l];
+      const auto &st = c->stages[0];
+      I.d2d(st.input_mems[0], 0, cur, 0, I.row_bytes);
+      I.d2d(st.input_mems[1], 0, I.dpos_buf, 0, 4);
+      I.d2d(st.input_mems[2], 0, I.dmask_buf, 0, static_cast<size_t>(S + 1) * delt);
+      if (c->addr_mode == 1)
+        I.launch(c);
+      else
+        I.launch(c, {{3, I.k_store[l]}, {4, I.v_store[l]}});
+      cur = st.output_mems[0];
+      I.d2d(I.k_store[l], static_cast<size_t>(q) * I.kv_row_bytes, st.output_mems[1], 0, I.kv_row_bytes);
+      I.d2d(I.v_store[l], static_cast<size_t>(q) * I.kv_row_bytes, st.output_mems[2], 0, I.kv_row_bytes);
+    }
+    I.d2d(I.lm->stages[0].input_mems[0], 0, cur, 0, I.row_bytes);
+    I.launch(I.lm);
+    tok = I.read_token();
+    g.step_s.push_back(seconds_since(ts));
+  }
+  g.decode = minus(counters_, dstart);
+  return g;
+}
+
+}  // namespace tbn

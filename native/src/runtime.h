@@ -1,0 +1,111 @@
+// Qwen2-Audio on a BM1684X bmodel: audio encoder + projector, on-device splice of the audio embeddings, causal
+// prefill, and greedy decoding with the KV cache kept on the device.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "transcribe_batch_native/bmrt_api.h"
+
+namespace tbn {
+
+// The request does not fit the bmodel (prompt + audio + answer > SEQLEN, or more audio than the mel window).
+class TooLong : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The bmodel's nets are not a layout this runtime can drive; the message names what is missing.
+class LayoutError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A device call failed.
+class DeviceError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Counters {
+  uint64_t h2d_bytes = 0, d2h_bytes = 0, d2d_bytes = 0;
+  uint64_t h2d_calls = 0, d2h_calls = 0, d2d_calls = 0, launches = 0;
+};
+
+struct TensorSummary {
+  std::string name, dtype;
+  std::vector<int> shape;  // stage 0
+};
+
+struct NetSummary {
+  std::string name;
+  bool is_dynamic = false;
+  int addr_mode = 0, stage_num = 0;
+  std::vector<TensorSummary> inputs, outputs;
+};
+
+// What the runtime found in the bmodel and adapted to.
+struct Layout {
+  int seqlen = 0;          // SEQLEN: prompt + audio + answer tokens
+  int hidden = 0;
+  int n_layers = 0;
+  int kv_row_bytes = 0;    // one position's K (or V) in one layer
+  std::string states_dtype, mask_dtype, kv_dtype;
+  std::string lm_head;     // "greedy" (token id on device) or "logits" (argmax on host)
+  int vocab = 0;           // logits width (0 for a greedy head)
+  std::string audio_net, projector_net;  // projector_net empty when the audio net includes it
+  int n_mels = 0, n_frames = 0;  // the audio net's mel window
+  int audio_rows = 0;      // audio embeddings it yields (max audio tokens)
+  std::string audio_mask;  // "" (no mask input) or the mask input's shape, e.g. "[1,1,100,100]"
+  int decode_addr_mode = 0;
+};
+
+struct Generation {
+  std::vector<int> tokens;        // generated ids, stop id excluded
+  std::string finish_reason;      // "eos" or "max_tokens"
+  int stop_id = -1;               // the stop id seen, -1 if none
+  int prompt_len = 0;             // merged prompt: text tokens + audio tokens
+  double encode_s = 0, prefill_s = 0, ttft_s = 0;  // ttft = encode + prefill + first token read
+  std::vector<double> step_s;     // one per decode step (each yields one token)
+  Counters prefill, decode;       // traffic of the two phases (decode covers every step after the first token)
+};
+
+struct RuntimeOptions {
+  bool share_mem = true;       // bmruntime BM_RUNTIME_SHARE_MEM (nets share neuron memory)
+  float audio_mask_value = -10000.0f;
+};
+
+class Runtime {
+ public:
+  Runtime(const std::string &bmodel_path, int device_id, RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime &) = delete;
+  Runtime &operator=(const Runtime &) = delete;
+
+  // features: [n_mels, n_frames] log-mel float32 padded to the audio net's window; n_valid_frames: real frames.
+  // prompt_ids holds exactly one audio_token_id, replaced by n_audio_tokens audio embeddings.
+  Generation generate(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                      const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                      const std::vector<int> &stop_ids, int max_new_tokens);
+
+  const Layout &layout() const { return layout_; }
+  const std::vector<NetSummary> &nets() const { return nets_; }
+  Counters counters() const { return counters_; }
+  int device_id() const { return device_id_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  Layout layout_;
+  std::vector<NetSummary> nets_;
+  Counters counters_;
+  int device_id_;
+  std::mutex mu_;
+  friend struct Impl;
+};
+
+}  // namespace tbn

@@ -1,0 +1,210 @@
+"""BM1684X engine: Qwen2-Audio bmodels on a Sophgo card (or the cmodel simulator) through the native runtime.
+
+One runtime per actor, pinned to one device id. The front end (workers/frontend.py) supplies log-mel features,
+the prompt ids with one <|AUDIO|> placeholder and the stop ids; the runtime (native/, `transcribe_batch_native`)
+runs audio encoder, splice, prefill and greedy decode with the KV cache on the device.
+
+Before loading, the bmodel's sidecar JSON (`<bmodel>.json`, written by native/compile/) is checked against the
+model folder's config.json, and what the runtime finds in the bmodel itself (SEQLEN, hidden size, mel window,
+logits width) is checked against both: a bmodel compiled from another checkpoint is refused, not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..features import FeatureConfig, audio_token_count
+from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
+
+DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
+BUILD_COMMAND = (
+    "the bm1684x engine needs the native runtime (python package transcribe_batch_native), which is not installed "
+    "in this Python. Build it from the repository root:\n"
+    "  on a card host:   LIBSOPHON_ROOT=/opt/sophon/libsophon-current pip install ./native\n"
+    "  on the simulator: make native     (= bash native/scripts/fetch_sim_sdk.sh " + DEFAULT_SIM_SDK + " && "
+    "LIBSOPHON_ROOT=" + DEFAULT_SIM_SDK + " pip install ./native)"
+)
+
+
+class NativeRuntimeMissing(ImportError):
+    """transcribe_batch_native is not installed; the message says how to build it."""
+
+
+class ModelMismatch(ValueError):
+    """The bmodel and the model folder (tokenizer/config) do not belong together."""
+
+
+def load_native():
+    try:
+        import transcribe_batch_native
+    except ImportError as e:
+        raise NativeRuntimeMissing(f"{BUILD_COMMAND}\n(import error: {e})") from e
+    return transcribe_batch_native
+
+
+def find_bmodel(bmodel: str | os.PathLike | None, model_dir: Path) -> Path:
+    """The bmodel path: as given (absolute, relative to the working folder, or to the model folder), else the one
+    *.bmodel inside the model folder."""
+    if bmodel:
+        p = Path(bmodel).expanduser()
+        for cand in (p, model_dir / p):
+            if cand.is_file():
+                return cand.resolve()
+        raise FileNotFoundError(f"bmodel not found: {bmodel} (also looked in {model_dir})")
+    found = sorted(model_dir.glob("*.bmodel"))
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"no --bmodel given and {model_dir} holds {len(found)} .bmodel files; pass --bmodel PATH"
+        )
+    return found[0].resolve()
+
+
+def _first(d: dict, *keys: str) -> Any:
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return None
+
+
+def model_facts(model_dir: Path) -> dict[str, Any]:
+    """What the model folder says about the network (config.json + preprocessor_config.json)."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: the bm1684x engine needs the model folder's config.json")
+    cfg = json.loads(cfg_path.read_text())
+    text = cfg.get("text_config") or {}
+    feats = FeatureConfig.from_model_dir(model_dir)
+    return {
+        "hidden_size": _first(text, "hidden_size") or cfg.get("hidden_size"),
+        "vocab_size": _first(text, "vocab_size") or cfg.get("vocab_size"),
+        "num_hidden_layers": _first(text, "num_hidden_layers"),
+        "audio_token_id": _first(cfg, "audio_token_index", "audio_token_id"),
+        "n_mels": feats.feature_size,
+        "n_frames": feats.n_frames,
+        "model_id": cfg.get("_name_or_path") or model_dir.name,
+        "features": feats,
+    }
+
+
+def check_pair(bmodel: Path, sidecar: dict | None, facts: dict, layout: dict) -> list[str]:
+    """Every disagreement between the sidecar, the model folder and the bmodel's own nets, as readable lines."""
+    problems = []
+
+    def cmp(what: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
+        if a is not None and b is not None and int(a) != int(b):
+            problems.append(f"{what}: {a_name} says {a}, {b_name} says {b}")
+
+    sc = sidecar or {}
+    if sc.get("bmodel_bytes") is not None and int(sc["bmodel_bytes"]) != bmodel.stat().st_size:
+        problems.append(f"size: sidecar describes a {sc['bmodel_bytes']}-byte bmodel, {bmodel.name} has "
+                        f"{bmodel.stat().st_size} bytes (the pair was split up)")
+    cmp("SEQLEN", "sidecar", _first(sc, "seqlen", "seq_length", "max_seq_len"), "bmodel nets", layout["seqlen"])
+    cmp("hidden size", "sidecar", _first(sc, "hidden_size", "hidden"), "config.json", facts["hidden_size"])
+    cmp("hidden size", "bmodel nets", layout["hidden"], "config.json", facts["hidden_size"])
+    cmp("vocabulary", "sidecar", _first(sc, "vocab_size", "vocab"), "config.json", facts["vocab_size"])
+    if layout["vocab"]:
+        cmp("vocabulary", "lm_head logits", layout["vocab"], "config.json", facts["vocab_size"])
+    cmp("audio token id", "sidecar", _first(sc, "audio_token_id", "audio_token_index"), "config.json",
+        facts["audio_token_id"])
+    cmp("text layers", "sidecar", _first(sc, "num_layers", "num_hidden_layers", "n_layers"), "config.json",
+        facts["num_hidden_layers"])
+    cmp("text layers", "bmodel nets", layout["n_layers"], "config.json", facts["num_hidden_layers"])
+    cmp("mel bins", "sidecar", sc.get("n_mels"), "bmodel audio net", layout["n_mels"])
+    cmp("mel frames (window)", "sidecar", sc.get("mel_frames"), "bmodel audio net", layout["n_frames"])
+    cmp("audio tokens per window", "sidecar", sc.get("max_audio_tokens"), "bmodel audio net", layout["audio_rows"])
+    cmp("mel bins", "bmodel audio net", layout["n_mels"], "preprocessor_config.json", facts["n_mels"])
+    cmp("mel frames (window)", "bmodel audio net", layout["n_frames"], "preprocessor_config.json", facts["n_frames"])
+    return problems
+
+
+class Bm1684xEngine(Engine):
+    name = "bm1684x"
+
+    def __init__(self, model_dir: str | os.PathLike, bmodel: str | os.PathLike | None = None, device: int = 0):
+        native = load_native()
+        self._native = native
+        self.model_dir = Path(model_dir).expanduser().resolve()
+        if not self.model_dir.is_dir():
+            raise FileNotFoundError(f"model folder not found: {self.model_dir}")
+        self.bmodel = find_bmodel(bmodel, self.model_dir)
+        self.facts = model_facts(self.model_dir)
+        sidecar_path = self.bmodel.with_name(self.bmodel.name + ".json")
+        self.sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else None
+        self.device = int(device)
+        mask_value = float((self.sidecar or {}).get("audio_mask_value", -10000.0))
+        self.runtime = native.Runtime(str(self.bmodel), self.device, audio_mask_value=mask_value)
+        self.layout = dict(self.runtime.layout)
+        problems = check_pair(self.bmodel, self.sidecar, self.facts, self.layout)
+        if problems:
+            self.close()
+            raise ModelMismatch(
+                f"bmodel {self.bmodel} does not belong to the model folder {self.model_dir}:\n  - "
+                + "\n  - ".join(problems)
+                + "\nUse the tokenizer/config folder the bmodel was compiled from (see its sidecar "
+                f"{sidecar_path.name}), or recompile with native/compile/."
+            )
+        self.model_id = (self.sidecar or {}).get("model_id") or self.facts["model_id"]
+        feats: FeatureConfig = self.facts["features"]
+        self.limits = EngineLimits(
+            max_audio_s=self.layout["n_frames"] * feats.hop_length / feats.sampling_rate,
+            max_seq_len=self.layout["seqlen"],
+        )
+
+    def transcribe(self, request: Request) -> EngineResult:
+        if request.features is None or not request.prompt_ids:
+            raise ValueError(f"{request.id}: the bm1684x engine needs features and prompt ids from the front end")
+        features = np.ascontiguousarray(request.features, dtype=np.float32)
+        want = (self.layout["n_mels"], self.layout["n_frames"])
+        if features.shape != want:
+            raise ValueError(f"{request.id}: features {features.shape} do not match the bmodel's mel window {want}")
+        n_valid = int(np.asarray(request.feature_mask).sum()) if request.feature_mask is not None else want[1]
+        if audio_token_count(n_valid) != request.n_audio_tokens:
+            raise ValueError(
+                f"{request.id}: n_audio_tokens {request.n_audio_tokens} disagrees with {n_valid} valid mel frames "
+                f"({audio_token_count(n_valid)} tokens)"
+            )
+        audio_id = request.audio_token_id if request.audio_token_id is not None else self.facts["audio_token_id"]
+        try:
+            out = self.runtime.generate(
+                features, n_valid, list(request.prompt_ids), int(audio_id), int(request.n_audio_tokens),
+                list(request.stop_ids), int(request.max_new_tokens),
+            )
+        except self._native.TooLongError as e:
+            raise SequenceTooLong(f"{request.id}: {e}") from e
+        except self._native.DeviceError as e:
+            raise EngineError(f"{request.id}: device {self.device}: {e}") from e
+        steps = out["step_s"]
+        n_steps = max(len(steps), 1)
+        return EngineResult(
+            token_ids=list(out["tokens"]),
+            finish_reason=FINISH_EOS if out["finish_reason"] == "eos" else FINISH_MAX_TOKENS,
+            ttft_s=out["ttft_s"],
+            decode_s=float(sum(steps)),
+            encode_s=out["encode_s"],
+            extra={
+                "prompt_len": out["prompt_len"],
+                "prefill_s": out["prefill_s"],
+                "decode_steps": len(steps),
+                "prefill_h2d_bytes": out["prefill"]["h2d_bytes"],
+                "prefill_d2h_bytes": out["prefill"]["d2h_bytes"],
+                "decode_h2d_bytes": out["decode"]["h2d_bytes"],
+                "decode_d2h_bytes": out["decode"]["d2h_bytes"],
+                "decode_h2d_bytes_per_token": out["decode"]["h2d_bytes"] / n_steps,
+                "decode_d2h_bytes_per_token": out["decode"]["d2h_bytes"] / n_steps,
+            },
+        )
+
+    def close(self) -> None:
+        self.runtime = None  # frees the device memory and the device handle
+
+
+def create(options: dict, device: int | None) -> Engine:
+    model_dir = options.get("model_dir")
+    if not model_dir:
+        raise ValueError("engine bm1684x needs model_dir (the tokenizer/config folder the bmodel was compiled from)")
+    return Bm1684xEngine(model_dir, options.get("bmodel"), 0 if device is None else device)
