@@ -1,7 +1,95 @@
-"""`transcribe-batch evaluate` (being written)."""
+"""`transcribe-batch eval RUN [RUN …]`: WER, speed and side-by-side comparison of run folders."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
 
 import typer
+from rich.console import Console
+
+from ..evaluate.normalize import NORMALIZERS
+from ..evaluate.report import evaluate_paths
+from ..evaluate.runs import RunError
+from .helptext import reflowed
+
+
+class Format(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+Normalizer = Enum("Normalizer", {name: name for name in NORMALIZERS}, type=str)
+
+
+@reflowed
+def eval_command(
+    runs: List[Path] = typer.Argument(
+        ..., metavar="RUN...", help="Run folders written by `transcribe-batch run -o DIR` (or their results.parquet). "
+        "Several runs are compared side by side on the utterance ids they all hold."
+    ),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table (terminal), markdown, or json."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write the --format output to this file instead of the terminal."
+    ),
+    html: Optional[Path] = typer.Option(
+        None, "--html", help="Also write a self-contained HTML report with figures (WER by duration, latency "
+        "histogram, per-device timeline)."
+    ),
+    normalizer: Normalizer = typer.Option(  # type: ignore[valid-type]
+        "whisper", "--normalizer", help="Text normalization on both sides before scoring: whisper (Whisper's "
+        "English normalizer: case, punctuation, contractions, numbers, spelling), basic (language-neutral), none."
+    ),
+    top: int = typer.Option(10, "--top", min=0, help="How many disagreeing (several runs) or worst (one run) "
+                            "utterances to list."),
+) -> None:
+    """Score run folders: WER/CER with S/D/I, exact-match, complete-error, speed (TTFT, tokens/s, latency, RTFx).
+
+    [bold]WER[/bold] is corpus WER = Σ word edits / Σ reference words after normalization, shown two ways: over all
+    rows (a failed row counts as all deletions) and over successful rows only (the way the BM1684X port and
+    UltraEval-Audio publish it). Rows without a reference, or whose reference is empty after normalization, are left
+    out of the rates and counted in the notes.
+
+    Examples:
+
+      transcribe-batch eval runs/test-clean
+
+      transcribe-batch eval runs/bmodel-w4 runs/gpu-fp16 --html report.html
+
+      transcribe-batch eval runs/a --format json -o metrics.json
+    """
+    err = Console(stderr=True)
+    try:
+        report = evaluate_paths(runs, normalizer=normalizer.value, top=top)
+    except RunError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if fmt == Format.table:
+        from ..evaluate.render_text import print_rich
+
+        if output:
+            with output.open("w", encoding="utf-8") as fh:
+                print_rich(report, Console(file=fh, width=160, no_color=True))
+        else:
+            print_rich(report)
+    else:
+        from ..evaluate.render_text import to_json, to_markdown
+
+        text = to_markdown(report) if fmt == Format.markdown else to_json(report)
+        if output:
+            output.write_text(text + "\n", encoding="utf-8")
+        else:
+            typer.echo(text)
+    if output:
+        err.print(f"wrote {output}", highlight=False)
+    if html:
+        from ..evaluate.render_html import write_html
+
+        write_html(report, html)
+        err.print(f"wrote {html}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("eval")(eval_command)

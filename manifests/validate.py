@@ -1,0 +1,111 @@
+"""Check every row of a manifest before a run: the line parses, its audio exists and has a readable header, and
+its offset/duration fit inside the audio. Streams (rows come from `reader.iter_rows`), so 1M-row manifests are fine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from .headers import Header, read_header
+from .reader import ManifestError, iter_rows
+
+ERROR = "error"  # the row would fail in a run
+WARNING = "warning"  # the row runs, but probably not as meant
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    field: str | None
+    message: str
+    severity: str = ERROR
+
+    def __str__(self) -> str:
+        what = f"field {self.field!r}: " if self.field else ""
+        return f"{self.path}:{self.line}: {self.severity}: {what}{self.message}"
+
+
+@dataclass
+class Summary:
+    n_rows: int = 0
+    n_bad_rows: int = 0  # rows with at least one error
+    n_warnings: int = 0
+    n_without_duration: int = 0  # neither the manifest nor a header gives a duration
+    audio_s: float = 0.0  # Σ seconds the good rows will transcribe (manifest duration, else header)
+    errors_by_field: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_bad_rows == 0
+
+
+def _audio_problems(row: dict, header: Header, tolerance_s: float) -> Iterator[tuple[str, str, str]]:
+    """(field, message, severity) for one parsed row whose file exists."""
+    if header.problem:
+        yield "audio_filepath", f"{row['audio_filepath']}: {header.problem}", ERROR
+        return
+    if header.duration is None:
+        return
+    offset, duration, length = row["offset"], row["duration"], header.duration
+    if offset >= length:
+        yield "offset", f"{offset:g} s is at or past the end of the audio ({length:.3f} s)", ERROR
+        return
+    if duration is None:
+        return
+    if offset + duration > length + tolerance_s:
+        what = "offset + duration" if offset else "duration"
+        yield "duration", (f"{what} = {offset + duration:.3f} s runs past the end of the audio "
+                           f"({length:.3f} s per its header)"), ERROR
+    elif offset == 0 and duration < length - tolerance_s:
+        yield "duration", (f"{duration:.3f} s but the audio is {length:.3f} s: only the first {duration:.3f} s "
+                           "will be transcribed"), WARNING
+
+
+def iter_problems(path: str | os.PathLike, *, check_audio: bool = True, tolerance_s: float = 0.1,
+                  summary: Summary | None = None) -> Iterator[Problem]:
+    """Yield every problem, in line order; fill `summary` as rows go by. A missing manifest raises ManifestError."""
+    summary = summary if summary is not None else Summary()
+    manifest = str(path)
+    header_of = lru_cache(maxsize=4096)(read_header)  # segments of one long file share a header read
+    for line_no, row in iter_rows(path, skip_bad_lines=True):
+        summary.n_rows += 1
+        problems: list[Problem] = []
+        if isinstance(row, ManifestError):
+            problems.append(Problem(manifest, row.line, row.field, row.message))
+        elif check_audio:
+            audio = Path(row["audio_filepath"])
+            if not audio.exists():
+                problems.append(Problem(manifest, line_no, "audio_filepath", f"file not found: {audio}"))
+            elif not audio.is_file():
+                problems.append(Problem(manifest, line_no, "audio_filepath", f"not a regular file: {audio}"))
+            elif audio.stat().st_size == 0:
+                problems.append(Problem(manifest, line_no, "audio_filepath", f"file is empty (0 bytes): {audio}"))
+            else:
+                header = header_of(str(audio))
+                for fld, message, severity in _audio_problems(row, header, tolerance_s):
+                    problems.append(Problem(manifest, line_no, fld, message, severity))
+                if not any(p.severity == ERROR for p in problems):
+                    length = row["duration"] if row["duration"] is not None else (
+                        header.duration - row["offset"] if header.duration is not None else None)
+                    if length is None:
+                        summary.n_without_duration += 1
+                    else:
+                        summary.audio_s += length
+        else:
+            if row["duration"] is None:
+                summary.n_without_duration += 1
+            else:
+                summary.audio_s += row["duration"]
+        errors = [p for p in problems if p.severity == ERROR]
+        if errors:
+            summary.n_bad_rows += 1
+            for p in errors:
+                key = p.field or "line"
+                summary.errors_by_field[key] = summary.errors_by_field.get(key, 0) + 1
+        summary.n_warnings += len(problems) - len(errors)
+        yield from problems

@@ -1,0 +1,137 @@
+"""Figures for the HTML report, drawn with matplotlib and returned as inline SVG text (no files, no network)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .report import Report, RunReport  # noqa: E402
+from .speed import device_labels  # noqa: E402
+
+DURATION_EDGES = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, float("inf"))
+TIMELINE_MAX_BARS = 4000  # above this, the timeline shows each device's busy share per time bin instead of bars
+
+plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "transcribe-batch", "font.size": 9})
+
+
+def _svg(fig) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE: the SVG is inlined in HTML
+
+
+def _bucket_label(lo: float, hi: float) -> str:
+    return f"≥{lo:g} s" if hi == float("inf") else f"{lo:g}–{hi:g} s"
+
+
+def wer_by_duration(report: Report) -> str | None:
+    """Corpus WER (all rows) per utterance-duration bucket, one bar per run; None when nothing is scored."""
+    buckets = list(zip(DURATION_EDGES[:-1], DURATION_EDGES[1:]))
+    series = []
+    for run in report.runs:
+        durations = run.evaluated.col("duration_s")
+        edits = np.zeros(len(buckets))
+        words = np.zeros(len(buckets))
+        for d, s in zip(durations, run.scores):
+            if s is None or d is None:
+                continue
+            k = next(i for i, (lo, hi) in enumerate(buckets) if lo <= d < hi) if d >= 0 else 0
+            edits[k] += s.word_edits
+            words[k] += s.ref_words
+        series.append((run.name, edits, words))
+    if not any(words.sum() for _, _, words in series):
+        return None
+    used = [k for k in range(len(buckets)) if any(w[k] for _, _, w in series)]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    width = 0.8 / len(series)
+    x = np.arange(len(used))
+    for j, (name, edits, words) in enumerate(series):
+        values = [100 * edits[k] / words[k] if words[k] else np.nan for k in used]
+        bars = ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=name)
+        for bar, k in zip(bars, used):
+            if words[k]:
+                ax.annotate(f"{int(words[k])} w", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [_bucket_label(*buckets[k]) for k in used])
+    ax.set_xlabel("utterance duration")
+    ax.set_ylabel("WER % (all rows)")
+    ax.set_title("WER by duration (labels: reference words per bucket)")
+    if len(series) > 1:
+        ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _svg(fig)
+
+
+def latency_histogram(report: Report) -> str | None:
+    """Per-utterance latency (total_s of successful rows), one step histogram per run."""
+    data = []
+    for run in report.runs:
+        values = [v for v, s in zip(run.run.col("total_s"), run.run.col("status")) if s == "ok" and v is not None]
+        if values:
+            data.append((run.name, np.asarray(values, dtype=float)))
+    if not data:
+        return None
+    everything = np.concatenate([v for _, v in data])
+    lo, hi = float(everything.min()), float(everything.max())
+    bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 31)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, values in data:
+        _, _, patches = ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{name} (n={len(values)})")
+        for q, style in ((50, "--"), (90, ":")):
+            ax.axvline(np.percentile(values, q), linestyle=style, linewidth=0.8, color=patches[0].get_edgecolor())
+    ax.set_xlabel("latency per utterance, s (dashed p50, dotted p90)")
+    ax.set_ylabel("utterances")
+    ax.set_title("Latency histogram")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def device_timeline(run: RunReport) -> str | None:
+    """When each device was busy during the run: one bar per utterance (red: failed), or busy share per time bin."""
+    r = run.run
+    labels = device_labels(r)
+    starts, ends, status = r.col("started_at"), r.col("finished_at"), r.col("status")
+    rows = [i for i in range(r.n) if labels[i] is not None and starts[i] is not None and ends[i] is not None]
+    if not rows:
+        return None
+    t0 = min(starts[i] for i in rows)
+    devices = sorted({labels[i] for i in rows}, key=lambda s: (len(s), s))
+    lane = {d: k for k, d in enumerate(devices)}
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(devices)))
+    if len(rows) <= TIMELINE_MAX_BARS:
+        for ok in (True, False):
+            for d in devices:
+                spans = [(starts[i] - t0, max(ends[i] - starts[i], 1e-6)) for i in rows
+                         if labels[i] == d and (status[i] == "ok") == ok]
+                if spans:
+                    ax.broken_barh(spans, (lane[d] - 0.4, 0.8), facecolors="tab:blue" if ok else "tab:red",
+                                   edgecolor="white", linewidth=0.2)
+        ax.set_title(f"Per-device timeline — {run.name} (blue ok, red failed)")
+    else:
+        t_end = max(ends[i] for i in rows) - t0
+        edges = np.linspace(0.0, t_end, 201)
+        busy = np.zeros((len(devices), 200))
+        for i in rows:
+            a, b = starts[i] - t0, ends[i] - t0
+            lo, hi = np.searchsorted(edges, a, "right") - 1, np.searchsorted(edges, b, "left")
+            for k in range(max(lo, 0), min(hi, 200)):
+                busy[lane[labels[i]], k] += min(b, edges[k + 1]) - max(a, edges[k])
+        busy /= np.diff(edges)[None, :]
+        image = ax.imshow(np.clip(busy, 0, 1), aspect="auto", extent=(0, t_end, len(devices) - 0.5, -0.5),
+                          cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        fig.colorbar(image, ax=ax, label="busy share")
+        ax.set_title(f"Per-device timeline — {run.name} (busy share per time bin)")
+    ax.set_yticks(range(len(devices)), [f"device {d}" for d in devices])
+    ax.set_ylim(len(devices) - 0.5, -0.5)
+    ax.set_xlabel("seconds since the first utterance started")
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig)
+
