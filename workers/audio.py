@@ -135,7 +135,9 @@ def _read_fallback(path: Path, offset: float, duration: float | None) -> tuple[n
 def resample(audio: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     if sr == target_sr:
         return audio.astype(np.float32, copy=False)
-    return soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+    out = soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+    n_out = int(np.ceil(audio.size * target_sr / sr))  # the length librosa.resample gives (it pads soxr's output)
+    return out[:n_out] if out.size >= n_out else np.pad(out, (0, n_out - out.size))
 
 
 def load_audio(

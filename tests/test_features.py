@@ -1,0 +1,69 @@
+"""Log-mel features equal transformers' WhisperFeatureExtractor; audio-token counts equal Qwen2AudioProcessor's."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import WhisperFeatureExtractor
+
+from transcribe_batch.workers.audio import load_audio
+from transcribe_batch.workers.features import FeatureConfig, audio_token_count, log_mel, n_audio_tokens
+
+
+@pytest.fixture(scope="module")
+def extractor(model_dir):
+    return WhisperFeatureExtractor.from_pretrained(model_dir)
+
+
+def _hf(extractor, audio):
+    out = extractor(audio, sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="np")
+    return out["input_features"][0], out["attention_mask"][0]
+
+
+def test_matches_whisper_feature_extractor_on_every_recording(extractor, model_dir, audio_dir, audio_rows):
+    cfg = FeatureConfig.from_model_dir(model_dir)
+    assert (cfg.feature_size, cfg.n_fft, cfg.hop_length, cfg.n_frames) == (128, 400, 160, 3000)
+    for row in audio_rows:
+        audio = load_audio(audio_dir / row["audio_filepath"])[: cfg.n_samples]
+        ours, mask = log_mel(audio, cfg)
+        ref, ref_mask = _hf(extractor, audio)
+        assert ours.shape == ref.shape == (128, 3000) and ours.dtype == np.float32
+        assert np.abs(ours - ref).max() <= 1e-4, row["audio_filepath"]
+        assert np.array_equal(mask, ref_mask)
+        # the processor's count: (((L - 1) // 2 + 1) - 2) // 2 + 1 over the mask's length L
+        L = int(ref_mask.sum())
+        assert n_audio_tokens(len(audio), cfg) == (((L - 1) // 2 + 1) - 2) // 2 + 1
+
+
+def test_small_window_read_from_the_model_folder(tmp_path, audio_dir):
+    config = {"chunk_length": 2, "feature_size": 128, "hop_length": 160, "n_fft": 400, "sampling_rate": 16000,
+              "feature_extractor_type": "WhisperFeatureExtractor", "padding_value": 0.0}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    cfg = FeatureConfig.from_model_dir(tmp_path)
+    assert (cfg.n_frames, cfg.max_audio_s, cfg.max_audio_tokens) == (200, 2.0, 50)
+    audio = load_audio(audio_dir / "003.wav")  # 1.54 s
+    ours, mask = log_mel(audio, cfg)
+    ref, ref_mask = _hf(WhisperFeatureExtractor.from_pretrained(tmp_path), audio)
+    assert ours.shape == (128, 200) and np.abs(ours - ref).max() <= 1e-4 and np.array_equal(mask, ref_mask)
+    with pytest.raises(ValueError, match="does not fit"):
+        log_mel(load_audio(audio_dir / "005.wav"), cfg)
+
+
+def test_defaults_are_qwen2_audio_without_a_folder(tmp_path):
+    assert FeatureConfig.from_model_dir(None) == FeatureConfig.from_model_dir(tmp_path) == FeatureConfig()
+    assert FeatureConfig().n_frames == 3000 and FeatureConfig().max_audio_tokens == 750
+
+
+def test_audio_token_count():
+    assert audio_token_count(3000) == 750
+    assert audio_token_count(100) == 25  # 25 tokens per second
+    assert n_audio_tokens(16000) == 25 and n_audio_tokens(16000 + 4 * 160) == 26 and n_audio_tokens(10 * 480000) == 750
+    assert audio_token_count(1) == 0 and audio_token_count(3) == 1
+
+
+def test_silence_and_clipping_are_finite():
+    for audio in (np.zeros(16000, np.float32), np.ones(16000, np.float32), np.zeros(1, np.float32)):
+        feats, _ = log_mel(audio)
+        assert np.isfinite(feats).all()

@@ -1,0 +1,208 @@
+"""`hf`: Qwen2-Audio through transformers on a GPU (or the CPU) — the accuracy reference for the bmodel.
+
+Greedy decoding with `generate`, a batch of similar-length requests at a time (left-padded prompts, one feature
+window each). A no-op stopping criterion stamps the time of every decoding step, so each utterance gets its own
+TTFT (audio encoder + prefill + first token; shared by the batch) and decode time (until its own stop token). The
+audio encoder's share is measured with forward hooks. transformers and torch are imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..features import FeatureConfig
+from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
+
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def _torch_device(device: int | None):
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise EngineError(f"GPU {device} requested but CUDA is not available (run with device None for the CPU)")
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    index = visible.index(str(device)) if str(device) in visible else int(device)  # Ray sets CUDA_VISIBLE_DEVICES
+    if index >= torch.cuda.device_count():
+        raise EngineError(f"GPU {device} not found ({torch.cuda.device_count()} visible)")
+    return torch.device("cuda", index)
+
+
+class _StepClock:
+    """StoppingCriteria that stops nothing and records when each new token was chosen."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.sync()
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class HFEngine(Engine):
+    name = "hf"
+
+    def __init__(self, model_dir: str | os.PathLike, *, dtype: str | None = None, device: int | None = None,
+                 batch_size: int | None = None, max_new_tokens: int | None = None):
+        import torch
+        from transformers import Qwen2AudioForConditionalGeneration
+
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"not a model folder (no config.json): {self.model_dir}")
+        self.device = _torch_device(device)
+        dtype = dtype or ("bf16" if self.device.type == "cuda" else "fp32")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose fp32, fp16 or bf16")
+        self.dtype = getattr(torch, DTYPES[dtype])
+        self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 1))
+        self.max_new_tokens = max_new_tokens
+        self.model = Qwen2AudioForConditionalGeneration.from_pretrained(
+            self.model_dir, dtype=self.dtype, local_files_only=True
+        ).to(self.device).eval()
+        config = json.loads((self.model_dir / "config.json").read_text())
+        self.model_id = Path(config.get("_name_or_path") or self.model_dir.name).name
+        self.pad_id = self._pad_id(config)
+        features = FeatureConfig.from_model_dir(self.model_dir)
+        text = self.model.config.text_config
+        self.limits = EngineLimits(max_audio_s=features.max_audio_s, max_seq_len=text.max_position_embeddings)
+        self.n_frames = features.n_frames
+        self._encode_s = 0.0
+        tower = self.model.model.audio_tower if hasattr(self.model, "model") else self.model.audio_tower
+        tower.register_forward_pre_hook(self._encoder_start)
+        tower.register_forward_hook(self._encoder_end)
+
+    def _pad_id(self, config: dict) -> int:
+        """generation_config.json's pad_token_id, else config.json's, else the tokenizer's pad token, else 0 (the
+        value is masked out; it only matters for comparing inputs with transformers' processor)."""
+        gen = self.model_dir / "generation_config.json"
+        pad = json.loads(gen.read_text()).get("pad_token_id") if gen.is_file() else None
+        pad = pad if pad is not None else config.get("pad_token_id", config.get("text_config", {}).get("pad_token_id"))
+        tok_config = self.model_dir / "tokenizer_config.json"
+        if pad is None and tok_config.is_file():
+            token = json.loads(tok_config.read_text()).get("pad_token")
+            token = token.get("content") if isinstance(token, dict) else token
+            if token:
+                from ..prompts import load_tokenizer
+
+                pad = load_tokenizer(self.model_dir).token_to_id(token)
+        return int(pad) if pad is not None else 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def _encoder_start(self, module, args):
+        self._sync()
+        self._encoder_t0 = time.perf_counter()
+
+    def _encoder_end(self, module, args, output):
+        self._sync()
+        self._encode_s += time.perf_counter() - self._encoder_t0
+
+    def inputs(self, requests: Sequence[Request]) -> dict:
+        """Model inputs for a batch: left-padded expanded prompt ids, stacked feature windows and masks."""
+        import torch
+
+        for r in requests:
+            if r.features is None or not r.expanded_ids:
+                raise EngineError(f"{r.id}: the hf engine needs features and prompt ids (FrontEnd with a model_dir)")
+            if r.features.shape[-1] != self.n_frames:
+                raise EngineError(f"{r.id}: {r.features.shape[-1]} feature frames, this model takes {self.n_frames}")
+        width = max(len(r.expanded_ids) for r in requests)
+        ids = np.full((len(requests), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(requests), width), dtype=np.int64)
+        for i, r in enumerate(requests):
+            ids[i, width - len(r.expanded_ids):] = r.expanded_ids
+            mask[i, width - len(r.expanded_ids):] = 1
+        return {
+            "input_ids": torch.from_numpy(ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+            "input_features": torch.from_numpy(np.stack([r.features for r in requests])).to(self.device, self.dtype),
+            "feature_attention_mask": torch.from_numpy(
+                np.stack([r.feature_mask for r in requests]).astype(np.int64)).to(self.device),
+        }
+
+    def _generate(self, requests: Sequence[Request]) -> list[EngineResult]:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        stop_ids = sorted({i for r in requests for i in r.stop_ids})
+        budget = [min(r.max_new_tokens, self.max_new_tokens or r.max_new_tokens) for r in requests]
+        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max(budget), eos_token_id=stop_ids,
+                                  pad_token_id=self.pad_id, repetition_penalty=1.0)
+        inputs = self.inputs(requests)
+        clock = _StepClock(self._sync)
+        self._encode_s = 0.0
+        self._sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, generation_config=config, stopping_criteria=StoppingCriteriaList([clock]))
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        ttft = clock.times[0] - t0
+        results = []
+        for r, tokens, limit in zip(requests, new, budget):
+            stops = set(r.stop_ids)
+            end = next((k for k, t in enumerate(tokens) if t in stops), None)
+            if end is not None and end < limit:
+                kept, steps, reason = tokens[:end], end + 1, FINISH_EOS
+            else:
+                kept = tokens[:limit]
+                steps, reason = len(kept), FINISH_MAX_TOKENS
+            results.append(EngineResult(
+                token_ids=kept, finish_reason=reason, ttft_s=ttft, decode_s=clock.times[max(steps, 1) - 1] - clock.times[0],
+                encode_s=self._encode_s, extra={"batch_size": len(requests), "dtype": str(self.dtype).removeprefix("torch.")},
+            ))
+        return results
+
+    def transcribe(self, request: Request) -> EngineResult:
+        try:
+            return self._generate([request])[0]
+        except EngineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - CUDA OOM and the like: a retry may succeed
+            raise EngineError(f"{request.id}: {type(e).__name__}: {e}") from e
+
+    def transcribe_batch(self, requests: Sequence[Request]) -> list[EngineResult | BaseException]:
+        """Requests in batches of `batch_size` (the runner sends similar lengths); a failed batch is retried one by one."""
+        out: list[EngineResult | BaseException] = []
+        for i in range(0, len(requests), self.batch_size):
+            chunk = list(requests[i:i + self.batch_size])
+            try:
+                out.extend(self._generate(chunk))
+            except Exception as e:  # noqa: BLE001 - isolate the request that fails
+                if len(chunk) > 1:
+                    out.extend(Engine.transcribe_batch(self, chunk))  # one by one, through transcribe()
+                else:
+                    out.append(e if isinstance(e, EngineError) else EngineError(f"{chunk[0].id}: {type(e).__name__}: {e}"))
+        return out
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def create(options: dict, device: int | None) -> HFEngine:
+    model_dir = options.get("model_dir")
+    if not model_dir:
+        raise ValueError("the hf engine needs --model-dir (a Qwen2-Audio folder with weights)")
+    return HFEngine(model_dir, dtype=options.get("dtype"), device=device, batch_size=options.get("batch_size"),
+                    max_new_tokens=options.get("max_new_tokens"))
