@@ -98,7 +98,11 @@ def extract_transcript(raw: str) -> str:
 
 def _is_spaceless(text: str) -> bool:
     letters = [c for c in text if c.isalpha()]
-    return bool(letters) and sum(unicodedata.east_asian_width(c) in "WF" for c in letters) > len(letters) / 2
+    return bool(letters) and sum(map(_wide, letters)) > len(letters) / 2
+
+
+def _wide(c: str) -> bool:
+    return unicodedata.east_asian_width(c) in "WF"
 
 
 def _runaway_repetition(units: list[str]) -> bool:
@@ -142,7 +146,7 @@ def join(texts: list[str]) -> str:
     for t in (t.strip() for t in texts):
         if not t:
             continue
-        if out and not (_is_spaceless(out[-1]) and _is_spaceless(t[0])):
+        if out and not (_wide(out[-1]) and _wide(t[0])):
             out += " "
         out += t
     return out
