@@ -1,7 +1,73 @@
-"""`transcribe-batch devices` (being written)."""
+"""`transcribe-batch devices`: the BM1684X cards, GPUs and Ray cluster resources this host (or cluster) offers."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
 
 import typer
 
+HELP = """Show the devices a run can use: BM1684X cards (/dev/bm-sophon*), GPUs (nvidia-smi), and, with --address or --ray, the resources of the Ray cluster per node (custom resource 'bm1684x', GPU, CPU).
+
+On a multi-node cluster, start every card host with  ray start --address HEAD:6379 --resources='{"bm1684x": N}' (N = its number of cards) and run jobs with  --address auto.
+"""
+
+
+def devices(
+    address: Optional[str] = typer.Option(None, "--address", help="Also list the nodes of this Ray cluster "
+                                          "(auto | ray://host:10001)."),
+    ray_local: bool = typer.Option(False, "--ray", help="Start a local Ray cluster (as `run` would) and list it."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from transcribe_batch.pipeline.devices import BM1684X_RESOURCE, SOPHON_GLOB, describe_local
+
+    info: dict = {"local": describe_local()}
+    if address or ray_local:
+        import ray
+
+        resources = {}
+        if not address and info["local"]["bm1684x"]:
+            resources[BM1684X_RESOURCE] = len(info["local"]["bm1684x"])
+        ray.init(address=address or None, include_dashboard=False, logging_level="ERROR",
+                 **({} if address else {"resources": resources or None}))
+        try:
+            info["ray_nodes"] = [
+                {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"), "alive": n.get("Alive"),
+                 "resources": {k: v for k, v in n.get("Resources", {}).items() if not k.startswith("node:")}}
+                for n in ray.nodes()
+            ]
+        finally:
+            ray.shutdown()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    console = Console()
+    local = info["local"]
+    cards = local["bm1684x"]
+    console.print(f"[bold]BM1684X cards[/bold] ({SOPHON_GLOB}): "
+                  + (", ".join(str(c) for c in cards) if cards else "none"))
+    if local["gpus"]:
+        table = Table("GPU", "name", "memory", title="GPUs", title_justify="left")
+        for g in local["gpus"]:
+            table.add_row(str(g["index"]), g["name"], f"{g['memory_mib'] / 1024:.0f} GiB")
+        console.print(table)
+    else:
+        console.print("[bold]GPUs[/bold]: none")
+    console.print(f"[bold]CPUs[/bold]: {local['cpus']}")
+    if "ray_nodes" in info:
+        table = Table("node", "address", "alive", BM1684X_RESOURCE, "GPU", "CPU", title="Ray cluster",
+                      title_justify="left")
+        for n in info["ray_nodes"]:
+            r = n["resources"]
+            table.add_row(n["node_id"][:12], str(n["address"]), str(n["alive"]), f"{r.get(BM1684X_RESOURCE, 0):g}",
+                          f"{r.get('GPU', 0):g}", f"{r.get('CPU', 0):g}")
+        console.print(table)
+    if not cards and not local["gpus"]:
+        console.print("No accelerator here: use --engine hf (CPU, slow) or --engine simulated --devices N.")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("devices", help=HELP)(devices)

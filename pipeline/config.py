@@ -1,0 +1,175 @@
+"""A run's configuration: config/defaults.toml, then a --config TOML file, then CLI flags (highest priority)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text"}  # "" means None
+_PATHS = {"model_dir", "bmodel", "progress_log"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    manifest: Path
+    output: Path
+    engine: str = "bm1684x"
+    model_dir: Path | None = None
+    bmodel: Path | None = None
+    dtype: str = "auto"
+    template: str = "default"
+    max_new_tokens: int = 256
+    batch_size: int = 1
+    devices: str = "all"
+    address: str | None = None
+    ray_num_cpus: int = 0
+    max_attempts: int = 3
+    device_max_failures: int = 3
+    shard_size: int = 8
+    shard_max_audio_s: float = 300.0
+    inflight_per_device: int = 2
+    escalate_min_s: float = 10.0
+    skip_bad_lines: bool = False
+    overwrite: bool = False
+    retry_failed: bool = False
+    quiet: bool = False
+    progress_log: Path | None = None
+    sim_speedup: float = 1.0
+    sim_faults: str | None = None
+    sim_text: str | None = None
+    sim_ttft_s: float = 24.0
+    sim_s_per_token: float = 0.8
+    engine_options: dict = field(default_factory=dict)
+    config_file: Path | None = None
+
+    def engine_options_dict(self) -> dict:
+        """What the engines' `create(options, device)` and the front end receive (contract 1)."""
+        opts = dict(self.engine_options)
+        for key in ("dtype", "template", "max_new_tokens", "batch_size", "escalate_min_s", "sim_speedup",
+                    "sim_faults", "sim_text", "sim_ttft_s", "sim_s_per_token"):
+            opts[key] = getattr(self, key)
+        opts["model_dir"] = str(self.model_dir) if self.model_dir else None
+        opts["bmodel"] = str(self.bmodel) if self.bmodel else None
+        return opts
+
+    def identity(self) -> dict:
+        """What must not change between a run and its resume (else --overwrite)."""
+        return {
+            "engine": self.engine,
+            "model_dir": str(self.model_dir) if self.model_dir else None,
+            "bmodel": str(self.bmodel) if self.bmodel else None,
+            "template": self.template,
+            "max_new_tokens": self.max_new_tokens,
+            "sim_text": self.sim_text if self.engine == "simulated" else None,
+        }
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_SETTABLE = set(_FIELDS) - {"manifest", "output", "config_file"}
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    if isinstance(data.get("run"), dict):  # keys may sit under [run] or at the top level
+        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
+    return data
+
+
+def load_defaults() -> dict:
+    with resources.files("transcribe_batch.config").joinpath("defaults.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    if name in _OPTIONAL and value in ("", None):
+        return None
+    if name in _PATHS:
+        return Path(os.path.expanduser(str(value))).resolve()
+    if name == "engine_options":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: engine_options must be a table")
+        return dict(value)
+    default = _FIELDS[name].default
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} = {value!r} has the wrong type (expected {type(default).__name__})") from None
+
+
+def build_config(manifest: str | os.PathLike, output: str | os.PathLike, *, config_file: str | os.PathLike | None = None,
+                 **overrides: Any) -> RunConfig:
+    """defaults.toml < config_file < overrides (None values in overrides mean "not given")."""
+    values: dict[str, Any] = {}
+    layers = [("config/defaults.toml", load_defaults())]
+    if config_file:
+        layers.append((str(config_file), _read_toml(Path(config_file))))
+    layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
+    for source, layer in layers:
+        for name, value in layer.items():
+            if name not in _SETTABLE:
+                raise ConfigError(f"{source}: unknown setting {name!r}")
+            if name == "engine_options":
+                values.setdefault("engine_options", {}).update(_coerce(name, value, source))
+            else:
+                values[name] = _coerce(name, value, source)
+    cfg = RunConfig(manifest=Path(manifest).resolve(), output=Path(output).resolve(),
+                    config_file=Path(config_file).resolve() if config_file else None, **values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    from transcribe_batch.workers.engines import ENGINES
+
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"engine: unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}")
+    for name in ("max_attempts", "shard_size", "inflight_per_device", "batch_size", "max_new_tokens",
+                 "device_max_failures"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.sim_speedup <= 0:
+        raise ConfigError(f"sim_speedup must be > 0, got {cfg.sim_speedup}")
+    if cfg.engine == "bm1684x" and not cfg.bmodel:
+        raise ConfigError("engine bm1684x needs --bmodel (the compiled .bmodel) and --model-dir (tokenizer/configs)")
+    if cfg.sim_faults:
+        from transcribe_batch.workers.engines.simulated import FaultSpec
+
+        try:
+            FaultSpec.parse(cfg.sim_faults)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

@@ -1,0 +1,229 @@
+"""The run folder: `parts/` written atomically as work finishes, `results.parquet` merged in input order, `run.json`.
+
+Resume reads the parts already there: every id in them is done (failed rows too, unless retry_failed), so only the
+rest is planned. Changing the engine/model/prompt against a folder with results is refused unless overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from transcribe_batch.manifests.reader import id_digest
+from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, to_table
+
+PART_RE = re.compile(r"part-(\d{6})(?:-\w+)?\.parquet$")
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @property
+    def parts(self) -> Path:
+        return self.path / "parts"
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.parquet"
+
+    @property
+    def progress_log(self) -> Path:
+        return self.path / "progress.jsonl"
+
+    def part_files(self) -> list[Path]:
+        files = [p for p in self.parts.glob("part-*.parquet") if PART_RE.search(p.name)]
+        return sorted(files, key=lambda p: int(PART_RE.search(p.name).group(1)))
+
+    def read_run_json(self) -> dict | None:
+        try:
+            return json.loads(self.run_json.read_text())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as e:
+            raise ResumeError(f"{self.run_json}: unreadable ({e}); use --overwrite to start over") from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n").encode())
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class ResumeState:
+    done_digests: np.ndarray  # int64 digests of ids already recorded
+    n_done: int
+    n_ok: int
+    n_failed: int
+    audio_s_done: float
+    next_seq: int
+    previous: dict | None  # the earlier run.json
+
+
+def open_run_folder(folder: RunFolder, identity: dict, *, overwrite: bool = False, retry_failed: bool = False) -> ResumeState:
+    """Check the folder against this run's identity and read what is already done."""
+    previous = folder.read_run_json() if folder.path.exists() else None
+    if folder.path.exists() and not folder.path.is_dir():
+        raise ResumeError(f"{folder.path}: exists and is not a folder")
+    if previous is not None and not overwrite:
+        old = previous.get("identity", {})
+        changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+        if changed:
+            what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ResumeError(f"{folder.path} holds results of a different run ({what}). Use another --output, or "
+                              "--overwrite to delete them and start over.")
+    if overwrite and folder.path.exists():
+        shutil.rmtree(folder.parts, ignore_errors=True)
+        for p in (folder.results, folder.run_json, folder.progress_log):
+            p.unlink(missing_ok=True)
+        previous = None
+    folder.parts.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.parts.glob(".tmp-*"):  # a write cut off by a crash
+        tmp.unlink(missing_ok=True)
+    files = folder.part_files()
+    next_seq = int(PART_RE.search(files[-1].name).group(1)) + 1 if files else 0
+    if not files:
+        return ResumeState(np.zeros(0, np.int64), 0, 0, 0, 0.0, next_seq, previous)
+    table = latest_rows(_read_parts(files, ["id", "status", "duration_s"]))
+    ok = pc.equal(table["status"], "ok")
+    keep = table if not retry_failed else table.filter(ok)
+    digests = np.fromiter((id_digest(i) for i in keep["id"].to_pylist()), dtype=np.int64, count=keep.num_rows)
+    n_ok = int(pc.sum(ok).as_py() or 0)
+    audio = pc.sum(keep["duration_s"]).as_py() or 0.0
+    return ResumeState(np.sort(digests), keep.num_rows, n_ok, keep.num_rows - n_ok if not retry_failed else 0,
+                       float(audio), next_seq, previous)
+
+
+def _read_parts(files: list[Path], columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for seq, f in enumerate(files):
+        t = pq.read_table(f, columns=columns)
+        tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, seq, dtype=np.int64))))
+    return pa.concat_tables(tables)
+
+
+def latest_rows(table: pa.Table) -> pa.Table:
+    """One row per id: the one from the latest part (a row redone with retry_failed replaces its failed record)."""
+    if table.num_rows == 0:
+        return table
+    table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    last = table.group_by("id", use_threads=False).aggregate([("_row", "max")])["_row_max"]
+    return table.take(pa.array(np.sort(last.to_numpy()))).drop_columns(["_row"])
+
+
+class PartWriter:
+    """Buffers finished records and writes them as atomic part files (one file per flush)."""
+
+    def __init__(self, folder: RunFolder, next_seq: int, *, flush_rows: int = 512, flush_s: float = 5.0):
+        self.folder = folder
+        self.seq = next_seq
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self.buffer: list[dict] = []
+        self.last_flush = time.monotonic()
+        self.rows_written = 0
+
+    def add(self, records: list[dict]) -> None:
+        self.buffer.extend(records)
+        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.buffer:
+            return
+        table = to_table(self.buffer)
+        write_parquet_atomic(table, self.folder.parts / f"part-{self.seq:06d}-{uuid.uuid4().hex[:8]}.parquet")
+        self.seq += 1
+        self.rows_written += len(self.buffer)
+        self.buffer = []
+
+
+def _extra_columns(extra: pa.ChunkedArray) -> dict[str, pa.Array]:
+    values = [json.loads(v) if v is not None else {} for v in extra.to_pylist()]
+    keys: list[str] = []
+    for v in values:
+        for k in v:
+            if k not in keys:
+                keys.append(k)
+    out = {}
+    for k in keys:
+        column = [v.get(k) for v in values]
+        name = k if k not in COLUMNS else f"manifest_{k}"
+        try:
+            out[name] = pa.array(column)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: keep them readable as JSON text
+            out[name] = pa.array([None if c is None else json.dumps(c, ensure_ascii=False) for c in column],
+                                 type=pa.string())
+        if pa.types.is_null(out[name].type):
+            out[name] = out[name].cast(pa.string())
+    return out
+
+
+def merge_results(folder: RunFolder) -> pa.Table:
+    """Merge every part into results.parquet (one row per id, input order, manifest fields as columns)."""
+    files = folder.part_files()
+    if not files:
+        table = PART_SCHEMA.empty_table()
+    else:
+        table = latest_rows(_read_parts(files)).drop_columns(["_part"])
+    table = table.take(pc.sort_indices(table, sort_keys=[("line", "ascending")]))
+    extra = _extra_columns(table["manifest_extra"])
+    table = table.drop_columns(["manifest_extra"])
+    for name, column in extra.items():
+        table = table.append_column(name, column)
+    write_parquet_atomic(table, folder.results)
+    return table
+
+
+def versions() -> dict:
+    import ray
+
+    from transcribe_batch import pipeline
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "ray": ray.__version__,
+           "pyarrow": pa.__version__, "numpy": np.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["transcribe-batch"] = version("transcribe-batch")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        out["transcribe-batch"] = getattr(pipeline, "__version__", "unknown")
+    return out

@@ -1,0 +1,152 @@
+"""The `simulated` engine: no model, for tests and scheduler benchmarks. Its rows say engine="simulated".
+
+It "transcribes" by returning the reference text (or `sim_text`, or a fixed marker when neither exists) and sleeps
+per a cost model taken from the existing BM1684X port (notes/bm1684x.md: TTFT ≈ 24 s, ≈ 0.8 s per generated token
+on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speedup`. Faults are injected per
+attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
+error raises EngineError, empty returns "", repeat returns a runaway repetition up to max_new_tokens, crash ends
+the whole actor process with os._exit (what a native crash looks like to Ray). The draw depends only on
+(seed, utterance id, attempt), so a run is reproducible and a retry gets a fresh draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
+
+DEFAULT_TTFT_S = 24.0
+DEFAULT_S_PER_TOKEN = 0.8
+FALLBACK_TEXT = "[simulated transcript]"
+FAULT_KINDS = ("error", "empty", "repeat", "crash")
+CHARS_PER_TOKEN = 4.0  # rough English BPE ratio; used to count generated tokens without a tokenizer
+
+
+class SimulatedFault(EngineError):
+    """An injected engine exception."""
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    error: float = 0.0
+    empty: float = 0.0
+    repeat: float = 0.0
+    crash: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | dict | None) -> "FaultSpec":
+        if not spec:
+            return cls()
+        if isinstance(spec, dict):
+            items = spec.items()
+        else:
+            items = []
+            for part in str(spec).split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                key, sep, value = part.partition("=")
+                if not sep:
+                    raise ValueError(f"--sim-faults: expected key=value, got {part!r} (e.g. error=0.05,crash=0.01,seed=7)")
+                items.append((key.strip(), value.strip()))
+        values: dict = {}
+        for key, value in items:
+            if key == "seed":
+                values["seed"] = int(value)
+            elif key in FAULT_KINDS:
+                p = float(value)
+                if not 0.0 <= p <= 1.0:
+                    raise ValueError(f"--sim-faults: {key}={value} is not a probability in [0, 1]")
+                values[key] = p
+            else:
+                raise ValueError(f"--sim-faults: unknown fault {key!r}; known: {', '.join(FAULT_KINDS)}, seed")
+        spec_ = cls(**values)
+        if spec_.error + spec_.empty + spec_.repeat + spec_.crash > 1.0:
+            raise ValueError("--sim-faults: the probabilities add up to more than 1")
+        return spec_
+
+    def draw(self, request_id: str, attempt: int) -> str | None:
+        key = f"{self.seed}|{request_id}|{attempt}".encode()
+        u = random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")).random()
+        for kind in FAULT_KINDS:
+            p = getattr(self, kind)
+            if u < p:
+                return kind
+            u -= p
+        return None
+
+
+def count_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN)) if text else 0
+
+
+class SimulatedEngine(Engine):
+    name = "simulated"
+    model_id = "simulated"
+
+    def __init__(self, *, ttft_s: float = DEFAULT_TTFT_S, s_per_token: float = DEFAULT_S_PER_TOKEN,
+                 speedup: float = 1.0, faults: FaultSpec = FaultSpec(), text: str | None = None,
+                 max_audio_s: float = 30.0, device: int | None = None):
+        if speedup <= 0:
+            raise ValueError(f"sim_speedup must be > 0, got {speedup}")
+        self.ttft_s = ttft_s
+        self.s_per_token = s_per_token
+        self.speedup = speedup
+        self.faults = faults
+        self.text = text
+        self.device = device
+        self.limits = EngineLimits(max_audio_s=max_audio_s)
+        self._attempt: dict[str, int] = {}
+
+    def begin_attempt(self, row_id: str, attempt: int) -> None:
+        """Optional engine hook the actor calls before each row: fault draws are per (id, attempt)."""
+        self._attempt = {row_id: attempt}
+
+    def transcribe(self, request: Request) -> EngineResult:
+        base_id = request.id.split("#", 1)[0]
+        fault = self.faults.draw(request.id, self._attempt.get(base_id, 1))
+        if fault == "crash":
+            os._exit(77)  # a hard crash of the actor process, as a native fault would do
+        text = request.reference if self.text is None else self.text
+        if text is None:
+            text = FALLBACK_TEXT
+        if fault == "empty":
+            text = ""
+        n_tokens = count_tokens(text) + 1  # + the stop token
+        finish = FINISH_EOS
+        if fault == "repeat":
+            word = (text.split() or ["la"])[0]
+            n_tokens = request.max_new_tokens
+            text = " ".join([word] * n_tokens)
+            finish = FINISH_MAX_TOKENS
+        ttft = self.ttft_s / self.speedup
+        decode = max(0, n_tokens - 1) * self.s_per_token / self.speedup
+        time.sleep(ttft)
+        if fault == "error":
+            raise SimulatedFault(f"simulated engine fault on {request.id} (device {self.device})")
+        time.sleep(decode)
+        gen = n_tokens - 1 if finish == FINISH_EOS else n_tokens
+        return EngineResult(token_ids=list(range(gen)), finish_reason=finish, ttft_s=ttft, decode_s=decode, text=text)
+
+
+def _opt(options: dict, key: str, default: float) -> float:
+    value = options.get(key)
+    return default if value is None else float(value)
+
+
+def create(options: dict, device: int | None) -> SimulatedEngine:
+    return SimulatedEngine(
+        ttft_s=_opt(options, "sim_ttft_s", DEFAULT_TTFT_S),
+        s_per_token=_opt(options, "sim_s_per_token", DEFAULT_S_PER_TOKEN),
+        speedup=_opt(options, "sim_speedup", 1.0),
+        faults=FaultSpec.parse(options.get("sim_faults")),
+        text=options.get("sim_text"),
+        max_audio_s=_opt(options, "sim_max_audio_s", 30.0),
+        device=device,
+    )

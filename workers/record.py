@@ -1,0 +1,108 @@
+"""One result row per manifest row (contract 5): its fields, their Arrow types, and helpers to build rows.
+
+Part files use exactly `PART_SCHEMA`; manifest fields the runner doesn't know travel as one JSON column
+(`manifest_extra`) so that every part has the same schema, and the merged results.parquet spreads them into columns.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+_TS = pa.timestamp("us", tz="UTC")
+
+FIELDS: list[tuple[str, pa.DataType, str]] = [
+    ("id", pa.string(), "manifest id (given or derived stably from path+offset+duration)"),
+    ("line", pa.int64(), "line number in the manifest (1-based); results.parquet is sorted by it"),
+    ("audio_filepath", pa.string(), "absolute path of the audio file"),
+    ("offset", pa.float64(), "start of the utterance in the file, seconds"),
+    ("duration_s", pa.float64(), "audio seconds transcribed (measured; the manifest's value if audio never loaded)"),
+    ("text", pa.string(), "reference transcript from the manifest (null if none)"),
+    ("pred_text", pa.string(), "cleaned transcript (null when the engine produced nothing usable)"),
+    ("raw_text", pa.string(), "the model's raw answer before cleanup (last attempt)"),
+    ("status", pa.string(), "ok | failed"),
+    ("error_class", pa.string(), "exception class / failure kind of the final attempt (null when ok)"),
+    ("error_message", pa.string(), "what went wrong, naming the file or line where it can"),
+    ("attempts", pa.int32(), "attempts made (1 = first try succeeded or failed for good)"),
+    ("engine", pa.string(), "engine name: bm1684x | hf | simulated"),
+    ("model_id", pa.string(), "model identity (e.g. Qwen2-Audio-7B-Instruct; 'simulated' for the simulated engine)"),
+    ("device", pa.int32(), "device index on its node (card / GPU / simulated device)"),
+    ("node", pa.string(), "host name of the node that ran the final attempt"),
+    ("prompt", pa.string(), "instruction text sent with the audio"),
+    ("task", pa.string(), "manifest task (prompt template name), if any"),
+    ("language", pa.string(), "manifest language, if any"),
+    ("n_prompt_tokens", pa.int32(), "prompt tokens incl. audio tokens (summed over pieces)"),
+    ("n_audio_tokens", pa.int32(), "audio tokens (25 per second, summed over pieces)"),
+    ("n_new_tokens", pa.int32(), "generated tokens (summed over pieces)"),
+    ("finish_reason", pa.string(), "eos | max_tokens | repetition | error"),
+    ("ttft_s", pa.float64(), "time to first token (audio encode + prefill), summed over pieces"),
+    ("decode_s", pa.float64(), "time for the tokens after the first, summed over pieces"),
+    ("tokens_per_s", pa.float64(), "decode speed: (n_new_tokens - pieces) / decode_s"),
+    ("total_s", pa.float64(), "device time for this row: finished_at - started_at"),
+    ("rtf", pa.float64(), "real-time factor: total_s / duration_s"),
+    ("prep_s", pa.float64(), "CPU front-end time (load audio, features, prompt) on the prefetch thread"),
+    ("wait_s", pa.float64(), "time the device waited for the front end before this row (0 = prefetch kept up)"),
+    ("queued_at", _TS, "when the driver handed this row's shard to the actor (final attempt)"),
+    ("started_at", _TS, "when the device started on this row"),
+    ("finished_at", _TS, "when the device finished this row"),
+    ("n_chunks", pa.int32(), "pieces the audio was split into (1 = not split)"),
+    ("manifest_extra", pa.string(), "other manifest fields as JSON (parts only; results.parquet has them as columns)"),
+]
+
+PART_SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in FIELDS])
+COLUMNS = [name for name, _, _ in FIELDS]
+_KNOWN_ROW_KEYS = {"id", "audio_filepath", "offset", "duration", "text", "prompt", "task", "language"}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def node_name() -> str:
+    return socket.gethostname()
+
+
+def extra_fields(row: dict) -> str | None:
+    extra = {k: v for k, v in row.items() if k not in _KNOWN_ROW_KEYS}
+    return json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None
+
+
+def base_record(row: dict, line: int) -> dict:
+    """The fields known from the manifest row alone; everything else null."""
+    rec = dict.fromkeys(COLUMNS)
+    rec.update(
+        id=row.get("id"),
+        line=line,
+        audio_filepath=row.get("audio_filepath"),
+        offset=row.get("offset", 0.0),
+        duration_s=row.get("duration"),
+        text=row.get("text"),
+        prompt=row.get("prompt"),
+        task=row.get("task"),
+        language=row.get("language"),
+        manifest_extra=extra_fields(row),
+        attempts=0,
+        n_chunks=0,
+    )
+    return rec
+
+
+def failed_record(row: dict, line: int, error: BaseException | str, *, error_class: str | None = None,
+                  attempts: int = 1, **fields) -> dict:
+    rec = base_record(row, line)
+    rec.update(
+        status="failed",
+        error_class=error_class or (type(error).__name__ if isinstance(error, BaseException) else "Error"),
+        error_message=str(error),
+        finish_reason="error",
+        attempts=attempts,
+    )
+    rec.update(fields)
+    return rec
+
+
+def to_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in records], schema=PART_SCHEMA)
