@@ -1,0 +1,165 @@
+"""The hf engine against transformers' own generate(), with a tiny random-weight Qwen2-Audio built here.
+
+The model has the real tokenizer's vocabulary (156032) so the real prompt ids work, 2 layers and hidden 64 for speed;
+it is saved with save_pretrained and loaded from disk offline, as a real model folder would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transcribe_batch.workers.engines import EngineError, create_engine  # noqa: E402
+from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS  # noqa: E402
+from transcribe_batch.workers.frontend import FrontEnd  # noqa: E402
+
+pytestmark = pytest.mark.slow
+CLIPS = ["001.wav", "beckett.wav", "front_center_48k.wav"]
+MAX_NEW = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, model_dir):
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = Qwen2AudioConfig(
+        audio_config=dict(model_type="qwen2_audio_encoder", num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4,
+                          encoder_ffn_dim=128, d_model=64, max_source_positions=1500),
+        text_config=dict(model_type="qwen2", vocab_size=156032, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
+        audio_token_index=151646,
+    )
+    path = tmp_path_factory.mktemp("tiny-qwen2-audio")
+    Qwen2AudioForConditionalGeneration(config).eval().save_pretrained(path)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "preprocessor_config.json"):
+        shutil.copy(model_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        eng = create_engine("hf", {"model_dir": str(tiny_dir), "dtype": "fp32", "batch_size": 4}, None)
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE")
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def frontend(model_dir, engine):
+    return FrontEnd(model_dir, template="ultraeval", limits=engine.limits, max_new_tokens_cap=MAX_NEW)
+
+
+@pytest.fixture(scope="module")
+def processor(model_dir):
+    proc = transformers.AutoProcessor.from_pretrained(model_dir)
+    proc.tokenizer.padding_side = "left"
+    return proc
+
+
+def _prepare(frontend, audio_dir, clips):
+    return [r for i, c in enumerate(clips) for r in frontend.prepare({"id": f"u{i}", "audio_filepath": str(audio_dir / c)})]
+
+
+def _processor_inputs(processor, frontend, requests, audio_dir, clips):
+    from transcribe_batch.workers.audio import load_audio
+
+    text = frontend.prompt.text(requests[0].prompt)
+    return processor(text=[text] * len(clips), audio=[load_audio(audio_dir / c) for c in clips], sampling_rate=16000,
+                     return_tensors="pt", padding=True)
+
+
+def _reference(engine, inputs, stop_ids, max_new=MAX_NEW):
+    keys = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
+    with torch.inference_mode():
+        out = engine.model.generate(**{k: inputs[k] for k in keys}, do_sample=False, num_beams=1,
+                                    max_new_tokens=max_new, eos_token_id=list(stop_ids), pad_token_id=engine.pad_id)
+    new = out[:, inputs["input_ids"].shape[1]:].tolist()
+    return [row[: next((k for k, t in enumerate(row) if t in stop_ids), len(row))] for row in new]
+
+
+def test_limits_and_identity(engine):
+    assert engine.name == "hf" and engine.model_id == engine.model_dir.name
+    assert engine.limits.max_audio_s == 30.0 and engine.limits.max_seq_len == 2048
+    assert engine.pad_id == 151643  # the tokenizer's <|endoftext|>, found through tokenizer_config.json
+
+
+def test_batch_inputs_equal_the_processor(engine, frontend, processor, audio_dir):
+    requests = _prepare(frontend, audio_dir, CLIPS)
+    ours = engine.inputs(requests)
+    ref = _processor_inputs(processor, frontend, requests, audio_dir, CLIPS)
+    assert torch.equal(ours["input_ids"], ref["input_ids"])
+    assert torch.equal(ours["attention_mask"], ref["attention_mask"])
+    assert torch.equal(ours["feature_attention_mask"], ref["feature_attention_mask"].long())
+    assert (ours["input_features"] - ref["input_features"]).abs().max().item() <= 1e-4
+
+
+def test_greedy_tokens_equal_generate(engine, frontend, processor, audio_dir):
+    requests = _prepare(frontend, audio_dir, CLIPS)
+    inputs = _processor_inputs(processor, frontend, requests, audio_dir, CLIPS)
+    for r, feats in zip(requests, inputs["input_features"].numpy()):
+        r.features = feats  # the very same inputs generate() gets
+    results = engine.transcribe_batch(requests)
+    expected = _reference(engine, inputs, set(requests[0].stop_ids))
+    assert [r.token_ids for r in results] == expected
+    for res, req in zip(results, requests):
+        assert res.finish_reason in (FINISH_EOS, FINISH_MAX_TOKENS) and len(res.token_ids) <= req.max_new_tokens
+        assert res.ttft_s > 0 and res.decode_s >= 0 and 0 < res.encode_s < res.ttft_s
+        assert res.extra["batch_size"] == 3 and res.text is None
+    # one at a time, through transcribe(), equals generate() on the single input
+    single = _processor_inputs(processor, frontend, requests[:1], audio_dir, CLIPS[:1])
+    requests[0].features = single["input_features"][0].numpy()
+    assert engine.transcribe(requests[0]).token_ids == _reference(engine, single, set(requests[0].stop_ids))[0]
+
+
+def test_stop_token_and_per_request_budget(engine, frontend, processor, audio_dir):
+    (req,) = _prepare(frontend, audio_dir, ["beckett.wav"])
+    inputs = _processor_inputs(processor, frontend, [req], audio_dir, ["beckett.wav"])
+    req.features = inputs["input_features"][0].numpy()
+    free = _reference(engine, inputs, {-1})[0]
+    stop = next(t for k, t in enumerate(free) if k >= 1 and t not in free[:k])  # a token greedy decoding reaches
+    at = free.index(stop)
+    res = engine.transcribe(dataclasses.replace(req, stop_ids=(stop,)))
+    assert res.token_ids == free[:at] and res.finish_reason == FINISH_EOS and res.decode_s > 0
+    res = engine.transcribe(dataclasses.replace(req, stop_ids=(-1,), max_new_tokens=2))
+    assert res.token_ids == free[:2] and res.finish_reason == FINISH_MAX_TOKENS
+
+
+def test_one_bad_request_does_not_fail_its_neighbours(engine, frontend, audio_dir):
+    requests = _prepare(frontend, audio_dir, ["001.wav", "002.wav", "003.wav"])
+    requests[1].features = requests[1].features[:, :100]  # a window this model does not take
+    results = engine.transcribe_batch(requests)
+    assert isinstance(results[1], EngineError) and "u1" in str(results[1])
+    assert all(len(r.token_ids) >= 1 for r in (results[0], results[2]))
+
+
+def test_long_audio_goes_through_in_pieces(engine, frontend, audio_dir):
+    requests = _prepare(frontend, audio_dir, ["two_cities.wav"])
+    assert len(requests) == 2
+    results = engine.transcribe_batch(requests)
+    assert all(not isinstance(r, BaseException) and r.token_ids for r in results)
+    assert isinstance(frontend.join([frontend.decode(r.token_ids) for r in results]), str)
+
+
+def test_options_errors(tiny_dir):
+    with pytest.raises(ValueError, match="model-dir"):
+        create_engine("hf", {}, None)
+    with pytest.raises(ValueError, match="dtype"):
+        create_engine("hf", {"model_dir": str(tiny_dir), "dtype": "int3"}, None)
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="CUDA"):
+            create_engine("hf", {"model_dir": str(tiny_dir)}, 0)
