@@ -22,6 +22,7 @@ from transcribe_batch.workers.cleanup import Cleaned, check_degenerate, clean, e
     ("Transcription: four queen of clubs", "four queen of clubs"),
     ('"eight of spades"', "eight of spades"),
     ("hello<|im_end|>", "hello"),
+    ("<|en|><|0.00|>ten of clubs<|1.08|>", "ten of clubs"),
     ("assistant\nhello there", "hello there"),
     ("The audio is too short.", "The audio is too short."),  # not a lead-in: left alone
     ("", ""),

@@ -54,6 +54,8 @@ def _check_path(path: Path) -> None:
         raise AudioNotFound(path, "is a directory, not an audio file")
     if not path.is_file():
         raise AudioNotFound(path, "is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise AudioDecodeError(path, "permission denied")
     if path.stat().st_size == 0:
         raise AudioEmpty(path, "file is empty (0 bytes)")
 

@@ -24,7 +24,7 @@ _LEAD_IN = re.compile(
     )\s*[:：,]?\s*""",
     re.IGNORECASE | re.VERBOSE,
 )
-_CHAT_RESIDUE = re.compile(r"<\|[a-zA-Z_]+\|>|^\s*(?:assistant|system|user)\s*\n", re.MULTILINE)
+_CHAT_RESIDUE = re.compile(r"<\|[^|<>\s]{1,40}\|>|^\s*(?:assistant|system|user)\s*\n", re.MULTILINE)
 _CONTENT_FIELD = re.compile(r"""["']?(?:content|text|transcription|transcript)["']?\s*:\s*(["'])(?P<body>.*)""",
                             re.IGNORECASE | re.DOTALL)
 _QUOTES = "\"'“”‘’「」『』«»`"

@@ -179,18 +179,23 @@ class HFEngine(Engine):
             raise EngineError(f"{request.id}: {type(e).__name__}: {e}") from e
 
     def transcribe_batch(self, requests: Sequence[Request]) -> list[EngineResult | BaseException]:
-        """Requests in batches of `batch_size` (the runner sends similar lengths); a failed batch is retried one by one."""
-        out: list[EngineResult | BaseException] = []
-        for i in range(0, len(requests), self.batch_size):
-            chunk = list(requests[i:i + self.batch_size])
+        """Batches of `batch_size`, grouped by prompt length to keep padding small; results in the input order.
+        A failed batch is retried one request at a time so that one bad request fails alone."""
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].expanded_ids or ()))
+        out: list[EngineResult | BaseException | None] = [None] * len(requests)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            chunk = [requests[j] for j in idx]
             try:
-                out.extend(self._generate(chunk))
+                results: list = self._generate(chunk)
             except Exception as e:  # noqa: BLE001 - isolate the request that fails
                 if len(chunk) > 1:
-                    out.extend(Engine.transcribe_batch(self, chunk))  # one by one, through transcribe()
+                    results = Engine.transcribe_batch(self, chunk)  # one by one, through transcribe()
                 else:
-                    out.append(e if isinstance(e, EngineError) else EngineError(f"{chunk[0].id}: {type(e).__name__}: {e}"))
-        return out
+                    results = [e if isinstance(e, EngineError) else EngineError(f"{chunk[0].id}: {type(e).__name__}: {e}")]
+            for j, result in zip(idx, results):
+                out[j] = result
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         self.model = None
