@@ -41,7 +41,7 @@ class ManifestError(ValueError):
 def stable_id(audio_filepath: str, offset: float, duration: float | None) -> str:
     """An id derived from what the line says (not from the absolute path, so a moved manifest keeps its ids)."""
     key = f"{audio_filepath}|{offset!r}|{duration!r}".encode()
-    stem = Path(audio_filepath).stem[:40] or "row"
+    stem = os.path.splitext(os.path.basename(audio_filepath))[0][:40] or "row"
     return f"{stem}-{hashlib.blake2b(key, digest_size=6).hexdigest()}"
 
 
@@ -67,7 +67,7 @@ def _number(obj: dict, key: str, path, line: int, default: float | None) -> floa
     return number
 
 
-def parse_line(raw: bytes | str, *, path: str | os.PathLike, line: int, base_dir: Path) -> dict:
+def parse_line(raw: bytes | str, *, path: str | os.PathLike, line: int, base_dir: str | os.PathLike) -> dict:
     """Parse and normalize one manifest line; raises ManifestError. Blank lines are the caller's business."""
     try:
         obj = json.loads(raw)
@@ -99,12 +99,12 @@ def parse_line(raw: bytes | str, *, path: str | os.PathLike, line: int, base_dir
             raise ManifestError(path, line, "id", "must not be empty")
         if "#" in row_id:
             raise ManifestError(path, line, "id", f"must not contain '#' (reserved for pieces of split audio): {row_id!r}")
-    resolved = Path(os.path.expanduser(audio))
-    if not resolved.is_absolute():
-        resolved = base_dir / resolved
+    resolved = os.path.expanduser(audio) if audio.startswith("~") else audio
+    if not os.path.isabs(resolved):
+        resolved = os.path.join(base_dir, resolved)
     row = {
         "id": row_id,
-        "audio_filepath": os.path.normpath(str(resolved)),
+        "audio_filepath": os.path.normpath(resolved),
         "offset": offset,
         "duration": duration,
         "text": obj.get("text"),

@@ -6,7 +6,9 @@ on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speed
 attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
 error raises EngineError, empty returns "", repeat returns a runaway repetition up to max_new_tokens, crash ends
 the whole actor process with os._exit (what a native crash looks like to Ray). The draw depends only on
-(seed, utterance id, attempt), so a run is reproducible and a retry gets a fresh draw.
+(seed, utterance id, attempt), so a run is reproducible and a retry gets a fresh draw. The engine option
+`sim_broken_devices` (a list of device ids, via [engine_options] in a config file) makes every request on those
+devices fail, to exercise taking a device out of the pool.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class SimulatedEngine(Engine):
 
     def __init__(self, *, ttft_s: float = DEFAULT_TTFT_S, s_per_token: float = DEFAULT_S_PER_TOKEN,
                  speedup: float = 1.0, faults: FaultSpec = FaultSpec(), text: str | None = None,
-                 max_audio_s: float = 30.0, device: int | None = None):
+                 max_audio_s: float = 30.0, device: int | None = None, broken: bool = False):
         if speedup <= 0:
             raise ValueError(f"sim_speedup must be > 0, got {speedup}")
         self.ttft_s = ttft_s
@@ -101,6 +103,7 @@ class SimulatedEngine(Engine):
         self.faults = faults
         self.text = text
         self.device = device
+        self.broken = broken  # every request fails: a card that keeps failing (engine option sim_broken_devices)
         self.limits = EngineLimits(max_audio_s=max_audio_s)
         self._attempt: dict[str, int] = {}
 
@@ -128,6 +131,8 @@ class SimulatedEngine(Engine):
         ttft = self.ttft_s / self.speedup
         decode = max(0, n_tokens - 1) * self.s_per_token / self.speedup
         time.sleep(ttft)
+        if self.broken:
+            raise SimulatedFault(f"device {self.device} is broken (sim_broken_devices)")
         if fault == "error":
             raise SimulatedFault(f"simulated engine fault on {request.id} (device {self.device})")
         time.sleep(decode)
@@ -149,4 +154,5 @@ def create(options: dict, device: int | None) -> SimulatedEngine:
         text=options.get("sim_text"),
         max_audio_s=_opt(options, "sim_max_audio_s", 30.0),
         device=device,
+        broken=device is not None and device in (options.get("sim_broken_devices") or ()),
     )

@@ -1,0 +1,28 @@
+"""Manifests in tmp_path that point at the shared recordings (never copied into the repo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def shared_rows(audio_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["audio_filepath"] = str(audio_dir / r["audio_filepath"])
+    return rows
+
+
+def write_manifest(path: Path, audio_dir: Path, *, repeat: int = 1, limit: int | None = None,
+                   max_duration: float | None = None) -> list[dict]:
+    """`repeat` copies of the shared rows (distinct ids `<stem>-<k>`); returns the rows written, in order."""
+    base = shared_rows(audio_dir)
+    if max_duration is not None:
+        base = [r for r in base if r["duration"] <= max_duration]
+    base = base[:limit]
+    rows = []
+    for k in range(repeat):
+        for r in base:
+            rows.append({**r, "id": f"{Path(r['audio_filepath']).stem}-{k}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows

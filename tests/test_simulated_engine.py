@@ -1,0 +1,164 @@
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from manifest_helpers import shared_rows
+from transcribe_batch.manifests.reader import iter_rows
+from transcribe_batch.workers.actor import TranscriptionWorker, escalated_chunk_s
+from transcribe_batch.workers.engines import create_engine
+from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS, EngineError, Request
+from transcribe_batch.workers.engines.simulated import FaultSpec, SimulatedFault
+from transcribe_batch.workers.record import now
+
+
+def test_fault_spec_parsing():
+    spec = FaultSpec.parse("error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7")
+    assert (spec.error, spec.empty, spec.repeat, spec.crash, spec.seed) == (0.05, 0.02, 0.02, 0.01, 7)
+    assert FaultSpec.parse("") == FaultSpec()
+    for bad, words in [("explode=0.1", "unknown fault"), ("error=2", "probability"), ("error", "key=value"),
+                       ("error=0.6,empty=0.6", "more than 1")]:
+        with pytest.raises(ValueError, match=words):
+            FaultSpec.parse(bad)
+
+
+def test_fault_draws_are_seeded_per_attempt():
+    spec = FaultSpec.parse("error=0.2,empty=0.1,repeat=0.1,crash=0.1,seed=3")
+    draws = [spec.draw(f"u{i}", 1) for i in range(4000)]
+    assert draws == [spec.draw(f"u{i}", 1) for i in range(4000)]  # reproducible
+    counts = Counter(draws)
+    for kind, p in [("error", 0.2), ("empty", 0.1), ("repeat", 0.1), ("crash", 0.1), (None, 0.5)]:
+        assert abs(counts[kind] / 4000 - p) < 0.03, (kind, counts)
+    failing = [i for i, d in enumerate(draws) if d]
+    second = [spec.draw(f"u{i}", 2) for i in failing]
+    assert sum(d is None for d in second) > 0.4 * len(failing)  # a retry gets a fresh draw
+    other_seed = FaultSpec.parse("error=0.2,empty=0.1,repeat=0.1,crash=0.1,seed=4")
+    assert [other_seed.draw(f"u{i}", 1) for i in range(200)] != draws[:200]
+
+
+def _request(text="the quick brown fox", **kw):
+    return Request(id="u1", duration_s=3.0, n_audio_tokens=75, reference=text, max_new_tokens=40, **kw)
+
+
+def test_cost_model_and_reference_text():
+    eng = create_engine("simulated", {"sim_speedup": 1000}, device=2)
+    assert eng.name == "simulated" and eng.model_id == "simulated"
+    res = eng.transcribe(_request())
+    assert res.text == "the quick brown fox" and res.finish_reason == FINISH_EOS
+    n = len(res.token_ids)
+    assert n == 5  # ceil(19 chars / 4)
+    assert res.ttft_s == pytest.approx(24.0 / 1000)
+    assert res.decode_s == pytest.approx(n * 0.8 / 1000)  # n tokens after the first, counting the stop token
+    fixed = create_engine("simulated", {"sim_speedup": 1000, "sim_text": "hello", "sim_ttft_s": 2, "sim_s_per_token": 0.5}, 0)
+    r = fixed.transcribe(_request())
+    assert r.text == "hello" and r.ttft_s == pytest.approx(0.002) and r.decode_s == pytest.approx(0.0005 * 2)
+    assert create_engine("simulated", {"sim_speedup": 1000}, 0).transcribe(_request(text=None)).text
+
+
+def _engine_with(fault: str):
+    return create_engine("simulated", {"sim_speedup": 1000, "sim_faults": f"{fault}=1"}, 0)
+
+
+def test_injected_faults():
+    with pytest.raises(SimulatedFault) as info:
+        _engine_with("error").transcribe(_request())
+    assert isinstance(info.value, EngineError)
+    assert _engine_with("empty").transcribe(_request()).text == ""
+    rep = _engine_with("repeat").transcribe(_request())
+    assert rep.finish_reason == FINISH_MAX_TOKENS and len(rep.token_ids) == 40 and rep.text.split() == ["the"] * 40
+    broken = create_engine("simulated", {"sim_speedup": 1000, "sim_broken_devices": [1]}, 1)
+    with pytest.raises(SimulatedFault, match="broken"):
+        broken.transcribe(_request())
+
+
+def test_crash_ends_the_process():
+    code = ("from transcribe_batch.workers.engines import create_engine; from transcribe_batch.workers.engines.base "
+            "import Request; e = create_engine('simulated', {'sim_faults': 'crash=1', 'sim_speedup': 1000}, 0); "
+            "e.transcribe(Request(id='x', duration_s=1.0)); print('survived')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 77 and "survived" not in proc.stdout
+
+
+def _items(rows, attempt=1):
+    return [{"row": r, "line": i + 1, "attempt": attempt, "queued_at": now(), "duration": r["duration"]}
+            for i, r in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def rows(audio_manifest):
+    return [r for _, r in iter_rows(audio_manifest)]
+
+
+def test_worker_cheap_front_end_records(rows):
+    w = TranscriptionWorker("simulated", {"sim_speedup": 2000}, device=3)
+    try:
+        recs = w.run_shard(_items(rows))
+    finally:
+        w.close()
+    assert [r["id"] for r in recs] == [r["id"] for r in rows]
+    for rec, row in zip(recs, rows):
+        assert rec["status"] == "ok", rec
+        assert rec["engine"] == "simulated" and rec["model_id"] == "simulated"
+        assert rec["device"] == 3 and rec["node"] and rec["attempts"] == 1
+        assert rec["duration_s"] == pytest.approx(row["duration"], abs=0.05)
+        assert rec["n_audio_tokens"] > 0 and rec["n_new_tokens"] > 0 and rec["prep_s"] > 0
+        assert rec["started_at"] <= rec["finished_at"] and rec["total_s"] > 0 and rec["rtf"] > 0
+        if row["duration"] <= 30:
+            assert rec["n_chunks"] == 1
+        if row["text"]:
+            assert rec["text"] == row["text"] and rec["pred_text"]
+    assert max(r["n_chunks"] for r in recs) >= 2  # the 44 s recording is split to fit 30 s
+
+
+def test_worker_with_real_front_end_counts_prompt_tokens(rows, model_dir):
+    w = TranscriptionWorker("simulated", {"sim_speedup": 2000, "model_dir": str(model_dir)}, device=0)
+    try:
+        rec = w.run_shard(_items(rows[:2]))[0]
+    finally:
+        w.close()
+    assert rec["status"] == "ok"
+    assert rec["n_prompt_tokens"] > rec["n_audio_tokens"] > 0
+    assert rec["engine"] == "simulated" and rec["model_id"] == "simulated"
+    assert rec["prompt"]  # the instruction text of the default template
+
+
+@pytest.mark.parametrize("fault, error_class, finish", [("error", "SimulatedFault", "error"),
+                                                        ("empty", "EmptyOutput", "error"),
+                                                        ("repeat", "Repetition", "repetition")])
+def test_worker_marks_bad_predictions_for_retry(rows, fault, error_class, finish):
+    w = TranscriptionWorker("simulated", {"sim_speedup": 2000, "sim_faults": f"{fault}=1"}, device=1)
+    try:
+        rec = w.run_shard(_items(rows[:1], attempt=2))[0]
+    finally:
+        w.close()
+    assert rec["status"] == "failed" and rec["_retry"] is True
+    assert rec["error_class"] == error_class and rec["finish_reason"] == finish and rec["attempts"] == 2
+    assert rec["error_message"]
+
+
+def test_bad_audio_fails_for_good_naming_the_file(tmp_path, rows):
+    missing = {**rows[0], "id": "gone", "audio_filepath": str(tmp_path / "gone.wav")}
+    w = TranscriptionWorker("simulated", {"sim_speedup": 2000}, device=0)
+    try:
+        rec = w.run_shard(_items([missing, rows[1]]))
+    finally:
+        w.close()
+    assert rec[0]["status"] == "failed" and rec[0]["_retry"] is False
+    assert rec[0]["error_class"] == "AudioNotFound" and "gone.wav" in rec[0]["error_message"]
+    assert rec[1]["status"] == "ok"
+
+
+def test_retry_escalation_splits_long_audio(audio_dir):
+    assert escalated_chunk_s(44.0, 1, 30.0, 10.0) is None
+    assert escalated_chunk_s(44.0, 2, 30.0, 10.0) == 15.0
+    assert escalated_chunk_s(44.0, 3, 30.0, 10.0) == 7.5
+    assert escalated_chunk_s(8.0, 3, 30.0, 10.0) is None  # short utterances are retried as they are
+    long_row = next(r for r in shared_rows(audio_dir) if r["duration"] > 40)
+    row = {**long_row, "id": "long", "offset": 0.0, "prompt": None, "task": None, "language": None}
+    w = TranscriptionWorker("simulated", {"sim_speedup": 2000}, device=0)
+    try:
+        first, third = w.run_shard(_items([row]) + [{**_items([row], attempt=3)[0], "line": 2}])
+    finally:
+        w.close()
+    assert first["n_chunks"] == 2 and third["n_chunks"] >= 6
