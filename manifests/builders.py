@@ -27,18 +27,22 @@ class BuildError(ValueError):
     """The builder cannot go on (no such folder, nothing to build from, unreadable transcripts file)."""
 
 
-def _walk_sorted(root: Path) -> Iterator[tuple[Path, list[str]]]:
-    """(directory, sorted file names) for every directory under root, in sorted depth-first order."""
+def _walk_sorted(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """(directory, sorted file names) for every directory under root, in sorted depth-first order.
+
+    Plain strings on purpose: pathlib interns every path part, which grows without bound over a million files.
+    """
     for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
         files.sort()
-        yield Path(folder), files
+        yield folder, files
 
 
-def _path_for(path: Path, relative_to: Path | None) -> str:
+def _path_for(path: str, relative_to: Path | None) -> str:
     if relative_to is None:
         return os.path.abspath(path)
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))).as_posix()
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
+    return rel.replace(os.sep, "/")
 
 
 def librispeech_rows(root: str | os.PathLike, *, relative_to: Path | None = None,
@@ -60,20 +64,21 @@ def librispeech_rows(root: str | os.PathLike, *, relative_to: Path | None = None
             continue
         found = True
         listed: set[str] = set()
+        present = set(files)
         for name in transcripts:
-            trans = folder / name
+            trans = os.path.join(folder, name)
             with open(trans, encoding="utf-8") as fh:
                 for line_no, line in enumerate(fh, start=1):
                     line = line.strip()
                     if not line:
                         continue
                     utt_id, _, text = line.partition(" ")
-                    audio = next((folder / f"{utt_id}{ext}" for ext in (".flac", ".wav")
-                                  if (folder / f"{utt_id}{ext}").is_file()), None)
-                    if audio is None:
+                    audio_name = next((utt_id + ext for ext in (".flac", ".wav") if utt_id + ext in present), None)
+                    if audio_name is None:
                         report(f"{trans}:{line_no}: no audio file {utt_id}.flac next to the transcript; left out")
                         continue
-                    listed.add(audio.name)
+                    listed.add(audio_name)
+                    audio = os.path.join(folder, audio_name)
                     header = read_header(audio)
                     if header.duration is None:
                         report(f"{audio}: {header.problem or 'not a format libsndfile reads'}; left out")
@@ -89,7 +94,7 @@ def librispeech_rows(root: str | os.PathLike, *, relative_to: Path | None = None
                     }
         for name in files:
             if name.endswith(".flac") and name not in listed:
-                report(f"{folder / name}: no line in {', '.join(transcripts)}; left out")
+                report(f"{os.path.join(folder, name)}: no line in {', '.join(transcripts)}; left out")
     if not found:
         raise BuildError(f"{root}: no *.trans.txt found (expected a LibriSpeech split such as LibriSpeech/test-clean)")
 
@@ -170,13 +175,14 @@ def dir_rows(root: str | os.PathLike, *, pattern: str | None = None, transcripts
     used: set[str] = set()
     n_missing_text = 0
     for folder, files in _walk_sorted(root):
-        rel_dir = folder.relative_to(root).as_posix()
+        rel_dir = os.path.relpath(folder, root).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        present = set(files) if transcripts == "sidecar" else set()
         picked = [name for name in files if _matches(rel_dir + name, name, pattern)]
         stems = [os.path.splitext(name)[0] for name in picked]
         clashing = {s for s in stems if stems.count(s) > 1} if len(set(stems)) != len(stems) else set()
         for name, stem in zip(picked, stems):
-            path = folder / name
+            path = os.path.join(folder, name)
             rel = rel_dir + name
             row_id = rel if stem in clashing else rel_dir + stem
             header = read_header(path)
@@ -189,10 +195,10 @@ def dir_rows(root: str | os.PathLike, *, pattern: str | None = None, transcripts
             if header.duration is not None:
                 row["duration"] = header.duration
             if transcripts == "sidecar":
-                side = next((folder / f"{stem}{ext}" for ext in SIDECAR_EXTENSIONS if (folder / f"{stem}{ext}").is_file()),
-                            None)
+                side = next((stem + ext for ext in SIDECAR_EXTENSIONS if stem + ext in present), None)
                 if side is not None:
-                    row["text"] = " ".join(side.read_text(encoding="utf-8").split())
+                    with open(os.path.join(folder, side), encoding="utf-8") as fh:
+                        row["text"] = " ".join(fh.read().split())
                 else:
                     n_missing_text += 1
             elif table is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import soundfile as sf
 
@@ -24,13 +23,13 @@ class Header:
 
 
 def read_header(path: str | os.PathLike) -> Header:
-    path = Path(path)
+    path = os.fspath(path)  # a str, not a Path: pathlib interns path parts, unbounded over millions of files
     try:
-        info = sf.info(str(path))
+        info = sf.info(path)
     except sf.LibsndfileError as exc:
         text = " ".join(str(exc).split())
         if ("Format not recognised" in text or "unknown format" in text.lower()) and (
-            path.suffix.lower() not in LIBSNDFILE_EXTENSIONS
+            os.path.splitext(path)[1].lower() not in LIBSNDFILE_EXTENSIONS
         ):
             return Header(None)
         return Header(None, f"unreadable audio header ({text})")

@@ -5,9 +5,9 @@ its offset/duration fit inside the audio. Streams (rows come from `reader.iter_r
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Iterator
 
 from .headers import Header, read_header
@@ -71,22 +71,26 @@ def iter_problems(path: str | os.PathLike, *, check_audio: bool = True, toleranc
     """Yield every problem, in line order; fill `summary` as rows go by. A missing manifest raises ManifestError."""
     summary = summary if summary is not None else Summary()
     manifest = str(path)
-    header_of = lru_cache(maxsize=4096)(read_header)  # segments of one long file share a header read
+    header_of = lru_cache(maxsize=256)(read_header)  # consecutive segments of one long file share a header read
     for line_no, row in iter_rows(path, skip_bad_lines=True):
         summary.n_rows += 1
         problems: list[Problem] = []
         if isinstance(row, ManifestError):
             problems.append(Problem(manifest, row.line, row.field, row.message))
         elif check_audio:
-            audio = Path(row["audio_filepath"])
-            if not audio.exists():
+            audio = row["audio_filepath"]  # str, not Path (see headers.read_header)
+            try:
+                st = os.stat(audio)
+            except OSError:
+                st = None
+            if st is None:
                 problems.append(Problem(manifest, line_no, "audio_filepath", f"file not found: {audio}"))
-            elif not audio.is_file():
+            elif not stat.S_ISREG(st.st_mode):
                 problems.append(Problem(manifest, line_no, "audio_filepath", f"not a regular file: {audio}"))
-            elif audio.stat().st_size == 0:
+            elif st.st_size == 0:
                 problems.append(Problem(manifest, line_no, "audio_filepath", f"file is empty (0 bytes): {audio}"))
             else:
-                header = header_of(str(audio))
+                header = header_of(audio)
                 for fld, message, severity in _audio_problems(row, header, tolerance_s):
                     problems.append(Problem(manifest, line_no, fld, message, severity))
                 if not any(p.severity == ERROR for p in problems):

@@ -60,7 +60,7 @@ def eval_command(
 
       transcribe-batch eval runs/a --format json -o metrics.json
     """
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         report = evaluate_paths(runs, normalizer=normalizer.value, top=top)
     except RunError as exc:

@@ -33,7 +33,7 @@ def _reporter(err: Console, problems: list[int]):
 
 
 def _build(rows_of, output: Optional[Path], relative: bool, strict: bool, **kwargs) -> None:
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     if relative and output is None:
         err.print("[red]error:[/red] --relative needs --output (paths are relative to the manifest's folder)")
         raise typer.Exit(2)
@@ -113,7 +113,7 @@ def validate(
     Example: transcribe-batch manifest validate data/test-clean.jsonl
     """
     out = Console(soft_wrap=True)
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     summary = Summary()
     printed = 0
     try:
