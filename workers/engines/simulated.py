@@ -1,6 +1,7 @@
 """The `simulated` engine: no model, for tests and scheduler benchmarks. Its rows say engine="simulated".
 
-It "transcribes" by returning the reference text (or `sim_text`, or a fixed marker when neither exists) and sleeps
+It "transcribes" by returning the reference text (or `sim_text`, or a fixed marker when neither exists; a piece of
+split audio returns its share of the words) and sleeps
 per a cost model taken from the existing BM1684X port (notes/bm1684x.md: TTFT ≈ 24 s, ≈ 0.8 s per generated token
 on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speedup`. Faults are injected per
 attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
@@ -24,7 +25,7 @@ from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimi
 
 DEFAULT_TTFT_S = 24.0
 DEFAULT_S_PER_TOKEN = 0.8
-FALLBACK_TEXT = "[simulated transcript]"
+FALLBACK_TEXT = "simulated output"
 FAULT_KINDS = ("error", "empty", "repeat", "crash")
 CHARS_PER_TOKEN = 4.0  # rough English BPE ratio; used to count generated tokens without a tokenizer
 
@@ -119,6 +120,10 @@ class SimulatedEngine(Engine):
         text = request.reference if self.text is None else self.text
         if text is None:
             text = FALLBACK_TEXT
+        if request.n_chunks > 1:  # a piece of split audio says its share of the words
+            words = text.split()
+            k, n = request.chunk_index, request.n_chunks
+            text = " ".join(words[k * len(words) // n:(k + 1) * len(words) // n])
         if fault == "empty":
             text = ""
         n_tokens = count_tokens(text) + 1  # + the stop token
