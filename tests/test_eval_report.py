@@ -161,3 +161,64 @@ def test_html_report_without_references_or_timings_states_it(tmp_path):
     invoke("eval", str(folder), "--html", str(html))
     text = html.read_text()
     assert "no scored rows" in text and "no start/finish times" in text and "no reference text" in text
+
+
+@pytest.mark.slow
+def test_eval_of_a_run_folder_written_by_the_runner(tmp_path, audio_dir):
+    """The real flow: `transcribe-batch run` (simulated engine, 2 devices, injected failures, no retries) → eval."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from transcribe_batch.pipeline.evaluate.normalize import get_normalizer
+
+    manifest = tmp_path / "m.jsonl"
+    lines = []
+    for line in (audio_dir / "manifest.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        row["audio_filepath"] = str(audio_dir / row["audio_filepath"])
+        lines.append(json.dumps(row))
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    cli = [sys.executable, "-c", "from transcribe_batch.pipeline.cli import main; main()"]
+    run = subprocess.run(
+        [*cli, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "2", "--sim-speedup", "200",
+         "--sim-faults", "error=0.3,seed=5", "--max-attempts", "1", "-q"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = pq.read_table(out / "results.parquet").to_pylist()
+    failed = [r for r in results if r["status"] != "ok"]
+    assert 0 < len(failed) < len(results)
+
+    html = tmp_path / "report.html"
+    ev = subprocess.run([*cli, "eval", str(out), "--format", "json", "--html", str(html)], capture_output=True,
+                        text=True, timeout=120)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    data = json.loads(ev.stdout)
+    acc, speed = data["runs"][0]["accuracy"], data["runs"][0]["speed"]
+    norm = get_normalizer("whisper")
+    scored = [r for r in results if r["text"] is not None and norm(r["text"])]
+    lost_words = sum(len(norm(r["text"]).split()) for r in scored if r["status"] != "ok")
+    ref_words = sum(len(norm(r["text"]).split()) for r in scored)
+    assert (acc["n_samples"], acc["n_successful"]) == (len(results), len(results) - len(failed))
+    # The simulated engine answers with the reference: successful rows are exact, failed ones are all deletions.
+    assert acc["wer_successful"] == 0.0 and acc["exact_match"] == 1.0
+    assert acc["deletions"] == lost_words and acc["wer"] == pytest.approx(lost_words / ref_words)
+    assert {d["device"] for d in speed["per_device"]} == {"0", "1"}
+    assert speed["failures"]["by_class"][0]["count"] == len(failed)
+    assert speed["overall"]["rtfx_device"] > 0 and speed["job_wall_s"] > 0
+    text = html.read_text()
+    assert 'id="fig-timeline-0"' in text and "<svg" in text and 'id="table-devices-run"' in text
+
+
+def test_timeline_of_a_big_run_shows_busy_share(tmp_path):
+    from transcribe_batch.pipeline.evaluate import plots
+    from transcribe_batch.pipeline.evaluate.report import evaluate_paths
+
+    rows = [result_row(f"u{i}", "a b", "a b", device=i % 4, start=0.25 * (i // 4), total=0.2) for i in range(4400)]
+    report = evaluate_paths([write_run(tmp_path / "big", rows)])
+    svg = plots.device_timeline(report.runs[0])
+    assert svg.startswith("<svg") and "busy share" in svg and "device 3" in svg
+    assert len(svg) < 400_000  # an image per time bin, not 4400 bars

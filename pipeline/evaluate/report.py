@@ -11,7 +11,7 @@ from .metrics import Accuracy, UttScore, evaluate_accuracy
 from .runs import Run, load_run, unique_names
 from .speed import Speed, evaluate_speed
 
-META_KEYS = ("engine", "model_id", "bmodel", "dtype", "template", "started_at", "finished_at")
+META_KEYS = ("engine", "model_id", "bmodel", "dtype", "template", "status")
 COLUMN_KEYS = ("engine", "model_id")  # identity that result rows carry when run.json is missing
 
 

@@ -8,6 +8,8 @@ total_s / duration_s. Aggregates:
   recorded time included): how much faster than real time one card transcribes.
 * RTFx (wall) = Σ audio seconds of successful rows / (last `finished_at` − first `started_at`): what the whole run
   (or one device) delivered, idle gaps and scheduling included.
+* RTFx (job) = the same audio / the job's wall time from run.json (`wall_s`: Ray start-up and model loading
+  included; summed over resumed sessions where the runner records them).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class Speed:
     overall: DeviceSpeed
     per_device: list[DeviceSpeed]
     failures: Failures
+    job_wall_s: float | None = None  # run.json wall_s
+    rtfx_job: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -165,4 +169,6 @@ def evaluate_speed(run: Run) -> Speed:
     if n_unplaced:
         notes.append(f"{n_unplaced} rows never ran on a device (no device recorded)")
     overall = _speed_of("all", list(range(run.n)), run, ok)
-    return Speed(overall, per_device, _failures(run, ok), notes)
+    job_wall = _finite(run.meta.get("wall_s"))
+    rtfx_job = overall.audio_s / job_wall if job_wall else None
+    return Speed(overall, per_device, _failures(run, ok), job_wall, rtfx_job, notes)

@@ -87,6 +87,8 @@ def speed_table(report: Report) -> Table:
     rows.append(["wall time s (first start → last finish)", *[num(x.wall_s, 4) for x in o]])
     rows.append(["RTFx (Σ audio / Σ device time)", *[num(x.rtfx_device) for x in o]])
     rows.append(["RTFx (Σ audio / wall)", *[num(x.rtfx_wall) for x in o]])
+    rows.append(["job wall time s (run.json, incl. start-up)", *[num(r.speed.job_wall_s, 4) for r in runs]])
+    rows.append(["RTFx (Σ audio / job wall)", *[num(r.speed.rtfx_job) for r in runs]])
     rows.append(["devices", *[str(len(r.speed.per_device)) for r in runs]])
     for column, label in (("ttft_s", "TTFT s"), ("tokens_per_s", "decode tokens/s"), ("total_s", "latency s"),
                           ("rtf", "RTF")):
