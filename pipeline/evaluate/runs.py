@@ -120,6 +120,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
 def unique_names(paths: list[str | Path]) -> list[str]:
     """Short labels for runs: folder names, widened with parent folders where two collide."""
     paths = [Path(p).resolve() for p in paths]
+    paths = [p.parent if p.name == "results.parquet" else p for p in paths]
     depth = 1
     while True:
         names = ["/".join(p.parts[-depth:]) for p in paths]
