@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,27 @@ def test_tiny_fixture_layout(tmp_path, model_dir, audio_dir):
         assert len(r.expanded_ids) + r.max_new_tokens <= 128
     assert requests[0].prompt_ids == FrontEnd(model_dir).prepare(
         {"id": "t", "audio_filepath": str(audio_dir / "001.wav")})[0].prompt_ids
+
+
+TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
+
+
+@pytest.mark.skipif(not (TINY / "reference.json").is_file(), reason="tiny fixture not generated (native/compile)")
+def test_tiny_fixture_reference_inputs(audio_dir):
+    """The committed tiny model's reference (made by transformers' processor) has the same prompt ids and counts."""
+    ref = json.loads((TINY / "reference.json").read_text())
+    fe = FrontEnd(TINY)
+    assert fe.prompt.text(fe.templates.templates["default"]) == ref["prompt"]
+    assert set(fe.prompt.stop_ids) == set(ref["stop_token_ids"])
+    for clip in ref["clips"]:
+        row = {"id": clip["audio_filepath"], "audio_filepath": str(audio_dir / clip["audio_filepath"]),
+               "offset": clip["offset"], "duration": clip["duration"]}
+        (r,) = fe.prepare(row)
+        assert round(r.duration_s * 16000) == clip["n_samples"]
+        assert int(r.feature_mask.sum()) == clip["n_valid_frames"] and r.n_audio_tokens == clip["n_audio_tokens"]
+        assert r.expanded_ids == clip["input_ids"]
+        stats = clip["features"]
+        assert r.features.shape == (128, 200)
+        for name, value in (("mean", r.features.mean()), ("std", r.features.std()), ("min", r.features.min()),
+                            ("max", r.features.max())):
+            assert abs(float(value) - stats[name]) < 1e-4, name

@@ -7,10 +7,11 @@ it is saved with save_pretrained and loaded from disk offline, as a real model f
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -163,3 +164,23 @@ def test_options_errors(tiny_dir):
     if not torch.cuda.is_available():
         with pytest.raises(EngineError, match="CUDA"):
             create_engine("hf", {"model_dir": str(tiny_dir)}, 0)
+
+
+TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
+
+
+@pytest.mark.skipif(not (TINY / "model.safetensors").is_file(), reason="tiny fixture not generated (native/compile)")
+def test_tiny_fixture_reference_tokens(audio_dir):
+    """The committed tiny model: front end + hf engine reproduce its reference greedy tokens (transformers' own run).
+    Its generation_config.json asks for sampling with repetition_penalty 1.1; the engine must stay plain greedy."""
+    ref = json.loads((TINY / "reference.json").read_text())
+    engine = create_engine("hf", {"model_dir": str(TINY), "dtype": "fp32"}, None)
+    fe = FrontEnd(TINY, limits=engine.limits, max_new_tokens_cap=ref["max_new_tokens"])
+    assert engine.limits.max_audio_s == 2.0
+    requests = [fe.prepare({"id": c["audio_filepath"], "audio_filepath": str(audio_dir / c["audio_filepath"]),
+                            "offset": c["offset"], "duration": c["duration"]})[0] for c in ref["clips"]]
+    for r in requests:
+        r.max_new_tokens = ref["max_new_tokens"]
+    for clip, result in zip(ref["clips"], engine.transcribe_batch(requests)):
+        assert result.token_ids == clip["tokens"], clip["audio_filepath"]
+    engine.close()

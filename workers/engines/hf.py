@@ -22,6 +22,9 @@ from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimi
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
+NEUTRAL = dict(temperature=1.0, top_k=50, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+               length_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0)
+
 
 def _torch_device(device: int | None):
     import torch
@@ -144,8 +147,10 @@ class HFEngine(Engine):
 
         stop_ids = sorted({i for r in requests for i in r.stop_ids})
         budget = [min(r.max_new_tokens, self.max_new_tokens or r.max_new_tokens) for r in requests]
+        # Plain greedy: the neutral values are explicit because generate() fills every unset (None) field from the
+        # folder's generation_config.json (Qwen2-Audio's asks for sampling and repetition_penalty 1.1).
         config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max(budget), eos_token_id=stop_ids,
-                                  pad_token_id=self.pad_id, repetition_penalty=1.0)
+                                  pad_token_id=self.pad_id, **NEUTRAL)
         inputs = self.inputs(requests)
         clock = _StepClock(self._sync)
         self._encode_s = 0.0
