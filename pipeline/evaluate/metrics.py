@@ -247,3 +247,39 @@ def evaluate_accuracy(
         notes=notes,
     )
     return accuracy, per_row
+
+
+DURATION_EDGES = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, float("inf"))
+
+
+@dataclass(frozen=True)
+class Bucket:
+    lo: float
+    hi: float
+    n_scored: int
+    ref_words: int
+    word_edits: int
+
+    @property
+    def label(self) -> str:
+        return f"≥{self.lo:g} s" if self.hi == float("inf") else f"{self.lo:g}–{self.hi:g} s"
+
+    @property
+    def wer(self) -> float | None:
+        return self.word_edits / self.ref_words if self.ref_words else None
+
+
+def wer_by_duration(durations: Sequence[float | None], scores: Sequence[UttScore | None],
+                    edges: Sequence[float] = DURATION_EDGES) -> list[Bucket]:
+    """Corpus WER per utterance-duration bucket [lo, hi) over the scored rows (all-rows view)."""
+    n = [0] * (len(edges) - 1)
+    words = [0] * (len(edges) - 1)
+    edits = [0] * (len(edges) - 1)
+    for d, s in zip(durations, scores):
+        if s is None or d is None:
+            continue
+        k = next((i for i in range(len(edges) - 1) if d < edges[i + 1]), len(edges) - 2)
+        n[k] += 1
+        words[k] += s.ref_words
+        edits[k] += s.word_edits
+    return [Bucket(edges[i], edges[i + 1], n[i], words[i], edits[i]) for i in range(len(edges) - 1)]

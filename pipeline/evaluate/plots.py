@@ -10,10 +10,9 @@ matplotlib.use("Agg")  # headless; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import Report, RunReport  # noqa: E402
+from .report import Report, RunReport, buckets_of  # noqa: E402
 from .speed import device_labels  # noqa: E402
 
-DURATION_EDGES = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, float("inf"))
 TIMELINE_MAX_BARS = 4000  # above this, the timeline shows each device's busy share per time bin instead of bars
 
 plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "transcribe-batch", "font.size": 9})
@@ -27,42 +26,26 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE: the SVG is inlined in HTML
 
 
-def _bucket_label(lo: float, hi: float) -> str:
-    return f"≥{lo:g} s" if hi == float("inf") else f"{lo:g}–{hi:g} s"
-
-
 def wer_by_duration(report: Report) -> str | None:
     """Corpus WER (all rows) per utterance-duration bucket, one bar per run; None when nothing is scored."""
-    buckets = list(zip(DURATION_EDGES[:-1], DURATION_EDGES[1:]))
-    series = []
-    for run in report.runs:
-        durations = run.evaluated.col("duration_s")
-        edits = np.zeros(len(buckets))
-        words = np.zeros(len(buckets))
-        for d, s in zip(durations, run.scores):
-            if s is None or d is None:
-                continue
-            k = next(i for i, (lo, hi) in enumerate(buckets) if lo <= d < hi) if d >= 0 else 0
-            edits[k] += s.word_edits
-            words[k] += s.ref_words
-        series.append((run.name, edits, words))
-    if not any(words.sum() for _, _, words in series):
+    series = [(run.name, buckets_of(run)) for run in report.runs]
+    if not any(b.ref_words for _, buckets in series for b in buckets):
         return None
-    used = [k for k in range(len(buckets)) if any(w[k] for _, _, w in series)]
+    used = [k for k in range(len(series[0][1])) if any(buckets[k].ref_words for _, buckets in series)]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     width = 0.8 / len(series)
     x = np.arange(len(used))
-    for j, (name, edits, words) in enumerate(series):
-        values = [100 * edits[k] / words[k] if words[k] else np.nan for k in used]
+    for j, (name, buckets) in enumerate(series):
+        values = [100 * buckets[k].wer if buckets[k].wer is not None else np.nan for k in used]
         bars = ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=name)
         for bar, k in zip(bars, used):
-            if words[k]:
-                ax.annotate(f"{int(words[k])} w", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            if buckets[k].ref_words:
+                ax.annotate(f"{buckets[k].n_scored}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, [_bucket_label(*buckets[k]) for k in used])
+    ax.set_xticks(x, [series[0][1][k].label for k in used])
     ax.set_xlabel("utterance duration")
     ax.set_ylabel("WER % (all rows)")
-    ax.set_title("WER by duration (labels: reference words per bucket)")
+    ax.set_title("WER by duration (labels: utterances per bucket)")
     if len(series) > 1:
         ax.legend()
     ax.grid(axis="y", alpha=0.3)

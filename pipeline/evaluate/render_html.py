@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import plots
 from .report import Report
-from .tables import Table, all_tables, statements
+from .tables import Table, all_tables, numeric_columns, statements
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
@@ -26,12 +26,12 @@ figcaption { color: #555; font-size: 0.9em; }
 
 
 def _table_html(t: Table) -> str:
-    numeric = t.key in ("accuracy", "speed")
+    numeric = numeric_columns(t)
     head = "".join(f"<th>{escape(h)}</th>" for h in t.headers)
     body = []
     for row in t.rows:
         cells = "".join(
-            f'<td class="num">{escape(c)}</td>' if numeric and i else f"<td>{escape(c)}</td>" for i, c in enumerate(row)
+            f'<td class="num">{escape(c)}</td>' if num else f"<td>{escape(c)}</td>" for c, num in zip(row, numeric)
         )
         body.append(f"<tr>{cells}</tr>")
     caption = f"<caption>{escape(t.caption)}</caption>" if t.caption else ""
@@ -68,8 +68,9 @@ def render_html(report: Report, *, title: str | None = None) -> str:
         parts += [f'<li class="note">{escape(n)}</li>' for n in notes]
         parts.append("</ul></section>")
     by_key = {t.key: t for t in tables}
-    for key in ("runs", "accuracy"):
-        parts.append(_table_html(by_key.pop(key)))
+    for key in ("runs", "accuracy", "wer-by-duration"):
+        if key in by_key:
+            parts.append(_table_html(by_key.pop(key)))
     parts.append('<section id="sec-figures"><h2>Figures</h2>')
     parts.append(_figure_html("wer-by-duration", plots.wer_by_duration(report),
                               "Corpus WER (all rows, failed = deletions) per utterance-duration bucket.",

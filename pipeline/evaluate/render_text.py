@@ -9,14 +9,13 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from .report import Report
-from .tables import Table, all_tables, statements
+from .tables import Table, all_tables, numeric_columns, statements
 
 
 def _rich_table(t: Table) -> RichTable:
     table = RichTable(title=t.title, caption=t.caption or None, title_justify="left", show_lines=False)
-    for i, header in enumerate(t.headers):
-        table.add_column(header, overflow="fold", justify="left" if i == 0 else "right" if t.key in (
-            "accuracy", "speed") else "left")
+    for header, numeric in zip(t.headers, numeric_columns(t)):
+        table.add_column(header, overflow="fold", justify="right" if numeric else "left")
     for row in t.rows:
         table.add_row(*row)
     return table
@@ -44,8 +43,7 @@ def to_markdown(report: Report) -> str:
         if t.caption:
             out.append(f"{t.caption}\n")
         out.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")
-        out.append("|" + "|".join("---" if i == 0 else "---:" if t.key in ("accuracy", "speed") else "---"
-                                  for i in range(len(t.headers))) + "|")
+        out.append("|" + "|".join("---:" if numeric else "---" for numeric in numeric_columns(t)) + "|")
         for row in t.rows:
             out.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
         out.append("")

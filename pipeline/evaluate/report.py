@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .compare import common_ids, disagreements, reference_conflicts, worst_utterances
-from .metrics import Accuracy, UttScore, evaluate_accuracy
+from .metrics import Accuracy, Bucket, UttScore, evaluate_accuracy, wer_by_duration
 from .runs import Run, load_run, unique_names
 from .speed import Speed, evaluate_speed
 
@@ -66,12 +66,20 @@ class Report:
                     "notes": list(r.run.notes),
                     "accuracy": r.accuracy.to_dict(),
                     "speed": r.speed.to_dict(),
+                    "wer_by_duration": [
+                        {"bucket": b.label, "n_scored": b.n_scored, "ref_words": b.ref_words, "wer": b.wer}
+                        for b in buckets_of(r)
+                    ],
                 }
                 for r in self.runs
             ],
             "disagreements": self.disagreements,
             "worst": self.worst,
         }
+
+
+def buckets_of(run: RunReport) -> list[Bucket]:
+    return wer_by_duration(run.evaluated.col("duration_s"), run.scores)
 
 
 def build_report(runs: Sequence[Run], *, normalizer: str = "whisper", top: int = 10) -> Report:

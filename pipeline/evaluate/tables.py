@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .report import Report, RunReport
+import re
+
+from .report import Report, RunReport, buckets_of
 from .speed import DeviceSpeed
 
 NA = "—"
@@ -70,6 +72,16 @@ def accuracy_table(report: Report) -> Table:
         caption = f"Accuracy, normalizer: {report.normalizer}"
     notes = [f"{r.name}: {note}" for r in runs for note in r.accuracy.notes]
     return Table("Accuracy", ["metric", *[r.name for r in runs]], rows, caption, "accuracy", notes)
+
+
+def duration_table(report: Report) -> Table | None:
+    per_run = [buckets_of(r) for r in report.runs]
+    used = [k for k in range(len(per_run[0])) if any(b[k].n_scored for b in per_run)]
+    if not used:
+        return None
+    rows = [[per_run[0][k].label, *[f"{pct(b[k].wer)} ({b[k].n_scored})" for b in per_run]] for k in used]
+    return Table("WER by duration", ["duration", *[f"{r.name} WER % (n)" for r in report.runs]], rows,
+                 "corpus WER (all rows) per utterance-duration bucket; n = scored utterances", "wer-by-duration")
 
 
 def _dist_cell(d) -> str:
@@ -160,8 +172,19 @@ def worst_table(report: Report) -> Table | None:
                                                           "WER %"], rows, "", "worst")
 
 
+_NUMERIC = re.compile(r"^(—|-?[\d,.]+( \(\d+\))?|[\d.]+( / [\d.—]+)+)$")
+
+
+def numeric_columns(t: Table) -> list[bool]:
+    """Columns whose every cell is a number (or n/a): right-aligned by the renderers."""
+    if t.key in ("accuracy", "speed"):  # metric name, then one column of figures per run
+        return [i > 0 for i in range(len(t.headers))]
+    return [i > 0 and bool(t.rows) and all(_NUMERIC.match(row[i]) for row in t.rows) for i in range(len(t.headers))]
+
+
 def all_tables(report: Report) -> list[Table]:
-    tables: list[Table | None] = [runs_table(report), accuracy_table(report), speed_table(report)]
+    tables: list[Table | None] = [runs_table(report), accuracy_table(report), duration_table(report),
+                                  speed_table(report)]
     for run in report.runs:
         if run.speed.per_device:
             tables.append(device_table(run))
