@@ -73,13 +73,17 @@ def test_stereo_is_mixed_down(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is installed by `make system-deps`")
-def test_m4a_through_ffmpeg(tmp_path, audio_dir):
-    src, dst = audio_dir / "goforward.wav", tmp_path / "a.m4a"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(src), "-c:a", "aac", str(dst)], check=True)
+@pytest.mark.parametrize("ext", ["m4a", "mp3"])
+def test_compressed_formats(tmp_path, audio_dir, ext):
+    """mp3 goes through libsndfile, m4a (AAC) through the librosa/audioread (ffmpeg) fallback."""
+    src, dst = audio_dir / "goforward.wav", tmp_path / f"a.{ext}"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(src), str(dst)], check=True)
     audio = load_audio(dst)
     assert abs(len(audio) / SAMPLE_RATE - 2.786) < 0.1
     part = load_audio(dst, offset=1.0, duration=1.0)
     assert abs(len(part) - SAMPLE_RATE) < 400
+    with pytest.raises(AudioRangeError, match=f"a.{ext}"):
+        load_audio(dst, offset=10.0)
 
 
 def test_silence_is_valid(tmp_path):

@@ -99,6 +99,15 @@ def test_instruction_precedence():
         t.instruction({"id": "r1", "task": "nope"})
 
 
+def test_language_placeholder():
+    t = load_templates()
+    assert t.instruction({"language": "zh"}, "language") == \
+        "Transcribe the Chinese speech in this audio exactly as spoken. Output only the transcript."
+    assert "Klingon speech" in t.instruction({"task": "language", "language": "Klingon"})
+    with pytest.raises(PromptError, match="needs the row's `language`"):
+        t.instruction({"id": "r7", "language": None}, "language")
+
+
 def test_bad_templates_file(tmp_path):
     (tmp_path / "p.toml").write_text("[templates]\ndefault = 3\n")
     with pytest.raises(PromptError, match="p.toml"):

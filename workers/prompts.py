@@ -33,6 +33,13 @@ TOKENS_PER_SECOND = 5.0
 ANSWER_OVERHEAD_TOKENS = 24
 
 
+# Manifest `language` codes → the names templates with a {language} placeholder get (other values are used as is).
+LANGUAGES = {"en": "English", "zh": "Chinese", "yue": "Cantonese", "de": "German", "es": "Spanish", "fr": "French",
+             "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ja": "Japanese", "ko": "Korean", "ar": "Arabic",
+             "nl": "Dutch", "pl": "Polish", "tr": "Turkish", "hi": "Hindi", "vi": "Vietnamese", "th": "Thai",
+             "id": "Indonesian", "sv": "Swedish", "uk": "Ukrainian", "cs": "Czech", "el": "Greek", "fa": "Persian"}
+
+
 class PromptError(ValueError):
     """A prompt cannot be built (unknown template name, model folder without a usable tokenizer, …)."""
 
@@ -55,7 +62,13 @@ class Templates:
         if name not in self.templates:
             where = f"task {name!r} of row {row.get('id', '?')!r}" if row.get("task") else f"template {name!r}"
             raise PromptError(f"unknown {where}; known templates: {', '.join(sorted(self.templates))}")
-        return self.templates[name]
+        template = self.templates[name]
+        if "{language}" in template:
+            if not row.get("language"):
+                raise PromptError(f"template {name!r} needs the row's `language` field (row {row.get('id', '?')!r})")
+            code = str(row["language"]).strip()
+            template = template.replace("{language}", LANGUAGES.get(code.lower(), code))
+        return template
 
 
 def load_templates(path: str | os.PathLike | None = None) -> Templates:
