@@ -73,6 +73,7 @@ class RunConfig:
             "model_dir": str(self.model_dir) if self.model_dir else None,
             "bmodel": str(self.bmodel) if self.bmodel else None,
             "template": self.template,
+            "prompt": _template_text(self.template),
             "max_new_tokens": self.max_new_tokens,
             "sim_text": self.sim_text if self.engine == "simulated" else None,
         }
@@ -83,6 +84,12 @@ class RunConfig:
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def _template_text(name: str) -> str | None:
+    from transcribe_batch.workers.prompts import load_templates
+
+    return load_templates().templates.get(name)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -166,6 +173,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"sim_speedup must be > 0, got {cfg.sim_speedup}")
     if cfg.engine == "bm1684x" and not cfg.bmodel:
         raise ConfigError("engine bm1684x needs --bmodel (the compiled .bmodel) and --model-dir (tokenizer/configs)")
+    if _template_text(cfg.template) is None:
+        from transcribe_batch.workers.prompts import load_templates
+
+        known = ", ".join(sorted(load_templates().templates))
+        raise ConfigError(f"template: unknown template {cfg.template!r}; known (config/prompts.toml): {known}")
     if cfg.sim_faults:
         from transcribe_batch.workers.engines.simulated import FaultSpec
 

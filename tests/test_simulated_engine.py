@@ -162,3 +162,18 @@ def test_retry_escalation_splits_long_audio(audio_dir):
     finally:
         w.close()
     assert first["n_chunks"] == 2 and third["n_chunks"] >= 6
+
+
+def test_batched_engine_calls_give_the_same_rows(rows):
+    one = TranscriptionWorker("simulated", {"sim_speedup": 2000}, device=0)
+    batched = TranscriptionWorker("simulated", {"sim_speedup": 2000, "batch_size": 3}, device=0)
+    bad = {**rows[0], "id": "gone", "audio_filepath": "/nonexistent/gone.wav"}
+    try:
+        a = one.run_shard(_items(rows[:7] + [bad]))
+        b = batched.run_shard(_items(rows[:7] + [bad]))
+    finally:
+        one.close()
+        batched.close()
+    keys = ("id", "status", "pred_text", "n_chunks", "n_audio_tokens", "n_new_tokens", "error_class")
+    assert [{k: r[k] for k in keys} for r in a] == [{k: r[k] for k in keys} for r in b]
+    assert all(r["started_at"] <= r["finished_at"] for r in b if r["status"] == "ok")

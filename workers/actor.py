@@ -18,7 +18,7 @@ from .audio import AudioError
 from .engines import create_engine
 from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
 from .frontend import FrontEnd
-from .prompts import ANSWER_OVERHEAD_TOKENS, TOKENS_PER_SECOND
+from .prompts import ANSWER_OVERHEAD_TOKENS, TOKENS_PER_SECOND, PromptError
 from .record import base_record, failed_record, node_name, now
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
@@ -98,7 +98,7 @@ class TranscriptionWorker:
         try:
             requests, prep_s = fut.result()
             return requests, prep_s, time.perf_counter() - t0, None
-        except AudioError as e:  # bad input: final, never worth a retry
+        except (AudioError, PromptError) as e:  # bad input: final, never worth a retry
             return None, 0.0, 0.0, self._failed(item, e)
         except Exception as e:  # noqa: BLE001 - recorded; the driver may retry
             return None, 0.0, 0.0, self._failed(item, e, retry=True)
@@ -122,7 +122,7 @@ class TranscriptionWorker:
                         requests, extra_prep = self._prepare(item, chunk_s)
                         prep_s += extra_prep
                     except Exception as e:  # noqa: BLE001
-                        return self._failed(item, e, retry=not isinstance(e, AudioError))
+                        return self._failed(item, e, retry=not isinstance(e, (AudioError, PromptError)))
                 except Exception as e:  # noqa: BLE001 - one bad prediction; the driver retries it elsewhere
                     return self._failed(item, e, retry=True, started_at=started_at, finished_at=now())
             else:

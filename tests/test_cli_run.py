@@ -1,0 +1,94 @@
+"""`transcribe-batch run` and `transcribe-batch devices` through the real typer app."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from manifest_helpers import write_manifest
+from transcribe_batch.pipeline.cli import app
+from transcribe_batch.pipeline.config import ConfigError, build_config
+
+runner = CliRunner()
+
+
+def test_run_help_documents_every_knob():
+    result = runner.invoke(app, ["run", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for option in ("--output", "--config", "--engine", "--model-dir", "--bmodel", "--devices", "--address",
+                   "--max-attempts", "--skip-bad-lines", "--overwrite", "--retry-failed", "--quiet",
+                   "--progress-log", "--sim-speedup", "--sim-faults", "--batch-size", "[default: 3]"):
+        assert option in result.output, option
+    assert "resumes" in result.output
+
+
+def test_bad_manifest_line_is_a_clear_error(tmp_path, audio_dir):
+    m = tmp_path / "m.jsonl"
+    write_manifest(m, audio_dir, limit=2)
+    m.write_text(m.read_text() + json.dumps({"audio_filepath": "x.wav", "duration": "ten"}) + "\n")
+    result = runner.invoke(app, ["run", str(m), "-o", str(tmp_path / "out"), "--engine", "simulated", "-q"])
+    assert result.exit_code == 2
+    assert f"error: {m}:3: field 'duration': must be a number of seconds" in result.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--engine", "nope"], "unknown engine 'nope'"),
+    (["--engine", "bm1684x"], "needs --bmodel"),
+    (["--engine", "simulated", "--sim-faults", "boom=1"], "unknown fault 'boom'"),
+    (["--engine", "simulated", "--template", "poetry"], "unknown template 'poetry'"),
+    (["--engine", "simulated", "--max-attempts", "0"], "max_attempts must be >= 1"),
+])
+def test_bad_settings_are_refused(tmp_path, args, words):
+    m = tmp_path / "m.jsonl"
+    m.write_text("")
+    result = runner.invoke(app, ["run", str(m), "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and words in result.output
+
+
+def test_config_file_layers(tmp_path):
+    cfg_file = tmp_path / "job.toml"
+    cfg_file.write_text('[run]\nengine = "simulated"\nmax_attempts = 5\nsim_speedup = 10.0\n'
+                        '[engine_options]\nsim_broken_devices = [1]\n')
+    cfg = build_config("m.jsonl", "out", config_file=cfg_file, sim_speedup=99.0)
+    assert (cfg.engine, cfg.max_attempts, cfg.sim_speedup) == ("simulated", 5, 99.0)  # flags beat the file
+    assert cfg.shard_size == 8  # defaults.toml
+    assert cfg.engine_options_dict()["sim_broken_devices"] == [1]
+    cfg_file.write_text('engine = "simulated"\nmax_atempts = 5\n')
+    with pytest.raises(ConfigError, match="unknown setting 'max_atempts'"):
+        build_config("m.jsonl", "out", config_file=cfg_file)
+    cfg_file.write_text('engine = "simulated"\nquiet = "yes"\n')
+    with pytest.raises(ConfigError, match="quiet = 'yes' has the wrong type"):
+        build_config("m.jsonl", "out", config_file=cfg_file)
+
+
+def test_devices_json():
+    result = runner.invoke(app, ["devices", "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert set(info["local"]) == {"bm1684x", "gpus", "cpus"}
+
+
+@pytest.mark.slow
+def test_run_end_to_end_and_resume(tmp_path, audio_dir):
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        m = tmp_path / "m.jsonl"
+        rows = write_manifest(m, audio_dir, repeat=2)
+        cfg = tmp_path / "job.toml"
+        cfg.write_text('engine = "simulated"\nsim_speedup = 2000.0\nshard_size = 3\n')
+        args = ["run", str(m), "-o", str(tmp_path / "out"), "--config", str(cfg), "--devices", "3", "--quiet"]
+        first = runner.invoke(app, args)
+        assert first.exit_code == 0, first.output
+        summary = json.loads(first.stdout.strip().splitlines()[-1])
+        assert summary["status"] == "complete" and summary["n_ok"] == len(rows) and len(summary["devices"]) == 3
+        table = pq.read_table(tmp_path / "out" / "results.parquet")
+        assert table["id"].to_pylist() == [r["id"] for r in rows]
+        second = runner.invoke(app, args)
+        assert second.exit_code == 0
+        assert json.loads(second.stdout.strip().splitlines()[-1])["n_resumed"] == len(rows)
+        refused = runner.invoke(app, [*args, "--sim-text", "x"])
+        assert refused.exit_code == 2 and "--overwrite" in refused.output
+    finally:
+        ray.shutdown()

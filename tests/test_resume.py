@@ -1,0 +1,124 @@
+"""Resume: a driver killed with SIGKILL (or stopped with Ctrl-C) mid-run, then the same command again."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from manifest_helpers import write_manifest
+from transcribe_batch.pipeline.config import build_config
+from transcribe_batch.pipeline.results import ResumeError
+from transcribe_batch.pipeline.runner import run_job
+
+pytestmark = pytest.mark.slow
+
+CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] = 'transcribe-batch'; main()"
+
+
+@pytest.fixture(scope="module")
+def address():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _cfg(manifest, out, **kw):
+    settings = dict(engine="simulated", devices="4", sim_speedup=2000, shard_size=2, quiet=True)
+    settings.update(kw)
+    return build_config(manifest, out, **settings)
+
+
+def _texts(path):
+    return [(r["id"], r["pred_text"]) for r in pq.read_table(path, columns=["id", "pred_text"]).to_pylist()]
+
+
+def _start_driver(manifest, out, address, speedup=60):
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "4",
+         "--sim-speedup", str(speedup), "--shard-size", "2", "--address", address, "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_parts(out, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list((out / "parts").glob("part-*.parquet")):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"driver ended before writing a part: {proc.communicate()}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("no part file appeared")
+
+
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, audio_dir, address):
+    manifest = tmp_path / "m.jsonl"
+    rows = write_manifest(manifest, audio_dir, repeat=6)
+    reference = run_job(_cfg(manifest, tmp_path / "ref"))
+    assert reference.n_ok == len(rows)
+
+    out = tmp_path / "killed"
+    proc = _start_driver(manifest, out, address)
+    _wait_for_parts(out, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "results.parquet").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "running"  # died without a word
+    written = sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
+    assert 0 < written < len(rows)
+
+    resumed = run_job(_cfg(manifest, out))
+    assert resumed.n_resumed == written
+    assert _texts(out / "results.parquet") == _texts(tmp_path / "ref" / "results.parquet")
+    ids = [i for i, _ in _texts(out / "results.parquet")]
+    assert len(ids) == len(set(ids)) == len(rows)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["resumed"] and len(run["runs"]) == 2
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path, audio_dir, address):
+    manifest = tmp_path / "m.jsonl"
+    rows = write_manifest(manifest, audio_dir, repeat=6)
+    out = tmp_path / "out"
+    proc = _start_driver(manifest, out, address)
+    _wait_for_parts(out, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    done = sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
+    assert 0 < done < len(rows)
+    resumed = run_job(_cfg(manifest, out))
+    assert resumed.n_resumed == done and resumed.n_rows == len(rows) == resumed.n_ok
+    assert [i for i, _ in _texts(out / "results.parquet")] == [r["id"] for r in rows]
+
+
+def test_changed_engine_or_prompt_is_refused_unless_overwrite(tmp_path, audio_dir, address):
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, audio_dir, limit=4)
+    run_job(_cfg(manifest, tmp_path / "out"))
+    with pytest.raises(ResumeError, match="sim_text"):
+        run_job(_cfg(manifest, tmp_path / "out", sim_text="something else"))
+    with pytest.raises(ResumeError, match="template: 'default' -> 'recognize'"):
+        run_job(_cfg(manifest, tmp_path / "out", template="recognize"))
+    again = run_job(_cfg(manifest, tmp_path / "out", sim_text="something else", overwrite=True))
+    assert again.n_resumed == 0 and {t for _, t in _texts(again.results)} == {"something else"}
+
+
+def test_retry_failed_redoes_only_failed_rows(tmp_path, audio_dir, address):
+    manifest = tmp_path / "m.jsonl"
+    rows = write_manifest(manifest, audio_dir, limit=10, max_duration=20)
+    first = run_job(_cfg(manifest, tmp_path / "out", sim_faults="error=0.5,seed=2", max_attempts=1))
+    assert 0 < first.n_failed < len(rows)
+    plain = run_job(_cfg(manifest, tmp_path / "out"))
+    assert plain.n_failed == first.n_failed  # a plain resume keeps failed rows as they are
+    redo = run_job(_cfg(manifest, tmp_path / "out", retry_failed=True))
+    assert redo.n_resumed == first.n_ok and redo.n_ok == len(rows) == redo.n_rows
+    assert [i for i, _ in _texts(redo.results)] == [r["id"] for r in rows]
