@@ -92,3 +92,30 @@ def test_run_end_to_end_and_resume(tmp_path, audio_dir):
         assert refused.exit_code == 2 and "--overwrite" in refused.output
     finally:
         ray.shutdown()
+
+
+def test_device_selection():
+    from transcribe_batch.pipeline.devices import DeviceError, parse_devices
+
+    assert parse_devices("all", [0, 2, 3]) == [0, 2, 3]
+    assert parse_devices("0,3", [0, 2, 3]) == [0, 3]
+    assert parse_devices("2,", [0, 2, 3]) == [2]
+    assert parse_devices("2", [0, 2, 3]) == [0, 2]  # a count: the first N
+    assert parse_devices("4", []) == [0, 1, 2, 3]  # simulated devices
+    for spec, words in [("1,5", "no devices 1, 5"), ("4", "only 3"), ("0", "at least one"), ("x", "expected all")]:
+        with pytest.raises(DeviceError, match=words):
+            parse_devices(spec, [0, 2, 3])
+
+
+def test_card_actors_request_the_custom_resource_and_pin_to_their_node():
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from transcribe_batch.pipeline.devices import DeviceSlot
+    from transcribe_batch.pipeline.scheduler import actor_options
+
+    opts = actor_options(DeviceSlot("bm1684x", 2, node_id="ab" * 28, node_ip="10.0.0.2"), inflight_per_device=2)
+    assert opts["resources"] == {"bm1684x": 1} and opts["num_cpus"] == 0 and opts["max_restarts"] == -1
+    assert isinstance(opts["scheduling_strategy"], NodeAffinitySchedulingStrategy)
+    assert opts["scheduling_strategy"].soft is False
+    assert actor_options(DeviceSlot("gpu", 0), 2)["num_gpus"] == 1
+    assert "resources" not in actor_options(DeviceSlot("sim", 0), 2)

@@ -125,3 +125,11 @@ def test_bad_lines_become_failed_rows(tmp_path, audio_dir):
     assert [(r["id"], r["error_class"]) for r in bad] == [("bad-line-3", "ManifestError"), ("bad-line-6", "ManifestError")]
     assert "m.jsonl:3: field 'offset'" in bad[0]["error_message"]
     assert summary.n_ok == len(rows) == 4
+
+
+def test_card_engine_without_cards_says_what_to_do(tmp_path, audio_dir):
+    from transcribe_batch.pipeline.devices import DeviceError
+
+    write_manifest(tmp_path / "m.jsonl", audio_dir, limit=2)
+    with pytest.raises(DeviceError, match=r"no BM1684X cards.*--resources.*--engine simulated"):
+        _run(tmp_path, tmp_path / "m.jsonl", engine="bm1684x", bmodel=str(tmp_path / "x.bmodel"), devices="all")
