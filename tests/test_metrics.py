@@ -201,3 +201,11 @@ def test_partial_run_is_read_from_parts_with_duplicates_dropped(tmp_path):
     report = build_report([run])
     assert report.runs[0].accuracy.all.wer == pytest.approx(1 / 4)
     assert not math.isnan(report.runs[0].speed.overall.rtfx_device)
+
+
+def test_parallel_normalization_equals_serial(monkeypatch):
+    import transcribe_batch.pipeline.evaluate.normalize as normalize
+
+    texts = [f"I'm {n} years old, Mr. Smith; it's twenty {n}." for n in ("one", "two", "three")] * 20
+    monkeypatch.setattr(normalize, "PARALLEL_MIN", 10)
+    assert normalize.normalize_all(texts, workers=2) == normalize.normalize_all(texts, workers=1)

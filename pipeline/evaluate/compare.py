@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .metrics import UttScore, score_texts
-from .normalize import get_normalizer
+from .normalize import get_normalizer, normalize_all
 from .runs import Run
 
 
@@ -39,8 +39,14 @@ def common_ids(runs: Sequence[Run]) -> tuple[list[str] | None, list[str]]:
 
 def reference_conflicts(runs: Sequence[Run], normalizer: str) -> int:
     """How many common ids carry different (normalized) references in different runs."""
-    norm = get_normalizer(normalizer)
-    refs = [[norm(t) if t is not None else None for t in run.col("text")] for run in runs]
+    texts = [run.col("text") for run in runs]
+    if all(t == texts[0] for t in texts[1:]):  # the usual case: the same manifest, identical references
+        return 0
+    refs = []
+    for column in texts:
+        given = normalize_all([t for t in column if t is not None], normalizer)
+        it = iter(given)
+        refs.append([next(it) if t is not None else None for t in column])
     return sum(len({r for r in row if r is not None}) > 1 for row in zip(*refs))
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import jiwer
 
-from .normalize import get_normalizer
+from .normalize import normalize_all
 
 
 @dataclass(frozen=True)
@@ -193,24 +193,18 @@ def evaluate_accuracy(
     """
     if not (len(references) == len(predictions) == len(ok)):
         raise ValueError("references, predictions and ok must have one entry per row")
-    norm = get_normalizer(normalizer)
-    n_no_ref = n_empty_ref = n_empty_ref_with_output = 0
-    scored_rows: list[int] = []
-    refs: list[str] = []
-    hyps: list[str] = []
-    for i, (ref, pred, good) in enumerate(zip(references, predictions, ok)):
-        hyp = norm(pred or "") if good else ""
-        if ref is None:
-            n_no_ref += 1
-            continue
-        ref_n = norm(ref)
-        if not ref_n:
-            n_empty_ref += 1
-            n_empty_ref_with_output += bool(hyp)
-            continue
-        scored_rows.append(i)
-        refs.append(ref_n)
-        hyps.append(hyp)
+    with_ref = [i for i, ref in enumerate(references) if ref is not None]
+    n_no_ref = len(references) - len(with_ref)
+    refs_n = normalize_all([references[i] for i in with_ref], normalizer)
+    scored_rows = [i for i, r in zip(with_ref, refs_n) if r]
+    refs = [r for r in refs_n if r]
+    empty_ref_rows = [i for i, r in zip(with_ref, refs_n) if not r]
+    n_empty_ref = len(empty_ref_rows)
+    # Only rows that are scored need their hypothesis normalized (a failed row's hypothesis is empty).
+    todo = [i for i in scored_rows + empty_ref_rows if ok[i] and predictions[i]]
+    hyp_of = dict(zip(todo, normalize_all([predictions[i] for i in todo], normalizer)))
+    hyps = [hyp_of.get(i, "") for i in scored_rows]
+    n_empty_ref_with_output = sum(bool(hyp_of.get(i)) for i in empty_ref_rows)
 
     per_row: list[UttScore | None] = [None] * len(references)
     everything, successful = ViewTotals(), ViewTotals()
