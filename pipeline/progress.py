@@ -30,8 +30,9 @@ class _StatsColumn(ProgressColumn):
         t = self.tracker
         s = t.snapshot()
         return Text(
-            f"{s['done']}/{s['total']} utt · {s['audio_h_done']:.2f}/{s['audio_h_total']:.2f} h audio · "
-            f"{s['failed']} failed · {s['audio_s_per_s']:.1f} audio-s/s · ETA {_hms(s['eta_s'])}",
+            f"{s['done']}/{s['total']} utt · {s['audio_h_done']:.2f}/{s['audio_h_total']:.2f} h audio "
+            f"({_hms(s['audio_s_done'])}/{_hms(s['audio_s_total'])}) · {s['failed']} failed · "
+            f"{s['audio_s_per_s']:.2f} audio-s/s · ETA {_hms(s['eta_s'])}",
             style="yellow" if s["failed"] else "",
         )
 

@@ -64,6 +64,11 @@ def connect_ray(cfg: RunConfig) -> bool:
     cards = local_sophon_cards()
     if cards:
         resources[BM1684X_RESOURCE] = len(cards)
+    elif cfg.engine == "bm1684x" and "," in str(cfg.devices):
+        # No /dev/bm-sophon* (e.g. the BM1684X cmodel simulator): trust card ids given explicitly with --devices.
+        ids = [int(p) for p in str(cfg.devices).split(",") if p.strip().isdigit()]
+        if ids:
+            resources[BM1684X_RESOURCE] = max(ids) + 1
     if cfg.engine == "hf" and "," in str(cfg.devices) and local_gpus():
         os.environ["CUDA_VISIBLE_DEVICES"] = str(cfg.devices)  # Ray then sees exactly these GPUs
     ray.init(num_cpus=cfg.ray_num_cpus or None, resources=resources or None, **common)
