@@ -4,8 +4,9 @@
   and are pinned to their node and told their card id; GPU actors request `num_gpus=1`; simulated devices are
   virtual and need no resource.
 - The driver keeps `inflight_per_device` shards queued per actor (the actor prepares the next shard's audio while
-  the current one runs) and hands the next shard to whichever actor has room: fresh shards longest first, retries
-  before fresh work.
+  the current one runs) and hands the next shard to whichever actor has room (breadth first): fresh shards longest
+  first, retries before fresh work; near the end of the work shards are cut shorter (down to single rows) so that
+  the devices finish together (benchmarks/pipeline.py measures the tail).
 - A row whose prediction failed is retried (up to max_attempts) preferably on a device it has not failed on: a
   retry waits about one shard-time for such a device before any device may take it.
 - An actor whose process dies is restarted by Ray (max_restarts=-1); the shards it held are re-queued and the
@@ -48,7 +49,7 @@ class Device:
     slot: DeviceSlot
     actor: object
     inflight: dict = field(default_factory=dict)  # ObjectRef -> (Task, items)
-    strikes: int = 0
+    strikes: float = 0.0  # consecutive failures: a crash or an all-failed full shard is 1 (a cut-short shard less)
     alive: bool = True
     info: dict | None = None
     shards_done: int = 0
@@ -86,9 +87,10 @@ class Scheduler:
         self.startup_timeout_s = startup_timeout_s
         self.devices: list[Device] = []
         self.retries: deque[Task] = deque()
-        self.next_shard = 0
+        self.cursor = 0  # next position in plan.todo to hand out
         self.shard_time_s = 0.0  # moving average of a shard's round trip: how long a retry waits for a new device
-        self.stats = {"retried_rows": 0, "actor_crashes": 0, "devices_removed": []}
+        self.full_shard = max(1, int(np.diff(plan.bounds).max())) if plan.n_shards else 1
+        self.stats = {"retried_rows": 0, "actor_crashes": 0, "devices_removed": [], "retried_busy_s": 0.0}
 
     # -- start/stop ---------------------------------------------------------------------------------------------
     def start(self) -> list[dict]:
@@ -148,16 +150,28 @@ class Scheduler:
             if dev.label not in task.avoid:
                 del self.retries[i]
                 return task
-        if self.next_shard < self.plan.n_shards:
-            indices = self.plan.shard(self.next_shard)
-            self.next_shard += 1
-            return Task(indices, [1] * len(indices))
+        if self.cursor < len(self.plan.todo):
+            return self._fresh_task()
         alive = {d.label for d in self.alive}
         for i, task in enumerate(self.retries):  # only devices it failed on are left, or none came for it in time
             if alive <= task.avoid or time.monotonic() - task.queued >= max(0.05, self.shard_time_s):
                 del self.retries[i]
                 return task
         return None
+
+    def _fresh_task(self) -> Task:
+        """The next planned shard, cut shorter near the end of the work (guided self-scheduling): once fewer rows are
+        left than would give every device a few more shards, pieces shrink to remaining / (2 · devices · in-flight
+        depth), down to single (shortest) rows, so that the devices finish together instead of one draining two
+        full queued shards while the others idle."""
+        todo, bounds = self.plan.todo, self.plan.bounds
+        k = int(np.searchsorted(bounds, self.cursor, side="right")) - 1
+        left = len(todo) - self.cursor
+        share = -(-left // (2 * max(1, len(self.alive)) * self.inflight_per_device))
+        end = min(int(bounds[k + 1]), self.cursor + max(1, share))
+        indices = todo[self.cursor:end]
+        self.cursor = end
+        return Task(indices, [1] * len(indices))
 
     def _submit(self, dev: Device, task: Task) -> None:
         rows = self.plan.rows(task.indices)
@@ -171,15 +185,19 @@ class Scheduler:
         dev.inflight[ref] = (task, items, time.monotonic())
 
     def _dispatch(self) -> None:
-        for dev in sorted(self.alive, key=lambda d: len(d.inflight)):
-            while dev.alive and len(dev.inflight) < self.inflight_per_device:
-                task = self._next_task(dev)
-                if task is None:
-                    break
-                self._submit(dev, task)
+        # Breadth first: every idle device gets its first shard before any device gets a second one.
+        submitted = True
+        while submitted:
+            submitted = False
+            for dev in sorted(self.alive, key=lambda d: len(d.inflight)):
+                if dev.alive and len(dev.inflight) < self.inflight_per_device:
+                    task = self._next_task(dev)
+                    if task is not None:
+                        self._submit(dev, task)
+                        submitted = True
 
     def _work_left(self) -> bool:
-        return bool(self.retries) or self.next_shard < self.plan.n_shards or any(d.inflight for d in self.devices)
+        return bool(self.retries) or self.cursor < len(self.plan.todo) or any(d.inflight for d in self.devices)
 
     # -- results ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -219,6 +237,8 @@ class Scheduler:
             if retry and attempt < self.max_attempts:
                 retry_idx.append(i)
                 retry_att.append(attempt + 1)
+                if rec.get("started_at") and rec.get("finished_at"):  # device time spent on the attempt (benchmarks)
+                    self.stats["retried_busy_s"] += (rec["finished_at"] - rec["started_at"]).total_seconds()
             else:
                 finals.append(rec)
         if retry_idx:
@@ -228,9 +248,9 @@ class Scheduler:
         if any_ok or not all_retryable:
             dev.strikes = 0
         else:
-            dev.strikes += 1
-            if dev.strikes >= self.device_max_failures:
-                self._remove(dev, f"{dev.strikes} shards in a row failed entirely (last: "
+            dev.strikes += min(1.0, len(records) / self.full_shard)  # tail shards are cut short: weigh by rows
+            if dev.strikes >= self.device_max_failures - 1e-9:
+                self._remove(dev, f"{dev.strikes:.3g} shards' worth of rows in a row failed entirely (last: "
                                   f"{records[-1].get('error_class')}: {records[-1].get('error_message')})")
 
     def _requeue(self, indices: list[int], attempts: list[int], avoid: frozenset) -> None:
@@ -269,7 +289,7 @@ class Scheduler:
                           + ("; Ray restarts the actor" if isinstance(error, RayActorError) else ""),
                           event="actor_crash", device=dev.label)
         if dev.strikes >= self.device_max_failures:
-            self._remove(dev, f"{dev.strikes} consecutive failures (last: {kind})")
+            self._remove(dev, f"{dev.strikes:.3g} consecutive failures (last: {kind})")
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
