@@ -103,16 +103,15 @@ def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, don
         offsets.append(start)
         durations.append(_duration(row))
         digests.append(id_digest(row["id"]))
-    arrays = [np.frombuffer(a, dtype=np.int64 if a.typecode == "q" else np.float64).copy() if len(a) else
-              np.zeros(0, dtype=np.int64 if a.typecode == "q" else np.float64) for a in (lines, offsets, durations, digests)]
+    lines_a, offsets_a, durations_a, digests_a = (
+        np.array(a, dtype=np.int64 if a.typecode == "q" else np.float64) for a in (lines, offsets, durations, digests))
     del lines, offsets, durations, digests
-    lines_a, offsets_a, durations_a, digests_a = arrays
     done_digests = np.zeros(0, dtype=np.int64) if done_digests is None else np.asarray(done_digests, dtype=np.int64)
     done = np.isin(digests_a, done_digests)
     n_bad_total = len(bad)
-    if len(done_digests) and bad:
-        done_set = set(done_digests.tolist()) if len(bad) else set()
-        bad = [e for e in bad if id_digest(bad_line_id(e.line)) not in done_set]
+    if len(done_digests) and bad:  # bad lines recorded by an earlier run
+        bad_digests = np.array([id_digest(bad_line_id(e.line)) for e in bad], dtype=np.int64)
+        bad = [e for e, seen in zip(bad, np.isin(bad_digests, done_digests)) if not seen]
     todo = np.flatnonzero(~done)
     key = np.nan_to_num(durations_a[todo], nan=-1.0)  # unknown durations go last
     todo = todo[np.argsort(-key, kind="stable")]

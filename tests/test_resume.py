@@ -1,7 +1,6 @@
 """Resume: a driver killed with SIGKILL (or stopped with Ctrl-C) mid-run, then the same command again."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
