@@ -177,3 +177,14 @@ def test_batched_engine_calls_give_the_same_rows(rows):
     keys = ("id", "status", "pred_text", "n_chunks", "n_audio_tokens", "n_new_tokens", "error_class")
     assert [{k: r[k] for k in keys} for r in a] == [{k: r[k] for k in keys} for r in b]
     assert all(r["started_at"] <= r["finished_at"] for r in b if r["status"] == "ok")
+
+
+def test_model_folder_gives_real_token_ids(model_dir):
+    from transcribe_batch.workers.prompts import load_tokenizer
+
+    eng = create_engine("simulated", {"sim_speedup": 1000, "model_dir": str(model_dir)}, 0)
+    res = eng.transcribe(_request("Mister Quilter is the apostle of the middle classes."))
+    tok = load_tokenizer(model_dir)
+    assert res.token_ids == tok.encode("Mister Quilter is the apostle of the middle classes.", add_special_tokens=False).ids
+    assert tok.decode(res.token_ids) == res.text
+    assert res.decode_s == pytest.approx(len(res.token_ids) * 0.8 / 1000)

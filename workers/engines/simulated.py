@@ -7,7 +7,9 @@ on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speed
 attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
 error raises EngineError, empty returns "", repeat returns a runaway repetition up to max_new_tokens, crash ends
 the whole actor process with os._exit (what a native crash looks like to Ray). The draw depends only on
-(seed, utterance id, attempt), so a run is reproducible and a retry gets a fresh draw. The engine option
+(seed, utterance id, attempt), so a run is reproducible and a retry gets a fresh draw. Given a model folder
+(`model_dir`) the actor runs the real front end (audio, features, prompt ids) and this engine encodes its answer
+with the model's tokenizer, so CPU cost and token counts are real; without one it counts ~4 characters a token. The engine option
 `sim_broken_devices` (a list of device ids, via [engine_options] in a config file) makes every request on those
 devices fail, to exercise taking a device out of the pool.
 """
@@ -27,7 +29,7 @@ DEFAULT_TTFT_S = 24.0
 DEFAULT_S_PER_TOKEN = 0.8
 FALLBACK_TEXT = "simulated output"
 FAULT_KINDS = ("error", "empty", "repeat", "crash")
-CHARS_PER_TOKEN = 4.0  # rough English BPE ratio; used to count generated tokens without a tokenizer
+CHARS_PER_TOKEN = 4.0  # rough English BPE ratio: counts generated tokens when no model folder (tokenizer) is given
 
 
 class SimulatedFault(EngineError):
@@ -89,13 +91,24 @@ def count_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / CHARS_PER_TOKEN)) if text else 0
 
 
+def _tokenize(model_dir):
+    """With a model folder, the answer is encoded with the model's own tokenizer: real ids, real counts."""
+    if not model_dir:
+        return None
+    from ..prompts import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    return lambda text: tok.encode(text, add_special_tokens=False).ids if text else []
+
+
 class SimulatedEngine(Engine):
     name = "simulated"
     model_id = "simulated"
 
     def __init__(self, *, ttft_s: float = DEFAULT_TTFT_S, s_per_token: float = DEFAULT_S_PER_TOKEN,
                  speedup: float = 1.0, faults: FaultSpec = FaultSpec(), text: str | None = None,
-                 max_audio_s: float = 30.0, device: int | None = None, broken: bool = False):
+                 max_audio_s: float = 30.0, device: int | None = None, broken: bool = False,
+                 model_dir: str | None = None):
         if speedup <= 0:
             raise ValueError(f"sim_speedup must be > 0, got {speedup}")
         self.ttft_s = ttft_s
@@ -106,6 +119,7 @@ class SimulatedEngine(Engine):
         self.device = device
         self.broken = broken  # every request fails: a card that keeps failing (engine option sim_broken_devices)
         self.limits = EngineLimits(max_audio_s=max_audio_s)
+        self.tokenize = _tokenize(model_dir)
         self._attempt: dict[str, int] = {}
 
     def begin_attempt(self, row_id: str, attempt: int) -> None:
@@ -126,13 +140,15 @@ class SimulatedEngine(Engine):
             text = " ".join(words[k * len(words) // n:(k + 1) * len(words) // n])
         if fault == "empty":
             text = ""
-        n_tokens = count_tokens(text) + 1  # + the stop token
         finish = FINISH_EOS
         if fault == "repeat":
             word = (text.split() or ["la"])[0]
-            n_tokens = request.max_new_tokens
-            text = " ".join([word] * n_tokens)
+            text = " ".join([word] * request.max_new_tokens)
             finish = FINISH_MAX_TOKENS
+        ids = self.tokenize(text) if self.tokenize else list(range(count_tokens(text)))
+        if finish == FINISH_MAX_TOKENS:
+            ids = (ids * request.max_new_tokens)[:request.max_new_tokens] if ids else [0] * request.max_new_tokens
+        n_tokens = len(ids) + (finish == FINISH_EOS)  # + the stop token, which is generated but not returned
         ttft = self.ttft_s / self.speedup
         decode = max(0, n_tokens - 1) * self.s_per_token / self.speedup
         time.sleep(ttft)
@@ -141,8 +157,7 @@ class SimulatedEngine(Engine):
         if fault == "error":
             raise SimulatedFault(f"simulated engine fault on {request.id} (device {self.device})")
         time.sleep(decode)
-        gen = n_tokens - 1 if finish == FINISH_EOS else n_tokens
-        return EngineResult(token_ids=list(range(gen)), finish_reason=finish, ttft_s=ttft, decode_s=decode, text=text)
+        return EngineResult(token_ids=ids, finish_reason=finish, ttft_s=ttft, decode_s=decode, text=text)
 
 
 def _opt(options: dict, key: str, default: float) -> float:
@@ -160,4 +175,5 @@ def create(options: dict, device: int | None) -> SimulatedEngine:
         max_audio_s=_opt(options, "sim_max_audio_s", 30.0),
         device=device,
         broken=device is not None and device in (options.get("sim_broken_devices") or ()),
+        model_dir=options.get("model_dir"),
     )
