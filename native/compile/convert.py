@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Compile a Hugging Face Qwen2-Audio checkpoint folder into ONE BM1684X/BM1688 .bmodel plus its JSON sidecar.
+
+Run with the compile venv's Python (native/compile/setup_venv.sh makes it):
+    ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/convert.py \\
+        /models/Qwen2-Audio-7B-Instruct -o qwen2-audio-7b_w4bf16_seq1024.bmodel -q w4bf16 --seqlen 1024
+
+Nets: embedding [1,SEQ], embedding_cache [1,1], block_i / block_cache_i per text layer, lm_head (greedy argmax
+fused, or logits + a static greedy_head with --lm-head logits), and audio (encoder + avg-pool + layer_norm +
+projector). All static. See native/compile/README.md for the I/O of each net.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+QUANTIZATIONS = ("bf16", "f16", "w8bf16", "w8f16", "w4bf16", "w4f16")
+CHIPS = ("bm1684x", "bm1688")
+_ENV_MARK = "TRANSCRIBE_BATCH_TPU_ENV"
+
+
+class UsageError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert.py",
+        description="Compile a Qwen2-Audio checkpoint folder into one .bmodel (+ <name>.bmodel.json sidecar).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model_dir", type=Path, help="HF checkpoint folder (config.json + *.safetensors)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .bmodel path")
+    p.add_argument("-q", "--quantize", default="w4bf16", choices=QUANTIZATIONS,
+                   help="weights of the text layers; embeddings, lm_head and the audio net stay half precision")
+    p.add_argument("-g", "--q-group-size", type=int, default=64,
+                   help="group size for w4/w8 weights (0 = per channel); ignored for bf16/f16")
+    p.add_argument("-s", "--seqlen", type=int, default=1024,
+                   help="KV slots: prompt + audio tokens + answer; 1024 fits a 30 s window (750 audio tokens)")
+    p.add_argument("-c", "--chip", default="bm1684x", choices=CHIPS)
+    p.add_argument("--lm-head", choices=("greedy", "logits"), default="greedy",
+                   help="greedy: lm_head returns the argmax id; logits: lm_head returns scores, greedy_head argmaxes")
+    p.add_argument("--do_sample", dest="lm_head", action="store_const", const="logits",
+                   help="same as --lm-head logits (llm_convert's spelling)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric w4/w8 quantization")
+    p.add_argument("--num-core", type=int, default=0, help="cores per net (bm1688: 1 or 2; 0 = chip default)")
+    p.add_argument("--kernel-remove", action="store_true",
+                   help="strip the kernel module from the bmodel (static nets run without it; saves ~5 MB)")
+    p.add_argument("--model-id", default=None, help="model id recorded in the sidecar (default: folder name)")
+    p.add_argument("--work", type=Path, default=None, help="build folder (default: <output>.work)")
+    p.add_argument("--keep-work", action="store_true", help="keep the build folder (mlir, per-net bmodels, logs)")
+    p.add_argument("--debug", action="store_true", help="tpu-mlir debug mode (keeps intermediates)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except UsageError as e:
+        parser.error(str(e))
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.seqlen < 16:
+        raise UsageError(f"--seqlen {args.seqlen} is too small (at least 16; 1024 fits a 30 s window)")
+    if args.quantize.startswith("w"):
+        g = args.q_group_size
+        if g < 0 or (g and (g & (g - 1) or g < 32)):
+            raise UsageError(f"--q-group-size {g} must be 0 (per channel) or a power of two >= 32")
+    if args.chip == "bm1684x" and args.num_core not in (0, 1):
+        raise UsageError("--num-core: bm1684x has one core")
+    if args.output.suffix != ".bmodel":
+        raise UsageError(f"--output {args.output} must end in .bmodel")
+
+
+def check_model_dir(model_dir: Path, seqlen: int) -> dict:
+    """Read config.json (defaults filled by transformers) and check it is a Qwen2-Audio that fits seqlen."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"{model_dir}: no config.json (expected a Hugging Face Qwen2-Audio checkpoint folder)")
+    if not any(model_dir.glob("*.safetensors")):
+        raise UsageError(f"{model_dir}: no *.safetensors weights")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir).to_dict()
+    if config.get("model_type") != "qwen2_audio":
+        raise UsageError(f"{cfg_path}: model_type is {config.get('model_type')!r}, expected 'qwen2_audio'")
+    rows = config["audio_config"]["max_source_positions"] // 2
+    if seqlen <= rows + 8:
+        raise UsageError(f"--seqlen {seqlen} cannot hold one audio window ({rows} audio tokens) plus a prompt")
+    return config
+
+
+def tpu_env_ready() -> bool:
+    return os.environ.get(_ENV_MARK) == "1"
+
+
+def reexec_in_tpu_env(argv: list[str]) -> None:
+    """`import tpu_mlir` sets PATH/PYTHONPATH/LD_LIBRARY_PATH for child processes only; restart ourselves in it."""
+    try:
+        import tpu_mlir  # noqa: F401
+    except ImportError:
+        sys.exit("error: tpu_mlir is not importable by this Python. Run convert.py with the compile venv's python "
+                 "(native/compile/setup_venv.sh makes it: ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python)")
+    os.environ[_ENV_MARK] = "1"
+    # tpu-mlir's tools are `#!/usr/bin/env python3` scripts: they must find this venv's python first.
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *argv])
+
+
+def converter_args(args: argparse.Namespace, out_dir: Path) -> argparse.Namespace:
+    """The attribute set tpu-mlir's LlmConverter reads (mirrors llm_convert.py's parser defaults)."""
+    return argparse.Namespace(
+        model_path=str(args.model_dir.resolve()), seq_length=args.seqlen, quantize=args.quantize,
+        q_group_size=args.q_group_size if args.quantize.startswith("w") else 0, chip=args.chip, num_device=1,
+        distribute_strategy="tp", num_core=args.num_core, batch=1, lora_max_rank=0, symmetric=args.symmetric,
+        embedding_disk=False, do_sample=args.lm_head == "logits", use_history_kv=False, max_input_length=0,
+        chunk_length=0, max_pixels=None, max_shape=None, audio_length=0, dynamic=False, debug=args.debug,
+        gen_test_input=False, only_mlir=False, rvti=False, again=False, out_dir=str(out_dir), mmproj=None)
+
+
+def net_names(info_text: str) -> list[str]:
+    """Net names from `model_tool --info` output."""
+    names = re.findall(r"^net\s+\d+:\s*\[([^\]]+)\]", info_text, flags=re.M)
+    if not names:
+        raise RuntimeError("could not read net names from model_tool --info output:\n" + info_text[:2000])
+    return names
+
+
+def tool_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"converter": "native/compile/convert.py"}
+    for dist, key in (("tpu_mlir", "tpu_mlir"), ("transformers", "transformers"), ("torch", "torch")):
+        try:
+            out[key] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def compile_bmodel(args: argparse.Namespace) -> dict:
+    """Run the conversion; returns the sidecar dict. Assumes the tpu-mlir environment is active."""
+    import sidecar
+    from llm.transformers_compat import Config
+    from qwen2_audio_converter import AUDIO_MASK_VALUE, Qwen2AudioConverter
+    from llm.ModelHandle import SafetensorsModelHandle
+
+    config = check_model_dir(args.model_dir, args.seqlen)
+    output = args.output.resolve()
+    work = (args.work or output.with_suffix(".work")).resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    t0 = time.monotonic()
+    conv = Qwen2AudioConverter(converter_args(args, work), Config(config),
+                               loader=SafetensorsModelHandle(str(args.model_dir.resolve())))
+    conv.run()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(conv.out_bmodel, output)
+    if args.kernel_remove:
+        subprocess.run(["model_tool", "--kernel_remove", str(output)], check=True, stdout=subprocess.DEVNULL)
+    info = subprocess.run(["model_tool", "--info", str(output)], check=True, capture_output=True, text=True).stdout
+    data = sidecar.build_sidecar(
+        output, config, model_id=args.model_id or args.model_dir.resolve().name, seqlen=args.seqlen,
+        max_input_length=conv.max_input_length, quantization=args.quantize,
+        q_group_size=args.q_group_size if args.quantize.startswith("w") else None, lm_head=args.lm_head,
+        chip=args.chip, nets=net_names(info), tools=tool_versions(), audio_mask_value=AUDIO_MASK_VALUE)
+    sidecar.write_sidecar(output, data)
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    print(info)
+    print(f"wrote {output} ({output.stat().st_size} bytes) and {sidecar.sidecar_path(output).name} "
+          f"in {time.monotonic() - t0:.1f} s")
+    return data
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if not tpu_env_ready():
+        reexec_in_tpu_env(argv)  # does not return
+    sys.path.insert(0, str(HERE))
+    import tpu_mlir  # noqa: F401  (adds tpu-mlir's python folders to sys.path)
+    try:
+        compile_bmodel(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Qwen2-Audio -> BM1684X nets, built on tpu-mlir's own LlmConverter (imported only inside the compile venv).
+
+Text nets come from LlmConverter unchanged (embedding, embedding_cache, block_i, block_cache_i, lm_head, and with
+logits heads a static greedy_head). This class points LlmConverter at the checkpoint's language-model weights and
+adds one `audio` net: Whisper-style encoder (conv1, GELU, conv2 stride 2, GELU, + learned positions, pre-LN layers
+with an additive key-padding mask) -> AvgPool1d(2) -> layer_norm -> multi_modal_projector.
+
+The audio net's weights go through MLIRImporter's .npz weight file, not ONNX, so the 32-layer, 1280-wide real
+encoder (~1.3 GB in bf16, ~2.5 GB as an fp32 ONNX protobuf) never meets ONNX's 2 GB limit.
+
+Audio net I/O (address by index; names change with the quantization mode):
+  in 0  mel         F32  [1, n_mels, 2 * max_source_positions]   log-mel, WhisperFeatureExtractor(padding="max_length")
+  in 1  audio_mask  F32  [1, max_source_positions]               additive key mask per post-conv frame:
+                                                                 0 for j < (L - 1) // 2 + 1 (L = valid mel frames),
+                                                                 AUDIO_MASK_VALUE after
+  out 0 audio_embeds BF16/F16 [1, max_source_positions // 2, hidden]  rows 0..n-1 (n = ((L-1)//2+1 - 2)//2 + 1)
+                                                                 replace the n <|AUDIO|> token embeddings in order
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+import mlir.dialects.top as top  # noqa: E402  (tpu-mlir's python path is set up by `import tpu_mlir`)
+from llm.LlmConverter import LlmConverter
+from llm.LlmInfo import ActType, LlmList, LlmType, ModelConfig, ModelInfo
+from transform.MLIRImporter import MLIRImporter
+
+AUDIO_MASK_VALUE = -10000.0
+
+# Checkpoint key layouts: the released checkpoint (and transformers < 5.20 save_pretrained) use the first,
+# newer transformers save the second.
+_LAYOUTS = [
+    {"text": "language_model.model", "lm_head": "language_model.lm_head", "audio": "audio_tower",
+     "projector": "multi_modal_projector.linear"},
+    {"text": "model.language_model", "lm_head": "lm_head", "audio": "model.audio_tower",
+     "projector": "model.multi_modal_projector.linear"},
+]
+
+
+def detect_layout(is_exist) -> dict:
+    for layout in _LAYOUTS:
+        if is_exist(f"{layout['text']}.embed_tokens.weight") and is_exist(f"{layout['audio']}.conv1.weight"):
+            return layout
+    raise RuntimeError("checkpoint is not a Qwen2-Audio checkpoint: found neither "
+                       + " nor ".join(f"{l['text']}.embed_tokens.weight + {l['audio']}.conv1.weight" for l in _LAYOUTS))
+
+
+class Qwen2AudioConverter(LlmConverter):
+
+    def __init__(self, args, config, loader=None):
+        self.lm_head_kind = "logits" if args.do_sample else "greedy"
+        super().__init__(args, config, loader=loader)
+        self.all_gen_mlirs.append(self.gen_audio_mlir)
+        self.all_compiles.append(self.compile_audio)
+
+    def load_pretrained(self, config):
+        super().load_pretrained(config)
+        self.layout = detect_layout(self.model.is_exist)
+        t = self.layout["text"]
+        self.model_info = ModelInfo(
+            ModelConfig(),
+            weights={
+                LlmList.LAYERS: f"{t}.layers",
+                LlmList.EMBEDING: f"{t}.embed_tokens",
+                LlmList.INPUT_LN: "input_layernorm",
+                LlmList.Q_PROJ: "self_attn.q_proj",
+                LlmList.Q_NORM: "self_attn.q_norm",
+                LlmList.K_PROJ: "self_attn.k_proj",
+                LlmList.K_NORM: "self_attn.k_norm",
+                LlmList.V_PROJ: "self_attn.v_proj",
+                LlmList.O_PROJ: "self_attn.o_proj",
+                LlmList.POST_ATTN_LN: "post_attention_layernorm",
+                LlmList.MLP_GATE: "mlp.gate_proj",
+                LlmList.MLP_UP: "mlp.up_proj",
+                LlmList.MLP_DOWN: "mlp.down_proj",
+                LlmList.NORM: f"{t}.norm",
+                LlmList.LMHEAD: self.layout["lm_head"],
+            })
+        self.llm_config = config.text_config
+        self.llm_type = LlmType.QWEN2
+        # The checkpoint is bf16; f16 builds are a deliberate choice, so let the requested mode decide.
+        self.llm_config.dtype = "bfloat16" if "bf16" in self.quantize else "float16"
+        self.audio_config = config.audio_config
+
+    # ---- logits head: keep a static greedy_head, drop tpu-mlir's dynamic sample_head ----
+    def gen_sample_head_mlir(self, max_top_k=50, min_tokens_to_keep=5):
+        name = "greedy_head"
+        mlir = MLIRImporter([[1, self.vocab_size]], [[1, 1]], name, self.platform, weight_file=None)
+        in_op = mlir.create_input_op(self.get_loc("m_logits", mlir), 0)
+        topk = top.TopKOp(*mlir.get_tensor_type([[1, 1], [1, 1]]), in_op, axis=1, K=1,
+                          loc=self.get_loc(["token_value", "token_id"], mlir), ip=mlir.insert_point)
+        mlir.create_return_op([topk.indices])
+        self.save_mlir_module(mlir, name)
+
+    def compile_sample_head(self):
+        return
+
+    # ---- audio encoder + pool + norm + projector ----
+    def audio_dims(self):
+        a = self.audio_config
+        n_pos = a.max_source_positions
+        return {
+            "n_mels": a.num_mel_bins, "frames": 2 * n_pos, "positions": n_pos, "rows": n_pos // 2,
+            "d_model": a.d_model, "heads": a.encoder_attention_heads, "ffn": a.encoder_ffn_dim,
+            "layers": a.encoder_layers, "act": a.activation_function,
+        }
+
+    def gen_audio_mlir(self):
+        d = self.audio_dims()
+        n_mels, frames, n, rows = d["n_mels"], d["frames"], d["positions"], d["rows"]
+        dm, heads, ffn = d["d_model"], d["heads"], d["ffn"]
+        head_dim = dm // heads
+        ap = self.layout["audio"]
+        proj = self.layout["projector"]
+        conv1, conv2 = f"{ap}.conv1", f"{ap}.conv2"
+        pos = f"{ap}.embed_positions"
+        ln_post = f"{ap}.layer_norm"
+        npz = "audio_top_weights.npz"
+        name = "audio"
+
+        weights = {}
+        self.set_common_weight(conv1, weights)
+        self.set_common_weight(conv2, weights)
+        weights[pos + ".weight"] = self.model.read(pos + ".weight").reshape(1, n, dm)
+        self.set_common_weight(ln_post, weights)
+        self.set_linear_weight(proj, weights)
+        for i in range(d["layers"]):
+            p = f"{ap}.layers.{i}"
+            for lin in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1",
+                        "fc2"):
+                self.set_linear_weight(f"{p}.{lin}", weights)
+            self.set_common_weight(f"{p}.self_attn_layer_norm", weights)
+            self.set_common_weight(f"{p}.final_layer_norm", weights)
+        np.savez(npz, **weights)
+        del weights
+
+        mlir = MLIRImporter([[1, n_mels, frames], [1, n]], [[1, rows, self.hidden_size]], name, self.platform,
+                            ["F32", "F32"], weight_file=f"../{npz}")
+        ip = mlir.insert_point
+        T = mlir.get_tensor_type
+        L = lambda s: self.get_loc(s, mlir)  # noqa: E731
+
+        mel = mlir.create_input_op(L("mel"), 0)
+        key_mask = mlir.create_input_op(L("audio_mask"), 1)
+        mask = top.ReshapeOp(T([1, 1, 1, n]), key_mask, loc=L("audio_mask.reshape"), ip=ip).output
+        mask = top.TileOp(T([1, 1, n, n]), mask, tile=[1, 1, n, 1], loc=L("audio_mask.tile"), ip=ip).output
+
+        x = top.ConvOp(T([1, dm, frames]), mel, mlir.create_weight_op(conv1 + ".weight", [dm, n_mels, 3]),
+                       mlir.create_weight_op(conv1 + ".bias", [dm]), kernel_shape=[3, 1], strides=[1, 1],
+                       dilations=[1, 1], pads=[1, 0, 1, 0], loc=L(conv1), ip=ip).output
+        x = self.activate(mlir, x, ActType.GELU, conv1)
+        x = top.ConvOp(T([1, dm, n]), x, mlir.create_weight_op(conv2 + ".weight", [dm, dm, 3]),
+                       mlir.create_weight_op(conv2 + ".bias", [dm]), kernel_shape=[3, 1], strides=[2, 1],
+                       dilations=[1, 1], pads=[1, 0, 1, 0], loc=L(conv2), ip=ip).output
+        x = self.activate(mlir, x, ActType.GELU, conv2)
+        x = top.PermuteOp(T([1, n, dm]), x, order=[0, 2, 1], loc=L(conv2 + ".permute"), ip=ip).output
+        x = top.AddOp(T([1, n, dm]), [x, mlir.create_weight_op(pos + ".weight", [1, n, dm])], loc=L(pos),
+                      ip=ip).output
+
+        for i in range(d["layers"]):
+            p = f"{ap}.layers.{i}"
+            h = self.layer_norm(mlir, x, f"{p}.self_attn_layer_norm", eps=1e-5)
+            qkv_shape = [1, n, heads, head_dim]
+            q, k, v = (top.ReshapeOp(T(qkv_shape), self.linear(mlir, f"{p}.self_attn.{w}", h, [dm, dm], [1, n, dm]),
+                                     loc=L(f"{p}.self_attn.{w}.reshape"), ip=ip).output
+                       for w in ("q_proj", "k_proj", "v_proj"))
+            h = top.FAttentionOp(T([1, n, dm]), q, k, v, mask, mlir.none_op, scale=head_dim**-0.5, batch=1,
+                                 q_head=heads, kv_head=heads, dim=head_dim, mq=n, mk=n, keep_dims=False,
+                                 loc=L(f"{p}.fattention"), ip=ip).output
+            h = self.linear(mlir, f"{p}.self_attn.out_proj", h, [dm, dm], [1, n, dm])
+            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.attn.add"), ip=ip).output
+            h = self.layer_norm(mlir, x, f"{p}.final_layer_norm", eps=1e-5)
+            h = self.linear(mlir, f"{p}.fc1", h, [dm, ffn], [1, n, ffn])
+            h = self.activate(mlir, h, d["act"], f"{p}.fc1")
+            h = self.linear(mlir, f"{p}.fc2", h, [ffn, dm], [1, n, dm])
+            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.mlp.add"), ip=ip).output
+
+        x = top.PermuteOp(T([1, dm, n]), x, order=[0, 2, 1], loc=L(f"{ap}.pool.permute1"), ip=ip).output
+        x = top.AvgPoolOp(T([1, dm, rows]), x, kernel_shape=[2], strides=[2], pads=[0, 0], loc=L(f"{ap}.avg_pooler"),
+                          ip=ip).output
+        x = top.PermuteOp(T([1, rows, dm]), x, order=[0, 2, 1], loc=L(f"{ap}.pool.permute2"), ip=ip).output
+        x = self.layer_norm(mlir, x, ln_post, eps=1e-5)
+        x = self.linear(mlir, proj, x, [dm, self.hidden_size], [1, rows, self.hidden_size])
+        mlir.create_return_op([x])
+        self.save_mlir_module(mlir, name)
+
+    def compile_audio(self):
+        name = "audio"
+        if self.register_bmodel(name):
+            return
+        # Inputs stay F32 (the host hands over log-mel and the mask as computed); the output is quantized so the
+        # runtime can copy rows straight into the half-precision prompt embeddings.
+        self.submit_deploy_task(name, [f"--quantize {self.half_precision_quantize}", "--quant_output"])
