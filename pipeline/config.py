@@ -39,8 +39,8 @@ class RunConfig:
     ray_num_cpus: int = 0
     max_attempts: int = 3
     device_max_failures: int = 3
-    shard_size: int = 8
-    shard_max_audio_s: float = 300.0
+    shard_size: int = 4
+    shard_max_audio_s: float = 120.0
     inflight_per_device: int = 2
     escalate_min_s: float = 10.0
     skip_bad_lines: bool = False

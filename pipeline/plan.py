@@ -88,7 +88,7 @@ def shard_bounds(durations: np.ndarray, shard_size: int, max_audio_s: float) -> 
 
 
 def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, done_digests: np.ndarray | None = None,
-               shard_size: int = 8, shard_max_audio_s: float = 300.0) -> Plan:
+               shard_size: int = 4, shard_max_audio_s: float = 120.0) -> Plan:
     """Stream the manifest (ManifestError on the first bad line unless skip_bad_lines) and plan what's left to do.
     `done_digests`: id digests already in the output folder (resume)."""
     manifest = Path(manifest)

@@ -76,7 +76,7 @@ def test_100k_rows_plan_in_bounded_memory(tmp_path):
                                 "text": "some reference words for this utterance " * 2, "speaker": i % 97}) + "\n")
     tracemalloc.start()
     try:
-        plan = build_plan(m, shard_size=8)
+        plan = build_plan(m, shard_size=8, shard_max_audio_s=1000)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

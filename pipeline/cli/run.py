@@ -70,7 +70,7 @@ def run(
     device_max_failures: Optional[int] = typer.Option(None, "--device-max-failures", help="Consecutive crashes / "
                                                       "all-failed shards before a device leaves the pool \\[default: 3].",
                                                       rich_help_panel=_RETRY),
-    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Rows per shard of work \\[default: 8].",
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Rows per shard of work \\[default: 4].",
                                              rich_help_panel=_RETRY),
     skip_bad_lines: Optional[bool] = typer.Option(None, "--skip-bad-lines", help="Record bad "
                                                   "manifest lines as failed rows instead of stopping.",
