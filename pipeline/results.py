@@ -6,6 +6,7 @@ rest is planned. Changing the engine/model/prompt against a folder with results 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -63,6 +64,27 @@ class RunFolder:
             return None
         except json.JSONDecodeError as e:
             raise ResumeError(f"{self.run_json}: unreadable ({e}); use --overwrite to start over") from None
+
+
+def lock_run_folder(folder: RunFolder):
+    """Hold DIR/.lock for the whole run so that two runs never write into one folder; the OS drops the lock when the
+    process ends, however it ends. Returns the open lock file (keep it referenced)."""
+    if folder.path.exists() and not folder.path.is_dir():
+        raise ResumeError(f"{folder.path}: exists and is not a folder")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    handle = open(folder.path / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ResumeError(f"{folder.path} is in use by another run ({holder}); wait for it or use another --output") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+    handle.flush()
+    return handle
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

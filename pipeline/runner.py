@@ -23,7 +23,7 @@ from .config import RunConfig
 from .devices import BM1684X_RESOURCE, cluster_slots, device_kind, local_gpus, local_sophon_cards
 from .plan import bad_line_id, build_plan
 from .progress import ProgressTracker
-from .results import PartWriter, RunFolder, merge_results, open_run_folder, versions, write_json
+from .results import PartWriter, RunFolder, lock_run_folder, merge_results, open_run_folder, versions, write_json
 from .scheduler import Scheduler, SchedulerError
 
 
@@ -84,10 +84,20 @@ def _bad_line_records(plan) -> list[dict]:
 
 
 def run_job(cfg: RunConfig) -> RunSummary:
-    import ray
-
+    """Run (or resume) one job; returns its summary. Raises ManifestError, ResumeError, DeviceError, SchedulerError,
+    or KeyboardInterrupt (Ctrl-C/SIGTERM: finished rows are saved, run.json says interrupted)."""
     t0 = time.monotonic()
     folder = RunFolder(cfg.output)
+    lock = lock_run_folder(folder)
+    try:
+        return _run_locked(cfg, folder, t0)
+    finally:
+        lock.close()
+
+
+def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float) -> RunSummary:
+    import ray
+
     state = open_run_folder(folder, cfg.identity(), overwrite=cfg.overwrite, retry_failed=cfg.retry_failed)
     plan = build_plan(cfg.manifest, skip_bad_lines=cfg.skip_bad_lines, done_digests=state.done_digests,
                       shard_size=cfg.shard_size, shard_max_audio_s=cfg.shard_max_audio_s)

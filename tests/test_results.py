@@ -2,7 +2,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from transcribe_batch.manifests.reader import id_digest
-from transcribe_batch.pipeline.results import PartWriter, ResumeError, RunFolder, merge_results, open_run_folder, write_json
+from transcribe_batch.pipeline.results import (PartWriter, ResumeError, RunFolder, lock_run_folder, merge_results,
+                                               open_run_folder, write_json)
 from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, base_record, failed_record, now
 
 IDENTITY = {"engine": "simulated", "model_dir": None, "template": "default"}
@@ -91,3 +92,15 @@ def test_empty_run_merges_to_an_empty_table(tmp_path):
     open_run_folder(folder, IDENTITY)
     assert merge_results(folder).num_rows == 0
     assert pq.read_table(folder.results).schema.names == [c for c in COLUMNS if c != "manifest_extra"]
+
+
+def test_one_run_per_folder(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    held = lock_run_folder(folder)
+    with pytest.raises(ResumeError, match=r"in use by another run \(pid \d+ on "):
+        lock_run_folder(folder)
+    held.close()  # the run ended (also what the OS does when a process is killed)
+    lock_run_folder(folder).close()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResumeError, match="not a folder"):
+        lock_run_folder(RunFolder(tmp_path / "file"))
