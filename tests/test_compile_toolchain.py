@@ -211,6 +211,8 @@ def test_net_names_from_model_tool_info():
     text = ("bmodel version: B.2.2\nchip: BM1684X\n=====\nnet 0: [audio]  static\n------------\n"
             "stage 0, core num: 1\n=====\nnet 1: [block_cache_0]  static\naddr mode: 1\n")
     assert convert.net_names(text) == ["audio", "block_cache_0"]
+    assert convert.dynamic_nets(text) == []
+    assert convert.dynamic_nets(text + "net 2: [greedy_head]  dynamic\n") == ["greedy_head"]
 
 
 # ---------------------------------------------------------------- the tiny fixture

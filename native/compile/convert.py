@@ -138,6 +138,10 @@ def net_names(info_text: str) -> list[str]:
     return names
 
 
+def dynamic_nets(info_text: str) -> list[str]:
+    return re.findall(r"^net\s+\d+:\s*\[([^\]]+)\]\s+dynamic", info_text, flags=re.M)
+
+
 def tool_versions() -> dict:
     import importlib.metadata as md
 
@@ -169,9 +173,15 @@ def compile_bmodel(args: argparse.Namespace) -> dict:
     conv.run()
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(conv.out_bmodel, output)
-    if args.kernel_remove:
-        subprocess.run(["model_tool", "--kernel_remove", str(output)], check=True, stdout=subprocess.DEVNULL)
     info = subprocess.run(["model_tool", "--info", str(output)], check=True, capture_output=True, text=True).stdout
+    dynamic = dynamic_nets(info)
+    if args.kernel_remove and dynamic:
+        # e.g. tpu-mlir compiles the logits head's greedy_head (TopK) as a dynamic net
+        print(f"warning: keeping the kernel module: dynamic net(s) {', '.join(dynamic)} need it", file=sys.stderr)
+    elif args.kernel_remove:
+        subprocess.run(["model_tool", "--kernel_remove", str(output)], check=True, stdout=subprocess.DEVNULL)
+        info = subprocess.run(["model_tool", "--info", str(output)], check=True, capture_output=True,
+                              text=True).stdout
     data = sidecar.build_sidecar(
         output, config, model_id=args.model_id or args.model_dir.resolve().name, seqlen=args.seqlen,
         max_input_length=conv.max_input_length, quantization=args.quantize,
