@@ -298,9 +298,9 @@ struct Runtime::Impl {
     } else {
       if (!is_float(lm_out_dt)) layout_error("lm_head logits dtype " + dtype_name(lm_out_dt) + " is not float");
       vocab = static_cast<int>(lm_elems);
-      // a static greedy_head (argmax over the logits) keeps the token on the device; without one, argmax on host
+      // a greedy_head (argmax over the logits) keeps the token on the device; without one, argmax on host
       greedy_head = find(names, {"greedy_head"});
-      if (greedy_head && (greedy_head->is_dynamic || greedy_head->input_num != 1 || greedy_head->output_num < 1 ||
+      if (greedy_head && (greedy_head->input_num != 1 || greedy_head->output_num < 1 ||
                           elements(in_shape(greedy_head, 0)) != lm_elems ||
                           greedy_head->input_dtypes[0] != lm_out_dt || elements(out_shape(greedy_head, 0)) != 1 ||
                           greedy_head->output_dtypes[0] != BM_INT32))
@@ -398,10 +398,16 @@ struct Runtime::Impl {
     if (!greedy && greedy_head) {
       auto &gi = greedy_head->stages[0].input_mems[0];
       d2d(gi, 0, out, 0, static_cast<size_t>(vocab) * dtype_size(lm_out_dt));
-      launch(greedy_head);
-      int32_t v = 0;
-      d2h(&v, greedy_head->stages[0].output_mems[0], 0, 4);
-      return v;
+      try {
+        launch(greedy_head);
+        int32_t v = 0;
+        d2h(&v, greedy_head->stages[0].output_mems[0], 0, 4);
+        return v;
+      } catch (const DeviceError &) {
+        // a dynamic greedy_head needs the kernel module, which `model_tool --kernel_remove` strips: argmax on host
+        greedy_head = nullptr;
+        rt.layout_.lm_head = "logits+host_argmax";
+      }
     }
     if (greedy) {
       int32_t v = 0;

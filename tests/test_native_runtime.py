@@ -1,0 +1,158 @@
+"""The native BM1684X runtime on the cmodel simulator, with the tiny Qwen2-Audio fixture.
+
+Greedy tokens must equal HF transformers (fp32) at every step, and host<->device traffic per decoded token must be
+a handful of bytes (a token id, a position, one mask slot) - O(1) in SEQLEN and in the number of layers - where the
+public port copied every layer's whole KV cache both ways.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bm1684x_support import assert_tokens_match, bmodel_path, clip_row, fixture_dir, native, reference
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tbn():
+    return native()
+
+
+@pytest.fixture(scope="module")
+def rt(tbn):
+    return tbn.Runtime(str(bmodel_path()), 0)
+
+
+@pytest.fixture(scope="module")
+def frontend():
+    from transcribe_batch.workers.frontend import FrontEnd
+
+    return FrontEnd(fixture_dir())
+
+
+# The simulator is slow (≈0.1-1 s per net launch): this file decodes the first two reference clips in full; the
+# engine test decodes the last one, so every reference step is checked once.
+N_CLIPS = 2
+
+
+@pytest.fixture(scope="module")
+def requests(frontend, audio_dir):
+    """One prepared request per reference clip, checked to carry exactly the reference's prompt."""
+    out = []
+    for clip in reference()["clips"][:N_CLIPS]:
+        (req,) = frontend.prepare(clip_row(clip, audio_dir))
+        assert req.expanded_ids == clip["input_ids"], f"{clip['audio_filepath']}: front end prompt differs from reference"
+        out.append((clip, req))
+    return out
+
+
+def run(rt, req, *, max_new_tokens, stop_ids=None, prompt_ids=None):
+    return rt.generate(
+        req.features, int(req.feature_mask.sum()), list(prompt_ids or req.prompt_ids), req.audio_token_id,
+        req.n_audio_tokens, list(req.stop_ids if stop_ids is None else stop_ids), max_new_tokens,
+    )
+
+
+def test_layout_is_read_from_the_bmodel(rt):
+    sidecar = json.loads((fixture_dir() / "tiny-qwen2-audio.bmodel.json").read_text())
+    config = json.loads((fixture_dir() / "config.json").read_text())
+    lay = rt.layout
+    assert lay["seqlen"] == sidecar["seqlen"]
+    assert lay["hidden"] == config["text_config"]["hidden_size"]
+    assert lay["n_layers"] == config["text_config"]["num_hidden_layers"]
+    assert lay["n_mels"] == sidecar["n_mels"] and lay["n_frames"] == sidecar["mel_frames"]
+    assert lay["audio_rows"] == sidecar["max_audio_tokens"]
+    assert lay["lm_head"].startswith(sidecar["lm_head"])
+    kv = config["text_config"]["num_key_value_heads"] * sidecar["head_dim"] * 2  # bf16
+    assert lay["kv_row_bytes"] == kv
+    names = {n["name"] for n in rt.nets}
+    assert {"embedding", "embedding_cache", "lm_head", "audio", "block_0", "block_cache_0"} <= names
+
+
+def test_greedy_tokens_match_hf_and_decode_traffic_is_constant(rt, requests):
+    lay = rt.layout
+    ref = reference()
+    per_token = set()
+    for clip, req in requests:
+        want = clip["tokens"]
+        stopped = clip["finish"] == "stop"
+        out = run(rt, req, max_new_tokens=ref["max_new_tokens"])
+        got = out["tokens"] + ([out["stop_id"]] if out["finish_reason"] == "eos" else [])
+        assert_tokens_match(got, clip, where=clip["audio_filepath"])
+        assert out["finish_reason"] == ("eos" if stopped else "max_tokens")
+        assert out["prompt_len"] == len(clip["input_ids"])
+
+        steps = len(out["step_s"])
+        assert steps == len(got) - 1  # the first token comes from the prefill
+        assert out["ttft_s"] > out["encode_s"] > 0 and all(s > 0 for s in out["step_s"])
+        dec = out["decode"]
+        # per step: the position (4 B) and one newly visible mask slot (2 B, none on the first step) go down, the
+        # chosen token id (4 B) comes back; the token itself goes back into embedding_cache device-to-device.
+        assert dec["h2d_bytes"] == 4 * steps + 2 * (steps - 1), dec
+        assert dec["d2h_bytes"] == 4 * steps, dec
+        per_token.add((dec["h2d_bytes"] + 2) / steps)
+        # the public port's design copied every layer's K and V (SEQLEN slots) to the host and back per token
+        port_bytes = 2 * lay["n_layers"] * lay["seqlen"] * lay["kv_row_bytes"]
+        print(f"{clip['audio_filepath']}: prompt {out['prompt_len']} tokens, decode h2d {dec['h2d_bytes'] / steps:.1f} "
+              f"B/token, d2h {dec['d2h_bytes'] / steps:.1f} B/token (host-KV design: {port_bytes} B each way); "
+              f"encode {out['encode_s']:.2f}s ttft {out['ttft_s']:.2f}s step {np.mean(out['step_s']):.2f}s")
+        assert dec["h2d_bytes"] / steps < port_bytes / 100
+    assert per_token == {6.0}, "bytes per token must not depend on the prompt length"
+
+
+def test_stops_on_a_stop_id_and_excludes_it(rt, requests):
+    clip, req = requests[0]
+    want = clip["tokens"]
+    k = next(i for i in range(2, len(want)) if want[i] not in want[:i])
+    out = run(rt, req, max_new_tokens=len(want), stop_ids=[want[k]])
+    assert out["finish_reason"] == "eos" and out["stop_id"] == want[k]
+    assert out["tokens"] == want[:k]
+
+
+def test_max_new_tokens_one_is_the_prefill_token(rt, requests):
+    clip, req = requests[1]
+    out = run(rt, req, max_new_tokens=1)
+    assert out["tokens"] == clip["tokens"][:1] and out["finish_reason"] == "max_tokens"
+    assert out["step_s"] == [] and out["decode"]["h2d_bytes"] == 0
+
+
+def test_prompt_longer_than_seqlen_is_refused_before_any_device_work(tbn, rt, requests):
+    _, req = requests[0]
+    seqlen = rt.layout["seqlen"]
+    filler = [req.prompt_ids[-1]] * (seqlen - len(req.prompt_ids) - req.n_audio_tokens + 2)
+    before = rt.counters()
+    with pytest.raises(tbn.TooLongError, match=f"SEQLEN {seqlen}"):
+        run(rt, req, max_new_tokens=4, prompt_ids=filler + list(req.prompt_ids))
+    assert rt.counters() == before
+
+
+def test_answer_that_would_overrun_seqlen_raises_too_long(tbn, rt, requests):
+    _, req = requests[0]
+    seqlen = rt.layout["seqlen"]
+    filler = [req.prompt_ids[-1]] * (seqlen - len(req.prompt_ids) - req.n_audio_tokens - 1)  # prompt = SEQLEN - 2
+    with pytest.raises(tbn.TooLongError, match="answer reached SEQLEN"):
+        run(rt, req, max_new_tokens=10, stop_ids=[], prompt_ids=filler + list(req.prompt_ids))
+
+
+def test_bad_requests_are_refused(rt, requests):
+    _, req = requests[0]
+    with pytest.raises(ValueError, match="exactly once"):
+        run(rt, req, max_new_tokens=2, prompt_ids=list(req.prompt_ids) + [req.audio_token_id])
+    with pytest.raises(ValueError, match="audio net takes"):
+        rt.generate(np.zeros((80, 3000), np.float32), 100, list(req.prompt_ids), req.audio_token_id, 10, [], 2)
+    with pytest.raises(ValueError, match="not found"):
+        type(rt)("/nonexistent/x.bmodel", 0)
+
+
+def test_kv_state_does_not_leak_between_requests(rt, requests):
+    """The long clip after the short one, then the short one again: same tokens as run alone (covered by the
+    reference above), so stale history slots of an earlier, longer prompt are never visible."""
+    longest = max(requests, key=lambda cr: len(cr[1].expanded_ids))
+    shortest = min(requests, key=lambda cr: len(cr[1].expanded_ids))
+    run(rt, longest[1], max_new_tokens=2)
+    out = run(rt, shortest[1], max_new_tokens=2)
+    assert out["tokens"] == shortest[0]["tokens"][:2]
