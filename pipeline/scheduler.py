@@ -9,8 +9,10 @@
   the devices finish together (benchmarks/pipeline.py measures the tail).
 - A row whose prediction failed is retried (up to max_attempts) preferably on a device it has not failed on: a
   retry waits about one shard-time for such a device before any device may take it.
-- An actor whose process dies is restarted by Ray (max_restarts=-1); the shards it held are re-queued and the
-  attempt counts for their rows. A device with `device_max_failures` consecutive crashes or all-failed shards is
+- Results stream back row by row (a Ray streaming generator per shard): a finished row is on its way to disk
+  at once, and a failed row is re-queued at once.
+- An actor whose process dies is restarted by Ray (max_restarts=-1); the rows of its shards that had not come back
+  are re-queued and the attempt counts for them. A device with `device_max_failures` consecutive crashes or all-failed shards is
   taken out of the pool with a log line; the run goes on with the rest.
 """
 
@@ -45,10 +47,27 @@ class Task:
 
 
 @dataclass
+class Shard:
+    """A task handed to a device: the items sent and what has come back so far."""
+
+    task: Task
+    items: list[dict]
+    submitted: float = field(default_factory=time.monotonic)
+    received: int = 0
+    any_ok: bool = False
+    all_retryable: bool = True  # every failure so far was a failed prediction (not bad input)
+
+    def rest(self) -> Task:
+        """The rows that have not come back, as a task (same attempts)."""
+        k = self.received
+        return Task(self.task.indices[k:], self.task.attempts[k:], self.task.avoid)
+
+
+@dataclass
 class Device:
     slot: DeviceSlot
     actor: object
-    inflight: dict = field(default_factory=dict)  # ObjectRef -> (Task, items)
+    inflight: dict = field(default_factory=dict)  # ObjectRefGenerator -> Shard
     strikes: float = 0.0  # consecutive failures: a crash or an all-failed full shard is 1 (a cut-short shard less)
     alive: bool = True
     info: dict | None = None
@@ -91,6 +110,7 @@ class Scheduler:
         self.shard_time_s = 0.0  # moving average of a shard's round trip: how long a retry waits for a new device
         self.full_shard = max(1, int(np.diff(plan.bounds).max())) if plan.n_shards else 1
         self.stats = {"retried_rows": 0, "actor_crashes": 0, "devices_removed": [], "retried_busy_s": 0.0}
+        self.last_record: dict = {}
 
     # -- start/stop ---------------------------------------------------------------------------------------------
     def start(self) -> list[dict]:
@@ -138,8 +158,9 @@ class Scheduler:
             ray.kill(dev.actor, no_restart=True)
         except Exception:  # noqa: BLE001
             pass
-        for task, *_ in dev.inflight.values():  # not the rows' fault: re-queue without counting an attempt
-            self.retries.appendleft(Task(task.indices, task.attempts, task.avoid))
+        for shard in dev.inflight.values():  # not the rows' fault: re-queue without counting an attempt
+            if shard.received < len(shard.items):
+                self.retries.appendleft(shard.rest())
         dev.inflight.clear()
         self.progress.log(f"device {dev.label} taken out of the pool: {why}; {len(self.alive)} device(s) left",
                           event="device_removed", device=dev.label, reason=why)
@@ -181,8 +202,8 @@ class Scheduler:
             d = float(self.plan.durations[i])
             items.append({"row": row, "line": int(self.plan.lines[i]), "attempt": attempt, "queued_at": queued_at,
                           "duration": None if d != d else d})
-        ref = dev.actor.run_shard.remote(items)
-        dev.inflight[ref] = (task, items, time.monotonic())
+        stream = dev.actor.stream_shard.options(num_returns="streaming").remote(items)
+        dev.inflight[stream] = Shard(task, items)
 
     def _dispatch(self) -> None:
         # Breadth first: every idle device gets its first shard before any device gets a second one.
@@ -213,63 +234,73 @@ class Scheduler:
                 time.sleep(0.02)  # retries waiting for a device they have not failed on
                 continue
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
-            for ref in ready:
-                self._collect(refs[ref], ref)
+            for stream in ready:
+                if stream in refs[stream].inflight:  # a crash handled just before may have dropped it
+                    self._advance(refs[stream], stream)
 
-    def _collect(self, dev: Device, ref) -> None:
-        task, items, t_submit = dev.inflight.pop(ref)
+    def _advance(self, dev: Device, stream) -> None:
+        """Take the next row (or the end, or the crash) from a shard's result stream."""
+        shard = dev.inflight[stream]
         try:
-            records = ray.get(ref)
-        except RayError as e:
-            if not dev.alive:  # we removed it ourselves; its shards were re-queued already
-                return
-            self._crashed(dev, task, items, e)
+            rec = ray.get(next(stream))
+        except StopIteration:
+            del dev.inflight[stream]
+            self._shard_done(dev, shard)
             return
-        elapsed = time.monotonic() - t_submit
+        except RayError as e:
+            del dev.inflight[stream]
+            if dev.alive:  # (a device we removed ourselves had its rows re-queued already)
+                self._crashed(dev, shard, e)
+            return
+        self._row_done(dev, shard, rec)
+
+    def _row_done(self, dev: Device, shard: Shard, rec: dict) -> None:
+        k = shard.received
+        shard.received += 1
+        i, attempt = int(shard.task.indices[k]), shard.task.attempts[k]
+        retry = rec.pop("_retry", False)
+        shard.any_ok |= rec["status"] == "ok"
+        shard.all_retryable &= rec["status"] == "ok" or retry
+        self.last_record = rec
+        if retry and attempt < self.max_attempts:
+            self._requeue([i], [attempt + 1], shard.task.avoid | {dev.label})
+            if rec.get("started_at") and rec.get("finished_at"):  # device time spent on the attempt (benchmarks)
+                self.stats["retried_busy_s"] += (rec["finished_at"] - rec["started_at"]).total_seconds()
+        else:
+            self.on_final([rec])
+
+    def _shard_done(self, dev: Device, shard: Shard) -> None:
+        elapsed = time.monotonic() - shard.submitted
         self.shard_time_s = elapsed if not self.shard_time_s else 0.8 * self.shard_time_s + 0.2 * elapsed
         dev.shards_done += 1
-        finals, retry_idx, retry_att = [], [], []
-        any_ok, all_retryable = False, True
-        for rec, i, attempt in zip(records, task.indices.tolist(), task.attempts):
-            retry = rec.pop("_retry", False)
-            any_ok |= rec["status"] == "ok"
-            all_retryable &= rec["status"] == "ok" or retry
-            if retry and attempt < self.max_attempts:
-                retry_idx.append(i)
-                retry_att.append(attempt + 1)
-                if rec.get("started_at") and rec.get("finished_at"):  # device time spent on the attempt (benchmarks)
-                    self.stats["retried_busy_s"] += (rec["finished_at"] - rec["started_at"]).total_seconds()
-            else:
-                finals.append(rec)
-        if retry_idx:
-            self._requeue(retry_idx, retry_att, task.avoid | {dev.label})
-        if finals:
-            self.on_final(finals)
-        if any_ok or not all_retryable:
+        if shard.any_ok or not shard.all_retryable:
             dev.strikes = 0
         else:
-            dev.strikes += min(1.0, len(records) / self.full_shard)  # tail shards are cut short: weigh by rows
+            dev.strikes += min(1.0, shard.received / self.full_shard)  # tail shards are cut short: weigh by rows
             if dev.strikes >= self.device_max_failures - 1e-9:
+                last = self.last_record
                 self._remove(dev, f"{dev.strikes:.3g} shards' worth of rows in a row failed entirely (last: "
-                                  f"{records[-1].get('error_class')}: {records[-1].get('error_message')})")
+                                  f"{last.get('error_class')}: {last.get('error_message')})")
 
     def _requeue(self, indices: list[int], attempts: list[int], avoid: frozenset) -> None:
         self.stats["retried_rows"] += len(indices)
         self.progress.retry(len(indices))
         self.retries.append(Task(np.asarray(indices, dtype=np.int64), attempts, frozenset(avoid)))
 
-    def _crashed(self, dev: Device, task: Task, items: list[dict], error: RayError) -> None:
+    def _crashed(self, dev: Device, shard: Shard, error: RayError) -> None:
         dev.crashes += 1
         dev.strikes += 1
         self.stats["actor_crashes"] += 1
         kind = "actor process died" if isinstance(error, RayActorError) else "shard call failed"
-        lost = [(task, items)]
+        lost = [shard]
         if isinstance(error, RayActorError):  # the process is gone: the other shard it held went down with it
-            lost += [(t, it) for t, it, _ in dev.inflight.values()]
+            lost += list(dev.inflight.values())
             dev.inflight.clear()
         retry_idx, retry_att, finals = [], [], []
-        pairs = [(item, i, attempt) for t, its in lost for item, i, attempt in zip(its, t.indices.tolist(), t.attempts)]
-        avoid = frozenset().union(*(t.avoid for t, _ in lost))
+        pairs = [(item, int(i), attempt) for sh in lost
+                 for item, i, attempt in zip(sh.items[sh.received:], sh.task.indices[sh.received:],
+                                             sh.task.attempts[sh.received:])]
+        avoid = frozenset().union(*(sh.task.avoid for sh in lost))
         for item, i, attempt in pairs:
             if attempt < self.max_attempts:
                 retry_idx.append(i)

@@ -76,13 +76,20 @@ class TranscriptionWorker:
                                                "max_seq_len": self.engine.limits.max_seq_len}}
 
     # -- one shard ----------------------------------------------------------------------------------------------
-    def run_shard(self, items: list[dict]) -> list[dict]:
+    def stream_shard(self, items: list[dict]):
         """items: {"row": normalized manifest row, "line": int, "attempt": int (1-based), "queued_at": datetime,
-        "duration": planned seconds or None}. Returns one record per item, in order."""
+        "duration": planned seconds or None}. Yields one record per item, in order, each as soon as it is done
+        (the driver calls this as a Ray streaming generator)."""
         futures = [self._prefetch.submit(self._prepare, item, self._chunk_s(item)) for item in items]
         if self.batch_size > 1:
-            return self._run_batched(items, futures)
-        return [self._run_one(item, fut) for item, fut in zip(items, futures)]
+            yield from self._run_batched(items, futures)
+            return
+        for item, fut in zip(items, futures):
+            yield self._run_one(item, fut)
+
+    def run_shard(self, items: list[dict]) -> list[dict]:
+        """`stream_shard` as a list."""
+        return list(self.stream_shard(items))
 
     def _chunk_s(self, item: dict) -> float | None:
         return escalated_chunk_s(item.get("duration"), item["attempt"], self.engine.limits.max_audio_s,
