@@ -1,0 +1,46 @@
+"""The whole pipeline on the BM1684X simulator: `transcribe-batch run ... --engine bm1684x` with the tiny fixture,
+then the raw answers in results.parquet are exactly the HF reference's greedy tokens, decoded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from bm1684x_support import bmodel_path, fixture_dir, native, reference
+
+N_TOKENS = 4  # the simulator is slow; the runtime tests compare all reference steps
+
+
+@pytest.mark.slow
+def test_run_with_engine_bm1684x_on_the_simulator(tmp_path, audio_dir):
+    native()
+    clips = reference()["clips"][:2]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(
+        json.dumps({"id": c["audio_filepath"], "audio_filepath": str(audio_dir / c["audio_filepath"]),
+                    "offset": c.get("offset") or 0.0, **({"duration": c["duration"]} if c.get("duration") else {})})
+        + "\n" for c in clips))
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).with_name("transcribe-batch")), "run", str(manifest), "-o", str(out),
+           "--engine", "bm1684x", "--model-dir", str(fixture_dir()), "--bmodel", str(bmodel_path()),
+           "--devices", "0,", "--max-new-tokens", str(N_TOKENS), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert [r["id"] for r in rows] == [c["audio_filepath"] for c in clips]
+    from transcribe_batch.workers.frontend import FrontEnd
+
+    fe = FrontEnd(fixture_dir())
+    for row, clip in zip(rows, clips):
+        assert row["status"] == "ok", row
+        assert row["engine"] == "bm1684x"
+        assert row["n_new_tokens"] == N_TOKENS and row["finish_reason"] == "max_tokens"
+        assert row["raw_text"] == fe.decode(clip["tokens"][:N_TOKENS])
+        assert row["n_audio_tokens"] == clip["n_audio_tokens"]
+        assert row["ttft_s"] > 0 and row["decode_s"] > 0
