@@ -15,6 +15,13 @@ if [ -f "$STAMP" ]; then
   exit 0
 fi
 
+if [ "$(uname -m)" != "x86_64" ]; then
+  echo "fetch_sim_sdk: the cmodel simulator in the tpu-mlir wheel is x86_64-only (this is $(uname -m))." >&2
+  echo "On a BM1684X SoC or an aarch64 host with a card, build against libsophon instead:" >&2
+  echo "  LIBSOPHON_ROOT=/opt/sophon/libsophon-current pip install ./native" >&2
+  exit 1
+fi
+
 mkdir -p "$CACHE"
 WHEEL="$(ls "$CACHE"/tpu_mlir-"$VERSION"-*.whl 2>/dev/null | head -n1 || true)"
 if [ -z "$WHEEL" ]; then
