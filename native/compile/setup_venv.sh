@@ -67,7 +67,8 @@ if [[ -d "$TP" ]]; then
 fi
 
 # Smoke test: the tools must start.
-"$DIR/bin/model_tool" 2>&1 | grep -q "model_tool" || { echo "error: model_tool does not start" >&2; exit 1; }
+usage="$("$DIR/bin/model_tool" 2>&1 || true)"  # prints its usage and exits 1 when given no arguments
+[[ "$usage" == *"--combine"* ]] || { echo "error: model_tool does not start: $usage" >&2; exit 1; }
 "$DIR/bin/python" -c 'import tpu_mlir, torch, transformers; print("tpu_mlir", tpu_mlir.__file__); print("torch", torch.__version__, "transformers", transformers.__version__)'
 "$DIR/bin/python" -c 'import tpu_mlir, llm.LlmConverter; print("llm converters import")'
 touch "$DIR/READY"
