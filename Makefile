@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SIM_SDK ?= $(HOME)/.cache/transcribe-batch/sim-sdk-1.30.2
-APT_PACKAGES := flite chromium ffmpeg
+APT_PACKAGES := flite chromium ffmpeg g++ python3-dev
 PYTEST_ARGS ?=
 
 .PHONY: system-deps venv sim-sdk native test demo clean

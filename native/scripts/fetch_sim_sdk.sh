@@ -7,7 +7,17 @@ set -euo pipefail
 VERSION="${TPU_MLIR_VERSION:-1.30.2}"
 DEST="${1:-$HOME/.cache/transcribe-batch/sim-sdk-$VERSION}"
 CACHE="${TRANSCRIBE_BATCH_WHEEL_CACHE:-$(dirname "$DEST")/wheels}"
-PYTHON="${PYTHON:-python3}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# a Python with pip, for `pip download` only (the project venv if there is one; Debian's python3 may lack pip)
+if [ -z "${PYTHON:-}" ]; then
+  for p in "$REPO/.venv/bin/python" python3 python; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -m pip --version >/dev/null 2>&1; then PYTHON="$p"; break; fi
+  done
+fi
+if [ -z "${PYTHON:-}" ]; then
+  echo "fetch_sim_sdk: no Python with pip found (set PYTHON=/path/to/python)" >&2
+  exit 1
+fi
 STAMP="$DEST/.complete-$VERSION"
 
 if [ -f "$STAMP" ]; then
