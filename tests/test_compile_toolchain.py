@@ -303,3 +303,15 @@ def test_fixture_reference_tokens_reproduce_with_this_transformers(hf_tiny, audi
         for step, logits in zip(clip["steps"], out.logits):
             top = torch.topk(logits[0], 2).values
             assert float(top[0] - top[1]) == pytest.approx(step["margin"], abs=1e-3)
+
+
+def test_fixture_tokenizer_is_what_the_script_builds(shared_dir):
+    """make_tiny_fixture.py's tokenizer (trained on the shared manifest's texts) is the committed one."""
+    make = _load("make_tiny_fixture")
+    tok = make.build_tokenizer(shared_dir)
+    committed = json.loads((FIXTURE / "tokenizer.json").read_text())
+    built = json.loads(tok.to_str())
+    assert built["model"]["vocab"] == committed["model"]["vocab"]
+    assert built["model"]["merges"] == committed["model"]["merges"]
+    assert [t["content"] for t in built["added_tokens"]] == [t["content"] for t in committed["added_tokens"]]
+    assert make.SPECIAL_TOKENS == [t["content"] for t in committed["added_tokens"]]
