@@ -8,6 +8,8 @@ public port copied every layer's whole KV cache both ways.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -113,9 +115,20 @@ def test_stops_on_a_stop_id_and_excludes_it(rt, requests):
     assert out["tokens"] == want[:k]
 
 
-def test_max_new_tokens_one_is_the_prefill_token(rt, requests):
+def test_max_new_tokens_one_is_the_prefill_token_and_the_gil_is_free_meanwhile(rt, requests):
     clip, req = requests[1]
-    out = run(rt, req, max_new_tokens=1)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=run(rt, req, max_new_tokens=1)))
+    start = last = time.monotonic()
+    worker.start()
+    max_gap = 0.0
+    while worker.is_alive():  # this thread keeps running only if generate() released the GIL
+        now = time.monotonic()
+        max_gap, last = max(max_gap, now - last), now
+    worker.join()
+    took = time.monotonic() - start
+    assert max_gap < took / 2, f"Python was blocked {max_gap:.2f}s of a {took:.2f}s generate() call"
+    out = result["out"]
     assert out["tokens"] == clip["tokens"][:1] and out["finish_reason"] == "max_tokens"
     assert out["step_s"] == [] and out["decode"]["h2d_bytes"] == 0
 
