@@ -145,10 +145,10 @@ def sequential_baseline(manifest: Path, options: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--utterances", type=int, default=320, help="manifest rows (default 320)")
+    ap.add_argument("--utterances", type=int, default=200, help="manifest rows (default 200)")
     ap.add_argument("--devices", default="1,2,4,8", help="simulated device counts to run (default 1,2,4,8)")
-    ap.add_argument("--sim-speedup", type=float, default=1000.0,
-                    help="divides the port's cost model (24 s TTFT + 0.8 s/token); default 1000")
+    ap.add_argument("--sim-speedup", type=float, default=500.0,
+                    help="divides the port's cost model (24 s TTFT + 0.8 s/token); default 500")
     ap.add_argument("--sim-faults", default=DEFAULT_FAULTS, help=f"injected faults per attempt (default {DEFAULT_FAULTS})")
     ap.add_argument("--frontend", choices=("cheap", "full"), default="cheap",
                     help="cheap: actors only load+validate audio (what the simulated engine needs); full: also log-mel "
