@@ -61,7 +61,7 @@ def run(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per engine call for engines "
                                              "that batch (hf) \\[default: 1].", rich_help_panel=_ENGINE),
     devices: Optional[str] = typer.Option(None, "--devices", "-d", help="all | ids like 0,2 (a single id: '2,') | "
-                                          "N = the first N devices. Simulated: N devices \\[default: all].",
+                                          "N = the first N devices. Simulated: N virtual devices (all = 1) \\[default: all].",
                                           rich_help_panel=_DEVICES),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto | ray://host:10001. "
                                           "Default: start a local one.", rich_help_panel=_DEVICES),
@@ -120,6 +120,9 @@ def run(
     except (ManifestError, ResumeError, DeviceError, SchedulerError, FileNotFoundError) as e:
         err(f"error: {e}", err=True)
         raise typer.Exit(2 if isinstance(e, (ManifestError, ResumeError, DeviceError)) else 1) from None
+    except ConnectionError as e:  # --address names no reachable Ray cluster
+        err(f"error: could not join the Ray cluster at {cfg.address!r}: {e}", err=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err(f"interrupted: finished rows are saved in {cfg.output}; run the same command again to resume.", err=True)
         raise typer.Exit(130) from None
