@@ -51,7 +51,7 @@ class ProgressTracker:
         self._last_log = 0.0
         self.min_log_interval_s = min_log_interval_s
         self.quiet = quiet
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, log_path=False)
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
         self._bar: Progress | None = None
         self._task = None
@@ -100,7 +100,7 @@ class ProgressTracker:
     def log(self, message: str, *, event: str = "log", **fields) -> None:
         """A line for humans (also in quiet mode: it matters) and an event in the JSONL log."""
         if self._bar is not None:
-            self._bar.console.log(message)
+            self._bar.console.log(message, markup=False, highlight=False)
         else:
             print(message, file=sys.stderr, flush=True)
         self._write({"event": event, "message": message, **fields}, force=True)
