@@ -315,3 +315,17 @@ def test_fixture_tokenizer_is_what_the_script_builds(shared_dir):
     assert built["model"]["merges"] == committed["model"]["merges"]
     assert [t["content"] for t in built["added_tokens"]] == [t["content"] for t in committed["added_tokens"]]
     assert make.SPECIAL_TOKENS == [t["content"] for t in committed["added_tokens"]]
+
+
+def test_convert_build_folder_stays_out_of_the_checkpoint(tmp_path):
+    model = tmp_path / "ckpt"
+    model.mkdir()
+    assert convert.build_dir(None, tmp_path / "out" / "m.bmodel", model) == tmp_path / "out" / "m.work"
+    inside = convert.build_dir(None, model / "m.bmodel", model)  # tpu-mlir refuses to build in the model folder
+    try:
+        assert model not in inside.parents and inside.is_dir()
+    finally:
+        inside.rmdir()
+    with pytest.raises(convert.UsageError, match="inside the checkpoint folder"):
+        convert.build_dir(model / "w", tmp_path / "m.bmodel", model)
+    assert convert.build_dir(tmp_path / "w", tmp_path / "m.bmodel", model) == tmp_path / "w"

@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 QUANTIZATIONS = ("bf16", "f16", "w8bf16", "w8f16", "w4bf16", "w4f16")
 CHIPS = ("bm1684x", "bm1688")
 _ENV_MARK = "TRANSCRIBE_BATCH_TPU_ENV"
+_WORK_MARK = ".convert-work"
 
 
 class UsageError(ValueError):
@@ -102,6 +103,23 @@ def check_model_dir(model_dir: Path, seqlen: int) -> dict:
     return config
 
 
+def build_dir(work: Path | None, output: Path, model_dir: Path) -> Path:
+    """--work, else <output>.work, else (when that lies inside the checkpoint folder) a temporary folder:
+    tpu-mlir refuses to build inside the model folder."""
+    model_dir = model_dir.resolve()
+    if work is not None:
+        work = work.resolve()
+        if work == model_dir or model_dir in work.parents:
+            raise UsageError(f"--work {work} lies inside the checkpoint folder {model_dir}")
+        return work
+    work = output.resolve().with_suffix(".work")
+    if work == model_dir or model_dir in work.parents:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix=output.stem + ".", suffix=".work"))
+    return work
+
+
 def tpu_env_ready() -> bool:
     return os.environ.get(_ENV_MARK) == "1"
 
@@ -163,10 +181,13 @@ def compile_bmodel(args: argparse.Namespace) -> dict:
 
     config = check_model_dir(args.model_dir, args.seqlen)
     output = args.output.resolve()
-    work = (args.work or output.with_suffix(".work")).resolve()
-    if work.exists():
+    work = build_dir(args.work, output, args.model_dir)
+    if work.exists() and any(work.iterdir()):
+        if not (work / _WORK_MARK).exists():
+            raise UsageError(f"build folder {work} exists and is not one of ours: pass an empty or new --work")
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / _WORK_MARK).write_text("made by native/compile/convert.py; deleted and rebuilt on the next run\n")
     t0 = time.monotonic()
     conv = Qwen2AudioConverter(converter_args(args, work), Config(config),
                                loader=SafetensorsModelHandle(str(args.model_dir.resolve())))
