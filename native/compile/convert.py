@@ -36,19 +36,19 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert.py",
-        description="Compile a Qwen2-Audio checkpoint folder into one .bmodel (+ <name>.bmodel.json sidecar).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Compile a Qwen2-Audio checkpoint folder into one .bmodel (+ <name>.bmodel.json sidecar). "
+                    "Run it with the compile venv's python (native/compile/setup_venv.sh).")
     p.add_argument("model_dir", type=Path, help="HF checkpoint folder (config.json + *.safetensors)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .bmodel path")
     p.add_argument("-q", "--quantize", default="w4bf16", choices=QUANTIZATIONS,
-                   help="weights of the text layers; embeddings, lm_head and the audio net stay half precision")
+                   help="weights of the text layers (default w4bf16); embeddings, lm_head and the audio net stay in the half-precision type")
     p.add_argument("-g", "--q-group-size", type=int, default=64,
-                   help="group size for w4/w8 weights (0 = per channel); ignored for bf16/f16")
+                   help="group size for w4/w8 weights (default 64; 0 = per channel); ignored for bf16/f16")
     p.add_argument("-s", "--seqlen", type=int, default=1024,
-                   help="KV slots: prompt + audio tokens + answer; 1024 fits a 30 s window (750 audio tokens)")
-    p.add_argument("-c", "--chip", default="bm1684x", choices=CHIPS)
+                   help="KV slots = prompt + audio tokens + answer (default 1024: fits a 30 s window of 750 audio tokens; the existing port used 599)")
+    p.add_argument("-c", "--chip", default="bm1684x", choices=CHIPS, help="target chip (default bm1684x)")
     p.add_argument("--lm-head", choices=("greedy", "logits"), default="greedy",
-                   help="greedy: lm_head returns the argmax id; logits: lm_head returns scores, greedy_head argmaxes")
+                   help="greedy (default): lm_head returns the argmax id; logits: lm_head returns f32 scores and a greedy_head net argmaxes them")
     p.add_argument("--do_sample", dest="lm_head", action="store_const", const="logits",
                    help="same as --lm-head logits (llm_convert's spelling)")
     p.add_argument("--symmetric", action="store_true", help="symmetric w4/w8 quantization")
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel-remove", action="store_true",
                    help="strip the kernel module from the bmodel (static nets run without it; saves ~5 MB)")
     p.add_argument("--model-id", default=None, help="model id recorded in the sidecar (default: folder name)")
-    p.add_argument("--work", type=Path, default=None, help="build folder (default: <output>.work)")
+    p.add_argument("--work", type=Path, default=None, help="build folder (default <output>.work; a temp folder if that is inside the checkpoint)")
     p.add_argument("--keep-work", action="store_true", help="keep the build folder (mlir, per-net bmodels, logs)")
     p.add_argument("--debug", action="store_true", help="tpu-mlir debug mode (keeps intermediates)")
     return p
