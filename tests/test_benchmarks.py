@@ -31,6 +31,7 @@ def test_scale_benchmark_plans_resumes_and_merges(tmp_path):
 def test_pipeline_benchmark_accounts_for_every_row(tmp_path):
     out, figures = _run("pipeline.py", "--utterances", "24", "--devices", "1,2", "--sim-speedup", "4000",
                         "--sim-faults", "error=0.1,seed=3", "--keep", str(tmp_path))
-    assert "| 1 | 24/0 |" in out and "| 2 | 24/0 |" in out  # every row ok after retries, in both runs
-    assert 0 < float(figures["scaling_efficiency_2"]) <= 1.2
-    assert 0 <= float(figures["idle_fraction_2"]) < 1 and float(figures["speedup_vs_sequential"]) > 0
+    assert "| 1 | 24/0 |" in out and "| 2 | 24/0 |" in out, out  # every row ok after retries, in both runs
+    # runs this short are all noise: only check that the figures exist and are sane, not how good they are
+    assert float(figures["scaling_efficiency_2"]) > 0 and 0 <= float(figures["idle_fraction_2"]) < 1, out
+    assert float(figures["wall_over_ideal_2"]) >= 1 and float(figures["speedup_vs_sequential"]) > 0, out
