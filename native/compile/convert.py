@@ -13,7 +13,6 @@ projector). All static. See native/compile/README.md for the I/O of each net.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil

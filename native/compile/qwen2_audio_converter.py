@@ -19,7 +19,6 @@ Audio net I/O (address by index; names change with the quantization mode):
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,7 +69,7 @@ def features(model_dir: Path, samples: np.ndarray):
 
 def greedy(rt: Runner, side: dict, input_ids: list[int], mel: np.ndarray, n_valid: int, max_new: int,
            stop: list[int]) -> list[int]:
-    seq, hidden, layers = side["seqlen"], side["hidden_size"], side["num_layers"]
+    seq, layers = side["seqlen"], side["num_layers"]
     conv_len = (n_valid - 1) // 2 + 1
     key_mask = np.zeros((1, side["audio_positions"]), np.float32)
     key_mask[:, conv_len:] = side["audio_mask_value"]
