@@ -147,8 +147,8 @@ def child(kind: str, manifest: Path, folder: Path | None, trace: bool) -> dict:
         plan = build_plan(manifest, done_digests=state.done_digests)
         out.update(rows=len(plan.lines), done=int(plan.n_done), left=len(plan.todo), shards=plan.n_shards)
     elif kind == "merge":
-        table = merge_results(RunFolder(folder))
-        out.update(rows=table.num_rows, results_mb=(folder / "results.parquet").stat().st_size / 1e6)
+        merged = merge_results(RunFolder(folder))
+        out.update(rows=merged.n_rows, results_mb=(folder / "results.parquet").stat().st_size / 1e6)
     out["time_s"] = time.perf_counter() - t
     out["rss_delta_mb"] = (_peak_rss_bytes() - base) / 1e6
     out["rss_peak_mb"] = _peak_rss_bytes() / 1e6

@@ -198,41 +198,171 @@ class PartWriter:
         self.buffer = []
 
 
-def _extra_columns(extra: pa.ChunkedArray) -> dict[str, pa.Array]:
-    values = [json.loads(v) if v is not None else {} for v in extra.to_pylist()]
-    keys: list[str] = []
-    for v in values:
-        for k in v:
-            if k not in keys:
-                keys.append(k)
-    out = {}
-    for k in keys:
-        column = [v.get(k) for v in values]
-        name = k if k not in COLUMNS else f"manifest_{k}"
+MERGE_BUCKET_ROWS = 32_768  # rows sorted in memory at once by the merge (at least; see MERGE_MAX_BUCKETS)
+MERGE_MAX_BUCKETS = 256  # temporary bucket files open at once
+
+
+@dataclass
+class MergeSummary:
+    n_rows: int
+    n_ok: int
+    n_failed: int
+    audio_s: float
+
+
+def _output_positions(files: list[Path]) -> tuple[list[np.ndarray], int]:
+    """Where each row of each part goes in results.parquet (-1: replaced by a later record of the same id), from the
+    id and line columns only: five 8-byte numbers a row at the peak, never the rows. Ids are compared by their 64-bit
+    digests, as resume does. Order: by line, ties by record order, the latest record of an id wins."""
+    digests, lines, sizes = [], [], []
+    for f in files:
+        t = pq.read_table(f, columns=["id", "line"])
+        digests.append(np.fromiter((id_digest(i) for i in t["id"].to_pylist()), dtype=np.int64, count=t.num_rows))
+        lines.append(pc.fill_null(t["line"], np.iinfo(np.int64).max).to_numpy().astype(np.int64, copy=False))
+        sizes.append(t.num_rows)
+    digest = np.concatenate(digests) if digests else np.zeros(0, np.int64)
+    del digests
+    order = np.argsort(digest, kind="stable")  # same id: record order kept, the last one is the latest
+    digest = digest[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = digest[1:] != digest[:-1]
+    del digest
+    keep = np.sort(order[last])
+    del order, last
+    line = np.concatenate(lines) if lines else np.zeros(0, np.int64)
+    del lines
+    out = keep[np.argsort(line[keep], kind="stable")]
+    del line, keep
+    pos = np.full(sum(sizes), -1, dtype=np.int64)
+    pos[out] = np.arange(len(out), dtype=np.int64)
+    return np.split(pos, np.cumsum(sizes)[:-1]) if sizes else [], len(out)
+
+
+class _ExtraFields:
+    """Manifest fields carried in `manifest_extra` (JSON): their order of first appearance in the output and one
+    Arrow type each (inferred per part, unified across parts; mixed types become JSON text)."""
+
+    JSON = pa.string()
+
+    def __init__(self):
+        self.first: dict[str, tuple[int, int]] = {}
+        self.types: dict[str, set] = {}
+        self.mixed: set[str] = set()
+
+    def observe(self, extra: pa.ChunkedArray, pos: np.ndarray) -> None:
+        if extra.null_count == len(extra):
+            return
+        columns: dict[str, list] = {}
+        for p, v in zip(pos.tolist(), extra.to_pylist()):
+            if v is None:
+                continue
+            for i, (k, value) in enumerate(json.loads(v).items()):
+                if k not in self.first or (p, i) < self.first[k]:
+                    self.first[k] = (p, i)
+                columns.setdefault(k, []).append(value)
+        for k, values in columns.items():
+            try:
+                self.types.setdefault(k, set()).add(pa.array(values).type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                self.mixed.add(k)
+
+    def fields(self) -> list[tuple[str, str, pa.DataType | None]]:
+        """(manifest key, column name, type; None: mixed types, kept as JSON text) in order of first appearance."""
+        out = []
+        for k in sorted(self.first, key=self.first.get):
+            name = k if k not in COLUMNS else f"manifest_{k}"
+            out.append((k, name, self._type(k)))
+        return out
+
+    def _type(self, k: str) -> pa.DataType | None:
+        if k in self.mixed:
+            return None
+        types = self.types.get(k, set())
         try:
-            out[name] = pa.array(column)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: keep them readable as JSON text
-            out[name] = pa.array([None if c is None else json.dumps(c, ensure_ascii=False) for c in column],
-                                 type=pa.string())
-        if pa.types.is_null(out[name].type):
-            out[name] = out[name].cast(pa.string())
-    return out
+            unified = pa.unify_schemas([pa.schema([("x", t)]) for t in types], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        t = unified.field("x").type if types else pa.null()
+        return pa.string() if pa.types.is_null(t) else t
+
+    @staticmethod
+    def columns(extra: pa.ChunkedArray, fields: list[tuple[str, str, pa.DataType | None]]) -> list[pa.Array]:
+        values = [json.loads(v) if v is not None else {} for v in extra.to_pylist()]
+        out = []
+        for k, _, t in fields:
+            column = [v.get(k) for v in values]
+            if t is None:  # mixed types: keep them readable as JSON text
+                out.append(pa.array([None if c is None else json.dumps(c, ensure_ascii=False) for c in column],
+                                    type=pa.string()))
+            else:
+                out.append(pa.array(column, type=t))
+        return out
 
 
-def merge_results(folder: RunFolder) -> pa.Table:
-    """Merge every part into results.parquet (one row per id, input order, manifest fields as columns)."""
+def merge_results(folder: RunFolder) -> MergeSummary:
+    """Merge every part into results.parquet (one row per id, input order, manifest fields as columns), streaming:
+    a pass over the id/line columns fixes each row's output position; a pass over the parts spreads their rows into
+    temporary bucket files of consecutive positions (Arrow IPC); each bucket is then sorted alone and appended to
+    results.parquet. Memory: a few numbers per row plus one bucket of rows, whatever the run's size."""
     files = folder.part_files()
-    if not files:
-        table = PART_SCHEMA.empty_table()
-    else:
-        table = latest_rows(_read_parts(files)).drop_columns(["_part"])
-    table = table.take(pc.sort_indices(table, sort_keys=[("line", "ascending")]))
-    extra = _extra_columns(table["manifest_extra"])
-    table = table.drop_columns(["manifest_extra"])
-    for name, column in extra.items():
-        table = table.append_column(name, column)
-    write_parquet_atomic(table, folder.results)
-    return table
+    positions, n_out = _output_positions(files)
+    bucket_rows = max(MERGE_BUCKET_ROWS, -(-n_out // MERGE_MAX_BUCKETS))
+    n_buckets = -(-n_out // bucket_rows)
+    bucket_schema = PART_SCHEMA.append(pa.field("_pos", pa.int64()))
+    work = folder.path / f".tmp-merge-{uuid.uuid4().hex}"
+    work.mkdir()
+    extra = _ExtraFields()
+    writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+    tmp = folder.path / f".tmp-{uuid.uuid4().hex}-{folder.results.name}"
+    n_ok, audio_s = 0, 0.0
+    try:
+        for f, pos in zip(files, positions):
+            rows = np.flatnonzero(pos >= 0)
+            if not len(rows):
+                continue
+            pos = pos[rows]
+            by_bucket = np.argsort(pos // bucket_rows, kind="stable")
+            pos, rows = pos[by_bucket], rows[by_bucket]
+            table = pq.read_table(f).take(pa.array(rows)).append_column("_pos", pa.array(pos)).cast(bucket_schema)
+            extra.observe(table["manifest_extra"], pos)
+            buckets = pos // bucket_rows
+            cuts = np.flatnonzero(np.diff(buckets)) + 1
+            for start, end in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(pos)].tolist()):
+                b = int(buckets[start])
+                if b not in writers:
+                    writers[b] = pa.ipc.new_stream(str(work / f"bucket-{b:06d}.arrows"), bucket_schema)
+                writers[b].write_table(table.slice(start, end - start))
+            del table
+        for w in writers.values():
+            w.close()
+        writers.clear()
+        fields = extra.fields()
+        schema = pa.schema([f for f in PART_SCHEMA if f.name != "manifest_extra"]
+                           + [pa.field(name, t or pa.string()) for _, name, t in fields])
+        with pq.ParquetWriter(tmp, schema) as out:
+            for b in range(n_buckets):
+                path = work / f"bucket-{b:06d}.arrows"
+                with pa.ipc.open_stream(str(path)) as reader:
+                    table = reader.read_all()
+                path.unlink()
+                table = table.take(pa.array(np.argsort(table["_pos"].to_numpy(), kind="stable")))
+                columns = _ExtraFields.columns(table["manifest_extra"], fields)
+                table = table.drop_columns(["_pos", "manifest_extra"])
+                for (_, name, _), column in zip(fields, columns):
+                    table = table.append_column(name, column)
+                n_ok += int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
+                audio_s += float(pc.sum(table["duration_s"]).as_py() or 0.0)
+                out.write_table(table.cast(schema))
+                del table
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, folder.results)
+    finally:
+        for w in writers.values():
+            w.close()
+        shutil.rmtree(work, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
+    return MergeSummary(n_rows=n_out, n_ok=n_ok, n_failed=n_out - n_ok, audio_s=audio_s)
 
 
 def versions() -> dict:

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 from transcribe_batch.workers.record import failed_record, now
 
@@ -153,11 +152,10 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float) -> RunSummary:
                     f"{i['engine']}:{i['device']}@{i['node']}" for i in infos), event="devices")
                 summary.stats = scheduler.run()
             writer.flush()
-        table = merge_results(folder)
-        ok = int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
+        merged = merge_results(folder)
         summary.status = "complete"
-        summary.n_rows, summary.n_ok, summary.n_failed = table.num_rows, ok, table.num_rows - ok
-        summary.audio_s = float(pc.sum(table["duration_s"]).as_py() or 0.0)
+        summary.n_rows, summary.n_ok, summary.n_failed = merged.n_rows, merged.n_ok, merged.n_failed
+        summary.audio_s = merged.audio_s
     except KeyboardInterrupt:
         summary.status = "interrupted"
         raise

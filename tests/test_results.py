@@ -29,9 +29,12 @@ def test_parts_are_atomic_and_merge_is_in_input_order(tmp_path):
     parts = folder.part_files()
     assert len(parts) == 3 and not list(folder.parts.glob(".tmp-*"))
     assert all(pq.read_schema(p).equals(PART_SCHEMA) for p in parts)
-    table = merge_results(folder)
+    merged = merge_results(folder)
+    table = pq.read_table(folder.results)
     assert table["id"].to_pylist() == ["u0", "u1", "u2", "u3", "u5", "u7", "u9"]
-    assert pq.read_table(folder.results).num_rows == 7
+    assert (merged.n_rows, merged.n_ok, merged.n_failed) == (7, 7, 0)
+    assert merged.audio_s == pytest.approx(sum(1.0 + i for i in (5, 3, 9, 0, 1, 7, 2)))
+    assert not [p for p in folder.path.iterdir() if p.name.startswith(".tmp")]
 
 
 def test_manifest_fields_become_columns(tmp_path):
@@ -40,7 +43,8 @@ def test_manifest_fields_become_columns(tmp_path):
     w = PartWriter(folder, 0)
     w.add([_ok(0, speaker=3, source="a", mixed=1, status="x"), _ok(1, speaker=4, mixed="two"), _ok(2)])
     w.flush()
-    t = merge_results(folder)
+    merge_results(folder)
+    t = pq.read_table(folder.results)
     assert t["speaker"].to_pylist() == [3, 4, None]
     assert t["source"].to_pylist() == ["a", None, None]
     assert t["mixed"].to_pylist() == ["1", '"two"', None]  # mixed types stay readable as JSON text
@@ -69,8 +73,10 @@ def test_resume_reads_done_ids_and_cleans_temp_files(tmp_path):
     w2 = PartWriter(folder, again.next_seq)
     w2.add([_ok(9)])
     w2.flush()
-    t = merge_results(folder)
+    merged = merge_results(folder)
+    t = pq.read_table(folder.results)
     assert t["id"].to_pylist() == ["u0", "u1", "u9"] and t["status"].to_pylist() == ["ok"] * 3
+    assert merged.n_rows == 3 and merged.n_ok == 3
 
 
 def test_identity_change_refused_unless_overwrite(tmp_path):
@@ -90,7 +96,8 @@ def test_identity_change_refused_unless_overwrite(tmp_path):
 def test_empty_run_merges_to_an_empty_table(tmp_path):
     folder = RunFolder(tmp_path / "run")
     open_run_folder(folder, IDENTITY)
-    assert merge_results(folder).num_rows == 0
+    assert merge_results(folder).n_rows == 0
+    assert pq.read_table(folder.results).num_rows == 0
     assert pq.read_table(folder.results).schema.names == [c for c in COLUMNS if c != "manifest_extra"]
 
 
@@ -104,3 +111,53 @@ def test_one_run_per_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ResumeError, match="not a folder"):
         lock_run_folder(RunFolder(tmp_path / "file"))
+
+
+def test_streaming_merge_matches_the_whole_table_in_memory(tmp_path, monkeypatch):
+    """Many small buckets, rows finishing out of order, records replaced by later ones, manifest fields whose types
+    differ between parts: the output is what sorting the whole table by line would give."""
+    import json
+    import random
+
+    from transcribe_batch.pipeline import results
+
+    monkeypatch.setattr(results, "MERGE_BUCKET_ROWS", 7)
+    folder = RunFolder(tmp_path / "run")
+    open_run_folder(folder, IDENTITY)
+    order = list(range(60))
+    random.Random(3).shuffle(order)
+    w = PartWriter(folder, 0, flush_rows=5, flush_s=3600)
+
+    def extra(i):
+        fields = {"speaker": i if order.index(i) < 30 else i + 0.5}  # ints in early parts, floats in later ones
+        if i % 3 == 0:
+            fields["tag"] = "x" if order.index(i) < 30 else 7  # str in early parts, int in later ones
+        if i == 41:
+            fields["status"] = "manifest says"
+        return fields
+
+    for i in order:
+        if i % 10 == 4:
+            w.add([failed_record({"id": f"u{i}", "audio_filepath": f"/a/{i}.wav", **extra(i)}, i + 1, "boom")])
+        else:
+            w.add([_ok(i, **extra(i))])
+    for i in (4, 24):  # redone later: these records replace the failed ones
+        w.add([_ok(i, **extra(i))])
+    w.flush()
+    merged = merge_results(folder)
+    t = pq.read_table(folder.results)
+
+    expected = {}
+    for rec in pq.read_table(folder.parts).to_pylist():  # every part, in record order: the last record wins
+        expected[rec["id"]] = rec
+    rows = sorted(expected.values(), key=lambda r: r["line"])
+    assert t["id"].to_pylist() == [r["id"] for r in rows]
+    assert t["status"].to_pylist() == [r["status"] for r in rows]
+    assert t["status"].to_pylist().count("failed") == 4 and merged.n_failed == 4 and merged.n_rows == 60
+    assert t.column_names[-3:] == ["speaker", "tag", "manifest_status"]
+    assert t.schema.field("speaker").type == "double"
+    assert t["speaker"].to_pylist() == [float(json.loads(r["manifest_extra"])["speaker"]) for r in rows]
+    assert t["tag"].to_pylist() == [json.dumps(json.loads(r["manifest_extra"])["tag"]) if int(r["id"][1:]) % 3 == 0
+                                    else None for r in rows]
+    assert t["manifest_status"].to_pylist() == ["manifest says" if r["id"] == "u41" else None for r in rows]
+    assert len(pq.ParquetFile(folder.results).metadata.to_dict()["row_groups"]) == 9  # 60 rows in buckets of 7
