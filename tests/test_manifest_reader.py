@@ -107,3 +107,21 @@ def test_read_rows_at_round_trip(tmp_path):
     pick = [positions[i] for i in (49, 0, 17)]
     assert [r["n"] for r in read_rows_at(m, pick)] == [49, 0, 17]
     assert read_rows_at(m, pick)[0] == next(r for _, r in iter_rows(m) if r["n"] == 49)
+
+
+def test_digest_set_is_a_set():
+    import random
+
+    from transcribe_batch.manifests.reader import DigestSet, id_digest
+
+    rng = random.Random(5)
+    values = [id_digest(f"u{i}") for i in range(5000)] + [0, -1, 1, 2**63 - 1, -2**63]
+    values += [rng.choice(values) for _ in range(2000)]  # repeats
+    rng.shuffle(values)
+    compact, reference = DigestSet(), set()
+    for v in values:
+        assert compact.add(v) == (v not in reference)
+        reference.add(v)
+    assert len(compact) == len(reference)
+    assert all(v in compact for v in reference)
+    assert not any(id_digest(f"other{i}") in compact for i in range(1000))
