@@ -67,19 +67,40 @@ def features(model_dir: Path, samples: np.ndarray):
     return out["input_features"].astype(np.float32), int(out["attention_mask"].sum())
 
 
-def greedy(rt: Runner, side: dict, input_ids: list[int], mel: np.ndarray, n_valid: int, max_new: int,
-           stop: list[int]) -> list[int]:
-    seq, layers = side["seqlen"], side["num_layers"]
+def layout(rt: Runner, config: dict) -> dict:
+    """What the loop needs, read from the nets themselves (works for our layout and the public port's)."""
+    shape = lambda net, i, out=False: list((rt.nets[net].outputs if out else rt.nets[net].inputs)[i].data.shape)  # noqa: E731
+    seq = shape("embedding", 0)[-1]
+    layers = sum(1 for n in rt.nets if n.startswith("block_") and not n.startswith("block_cache_"))
+    k_shape = shape("block_0", 1, out=True)
+    return {
+        "seqlen": seq,
+        "num_layers": layers,
+        "k_head_major": k_shape[1] != seq,  # [1,KV,SEQ,D] (port) vs [1,SEQ,KV,D] (tpu-mlir)
+        "audio_positions": shape("audio", 1)[-1],
+        "audio_mask_shape": shape("audio", 1),
+        "projector": "projector" in rt.nets,
+        "audio_token_index": config.get("audio_token_index", config.get("audio_token_id")),
+    }
+
+
+def greedy(rt: Runner, spec: dict, input_ids: list[int], mel: np.ndarray, n_valid: int, max_new: int,
+           stop: list[int], mask_value: float = -10000.0) -> list[int]:
+    seq, layers = spec["seqlen"], spec["num_layers"]
     conv_len = (n_valid - 1) // 2 + 1
-    key_mask = np.zeros((1, side["audio_positions"]), np.float32)
-    key_mask[:, conv_len:] = side["audio_mask_value"]
-    audio = rt.run("audio", mel, key_mask)[0][0]  # [rows, hidden]
+    key_mask = np.zeros((spec["audio_positions"],), np.float32)
+    key_mask[conv_len:] = mask_value
+    key_mask = np.broadcast_to(key_mask, spec["audio_mask_shape"])
+    audio = rt.run("audio", mel, key_mask)[0]
+    if spec["projector"]:
+        audio = rt.run("projector", audio)[0]
+    audio = audio.reshape(-1, audio.shape[-1])  # [rows, hidden]
 
     n = len(input_ids)
     ids = np.zeros((1, seq), np.int32)
     ids[0, :n] = input_ids
     emb = rt.run("embedding", ids)[0]
-    at = np.flatnonzero(np.asarray(input_ids) == side["audio_token_index"])
+    at = np.flatnonzero(np.asarray(input_ids) == spec["audio_token_index"])
     emb[0, at] = audio[: at.size]
     pos = np.arange(seq, dtype=np.int32)[None]
     mask = np.full((1, 1, seq, seq), MASK_HIDDEN, np.float32)
@@ -91,7 +112,7 @@ def greedy(rt: Runner, side: dict, input_ids: list[int], mel: np.ndarray, n_vali
         h, k, v = rt.run(f"block_{i}", h, pos, mask)
         ks.append(k)
         vs.append(v)
-    token = int(head(rt, side, h[0, n - 1 : n]))
+    token = head(rt, h[0, n - 1 : n])
     out = [token]
     length = n
     while len(out) < max_new and token not in stop and length < seq:
@@ -101,17 +122,21 @@ def greedy(rt: Runner, side: dict, input_ids: list[int], mel: np.ndarray, n_vali
         dmask[..., seq] = 0.0
         for i in range(layers):
             h, k, v = rt.run(f"block_cache_{i}", h, np.array([[length]], np.int32), dmask, ks[i], vs[i])
-            ks[i][0, length] = k[0, 0]
+            if spec["k_head_major"]:
+                ks[i][0, :, length] = k[0, :, 0]
+            else:
+                ks[i][0, length] = k[0, 0]
             vs[i][0, length] = v[0, 0]
         length += 1
-        token = int(head(rt, side, h[0]))
+        token = head(rt, h.reshape(1, -1))
         out.append(token)
     return out
 
 
-def head(rt: Runner, side: dict, last: np.ndarray) -> int:
-    res = rt.run("lm_head", last.reshape(1, -1))[0]
-    if side["lm_head"] == "greedy":
+def head(rt: Runner, last: np.ndarray) -> int:
+    """lm_head's token id (greedy kind), else the argmax of its scores."""
+    res = rt.run("lm_head", last)[0]
+    if res.size == 1:
         return int(res.reshape(-1)[0])
     return int(np.argmax(res.reshape(-1)))
 
@@ -132,16 +157,21 @@ def main(argv=None) -> int:
     from make_tiny_fixture import load_clip
 
     bmodel = args.bmodel or next(args.model_dir.glob("*.bmodel"))
-    side = sidecar.read_sidecar(bmodel)
+    side = sidecar.read_sidecar(bmodel) if sidecar.sidecar_path(bmodel).exists() else None
     ref = json.loads((args.model_dir / "reference.json").read_text())
     rt = Runner(bmodel)
+    spec = layout(rt, json.loads((args.model_dir / "config.json").read_text()))
+    if side:
+        assert (spec["seqlen"], spec["num_layers"]) == (side["seqlen"], side["num_layers"]), "sidecar disagrees"
+    mask_value = side["audio_mask_value"] if side else -10000.0
     failures = 0
     for clip in ref["clips"]:
         t0 = time.monotonic()
         mel, n_valid = features(args.model_dir, load_clip(args.shared, clip))
         if n_valid != clip["n_valid_frames"]:
             raise SystemExit(f"{clip['audio_filepath']}: {n_valid} valid frames, reference has {clip['n_valid_frames']}")
-        got = greedy(rt, side, clip["input_ids"], mel, n_valid, len(clip["tokens"]), ref["stop_token_ids"])
+        got = greedy(rt, spec, clip["input_ids"], mel, n_valid, len(clip["tokens"]), ref["stop_token_ids"],
+                     mask_value)
         want = clip["tokens"]
         first_diff = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
         ok = got == want
