@@ -188,3 +188,41 @@ def test_model_folder_gives_real_token_ids(model_dir):
     assert res.token_ids == tok.encode("Mister Quilter is the apostle of the middle classes.", add_special_tokens=False).ids
     assert tok.decode(res.token_ids) == res.text
     assert res.decode_s == pytest.approx(len(res.token_ids) * 0.8 / 1000)
+
+
+def test_front_end_is_warm_before_the_first_row(model_dir):
+    from transcribe_batch.workers.features import mel_filters
+
+    mel_filters.cache_clear()
+    w = TranscriptionWorker("simulated", {"sim_speedup": 2000, "model_dir": str(model_dir)}, device=0)
+    try:
+        assert mel_filters.cache_info().currsize == 1  # librosa imported, the filter bank built
+        instruction = w.frontend.templates.instruction({}, w.frontend.template)
+        assert instruction in w.frontend.prompt._cache  # the template's prompt ids made
+    finally:
+        w.close()
+
+
+def test_wait_s_excludes_time_another_shard_held_the_device(rows, model_dir):
+    """Two shard calls in flight (as the scheduler runs them): the second shard's rows are prepared (real front end)
+    while the first holds the device, so the device never waits for them, though their thread waited."""
+    import threading
+
+    w = TranscriptionWorker("simulated", {"sim_speedup": 40, "model_dir": str(model_dir)}, device=0)  # ≥ 0.6 s a row
+    out: dict[str, list] = {}
+
+    def shard(name, items):
+        out[name] = w.run_shard(items)
+
+    try:
+        first = threading.Thread(target=shard, args=("a", _items(rows[:1])))
+        first.start()
+        while not w._device_lock.locked():  # the first shard holds the device
+            pass
+        shard("b", _items(rows[1:3]))
+        first.join()
+    finally:
+        w.close()
+    assert all(r["status"] == "ok" for r in out["a"] + out["b"])
+    assert out["a"][0]["finished_at"] <= out["b"][0]["started_at"]
+    assert [r["wait_s"] for r in out["b"]] == [0.0, 0.0]

@@ -1,10 +1,11 @@
 """The per-device worker: one instance per card/GPU/simulated device, run as a Ray actor by pipeline/scheduler.py.
 
 It builds its engine and front end once, then transcribes shards of manifest rows. The front end (audio decode,
-resampling, features, prompt tokens) runs on a prefetch thread, one row ahead and across shards (the actor runs
-two shard calls concurrently: while one holds the device, the next one's rows are being prepared), so the device
-never waits for the CPU. Each row ends in one record (workers/record.py); a failed prediction that deserves another
-try is marked `_retry` and the driver decides where it goes next.
+resampling, features, prompt tokens) is warmed up when the actor starts and runs on a prefetch thread, one row ahead
+and across shards (the actor runs two shard calls concurrently: while one holds the device, the next one's rows are
+being prepared), so the device never waits for the CPU; when it does, `wait_s` says for how long. Each row ends in
+one record (workers/record.py); a failed prediction that deserves another try is marked `_retry` and the driver
+decides where it goes next.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 from .audio import AudioError
 from .engines import create_engine
@@ -59,10 +61,12 @@ class TranscriptionWorker:
             limits=self.engine.limits,
             max_new_tokens_cap=int(self.options.get("max_new_tokens") or 256),
         )
+        self.frontend.warm_up()
         self.batch_size = max(1, int(self.options.get("batch_size") or 1))
         self.escalate_min_s = float(self.options.get("escalate_min_s") or 10.0)
         self.node = node_name()
         self._device_lock = threading.Lock()
+        self._device_free_at = 0.0  # perf_counter when the device last finished a row
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frontend-prefetch")
 
     # -- identity -----------------------------------------------------------------------------------------------
@@ -80,12 +84,13 @@ class TranscriptionWorker:
         """items: {"row": normalized manifest row, "line": int, "attempt": int (1-based), "queued_at": datetime,
         "duration": planned seconds or None}. Yields one record per item, in order, each as soon as it is done
         (the driver calls this as a Ray streaming generator)."""
+        submitted_at = time.perf_counter()
         futures = [self._prefetch.submit(self._prepare, item, self._chunk_s(item)) for item in items]
         if self.batch_size > 1:
-            yield from self._run_batched(items, futures)
+            yield from self._run_batched(items, futures, submitted_at)
             return
         for item, fut in zip(items, futures):
-            yield self._run_one(item, fut)
+            yield self._run_one(item, fut, submitted_at)
 
     def run_shard(self, items: list[dict]) -> list[dict]:
         """`stream_shard` as a list."""
@@ -95,27 +100,40 @@ class TranscriptionWorker:
         return escalated_chunk_s(item.get("duration"), item["attempt"], self.engine.limits.max_audio_s,
                                  self.escalate_min_s)
 
-    def _prepare(self, item: dict, max_chunk_s: float | None) -> tuple[list[Request], float]:
+    def _prepare(self, item: dict, max_chunk_s: float | None) -> tuple[list[Request], float, float]:
+        """(requests, CPU seconds, perf_counter when ready)."""
         t0 = time.perf_counter()
         requests = self.frontend.prepare(item["row"], max_chunk_s=max_chunk_s, keep_audio=self.engine.needs_audio)
-        return requests, time.perf_counter() - t0
+        t1 = time.perf_counter()
+        return requests, t1 - t0, t1
 
     def _await(self, item: dict, fut: Future) -> tuple[list[Request] | None, float, float, dict | None]:
-        t0 = time.perf_counter()
+        """(requests, prep_s, ready_at, failure record or None)."""
         try:
-            requests, prep_s = fut.result()
-            return requests, prep_s, time.perf_counter() - t0, None
+            requests, prep_s, ready_at = fut.result()
+            return requests, prep_s, ready_at, None
         except (AudioError, PromptError) as e:  # bad input: final, never worth a retry
             return None, 0.0, 0.0, self._failed(item, e)
         except Exception as e:  # noqa: BLE001 - recorded; the driver may retry
             return None, 0.0, 0.0, self._failed(item, e, retry=True)
 
-    def _run_one(self, item: dict, fut: Future) -> dict:
-        requests, prep_s, wait_s, failure = self._await(item, fut)
+    @contextmanager
+    def _device(self, ready_at: float, submitted_at: float):
+        """Hold the device; yields how long it sat idle waiting for this work's front end: from when it was free
+        (and the work had been handed to this actor) until the work was prepared. Time another shard held the
+        device is not waiting."""
+        with self._device_lock:
+            try:
+                yield max(0.0, ready_at - max(self._device_free_at, submitted_at))
+            finally:
+                self._device_free_at = time.perf_counter()
+
+    def _run_one(self, item: dict, fut: Future, submitted_at: float) -> dict:
+        requests, prep_s, ready_at, failure = self._await(item, fut)
         if failure:
             return failure
         chunk_s = self._chunk_s(item)
-        with self._device_lock:
+        with self._device(ready_at, submitted_at) as wait_s:
             self._begin(item)
             started_at = now()
             t0 = time.perf_counter()
@@ -126,7 +144,7 @@ class TranscriptionWorker:
                 except SequenceTooLong:
                     chunk_s = max(MIN_CHUNK_S, (chunk_s or self.engine.limits.max_audio_s) / 2)
                     try:
-                        requests, extra_prep = self._prepare(item, chunk_s)
+                        requests, extra_prep, _ = self._prepare(item, chunk_s)
                         prep_s += extra_prep
                     except Exception as e:  # noqa: BLE001
                         return self._failed(item, e, retry=not isinstance(e, (AudioError, PromptError)))
@@ -139,21 +157,22 @@ class TranscriptionWorker:
             finished_at = now()
         return self._record(item, requests, results, started_at, finished_at, total_s, prep_s, wait_s)
 
-    def _run_batched(self, items: list[dict], futures: list[Future]) -> list[dict]:
+    def _run_batched(self, items: list[dict], futures: list[Future], submitted_at: float) -> list[dict]:
         """Batching engines (hf): rows of a shard are already of similar length (longest first); hand the engine
-        up to batch_size requests at once. A row whose batch call fails is redone alone."""
+        up to batch_size requests at once. A row whose batch call fails is redone alone. The device's wait for a
+        batch is recorded on its first row (summing wait_s over rows gives the device's idle time)."""
         out: list[dict | None] = [None] * len(items)
         prepared = []
         for i, (item, fut) in enumerate(zip(items, futures)):
-            requests, prep_s, wait_s, failure = self._await(item, fut)
+            requests, prep_s, ready_at, failure = self._await(item, fut)
             if failure:
                 out[i] = failure
             else:
-                prepared.append((i, requests, prep_s, wait_s))
+                prepared.append((i, requests, prep_s, ready_at))
         for start in range(0, len(prepared), self.batch_size):
             group = prepared[start:start + self.batch_size]
             flat = [(i, r) for i, requests, _, _ in group for r in requests]
-            with self._device_lock:
+            with self._device(max(ready for *_, ready in group), submitted_at) as waited:
                 started_at = now()
                 t0 = time.perf_counter()
                 results = self.engine.transcribe_batch([r for _, r in flat])
@@ -162,12 +181,13 @@ class TranscriptionWorker:
             by_row: dict[int, list] = {}
             for (i, _), res in zip(flat, results):
                 by_row.setdefault(i, []).append(res)
-            for i, requests, prep_s, wait_s in group:
+            for i, requests, prep_s, ready_at in group:
                 res = by_row[i]
+                wait_s = waited if i == group[0][0] else 0.0
                 if any(isinstance(r, BaseException) for r in res):
                     done: Future = Future()
-                    done.set_result((requests, prep_s))
-                    out[i] = self._run_one(items[i], done)
+                    done.set_result((requests, prep_s, ready_at))
+                    out[i] = self._run_one(items[i], done, submitted_at)
                 else:
                     share = total_s * sum(r.duration_s for r in requests) / max(1e-9, sum(
                         r.duration_s for _, rs, _, _ in group for r in rs))

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .audio import SAMPLE_RATE, load_audio
 from .cleanup import Cleaned, clean, join
 from .engines.base import EngineLimits, Request
@@ -51,6 +53,17 @@ class FrontEnd:
         """Longest piece (seconds) this engine takes with this instruction."""
         n_text = len(self.prompt.ids(instruction)) - 1 if self.prompt else 0
         return max_piece_seconds(self.limits, self.features, n_text, self.budget)
+
+    def warm_up(self) -> None:
+        """Do the first row's one-time work now (imports and mel filters behind the features, the first FFT, the
+        run's template's prompt ids) so that the first row costs what every other row costs."""
+        if self.prompt is None:  # cheap mode: audio loading and splitting only, nothing to warm
+            return
+        log_mel(np.zeros(SAMPLE_RATE // 10, dtype=np.float32), self.features)
+        try:
+            self.max_piece_s(self.templates.instruction({}, self.template))
+        except PromptError:  # the template needs row fields (language): its ids are made with the first row
+            self.prompt.ids("")
 
     def prepare(self, row: dict, *, max_chunk_s: float | None = None, keep_audio: bool = False) -> list[Request]:
         path = row["audio_filepath"]
