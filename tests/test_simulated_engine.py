@@ -226,3 +226,30 @@ def test_wait_s_excludes_time_another_shard_held_the_device(rows, model_dir):
     assert all(r["status"] == "ok" for r in out["a"] + out["b"])
     assert out["a"][0]["finished_at"] <= out["b"][0]["started_at"]
     assert [r["wait_s"] for r in out["b"]] == [0.0, 0.0]
+
+
+def test_pieces_of_split_audio_say_their_share_of_the_reference(audio_dir, model_dir):
+    """Each piece says its share of the words (not the whole reference): the joined transcript is the reference and
+    the generated tokens are counted once, not once per piece."""
+    from transcribe_batch.workers.engines.simulated import count_tokens
+    from transcribe_batch.workers.prompts import load_tokenizer
+
+    reference = " ".join(f"word{i}" for i in range(41))
+    eng = create_engine("simulated", {"sim_speedup": 1000}, 0)
+    pieces = [eng.transcribe(_request(reference, chunk_index=k, n_chunks=3)).text for k in range(3)]
+    assert " ".join(pieces) == reference and all(pieces)
+
+    long_row = next(r for r in shared_rows(audio_dir) if r["duration"] > 40)
+    row = {**long_row, "id": "long", "offset": 0.0, "text": reference, "prompt": None, "task": None, "language": None}
+    tok = load_tokenizer(model_dir)
+    for options, whole in [({}, count_tokens(reference)),
+                           ({"model_dir": str(model_dir)}, len(tok.encode(reference, add_special_tokens=False).ids))]:
+        w = TranscriptionWorker("simulated", {"sim_speedup": 2000, **options}, device=0)
+        try:
+            recs = w.run_shard(_items([row]) + [{**_items([row], attempt=3)[0], "line": 2}])
+        finally:
+            w.close()
+        assert [r["n_chunks"] for r in recs][0] == 2 and recs[1]["n_chunks"] >= 6
+        for rec in recs:
+            assert rec["status"] == "ok" and rec["pred_text"] == reference
+            assert whole <= rec["n_new_tokens"] <= whole + rec["n_chunks"]  # a piece boundary may cost a token
