@@ -329,3 +329,9 @@ def test_convert_build_folder_stays_out_of_the_checkpoint(tmp_path):
     with pytest.raises(convert.UsageError, match="inside the checkpoint folder"):
         convert.build_dir(model / "w", tmp_path / "m.bmodel", model)
     assert convert.build_dir(tmp_path / "w", tmp_path / "m.bmodel", model) == tmp_path / "w"
+
+
+def test_port_layout_fixture_is_there_and_small():
+    port = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-port" / "tiny-qwen2-audio-port.bmodel"
+    assert 0 < port.stat().st_size < 1_000_000
+    assert not sidecar.sidecar_path(port).exists()  # like the port's own bmodels

@@ -8,7 +8,8 @@ Run inside the compile venv (native/compile/setup_venv.sh):
 What it writes (an HF-style model folder):
   config.json, model.safetensors (bf16-exact weights), tokenizer.json, tokenizer_config.json,
   preprocessor_config.json (2 s window), generation_config.json,
-  tiny-qwen2-audio.bmodel (+ .bmodel.json sidecar), reference.json.
+  tiny-qwen2-audio.bmodel (+ .bmodel.json sidecar), reference.json;
+and ../tiny-qwen2-audio-port/tiny-qwen2-audio-port.bmodel: the same weights in the public port's net layout.
 
 The model has its own byte-level BPE vocabulary (a few hundred tokens) with Qwen2-Audio's special-token
 strings, so the bmodel stays well under 1 MB; the ids are whatever this tokenizer assigns and are written to
@@ -327,12 +328,21 @@ def compile_fixture(out: Path, work: Path | None) -> None:
     subprocess.run(cmd, check=True)
 
 
+def compile_port_fixture(out: Path, port_out: Path) -> None:
+    """The same weights in the existing public port's net layout (native/compile/port_layout.py)."""
+    cmd = [sys.executable, str(HERE / "port_layout.py"), str(out), "-o", str(port_out / f"{NAME}-port.bmodel"),
+           "-q", QUANTIZE.upper(), "--seqlen", str(SEQLEN), "--kernel-remove"]
+    subprocess.run(cmd, check=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the project's shared data folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--skip-compile", action="store_true", help="write the HF folder and reference only")
     ap.add_argument("--work", type=Path, default=None, help="keep the compile's build folder here")
+    ap.add_argument("--port-out", default=str(DEFAULT_OUT.parent / f"{NAME}-port"),
+                    help="where the public-port-layout bmodel goes ('' to skip it)")
     args = ap.parse_args(argv)
 
     t0 = time.monotonic()
@@ -354,6 +364,8 @@ def main(argv=None) -> int:
               f"tokens {c['tokens']} ({c['finish']}), min top-2 margin {c['min_margin']:.4f}")
     if not args.skip_compile:
         compile_fixture(out, args.work)
+        if args.port_out:
+            compile_port_fixture(out, Path(args.port_out).resolve())
     print(f"fixture written to {out} in {time.monotonic() - t0:.1f} s")
     return 0
 
