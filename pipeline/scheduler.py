@@ -117,7 +117,7 @@ class Scheduler:
         remote_cls = ray.remote(TranscriptionWorker)
         for slot in self.slots:
             actor = remote_cls.options(**actor_options(slot, self.inflight_per_device)).remote(
-                self.engine, self.options, slot.device, gpu=slot.kind == "gpu")
+                self.engine, self.options, slot.device, gpu=slot.kind == "gpu", cpu=slot.kind == "cpu")
             self.devices.append(Device(slot, actor))
         pending = {d.actor.info.remote(): d for d in self.devices}
         deadline = time.monotonic() + self.startup_timeout_s

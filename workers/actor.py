@@ -45,8 +45,8 @@ def escalated_chunk_s(duration: float | None, attempt: int, max_audio_s: float, 
 
 
 class TranscriptionWorker:
-    def __init__(self, engine_name: str, options: dict, device: int | None, *, gpu: bool = False):
-        engine_device = device
+    def __init__(self, engine_name: str, options: dict, device: int | None, *, gpu: bool = False, cpu: bool = False):
+        engine_device = None if cpu else device  # a CPU slot's number only names it in the results
         if gpu:  # Ray gave this actor one GPU and made it the only visible one: cuda:0 here, its real id recorded
             import ray
 

@@ -51,7 +51,7 @@ def run(
                                              "weights too).", rich_help_panel=_ENGINE),
     bmodel: Optional[Path] = typer.Option(None, "--bmodel", help="Compiled .bmodel (bm1684x engine).",
                                           rich_help_panel=_ENGINE),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="hf engine: auto | float32 | bfloat16 | float16.",
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="hf engine: auto (bf16 on a GPU, fp32 on the CPU) | fp32 | fp16 | bf16.",
                                         rich_help_panel=_ENGINE),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template from config/prompts.toml "
                                            "\\[default: default]; rows may override with prompt/task.",

@@ -67,9 +67,10 @@ class HFEngine(Engine):
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"not a model folder (no config.json): {self.model_dir}")
         self.device = _torch_device(device)
-        dtype = dtype or ("bf16" if self.device.type == "cuda" else "fp32")
+        if dtype in (None, "", "auto"):
+            dtype = "bf16" if self.device.type == "cuda" else "fp32"
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose fp32, fp16 or bf16")
+            raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
         self.dtype = getattr(torch, DTYPES[dtype])
         self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 1))
         self.max_new_tokens = max_new_tokens
