@@ -56,6 +56,28 @@ void fill_mask_value(bm_data_type_t t, void *dst, size_t i, bool hidden) {
   }
 }
 
+// A K/V tensor seen as [outer, seq, inner]: outer = kv heads when heads come before the sequence (the public
+// port's K), 1 for [1,SEQ,kv_heads,head_dim] (llm_convert); inner = bytes after the sequence dim.
+struct KvLayout {
+  size_t outer = 1, inner_bytes = 0;
+  int seq = 0;
+};
+
+int seq_dim(const bm_shape_t &s, int seqlen) {
+  for (int d = 1; d < s.num_dims; ++d)
+    if (s.dims[d] == seqlen) return d;
+  return -1;
+}
+
+KvLayout kv_layout(const bm_shape_t &s, int sd, bm_data_type_t t) {
+  KvLayout k;
+  for (int d = 0; d < sd; ++d) k.outer *= static_cast<size_t>(s.dims[d]);
+  k.seq = s.dims[sd];
+  k.inner_bytes = dtype_size(t);
+  for (int d = sd + 1; d < s.num_dims; ++d) k.inner_bytes *= static_cast<size_t>(s.dims[d]);
+  return k;
+}
+
 }  // namespace
 
 struct Runtime::Impl {
@@ -71,6 +93,7 @@ struct Runtime::Impl {
   bm_data_type_t states_dt = BM_BFLOAT16, mask_dt = BM_BFLOAT16, dmask_dt = BM_BFLOAT16;
   bm_data_type_t feat_dt = BM_FLOAT32, amask_dt = BM_FLOAT32, audio_out_dt = BM_FLOAT32, lm_out_dt = BM_INT32;
   size_t row_bytes = 0, kv_row_bytes = 0;
+  KvLayout kv_prefill[2], kv_hist[2], kv_new[2];  // [0] K, [1] V
   int seqlen = 0, hidden = 0, vocab = 0, audio_rows = 0, n_mels = 0, n_frames = 0;
   bool greedy = true, has_audio_mask = false;
   bm_shape_t amask_shape{};
@@ -174,6 +197,13 @@ struct Runtime::Impl {
     if (n->stage_num < 1) layout_error("net " + std::string(n->name) + " has no stage");
   }
 
+  // Copy n positions (all heads) from src position sp to dst position dp: one d2d when outer == 1.
+  void copy_kv(bm_device_mem_t dst, const KvLayout &dl, int dp, bm_device_mem_t src, const KvLayout &sl, int sp,
+               int n) {
+    for (size_t o = 0; o < dl.outer; ++o)
+      d2d(dst, (o * dl.seq + dp) * dl.inner_bytes, src, (o * sl.seq + sp) * sl.inner_bytes, n * dl.inner_bytes);
+  }
+
   void introspect() {
     int count = bmrt_get_network_number(bmrt);
     const char **raw = nullptr;
@@ -259,19 +289,27 @@ struct Runtime::Impl {
         const auto &ks = out_shape(b, k);
         const auto &hs = in_shape(c, 2 + k);
         const auto &ns = out_shape(c, k);
-        if (ks.num_dims < 2 || ks.dims[1] != seqlen || hs.num_dims < 2 || hs.dims[1] != seqlen)
-          layout_error(std::string(b->name) + " KV output " + shape_str(ks) + " / " + c->name + " history " +
-                       shape_str(hs) + ": the sequence must be dim 1 ([1,SEQLEN,kv_heads,head_dim])");
-        size_t kb = static_cast<size_t>(elements(ks) / seqlen) * dtype_size(b->output_dtypes[k]);
-        size_t hb = static_cast<size_t>(elements(hs) / seqlen) * dtype_size(c->input_dtypes[2 + k]);
-        size_t nb = static_cast<size_t>(elements(ns)) * dtype_size(c->output_dtypes[k]);
-        if (kb != hb || kb != nb || b->output_dtypes[k] != c->input_dtypes[2 + k])
-          layout_error(std::string(b->name) + "/" + c->name + ": KV row sizes differ (prefill " +
-                       std::to_string(kb) + " B, history " + std::to_string(hb) + " B, new " +
-                       std::to_string(nb) + " B)");
-        if (kv_row_bytes && kb != kv_row_bytes) layout_error("KV row size differs between layers");
-        kv_row_bytes = kb;
+        const std::string where = std::string(b->name) + " KV output " + shape_str(ks) + " / " + c->name +
+                                  " history " + shape_str(hs) + " / new " + shape_str(ns);
+        int sd = seq_dim(hs, seqlen);
+        if (sd < 0 || seq_dim(ks, seqlen) != sd || sd >= ns.num_dims || ns.dims[sd] != 1)
+          layout_error(where + ": no common sequence dim of size SEQLEN (" + std::to_string(seqlen) + ")");
+        KvLayout pk = kv_layout(ks, sd, b->output_dtypes[k]), hk = kv_layout(hs, sd, c->input_dtypes[2 + k]),
+                 nk = kv_layout(ns, sd, c->output_dtypes[k]);
+        if (pk.outer != hk.outer || pk.outer != nk.outer || pk.inner_bytes != hk.inner_bytes ||
+            pk.inner_bytes != nk.inner_bytes || b->output_dtypes[k] != c->input_dtypes[2 + k] ||
+            c->output_dtypes[k] != c->input_dtypes[2 + k])
+          layout_error(where + ": prefill, history and new K/V disagree in heads, row size or dtype");
+        if (i == 0) {
+          kv_prefill[k - 1] = pk;
+          kv_hist[k - 1] = hk;
+          kv_new[k - 1] = nk;
+        } else if (pk.outer != kv_prefill[k - 1].outer || pk.inner_bytes != kv_prefill[k - 1].inner_bytes ||
+                   pk.seq != kv_prefill[k - 1].seq || hk.seq != kv_hist[k - 1].seq) {
+          layout_error(where + ": differs from layer 0");
+        }
       }
+      kv_row_bytes = kv_hist[0].outer * kv_hist[0].inner_bytes;
       if (i == 0) {
         mask_dt = b->input_dtypes[2];
         dmask_dt = c->input_dtypes[2];
@@ -517,6 +555,8 @@ Generation Runtime::generate(const std::vector<float> &features, int n_mels, int
       std::count(prompt_ids.begin(), prompt_ids.end(), audio_token_id) != 1)
     throw std::invalid_argument("prompt_ids must hold the audio token id " + std::to_string(audio_token_id) +
                                 " exactly once");
+  for (int id : prompt_ids)
+    if (id < 0) throw std::invalid_argument("negative token id " + std::to_string(id) + " in prompt_ids");
   const int at = static_cast<int>(audio_pos - prompt_ids.begin());
   const int L = static_cast<int>(prompt_ids.size()) - 1 + n_audio_tokens;
   if (n_audio_tokens > I.audio_rows)
@@ -558,7 +598,6 @@ Generation Runtime::generate(const std::vector<float> &features, int n_mels, int
     I.h2d(I.mask_buf, 0, mask.data(), mask.size());
   }
   bm_device_mem_t cur = I.states_buf;
-  const size_t kv_prompt = static_cast<size_t>(L) * I.kv_row_bytes;
   for (size_t l = 0; l < I.blocks.size(); ++l) {
     auto *b = I.blocks[l];
     const auto &st = b->stages[0];
@@ -567,8 +606,8 @@ Generation Runtime::generate(const std::vector<float> &features, int n_mels, int
     I.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(S) * S * dtype_size(I.mask_dt));
     I.launch(b);
     cur = st.output_mems[0];
-    I.d2d(I.k_store[l], 0, st.output_mems[1], 0, kv_prompt);
-    I.d2d(I.v_store[l], 0, st.output_mems[2], 0, kv_prompt);
+    I.copy_kv(I.k_store[l], I.kv_hist[0], 0, st.output_mems[1], I.kv_prefill[0], 0, L);
+    I.copy_kv(I.v_store[l], I.kv_hist[1], 0, st.output_mems[2], I.kv_prefill[1], 0, L);
   }
   // 4. first token from the last real position
   I.d2d(I.lm->stages[0].input_mems[0], 0, cur, static_cast<size_t>(L - 1) * I.row_bytes, I.row_bytes);
@@ -629,8 +668,8 @@ Generation Runtime::generate(const std::vector<float> &features, int n_mels, int
       else
         I.launch(c, {{3, I.k_store[l]}, {4, I.v_store[l]}});
       cur = st.output_mems[0];
-      I.d2d(I.k_store[l], static_cast<size_t>(q) * I.kv_row_bytes, st.output_mems[1], 0, I.kv_row_bytes);
-      I.d2d(I.v_store[l], static_cast<size_t>(q) * I.kv_row_bytes, st.output_mems[2], 0, I.kv_row_bytes);
+      I.copy_kv(I.k_store[l], I.kv_hist[0], q, st.output_mems[1], I.kv_new[0], 0, 1);
+      I.copy_kv(I.v_store[l], I.kv_hist[1], q, st.output_mems[2], I.kv_new[1], 0, 1);
     }
     I.d2d(I.lm->stages[0].input_mems[0], 0, cur, 0, I.row_bytes);
     I.launch(I.lm);
