@@ -184,3 +184,37 @@ def test_tiny_fixture_reference_tokens(audio_dir):
     for clip, result in zip(ref["clips"], engine.transcribe_batch(requests)):
         assert result.token_ids == clip["tokens"], clip["audio_filepath"]
     engine.close()
+
+
+@pytest.mark.slow
+def test_run_with_engine_hf_on_the_cpu(tmp_path, audio_dir):
+    """`transcribe-batch run --engine hf` end to end on a host without GPUs (the tiny fixture's weights): the raw
+    answers in results.parquet are the HF reference's greedy tokens, decoded."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    fixture = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
+    clips = json.loads((fixture / "reference.json").read_text())["clips"]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(
+        json.dumps({"id": c["audio_filepath"], "audio_filepath": str(audio_dir / c["audio_filepath"]),
+                    "offset": c.get("offset") or 0.0, **({"duration": c["duration"]} if c.get("duration") else {})})
+        + "\n" for c in clips))
+    out = tmp_path / "run"
+    n_tokens = 8
+    cmd = [str(Path(sys.executable).with_name("transcribe-batch")), "run", str(manifest), "-o", str(out),
+           "--engine", "hf", "--model-dir", str(fixture), "--max-new-tokens", str(n_tokens), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert [r["id"] for r in rows] == [c["audio_filepath"] for c in clips]
+    fe = FrontEnd(fixture)
+    for row, clip in zip(rows, clips):
+        assert row["status"] == "ok", row
+        assert (row["engine"], row["device"]) == ("hf", 0)
+        assert row["n_new_tokens"] == n_tokens and row["finish_reason"] == "max_tokens"
+        assert row["raw_text"] == fe.decode(clip["tokens"][:n_tokens])
+        assert row["ttft_s"] > 0 and row["decode_s"] > 0
