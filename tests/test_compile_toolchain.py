@@ -100,6 +100,11 @@ def test_sidecar_round_trip_for_the_real_model_shape(tmp_path):
     assert (back["head_dim"], back["half_precision"], back["q_group_size"]) == (128, "bf16", 64)
 
 
+def test_sidecar_short_seqlen_is_valid(tmp_path):
+    _, data = _build(tmp_path, seqlen=599, max_input_length=599)  # the existing port's SEQLEN
+    assert data["seqlen"] == 599 and data["max_audio_tokens"] == 750
+
+
 def test_sidecar_float_mode_has_no_group_size(tmp_path):
     _, data = _build(tmp_path, quantization="f16", q_group_size=64)
     assert data["q_group_size"] is None and data["half_precision"] == "f16"
@@ -188,7 +193,7 @@ def test_convert_output_must_be_a_bmodel(tmp_path, capsys):
     assert "must end in .bmodel" in capsys.readouterr().err
 
 
-def test_convert_checks_the_model_folder(tmp_path, model_dir):
+def test_convert_checks_the_model_folder(tmp_path, model_dir, capsys):
     with pytest.raises(convert.UsageError, match="no config.json"):
         convert.check_model_dir(tmp_path, 1024)
     (tmp_path / "config.json").write_text((model_dir / "config.json").read_text())
@@ -197,8 +202,10 @@ def test_convert_checks_the_model_folder(tmp_path, model_dir):
     (tmp_path / "model.safetensors").write_bytes(b"")
     cfg = convert.check_model_dir(tmp_path, 1024)  # the real Qwen2-Audio config, defaults filled in
     assert cfg["text_config"]["hidden_size"] == 4096 and cfg["audio_config"]["max_source_positions"] == 1500
-    with pytest.raises(convert.UsageError, match="cannot hold one audio window \\(750 audio tokens\\)"):
-        convert.check_model_dir(tmp_path, 599)
+    convert.check_model_dir(tmp_path, 599)  # the existing port's SEQLEN: allowed, with a warning
+    assert "about 19 s of audio" in capsys.readouterr().err
+    convert.check_model_dir(tmp_path, 1024)
+    assert capsys.readouterr().err == ""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     with pytest.raises(convert.UsageError, match="model_type is 'qwen2'"):
         convert.check_model_dir(tmp_path, 1024)

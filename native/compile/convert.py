@@ -26,6 +26,8 @@ QUANTIZATIONS = ("bf16", "f16", "w8bf16", "w8f16", "w4bf16", "w4f16")
 CHIPS = ("bm1684x", "bm1688")
 _ENV_MARK = "TRANSCRIBE_BATCH_TPU_ENV"
 _WORK_MARK = ".convert-work"
+PROMPT_RESERVE = 128  # chat template + instruction (~50 tokens for the real tokenizer) + answer room
+AUDIO_TOKENS_PER_S = 25
 
 
 class UsageError(ValueError):
@@ -97,8 +99,11 @@ def check_model_dir(model_dir: Path, seqlen: int) -> dict:
     if config.get("model_type") != "qwen2_audio":
         raise UsageError(f"{cfg_path}: model_type is {config.get('model_type')!r}, expected 'qwen2_audio'")
     rows = config["audio_config"]["max_source_positions"] // 2
-    if seqlen <= rows + 8:
-        raise UsageError(f"--seqlen {seqlen} cannot hold one audio window ({rows} audio tokens) plus a prompt")
+    if seqlen < rows + PROMPT_RESERVE:
+        seconds = max(0, seqlen - PROMPT_RESERVE) / AUDIO_TOKENS_PER_S
+        print(f"warning: --seqlen {seqlen} holds less than one full audio window ({rows} audio tokens + a prompt "
+              f"and answer): requests will be limited to about {seconds:.0f} s of audio and longer clips split",
+              file=sys.stderr)
     return config
 
 
