@@ -46,6 +46,14 @@ def bmodel_path() -> Path:
     return fixture_dir() / "tiny-qwen2-audio.bmodel"
 
 
+def port_bmodel_path() -> Path:
+    """The same weights compiled in the public port's net layout (heads-first K, audio + projector, logits + greed)."""
+    path = FIXTURE.parent / "tiny-qwen2-audio-port" / "tiny-qwen2-audio-port.bmodel"
+    if not path.is_file():
+        _missing(f"port-layout fixture missing: {path} (regenerate: native/compile/port_layout.py)")
+    return path
+
+
 def reference() -> dict:
     return json.loads((fixture_dir() / "reference.json").read_text())
 

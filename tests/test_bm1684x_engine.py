@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bm1684x_support import REPO, assert_tokens_match, clip_row, fixture_dir, native, reference
+from bm1684x_support import REPO, assert_tokens_match, clip_row, fixture_dir, native, port_bmodel_path, reference
 from transcribe_batch.workers.engines import SequenceTooLong, create_engine
 from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS
 
@@ -85,6 +85,21 @@ def test_mismatched_bmodel_and_model_folder_are_refused(tmp_path, edit, problem)
 
     with pytest.raises(ModelMismatch, match=problem):
         create_engine("bm1684x", {"model_dir": str(folder)}, 0)
+
+
+@pytest.mark.slow
+def test_a_port_layout_bmodel_without_sidecar_is_checked_against_its_own_nets(tmp_path):
+    native()
+    eng = create_engine("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(port_bmodel_path())}, 0)
+    assert eng.sidecar is None and eng.limits.max_seq_len == eng.layout["seqlen"]
+    eng.close()
+    folder = tmp_path / "model"
+    shutil.copytree(fixture_dir(), folder)
+    _edit_json(folder / "config.json", lambda c: c["text_config"].update(vocab_size=1000))
+    from transcribe_batch.workers.engines.bm1684x import ModelMismatch
+
+    with pytest.raises(ModelMismatch, match="vocabulary: lm_head logits"):
+        create_engine("bm1684x", {"model_dir": str(folder), "bmodel": str(port_bmodel_path())}, 0)
 
 
 def _edit_json(path, change):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from bm1684x_support import assert_tokens_match, bmodel_path, clip_row, fixture_dir, native, reference
+from bm1684x_support import assert_tokens_match, bmodel_path, clip_row, fixture_dir, native, port_bmodel_path, reference
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +169,21 @@ def test_kv_state_does_not_leak_between_requests(rt, requests):
     run(rt, longest[1], max_new_tokens=2)
     out = run(rt, shortest[1], max_new_tokens=2)
     assert out["tokens"] == shortest[0]["tokens"][:2]
+
+
+def test_public_port_layout_gives_the_same_tokens(tbn, requests):
+    """The same weights in the existing port's layout: heads-first K cache, a separate projector, a [1,1,T,T] audio
+    mask, logits lm_head + `greed`, no sidecar. Same tokens, and still O(1) traffic per token."""
+    rt = tbn.Runtime(str(port_bmodel_path()), 0)
+    lay = rt.layout
+    assert lay["projector_net"] == "projector" and lay["audio_mask"] == "[1,1,100,100]"
+    assert lay["lm_head"].startswith("logits") and lay["vocab"] == json.loads((fixture_dir() / "config.json").read_text())["text_config"]["vocab_size"]
+    k_prefill = next(n for n in rt.nets if n["name"] == "block_0")["outputs"][1]["shape"]
+    assert k_prefill[2] == lay["seqlen"], f"fixture's K is not heads-first: {k_prefill}"
+    clip, req = requests[0]
+    out = run(rt, req, max_new_tokens=reference()["max_new_tokens"])
+    assert_tokens_match(out["tokens"], clip, where=f"port layout {clip['audio_filepath']}")
+    steps = len(out["step_s"])
+    token_bytes = 4 if rt.layout["lm_head"] == "logits+greedy_head" else 4 * lay["vocab"]  # greed on device, or argmax on host
+    assert out["decode"]["d2h_bytes"] == token_bytes * steps
+    assert out["decode"]["h2d_bytes"] == 4 * steps + 2 * (steps - 1) + (0 if token_bytes == 4 else 4 * steps)

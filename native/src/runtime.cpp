@@ -337,7 +337,7 @@ struct Runtime::Impl {
       if (!is_float(lm_out_dt)) layout_error("lm_head logits dtype " + dtype_name(lm_out_dt) + " is not float");
       vocab = static_cast<int>(lm_elems);
       // a greedy_head (argmax over the logits) keeps the token on the device; without one, argmax on host
-      greedy_head = find(names, {"greedy_head"});
+      greedy_head = find(names, {"greedy_head", "greed"});
       if (greedy_head && (greedy_head->input_num != 1 || greedy_head->output_num < 1 ||
                           elements(in_shape(greedy_head, 0)) != lm_elems ||
                           greedy_head->input_dtypes[0] != lm_out_dt || elements(out_shape(greedy_head, 0)) != 1 ||
