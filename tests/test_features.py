@@ -9,7 +9,7 @@ import pytest
 from transformers import WhisperFeatureExtractor
 
 from transcribe_batch.workers.audio import load_audio
-from transcribe_batch.workers.features import FeatureConfig, audio_token_count, log_mel, n_audio_tokens
+from transcribe_batch.workers.features import FeatureConfig, audio_token_count, live_frames, log_mel, n_audio_tokens
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,17 @@ def test_matches_whisper_feature_extractor_on_every_recording(extractor, model_d
         # the processor's count: (((L - 1) // 2 + 1) - 2) // 2 + 1 over the mask's length L
         L = int(ref_mask.sum())
         assert n_audio_tokens(len(audio), cfg) == (((L - 1) // 2 + 1) - 2) // 2 + 1
+
+
+@pytest.mark.parametrize("n", [1, 161, 16037, 479_640, 479_641, 479_950, 480_000])
+def test_every_length_matches_including_the_frames_that_see_only_padding(extractor, n):
+    """Frames past the audio are not transformed (their power is exactly zero): lengths around frame and window
+    edges, with the loudest samples at the very end, still match the extractor."""
+    audio = (np.random.default_rng(n).standard_normal(n) * np.linspace(0.01, 0.9, n)).astype(np.float32)
+    ours, mask = log_mel(audio, FeatureConfig())
+    ref, ref_mask = _hf(extractor, audio)
+    assert np.abs(ours - ref).max() <= 1e-4 and np.array_equal(mask, ref_mask)
+    assert live_frames(n) <= FeatureConfig().n_frames
 
 
 def test_small_window_read_from_the_model_folder(tmp_path, audio_dir):

@@ -191,9 +191,10 @@ def test_model_folder_gives_real_token_ids(model_dir):
 
 
 def test_front_end_is_warm_before_the_first_row(model_dir):
-    from transcribe_batch.workers.features import mel_filters
+    from transcribe_batch.workers.features import _mel_filters32, mel_filters
 
     mel_filters.cache_clear()
+    _mel_filters32.cache_clear()
     w = TranscriptionWorker("simulated", {"sim_speedup": 2000, "model_dir": str(model_dir)}, device=0)
     try:
         assert mel_filters.cache_info().currsize == 1  # librosa imported, the filter bank built

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import scipy.fft  # float32 transforms in float32 (numpy's rfft is slower in float32 than in float64)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,20 @@ def mel_filters(sampling_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
+def _mel_filters32(sampling_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    return mel_filters(sampling_rate, n_fft, n_mels).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
-    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic, as torch.hann_window
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic, as torch.hann_window
+
+
+def live_frames(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
+    """Frames whose window (centred, n_fft wide) reaches a sample of the audio; the rest see only zero padding."""
+    if cfg.padding_value != 0:
+        return cfg.n_frames
+    return min(cfg.n_frames, -(-(n_samples + cfg.n_fft // 2) // cfg.hop_length))
 
 
 def log_mel(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, np.ndarray]:
@@ -89,22 +102,27 @@ def log_mel(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np
 
     Zero-pads to the window, STFT with centre reflect padding, power spectrum, mel, log10 clamped at 1e-10, floor at
     max − 8, then (x + 4) / 4 — WhisperFeatureExtractor with padding="max_length" and return_attention_mask=True.
+    Computed in float32 (within 4e-5 of the extractor's float64 on ../shared/audio; tests/test_features.py holds it
+    to 1e-4), and the frames that see only zero padding are not transformed: their power is exactly zero anyway.
     """
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio [n_samples], got shape {audio.shape}")
     if audio.size > cfg.n_samples:
         raise ValueError(f"{audio.size / cfg.sampling_rate:.2f} s of audio does not fit the {cfg.chunk_length} s window; split it first")
-    padded = np.full(cfg.n_samples, cfg.padding_value, dtype=np.float64)
+    padded = np.full(cfg.n_samples, cfg.padding_value, dtype=np.float32)
     padded[: audio.size] = audio
     half = cfg.n_fft // 2
     padded = np.pad(padded, (half, half), mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length][: cfg.n_frames]
-    power = np.abs(np.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)) ** 2  # [n_frames, 1 + n_fft // 2]
-    mel = mel_filters(cfg.sampling_rate, cfg.n_fft, cfg.feature_size) @ power.T
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    features = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    n_live = live_frames(audio.size, cfg)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length][:n_live]
+    spectrum = scipy.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)  # [n_live, 1 + n_fft // 2] complex64
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    mel = np.zeros((cfg.feature_size, cfg.n_frames), dtype=np.float32)
+    mel[:, :n_live] = _mel_filters32(cfg.sampling_rate, cfg.n_fft, cfg.feature_size) @ power.T
+    log_spec = np.log10(np.maximum(mel, np.float32(1e-10)))
+    log_spec = np.maximum(log_spec, log_spec.max() - np.float32(8.0))
+    features = (log_spec + np.float32(4.0)) / np.float32(4.0)
     mask = np.zeros(cfg.n_frames, dtype=np.int32)
     mask[: valid_frames(audio.size, cfg)] = 1
     return features, mask
