@@ -480,7 +480,7 @@ struct Runtime::Impl {
       int valid = t == n_frames ? n_valid_frames : (n_valid_frames - 1) / 2 + 1;
       size_t n = elements(amask_shape);
       std::vector<float> m(n);
-      for (size_t i = 0; i < n; ++i) m[i] = static_cast<int>(i % t) < valid ? 0.0f : rt_opts_mask_value;
+      for (size_t i = 0; i < n; ++i) m[i] = static_cast<int>(i % t) < valid ? 0.0f : audio_mask_value;
       std::vector<uint8_t> mh(n * dtype_size(amask_dt));
       store_floats(amask_dt, m.data(), n, mh.data());
       h2d(st.input_mems[1], 0, mh.data(), mh.size());
@@ -506,14 +506,14 @@ struct Runtime::Impl {
     }
   }
 
-  float rt_opts_mask_value = -10000.0f;
+  float audio_mask_value = -10000.0f;
 };
 
 Runtime::Runtime(const std::string &bmodel_path, int device_id, RuntimeOptions options)
     : impl_(std::make_unique<Impl>(*this)), device_id_(device_id) {
   auto &I = *impl_;
   I.path = bmodel_path;
-  I.rt_opts_mask_value = options.audio_mask_value;
+  I.audio_mask_value = options.audio_mask_value;
   if (!std::ifstream(bmodel_path).good()) throw std::invalid_argument("bmodel not found or unreadable: " + bmodel_path);
   bm_status_t s = bm_dev_request(&I.handle, device_id);
   if (s != BM_SUCCESS) {
