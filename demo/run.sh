@@ -2,7 +2,8 @@
 # The demo job, end to end on this machine (no card, no GPU needed):
 #   1. speak our own sentences with flite into demo/audio/ (the manifest that ships refers to these files),
 #   2. run the real bm1684x engine - the C++ runtime on the BM1684X cmodel simulator - with the tiny
-#      random-weight Qwen2-Audio fixture (its answers are nonsense by design: random weights, real code path),
+#      random-weight Qwen2-Audio fixture on two of the utterances (demo/simulator.jsonl; the simulator takes
+#      ~1 s per net launch; the answers are nonsense by design: random weights, real code path),
 #   3. run the same manifest through the simulated engine (real front end, port's cost model, injected faults),
 #   4. score both runs side by side and write an HTML report.
 set -euo pipefail
@@ -21,8 +22,8 @@ done < "$here/sentences.tsv"
 
 "$tb" manifest validate "$here/manifest.jsonl"
 
-"$tb" run "$here/manifest.jsonl" -o "$runs/demo-bm1684x-sim" --engine bm1684x \
-  --bmodel "$fixture/tiny-qwen2-audio.bmodel" --model-dir "$fixture" --devices 0, --max-new-tokens 8
+"$tb" run "$here/simulator.jsonl" -o "$runs/demo-bm1684x-sim" --engine bm1684x \
+  --bmodel "$fixture/tiny-qwen2-audio.bmodel" --model-dir "$fixture" --devices 0, --max-new-tokens 4
 
 "$tb" run "$here/manifest.jsonl" -o "$runs/demo-simulated" --engine simulated --model-dir "$fixture" \
   --devices 4 --sim-speedup 50 --sim-faults error=0.1,crash=0.05,seed=7
