@@ -26,3 +26,11 @@ def write_manifest(path: Path, audio_dir: Path, *, repeat: int = 1, limit: int |
             rows.append({**r, "id": f"{Path(r['audio_filepath']).stem}-{k}"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+def write_reference_manifest(path: Path, clips: list[dict], audio_dir: Path) -> None:
+    """A manifest of the tiny fixture's reference clips (reference.json), ids = the clips' file names."""
+    path.write_text("".join(
+        json.dumps({"id": c["audio_filepath"], "audio_filepath": str(audio_dir / c["audio_filepath"]),
+                    "offset": c.get("offset") or 0.0, **({"duration": c["duration"]} if c.get("duration") else {})})
+        + "\n" for c in clips))

@@ -194,14 +194,12 @@ def test_run_with_engine_hf_on_the_cpu(tmp_path, audio_dir):
     import sys
 
     import pyarrow.parquet as pq
+    from manifest_helpers import write_reference_manifest
 
     fixture = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
     clips = json.loads((fixture / "reference.json").read_text())["clips"]
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(
-        json.dumps({"id": c["audio_filepath"], "audio_filepath": str(audio_dir / c["audio_filepath"]),
-                    "offset": c.get("offset") or 0.0, **({"duration": c["duration"]} if c.get("duration") else {})})
-        + "\n" for c in clips))
+    write_reference_manifest(manifest, clips, audio_dir)
     out = tmp_path / "run"
     n_tokens = 8
     cmd = [str(Path(sys.executable).with_name("transcribe-batch")), "run", str(manifest), "-o", str(out),
