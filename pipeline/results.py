@@ -53,6 +53,11 @@ class RunFolder:
     def progress_log(self) -> Path:
         return self.path / "progress.jsonl"
 
+    @property
+    def logs(self) -> Path:
+        """Per-device logs of what native libraries print (libbmrt, the cmodel simulator)."""
+        return self.path / "logs"
+
     def part_files(self) -> list[Path]:
         files = [p for p in self.parts.glob("part-*.parquet") if PART_RE.search(p.name)]
         return sorted(files, key=lambda p: int(PART_RE.search(p.name).group(1)))

@@ -140,7 +140,8 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float) -> RunSummary:
                 if kind == "gpu" and "," in str(spec) and os.environ.get("CUDA_VISIBLE_DEVICES") == str(spec):
                     spec = str(len([s for s in str(spec).split(",") if s.strip()]))
                 slots = cluster_slots(kind, spec)
-                scheduler = Scheduler(plan, slots, engine=cfg.engine, options=cfg.engine_options_dict(),
+                options = {**cfg.engine_options_dict(), "log_dir": str(folder.logs)}
+                scheduler = Scheduler(plan, slots, engine=cfg.engine, options=options,
                                       on_final=on_final, progress=progress, max_attempts=cfg.max_attempts,
                                       device_max_failures=cfg.device_max_failures,
                                       inflight_per_device=cfg.inflight_per_device)

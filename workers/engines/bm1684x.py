@@ -207,4 +207,18 @@ def create(options: dict, device: int | None) -> Engine:
     model_dir = options.get("model_dir")
     if not model_dir:
         raise ValueError("engine bm1684x needs model_dir (the tokenizer/config folder the bmodel was compiled from)")
-    return Bm1684xEngine(model_dir, options.get("bmodel"), 0 if device is None else device)
+    device = 0 if device is None else device
+    if options.get("log_dir"):
+        route_native_stdout(Path(options["log_dir"]) / f"bm1684x-device{device}.log")
+    return Bm1684xEngine(model_dir, options.get("bmodel"), device)
+
+
+def route_native_stdout(path: Path) -> None:
+    """libbmrt and the cmodel simulator print their chatter to the process's stdout (fd 1), dozens of lines per
+    request: in a runner's actor that goes to a log file in the run folder instead of the driver's console."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+    finally:
+        os.close(fd)
