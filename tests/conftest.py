@@ -38,3 +38,10 @@ def audio_rows(audio_manifest: Path) -> list[dict]:
 def model_dir(shared_dir: Path) -> Path:
     """The real Qwen2-Audio-7B-Instruct tokenizer and configs (no weights)."""
     return shared_dir / "qwen2-audio-7b-instruct"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Once the BM1684X cmodel simulator is loaded into a process, its polling threads keep about two cores busy until
+    the process exits (they outlive the device handle). Tests that load it into the pytest process therefore run
+    last, so they slow down only each other, not the Ray and front-end tests."""
+    items.sort(key=lambda item: item.get_closest_marker("simulator") is not None)

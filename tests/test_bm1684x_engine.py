@@ -14,6 +14,8 @@ from bm1684x_support import REPO, assert_tokens_match, clip_row, fixture_dir, na
 from transcribe_batch.workers.engines import SequenceTooLong, create_engine
 from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS
 
+pytestmark = pytest.mark.simulator
+
 
 @pytest.fixture(scope="module")
 def engine():

@@ -16,7 +16,7 @@ import pytest
 
 from bm1684x_support import assert_tokens_match, bmodel_path, clip_row, fixture_dir, native, port_bmodel_path, reference
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.simulator]
 
 
 @pytest.fixture(scope="module")
