@@ -4,7 +4,8 @@
 #   2. run the real bm1684x engine - the C++ runtime on the BM1684X cmodel simulator - with the tiny
 #      random-weight Qwen2-Audio fixture on two of the utterances (demo/simulator.jsonl; the simulator takes
 #      ~1 s per net launch; the answers are nonsense by design: random weights, real code path),
-#   3. run the same manifest through the simulated engine (real front end, port's cost model, injected faults),
+#   3. run the whole manifest through the simulated engine (Qwen2-Audio's 30 s window, the port's cost model,
+#      injected errors and actor crashes that are retried),
 #   4. score both runs side by side and write an HTML report.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,7 +26,7 @@ done < "$here/sentences.tsv"
 "$tb" run "$here/simulator.jsonl" -o "$runs/demo-bm1684x-sim" --engine bm1684x \
   --bmodel "$fixture/tiny-qwen2-audio.bmodel" --model-dir "$fixture" --devices 0, --max-new-tokens 4
 
-"$tb" run "$here/manifest.jsonl" -o "$runs/demo-simulated" --engine simulated --model-dir "$fixture" \
+"$tb" run "$here/manifest.jsonl" -o "$runs/demo-simulated" --engine simulated \
   --devices 4 --sim-speedup 50 --sim-faults error=0.1,crash=0.05,seed=7
 
 "$tb" eval "$runs/demo-simulated" "$runs/demo-bm1684x-sim" --html "$runs/demo-report.html"
