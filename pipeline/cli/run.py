@@ -9,6 +9,9 @@ from typing import Optional
 
 import typer
 
+from transcribe_batch.pipeline.config import load_defaults
+
+_D = load_defaults()  # the --help defaults are the real ones (config/defaults.toml)
 _ENGINE = "Engine and model"
 _DEVICES = "Devices and cluster"
 _RETRY = "Work, retries and resume"
@@ -45,7 +48,7 @@ def run(
                                 rich_help_panel=_OUT, show_default=False),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with settings (keys as in "
                                           "config/defaults.toml); flags override it.", rich_help_panel=_OUT),
-    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="bm1684x | hf | simulated  \\[default: bm1684x]",
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help=f"bm1684x | hf | simulated  \\[default: {_D['engine']}]",
                                          rich_help_panel=_ENGINE),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model folder (tokenizer + configs; hf: "
                                              "weights too).", rich_help_panel=_ENGINE),
@@ -54,23 +57,23 @@ def run(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="hf engine: auto (bf16 on a GPU, fp32 on the CPU) | fp32 | fp16 | bf16.",
                                         rich_help_panel=_ENGINE),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template from config/prompts.toml "
-                                           "\\[default: default]; rows may override with prompt/task.",
+                                           f"\\[default: {_D['template']}]; rows may override with prompt/task.",
                                            rich_help_panel=_ENGINE),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Cap on generated tokens per "
-                                                 "request \\[default: 256].", rich_help_panel=_ENGINE),
+                                                 f"request \\[default: {_D['max_new_tokens']}].", rich_help_panel=_ENGINE),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per engine call for engines "
-                                             "that batch (hf) \\[default: 1].", rich_help_panel=_ENGINE),
+                                             f"that batch (hf) \\[default: {_D['batch_size']}].", rich_help_panel=_ENGINE),
     devices: Optional[str] = typer.Option(None, "--devices", "-d", help="all | ids like 0,2 (a single id: '2,') | "
-                                          "N = the first N devices. Simulated: N virtual devices (all = 1) \\[default: all].",
+                                          f"N = the first N devices. Simulated: N virtual devices (all = 1) \\[default: {_D['devices']}].",
                                           rich_help_panel=_DEVICES),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto | ray://host:10001. "
                                           "Default: start a local one.", rich_help_panel=_DEVICES),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per row before it is recorded "
-                                               "as failed \\[default: 3].", rich_help_panel=_RETRY),
+                                               f"as failed \\[default: {_D['max_attempts']}].", rich_help_panel=_RETRY),
     device_max_failures: Optional[int] = typer.Option(None, "--device-max-failures", help="Consecutive crashes / "
-                                                      "all-failed shards before a device leaves the pool \\[default: 3].",
+                                                      f"all-failed shards before a device leaves the pool \\[default: {_D['device_max_failures']}].",
                                                       rich_help_panel=_RETRY),
-    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Rows per shard of work \\[default: 4].",
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help=f"Rows per shard of work \\[default: {_D['shard_size']}].",
                                              rich_help_panel=_RETRY),
     skip_bad_lines: Optional[bool] = typer.Option(None, "--skip-bad-lines", help="Record bad "
                                                   "manifest lines as failed rows instead of stopping.",
@@ -85,7 +88,7 @@ def run(
     progress_log: Optional[Path] = typer.Option(None, "--progress-log", help="JSONL progress log \\[default: "
                                                 "DIR/progress.jsonl].", rich_help_panel=_OUT),
     sim_speedup: Optional[float] = typer.Option(None, "--sim-speedup", help="Divide every simulated time by X "
-                                                "\\[default: 1].", rich_help_panel=_SIM),
+                                                f"\\[default: {_D['sim_speedup']}].", rich_help_panel=_SIM),
     sim_faults: Optional[str] = typer.Option(None, "--sim-faults", help="Per-attempt fault probabilities, e.g. "
                                              "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7.",
                                              rich_help_panel=_SIM),
