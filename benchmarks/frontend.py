@@ -29,16 +29,16 @@ from synthetic import CHARS_PER_S, durations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PORT_TTFT_S, PORT_S_PER_TOKEN, N_CARDS = 24.0, 0.8, 8
+N_CARDS = 8
 
 
 def port_audio_s_per_s(n: int = 20000) -> float:
     """Audio seconds one card running the existing port transcribes per second, on LibriSpeech-like utterances."""
-    from transcribe_batch.workers.engines.simulated import CHARS_PER_TOKEN
+    from transcribe_batch.workers.engines.simulated import CHARS_PER_TOKEN, DEFAULT_S_PER_TOKEN, DEFAULT_TTFT_S
 
     d = durations(n, seed=1)
     tokens = np.ceil(CHARS_PER_S * d / CHARS_PER_TOKEN)  # generated tokens; the stop token costs no extra step
-    return float(d.sum() / (PORT_TTFT_S * n + PORT_S_PER_TOKEN * tokens.sum()))
+    return float(d.sum() / (DEFAULT_TTFT_S * n + DEFAULT_S_PER_TOKEN * tokens.sum()))
 
 
 def clips(audio_dir: Path, max_s: float) -> list[dict]:

@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import CHARS_PER_S, WORDS, durations  # noqa: E402
+from transcribe_batch.workers.engines.simulated import CHARS_PER_TOKEN, DEFAULT_S_PER_TOKEN, DEFAULT_TTFT_S  # noqa: E402
 
 PART_ROWS = 512  # PartWriter's flush size
 
@@ -93,7 +94,8 @@ def write_parts(folder: Path, manifest: Path) -> int:
         n = len(buf)
         lines = np.array([ln for ln, _ in buf], dtype=np.int64)
         dur = np.array([r["duration"] for _, r in buf])
-        total = 24.0 + 0.8 * dur * 3.75
+        tokens = dur * CHARS_PER_S / CHARS_PER_TOKEN
+        total = DEFAULT_TTFT_S + DEFAULT_S_PER_TOKEN * tokens
         start = t0 + (lines * 50_000_000).astype("timedelta64[us]")
         text = [r["text"] for _, r in buf]
         cols = {
@@ -104,9 +106,9 @@ def write_parts(folder: Path, manifest: Path) -> int:
             "device": (lines % 8).astype(np.int32), "node": ["node-0"] * n,
             "prompt": ["Detect the language and recognize the speech: <|en|>"] * n, "task": [None] * n,
             "language": [None] * n, "n_prompt_tokens": (dur * 25 + 50).astype(np.int32),
-            "n_audio_tokens": (dur * 25).astype(np.int32), "n_new_tokens": (dur * 3.75).astype(np.int32),
-            "finish_reason": ["eos"] * n, "ttft_s": np.full(n, 24.0), "decode_s": total - 24.0,
-            "tokens_per_s": np.full(n, 1.25), "total_s": total, "rtf": total / dur, "prep_s": dur * 0.003,
+            "n_audio_tokens": (dur * 25).astype(np.int32), "n_new_tokens": tokens.astype(np.int32),
+            "finish_reason": ["eos"] * n, "ttft_s": np.full(n, DEFAULT_TTFT_S), "decode_s": total - DEFAULT_TTFT_S,
+            "tokens_per_s": np.full(n, 1 / DEFAULT_S_PER_TOKEN), "total_s": total, "rtf": total / dur, "prep_s": dur * 0.003,
             "wait_s": np.zeros(n), "queued_at": start, "started_at": start,
             "finished_at": start + (total * 1e6).astype("timedelta64[us]"), "n_chunks": np.ones(n, np.int32),
             "manifest_extra": [None] * n,

@@ -20,7 +20,7 @@ from .audio import AudioError
 from .engines import create_engine
 from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
 from .frontend import FrontEnd
-from .prompts import ANSWER_OVERHEAD_TOKENS, TOKENS_PER_SECOND, PromptError
+from .prompts import PromptError, plausible_answer_tokens
 from .record import base_record, failed_record, node_name, now
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
@@ -222,10 +222,10 @@ class TranscriptionWorker:
                 raise RetryableFailure("Repetition", f"{req.id}: degenerate output ({cleaned.reason or 'repetition'})",
                                        raw=raw, text=cleaned.text)
             if res.finish_reason == FINISH_MAX_TOKENS:
-                plausible = TOKENS_PER_SECOND * req.duration_s + ANSWER_OVERHEAD_TOKENS
+                plausible = plausible_answer_tokens(req.duration_s)
                 if n_new >= plausible:
                     raise RetryableFailure("RunawayOutput", f"{req.id}: hit max_new_tokens ({n_new} tokens) for "
-                                           f"{req.duration_s:.1f} s of audio (plausible ≤ {plausible:.0f})",
+                                           f"{req.duration_s:.1f} s of audio (plausible ≤ {plausible})",
                                            raw=raw, text=cleaned.text)
                 finish = FINISH_MAX_TOKENS
         text = self.frontend.join(cleaned_texts) if len(cleaned_texts) > 1 else cleaned_texts[0]

@@ -44,7 +44,7 @@ class FrontEnd:
         self.features = FeatureConfig.from_model_dir(self.model_dir)
         self.limits = limits or EngineLimits(max_audio_s=self.features.max_audio_s)
         self.prompt = ChatPrompt(self.model_dir, system=self.templates.system) if self.model_dir is not None else None
-        self.model_id = _model_id(self.model_dir)
+        self.model_id = model_id_of(self.model_dir)
 
     def budget(self, duration_s: float) -> int:
         return answer_budget(duration_s, self.max_new_tokens_cap)
@@ -113,7 +113,7 @@ class FrontEnd:
         return join(texts)
 
 
-def _model_id(model_dir: Path | None) -> str:
+def model_id_of(model_dir: Path | None) -> str:
     """The model's name: config.json's _name_or_path if it names one, else the folder's name."""
     if model_dir is None:
         return ""

@@ -44,9 +44,14 @@ class PromptError(ValueError):
     """A prompt cannot be built (unknown template name, model folder without a usable tokenizer, …)."""
 
 
+def plausible_answer_tokens(duration_s: float) -> int:
+    """The most tokens a transcript of `duration_s` seconds of speech plausibly needs."""
+    return math.ceil(TOKENS_PER_SECOND * duration_s) + ANSWER_OVERHEAD_TOKENS
+
+
 def answer_budget(duration_s: float, cap: int = 256) -> int:
     """max_new_tokens for an utterance of `duration_s` seconds."""
-    return max(1, min(cap, math.ceil(TOKENS_PER_SECOND * duration_s) + ANSWER_OVERHEAD_TOKENS))
+    return max(1, min(cap, plausible_answer_tokens(duration_s)))
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,12 @@ def load_templates(path: str | os.PathLike | None = None) -> Templates:
 
 
 def load_tokenizer(model_dir: str | os.PathLike) -> Tokenizer:
+    """The model folder's tokenizer, built once per folder and process (front end and engines share it)."""
+    return _load_tokenizer(str(Path(model_dir).resolve()))
+
+
+@lru_cache(maxsize=4)
+def _load_tokenizer(model_dir: str) -> Tokenizer:
     """tokenizer.json if present, else a Qwen2 byte-level BPE from vocab.json + merges.txt + tokenizer_config.json."""
     d = Path(model_dir)
     if (d / "tokenizer.json").is_file():
@@ -203,7 +214,3 @@ class ChatPrompt:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-
-@lru_cache(maxsize=1)
-def default_templates() -> Templates:
-    return load_templates()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..features import FeatureConfig, audio_token_count
+from ..frontend import model_id_of
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
 
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
@@ -86,7 +87,7 @@ def model_facts(model_dir: Path) -> dict[str, Any]:
         "audio_token_id": _first(cfg, "audio_token_index", "audio_token_id"),
         "n_mels": feats.feature_size,
         "n_frames": feats.n_frames,
-        "model_id": cfg.get("_name_or_path") or model_dir.name,
+        "model_id": model_id_of(model_dir),
         "features": feats,
     }
 

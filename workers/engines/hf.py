@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..features import FeatureConfig
+from ..frontend import model_id_of
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
@@ -78,7 +79,7 @@ class HFEngine(Engine):
             self.model_dir, dtype=self.dtype, local_files_only=True
         ).to(self.device).eval()
         config = json.loads((self.model_dir / "config.json").read_text())
-        self.model_id = Path(config.get("_name_or_path") or self.model_dir.name).name
+        self.model_id = model_id_of(self.model_dir)
         self.pad_id = self._pad_id(config)
         features = FeatureConfig.from_model_dir(self.model_dir)
         text = self.model.config.text_config
