@@ -193,8 +193,9 @@ def test_partial_run_is_read_from_parts_with_duplicates_dropped(tmp_path):
     parts.mkdir(parents=True)
     first = [result_row("u0", "a b", "a x", status="ok"), result_row("u1", "c d", None, status="failed")]
     retry = [result_row("u1", "c d", "c d", attempts=2)]
-    pq.write_table(pa.Table.from_pylist(first), parts / "part-000.parquet")
-    pq.write_table(pa.Table.from_pylist(retry), parts / "part-001.parquet")
+    pq.write_table(pa.Table.from_pylist(first), parts / "part-000000-a1b2c3d4.parquet")
+    pq.write_table(pa.Table.from_pylist(retry), parts / "part-000001-e5f6a7b8.parquet")
+    (parts / ".tmp-9f8e-part-000002-c0ffee00.parquet").write_bytes(b"PAR1 cut off by a crash")  # never a result
     run = load_run(tmp_path / "run")
     assert run.n == 2 and run.col("status") == ["ok", "ok"]
     assert any("no results.parquet" in n for n in run.notes) and any("duplicate" in n for n in run.notes)

@@ -11,6 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..results import RunFolder, latest_rows
+
 REQUIRED_COLUMNS = ("id", "status")
 
 
@@ -72,12 +74,15 @@ def _read_table(path: Path, notes: list[str]) -> pa.Table:
     results = path / "results.parquet"
     if results.is_file():
         return pq.read_table(results)
-    parts = sorted((path / "parts").glob("*.parquet")) if (path / "parts").is_dir() else []
+    parts = RunFolder(path).part_files()  # finished parts only, in write order (not a crash's .tmp- leftovers)
     if not parts:
         raise RunError(f"{path}: not a run folder (no results.parquet and no parts/*.parquet)")
     notes.append(f"no results.parquet (run unfinished?): read {len(parts)} part files from {path / 'parts'}")
-    tables = [pq.read_table(part) for part in parts]
-    return pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables([pq.read_table(part) for part in parts], promote_options="permissive")
+    deduped = latest_rows(table)  # a row redone after a crash or --retry-failed: its latest record counts
+    if deduped.num_rows != table.num_rows:
+        notes.append(f"{table.num_rows - deduped.num_rows} duplicate id rows dropped (kept the latest result per id)")
+    return deduped
 
 
 def load_run(path: str | Path, name: str | None = None) -> Run:
@@ -99,13 +104,6 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         array = table.column(column_name)
         columns[column_name] = _to_seconds(array) if column_name in TIME_COLUMNS else array.to_pylist()
     columns["id"] = [str(v) for v in columns["id"]]
-
-    # Contract 5 promises one row per id; parts of a crashed run may repeat one. Keep the last word on each id.
-    last = {row_id: i for i, row_id in enumerate(columns["id"])}
-    if len(last) != len(columns["id"]):
-        keep = sorted(last.values())
-        notes.append(f"{len(columns['id']) - len(keep)} duplicate id rows dropped (kept the last result per id)")
-        columns = {k: [v[i] for i in keep] for k, v in columns.items()}
 
     meta: dict[str, Any] = {}
     run_json = folder / "run.json"
