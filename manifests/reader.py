@@ -20,6 +20,8 @@ from array import array
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
+
 KNOWN_FIELDS = ("id", "audio_filepath", "offset", "duration", "text", "prompt", "task", "language")
 _TEXT_FIELDS = ("text", "prompt", "task", "language")
 
@@ -50,6 +52,11 @@ def stable_id(audio_filepath: str, offset: float, duration: float | None) -> str
 def id_digest(row_id: str) -> int:
     """64-bit digest of an id; used for duplicate detection and compact id arrays."""
     return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def id_digests(ids: list[str]) -> np.ndarray:
+    """`id_digest` of each id, as an int64 array."""
+    return np.fromiter((id_digest(i) for i in ids), dtype=np.int64, count=len(ids))
 
 
 class DigestSet:

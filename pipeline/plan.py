@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from transcribe_batch.manifests.reader import ManifestError, id_digest, iter_rows_with_offsets, read_rows_at
-from transcribe_batch.workers.audio import AudioError, audio_duration
+from transcribe_batch.manifests.headers import read_header
 
 
 @dataclass
@@ -59,10 +59,10 @@ class Plan:
 def _duration(row: dict) -> float:
     if row["duration"] is not None:
         return row["duration"]
-    try:  # the manifest didn't say: ask the file header (cheap), minus the offset
-        return max(0.0, audio_duration(row["audio_filepath"]) - row["offset"])
-    except (AudioError, OSError, RuntimeError):
-        return math.nan  # the actor reports the bad audio as a failed row
+    # The manifest didn't say: the file header (no decoding on the driver), minus the offset. Unknown (foreign
+    # format, missing or broken file) is NaN: planned last; the actor decodes it or reports it as a failed row.
+    duration = read_header(row["audio_filepath"]).duration
+    return math.nan if duration is None else max(0.0, duration - row["offset"])
 
 
 def bad_line_id(line: int) -> str:

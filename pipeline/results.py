@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transcribe_batch.manifests.reader import id_digest
+from transcribe_batch.manifests.reader import id_digests
 from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, to_table
 
 PART_RE = re.compile(r"part-(\d{6})(?:-\w+)?\.parquet$")
@@ -151,7 +151,7 @@ def open_run_folder(folder: RunFolder, identity: dict, *, overwrite: bool = Fals
     table = latest_rows(_read_parts(files, ["id", "status", "duration_s"]))
     ok = pc.equal(table["status"], "ok")
     keep = table if not retry_failed else table.filter(ok)
-    digests = np.fromiter((id_digest(i) for i in keep["id"].to_pylist()), dtype=np.int64, count=keep.num_rows)
+    digests = id_digests(keep["id"].to_pylist())
     n_ok = int(pc.sum(ok).as_py() or 0)
     audio = pc.sum(keep["duration_s"]).as_py() or 0.0
     return ResumeState(np.sort(digests), keep.num_rows, n_ok, keep.num_rows - n_ok if not retry_failed else 0,
@@ -222,7 +222,7 @@ def _output_positions(files: list[Path]) -> tuple[list[np.ndarray], int]:
     digests, lines, sizes = [], [], []
     for f in files:
         t = pq.read_table(f, columns=["id", "line"])
-        digests.append(np.fromiter((id_digest(i) for i in t["id"].to_pylist()), dtype=np.int64, count=t.num_rows))
+        digests.append(id_digests(t["id"].to_pylist()))
         lines.append(pc.fill_null(t["line"], np.iinfo(np.int64).max).to_numpy().astype(np.int64, copy=False))
         sizes.append(t.num_rows)
     digest = np.concatenate(digests) if digests else np.zeros(0, np.int64)
