@@ -11,6 +11,7 @@ import csv
 import fnmatch
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -180,7 +181,7 @@ def dir_rows(root: str | os.PathLike, *, pattern: str | None = None, transcripts
         present = set(files) if transcripts == "sidecar" else set()
         picked = [name for name in files if _matches(rel_dir + name, name, pattern)]
         stems = [os.path.splitext(name)[0] for name in picked]
-        clashing = {s for s in stems if stems.count(s) > 1} if len(set(stems)) != len(stems) else set()
+        clashing = {s for s, n in Counter(stems).items() if n > 1}
         for name, stem in zip(picked, stems):
             path = os.path.join(folder, name)
             rel = rel_dir + name

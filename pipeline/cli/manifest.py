@@ -32,7 +32,7 @@ def _reporter(err: Console, problems: list[int]):
     return report
 
 
-def _build(rows_of, output: Optional[Path], relative: bool, strict: bool, **kwargs) -> None:
+def _build(rows_of, output: Optional[Path], relative: bool, strict: bool) -> None:
     err = Console(stderr=True, soft_wrap=True)
     if relative and output is None:
         err.print("[red]error:[/red] --relative needs --output (paths are relative to the manifest's folder)")
@@ -40,7 +40,7 @@ def _build(rows_of, output: Optional[Path], relative: bool, strict: bool, **kwar
     problems = [0]
     relative_to = output.parent if relative and output is not None else None
     try:
-        n = write_jsonl(rows_of(relative_to=relative_to, report=_reporter(err, problems), **kwargs), output)
+        n = write_jsonl(rows_of(relative_to=relative_to, report=_reporter(err, problems)), output)
     except BuildError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -6,6 +6,7 @@ import datetime as dt
 from html import escape
 from pathlib import Path
 
+from ..results import atomic_write_bytes
 from . import plots
 from .report import Report
 from .tables import Table, all_tables, numeric_columns, statements
@@ -91,7 +92,5 @@ def render_html(report: Report, *, title: str | None = None) -> str:
 def write_html(report: Report, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(report), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(path, render_html(report).encode("utf-8"))
     return path
