@@ -87,7 +87,8 @@ class TranscriptionWorker:
         submitted_at = time.perf_counter()
         futures = [self._prefetch.submit(self._prepare, item, self._chunk_s(item)) for item in items]
         if self.batch_size > 1:
-            yield from self._run_batched(items, futures, submitted_at)
+            for rec in self._run_batched(items, futures, submitted_at):  # Ray drives this generator with send():
+                yield rec  # `yield from` would hand send() on to a plain iterator
             return
         for item, fut in zip(items, futures):
             yield self._run_one(item, fut, submitted_at)
@@ -157,42 +158,55 @@ class TranscriptionWorker:
             finished_at = now()
         return self._record(item, requests, results, started_at, finished_at, total_s, prep_s, wait_s)
 
-    def _run_batched(self, items: list[dict], futures: list[Future], submitted_at: float) -> list[dict]:
+    def _run_batched(self, items: list[dict], futures: list[Future], submitted_at: float):
         """Batching engines (hf): rows of a shard are already of similar length (longest first); hand the engine
-        up to batch_size requests at once. A row whose batch call fails is redone alone. The device's wait for a
-        batch is recorded on its first row (summing wait_s over rows gives the device's idle time)."""
-        out: list[dict | None] = [None] * len(items)
-        prepared = []
+        up to batch_size requests at once and yield the rows of each batch (in shard order) as soon as it is done.
+        A row whose batch call fails is redone alone. The device's wait for a batch is recorded on its first row
+        (summing wait_s over rows gives the device's idle time)."""
+        pending: list = []  # (i, failure record) or (i, requests, prep_s, ready_at), in shard order
+
+        def flush():
+            group = [p for p in pending if len(p) == 4]
+            done = dict(self._run_group(items, group, submitted_at)) if group else {}
+            for p in pending:
+                yield p[1] if len(p) == 2 else done[p[0]]
+            pending.clear()
+
+        n_prepared = 0
         for i, (item, fut) in enumerate(zip(items, futures)):
             requests, prep_s, ready_at, failure = self._await(item, fut)
             if failure:
-                out[i] = failure
+                pending.append((i, failure))
+                continue
+            pending.append((i, requests, prep_s, ready_at))
+            n_prepared += 1
+            if n_prepared == self.batch_size:
+                yield from flush()
+                n_prepared = 0
+        yield from flush()
+
+    def _run_group(self, items, group, submitted_at):
+        flat = [(i, r) for i, requests, _, _ in group for r in requests]
+        with self._device(max(ready for *_, ready in group), submitted_at) as waited:
+            started_at = now()
+            t0 = time.perf_counter()
+            results = self.engine.transcribe_batch([r for _, r in flat])
+            total_s = time.perf_counter() - t0
+            finished_at = now()
+        by_row: dict[int, list] = {}
+        for (i, _), res in zip(flat, results):
+            by_row.setdefault(i, []).append(res)
+        for i, requests, prep_s, ready_at in group:
+            res = by_row[i]
+            wait_s = waited if i == group[0][0] else 0.0
+            if any(isinstance(r, BaseException) for r in res):
+                done: Future = Future()
+                done.set_result((requests, prep_s, ready_at))
+                yield i, self._run_one(items[i], done, submitted_at)
             else:
-                prepared.append((i, requests, prep_s, ready_at))
-        for start in range(0, len(prepared), self.batch_size):
-            group = prepared[start:start + self.batch_size]
-            flat = [(i, r) for i, requests, _, _ in group for r in requests]
-            with self._device(max(ready for *_, ready in group), submitted_at) as waited:
-                started_at = now()
-                t0 = time.perf_counter()
-                results = self.engine.transcribe_batch([r for _, r in flat])
-                total_s = time.perf_counter() - t0
-                finished_at = now()
-            by_row: dict[int, list] = {}
-            for (i, _), res in zip(flat, results):
-                by_row.setdefault(i, []).append(res)
-            for i, requests, prep_s, ready_at in group:
-                res = by_row[i]
-                wait_s = waited if i == group[0][0] else 0.0
-                if any(isinstance(r, BaseException) for r in res):
-                    done: Future = Future()
-                    done.set_result((requests, prep_s, ready_at))
-                    out[i] = self._run_one(items[i], done, submitted_at)
-                else:
-                    share = total_s * sum(r.duration_s for r in requests) / max(1e-9, sum(
-                        r.duration_s for _, rs, _, _ in group for r in rs))
-                    out[i] = self._record(items[i], requests, res, started_at, finished_at, share, prep_s, wait_s)
-        return out  # type: ignore[return-value]
+                share = total_s * sum(r.duration_s for r in requests) / max(1e-9, sum(
+                    r.duration_s for _, rs, _, _ in group for r in rs))
+                yield i, self._record(items[i], requests, res, started_at, finished_at, share, prep_s, wait_s)
 
     def _begin(self, item: dict) -> None:
         hook = getattr(self.engine, "begin_attempt", None)

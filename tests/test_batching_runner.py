@@ -1,0 +1,30 @@
+"""The runner with --batch-size above 1, through real Ray actors (simulated engine)."""
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from manifest_helpers import write_manifest
+from transcribe_batch.pipeline.config import build_config
+from transcribe_batch.pipeline.runner import run_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_batch_size_2_runs_every_row_once(tmp_path, audio_dir):
+    rows = write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2)
+    summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", devices="2",
+                                   sim_speedup=2000, batch_size=2, quiet=True))
+    out = pq.read_table(summary.results).to_pylist()
+    assert summary.status == "complete" and not summary.stats["devices_removed"]
+    assert [r["id"] for r in out] == [r["id"] for r in rows]
+    assert all(r["status"] == "ok" and r["attempts"] == 1 for r in out)
+    assert [r["pred_text"] for r in out] == [r.get("text") or "simulated output" for r in rows]
+
