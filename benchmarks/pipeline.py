@@ -130,7 +130,7 @@ def sequential_baseline(manifest: Path, options: dict) -> dict:
         t1 = time.perf_counter()
         requests = frontend.prepare(row)
         t2 = time.perf_counter()
-        engine.begin_attempt(row["id"], 1)
+        engine.begin_attempts({row["id"]: 1})
         for request in requests:
             try:
                 engine.transcribe(request)

@@ -1,4 +1,5 @@
-"""Which devices a run may use: BM1684X cards (/dev/bm-sophon*), GPUs, simulated devices, and Ray's view of them.
+"""Which devices a run may use: BM1684X cards (/dev/bm-sophon*), GPUs, CPU, simulated devices, and Ray's view of them.
+What each device kind is to Ray lives in workers/platforms.py; this module turns the connected cluster into slots.
 
 Ray knows nothing of Sophgo cards, so every node advertises a custom resource `bm1684x: N` (the local cluster this
 tool starts does it from /dev/bm-sophon*; on a multi-node cluster start each node with
@@ -8,15 +9,13 @@ per card to that node, telling it the card id explicitly.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 
-SOPHON_GLOB = "/dev/bm-sophon*"
-BM1684X_RESOURCE = "bm1684x"
+from transcribe_batch.workers.platforms import (PLATFORMS, SOPHON_GLOB, Platform, local_gpus, local_sophon_cards,
+                                                 platform)
+
+BM1684X_RESOURCE = PLATFORMS["bm1684x"].resource
 
 
 class DeviceError(RuntimeError):
@@ -27,54 +26,23 @@ class DeviceError(RuntimeError):
 class DeviceSlot:
     """One device one actor will own."""
 
-    kind: str  # "bm1684x" | "gpu" | "sim" | "cpu"
+    kind: str  # a device kind of workers/platforms.py: "bm1684x" | "gpu" | "cpu" | "sim"
     device: int  # device index on its node
     node_id: str | None = None  # Ray node id to pin to (None: anywhere)
     node_ip: str | None = None
+    node_tag: str | None = None  # short node id, where several nodes share an address (one host, several raylets)
+
+    def __post_init__(self):
+        platform(self.kind)  # an unknown kind is an error, not a virtual device
+
+    @property
+    def platform(self) -> Platform:
+        return platform(self.kind)
 
     @property
     def label(self) -> str:
-        where = f"@{self.node_ip}" if self.node_ip else ""
-        return f"{self.kind}:{self.device}{where}"
-
-
-def device_kind(engine: str, gpus_available: bool) -> str:
-    if engine == "bm1684x":
-        return "bm1684x"
-    if engine == "hf":
-        return "gpu" if gpus_available else "cpu"
-    return "sim"
-
-
-def local_sophon_cards(pattern: str = SOPHON_GLOB) -> list[int]:
-    """Card ids from /dev/bm-sophon<N> (bm-sophon-ctl and friends are not cards)."""
-    ids = []
-    for path in glob.glob(pattern):
-        m = re.fullmatch(r".*bm-sophon(\d+)", path)
-        if m:
-            ids.append(int(m.group(1)))
-    return sorted(ids)
-
-
-def local_gpus() -> list[dict]:
-    """GPUs nvidia-smi reports (index, name, memory MiB); honours CUDA_VISIBLE_DEVICES like CUDA does."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3 and parts[0].isdigit():
-            gpus.append({"index": int(parts[0]), "name": parts[1], "memory_mib": int(float(parts[2]))})
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        keep = {int(v) for v in visible.split(",") if v.strip().isdigit()}
-        gpus = [g for g in gpus if g["index"] in keep]
-    return gpus
+        """Unique within a run: kind:device, @node address, #node tag when addresses repeat."""
+        return self.platform.label(self.device, self.node_ip) + (f"#{self.node_tag}" if self.node_tag else "")
 
 
 def parse_devices(spec: str | int | None, available: list[int], *, what: str = "devices") -> list[int]:
@@ -108,40 +76,45 @@ def parse_devices(spec: str | int | None, available: list[int], *, what: str = "
     return list(available[:n])
 
 
-def _node_cards() -> dict:
+def _node_devices(kind: str) -> dict:
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "cards": local_sophon_cards()}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "devices": platform(kind).local_devices()}
 
 
 def cluster_slots(kind: str, spec: str | None) -> list[DeviceSlot]:
-    """The device slots of the connected Ray cluster for `kind`, filtered by --devices `spec`."""
+    """The device slots of the connected Ray cluster for device kind `kind`, filtered by --devices `spec`."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    if kind == "bm1684x":
-        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(BM1684X_RESOURCE, 0) > 0]
+    plat = platform(kind)
+    if plat.pinned:  # devices Ray counts as a custom resource per node: one actor per device, pinned to its node
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(plat.resource, 0) > 0]
         if not nodes:
-            raise DeviceError(f"no BM1684X cards: no node of the Ray cluster advertises the '{BM1684X_RESOURCE}' "
+            raise DeviceError(f"no BM1684X cards: no node of the Ray cluster advertises the '{plat.resource}' "
                               f"resource (none of {SOPHON_GLOB} here; on a cluster start nodes with "
-                              f"ray start --resources='{{\"{BM1684X_RESOURCE}\": N}}'). "
+                              f"ray start --resources='{{\"{plat.resource}\": N}}'). "
                               "Use --engine hf (GPU/CPU) or --engine simulated to run without cards.")
-        probe = ray.remote(num_cpus=0)(_node_cards)
+        probe = ray.remote(num_cpus=0)(_node_devices)
+        shared_ip = {ip for ip in (n.get("NodeManagerAddress") for n in nodes)
+                     if sum(m.get("NodeManagerAddress") == ip for m in nodes) > 1}
         slots = []
-        for node in nodes:
+        for node in sorted(nodes, key=lambda n: (n.get("NodeManagerAddress") or "", n["NodeID"])):
             strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            found = ray.get(probe.options(scheduling_strategy=strategy).remote())["cards"]
-            advertised = int(node["Resources"][BM1684X_RESOURCE])
+            found = ray.get(probe.options(scheduling_strategy=strategy).remote(kind))["devices"]
+            advertised = int(node["Resources"][plat.resource])
             cards = found or list(range(advertised))  # a node may advertise cards it names differently
+            ip = node.get("NodeManagerAddress")
+            tag = node["NodeID"][:8] if ip in shared_ip else None
             for d in parse_devices(spec, cards[:advertised] if len(cards) > advertised else cards, what="BM1684X cards"):
-                slots.append(DeviceSlot("bm1684x", d, node["NodeID"], node.get("NodeManagerAddress")))
+                slots.append(DeviceSlot(kind, d, node["NodeID"], ip, tag))
         return slots
-    if kind == "gpu":
+    if plat.resource == "GPU":
         total = int(ray.cluster_resources().get("GPU", 0))
         if total < 1:
             raise DeviceError("no GPUs in the Ray cluster")
-        return [DeviceSlot("gpu", d) for d in parse_devices(spec, list(range(total)), what="GPUs")]
-    # simulated devices (and hf on CPU): virtual, placed anywhere; `all` means one
+        return [DeviceSlot(kind, d) for d in parse_devices(spec, list(range(total)), what="GPUs")]
+    # virtual devices (simulated, CPU): placed anywhere; `all` means one
     ids = parse_devices("1" if spec in (None, "", "all") else spec, [], what="devices")
     return [DeviceSlot(kind, d) for d in ids]
 

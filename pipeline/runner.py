@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from transcribe_batch.workers.engines import device_kind
+from transcribe_batch.workers.platforms import local_gpus, platform
 from transcribe_batch.workers.record import failed_record, now
 
 from .config import RunConfig
-from .devices import BM1684X_RESOURCE, cluster_slots, device_kind, local_gpus, local_sophon_cards
+from .devices import cluster_slots
 from .plan import bad_line_id, build_plan
 from .progress import ProgressTracker
 from .results import PartWriter, RunFolder, lock_run_folder, merge_results, open_run_folder, versions, write_json
@@ -49,8 +51,14 @@ class RunSummary:
         return out
 
 
+def run_device_kind(cfg: RunConfig, *, gpus_available: bool) -> str:
+    """The device kind this run's engine uses (engine option `device_kind` picks one of the engine's kinds)."""
+    return device_kind(cfg.engine, (cfg.engine_options or {}).get("device_kind"), gpus_available=gpus_available)
+
+
 def connect_ray(cfg: RunConfig) -> bool:
-    """Join `cfg.address`, reuse an already initialised Ray, or start a local cluster. True if we connected."""
+    """Join `cfg.address`, reuse an already initialised Ray, or start a local cluster that advertises this run's
+    devices (workers/platforms.py). True if we connected."""
     import ray
 
     if ray.is_initialized():
@@ -59,17 +67,11 @@ def connect_ray(cfg: RunConfig) -> bool:
     if cfg.address:
         ray.init(address=cfg.address, **{k: v for k, v in common.items() if k != "include_dashboard"})
         return True
-    resources = {}
-    cards = local_sophon_cards()
-    if cards:
-        resources[BM1684X_RESOURCE] = len(cards)
-    elif cfg.engine == "bm1684x" and "," in str(cfg.devices):
-        # No /dev/bm-sophon* (e.g. the BM1684X cmodel simulator): trust card ids given explicitly with --devices.
-        ids = [int(p) for p in str(cfg.devices).split(",") if p.strip().isdigit()]
-        if ids:
-            resources[BM1684X_RESOURCE] = max(ids) + 1
-    if cfg.engine == "hf" and "," in str(cfg.devices) and local_gpus():
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(cfg.devices)  # Ray then sees exactly these GPUs
+    plat = platform(run_device_kind(cfg, gpus_available=bool(local_gpus())))
+    resources = dict(plat.ray_resources(cfg.devices))
+    if plat.kind != "bm1684x":  # a card host still advertises its cards (other jobs may join this cluster)
+        resources.update(platform("bm1684x").ray_resources(None))
+    os.environ.update(plat.visibility_env(cfg.devices))
     ray.init(num_cpus=cfg.ray_num_cpus or None, resources=resources or None, **common)
     return True
 
@@ -135,9 +137,10 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float) -> RunSummary:
                 on_final(_bad_line_records(plan))
             if plan.n_shards:
                 started_ray = connect_ray(cfg)
-                kind = device_kind(cfg.engine, ray.cluster_resources().get("GPU", 0) > 0)
+                kind = run_device_kind(cfg, gpus_available=ray.cluster_resources().get("GPU", 0) > 0)
                 spec = cfg.devices
-                if kind == "gpu" and "," in str(spec) and os.environ.get("CUDA_VISIBLE_DEVICES") == str(spec):
+                env = platform(kind).visibility_env(spec)
+                if env and all(os.environ.get(k) == v for k, v in env.items()):  # Ray sees exactly those: count them
                     spec = str(len([s for s in str(spec).split(",") if s.strip()]))
                 slots = cluster_slots(kind, spec)
                 options = {**cfg.engine_options_dict(), "log_dir": str(folder.logs)}
@@ -150,7 +153,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float) -> RunSummary:
                 run_info.update(model_id=infos[0]["model_id"], devices=infos, engine=infos[0]["engine"])
                 write_json(folder.run_json, run_info)
                 progress.log(f"{len(infos)} device(s): " + ", ".join(
-                    f"{i['engine']}:{i['device']}@{i['node']}" for i in infos), event="devices")
+                    f"{i['engine']} on {i['label']} ({i['node']})" for i in infos), event="devices")
                 summary.stats = scheduler.run()
             writer.flush()
         merged = merge_results(folder)

@@ -1,37 +1,50 @@
 """Ray scheduling: one actor per device, shards pulled by whichever device is free, retries, crash recovery.
 
-- Each actor owns one device slot (pipeline/devices.py): BM1684X actors request the custom resource `bm1684x: 1`
-  and are pinned to their node and told their card id; GPU actors request `num_gpus=1`; simulated devices are
-  virtual and need no resource.
+- Each actor owns one device slot (pipeline/devices.py); what it asks Ray for (a card, a GPU, nothing) and whether
+  it is pinned to its node comes from the slot's device kind (workers/platforms.py).
+- Work travels as typed `WorkItem`s and comes back as `Outcome`s (workers/work.py): plan index, line, attempt
+  number and the devices earlier attempts failed on go with each row.
 - The driver keeps `inflight_per_device` shards queued per actor (the actor prepares the next shard's audio while
   the current one runs) and hands the next shard to whichever actor has room (breadth first): fresh shards longest
-  first, retries before fresh work; near the end of the work shards are cut shorter (down to single rows) so that
-  the devices finish together (benchmarks/pipeline.py measures the tail).
+  first, retries before fresh work; a shard holds at least `batch_size` rows, so a batching engine always has a
+  full batch prepared; near the end of the work shards are cut shorter (down to one batch) so that the devices
+  finish together (benchmarks/pipeline.py measures the tail).
 - A row whose prediction failed is retried (up to max_attempts) preferably on a device it has not failed on: a
   retry waits about one shard-time for such a device before any device may take it.
 - Results stream back row by row (a Ray streaming generator per shard): a finished row is on its way to disk
   at once, and a failed row is re-queued at once.
-- An actor whose process dies is restarted by Ray (max_restarts=-1); the rows of its shards that had not come back
-  are re-queued and the attempt counts for them. A device with `device_max_failures` consecutive crashes or all-failed shards is
-  taken out of the pool with a log line; the run goes on with the rest.
+- An actor whose process dies is restarted by Ray (max_restarts=-1); no work goes to it until it answers again.
+  Only the row that was on the device when it died (the actor writes what it puts on the device into a
+  `DeviceLedger` before each engine call) is charged an attempt; the other rows it held go back to the queue as
+  they were. When a batch was on the device, each of its rows goes back free but marked to run alone next, so
+  that a crash is only ever charged to a row that was on the device by itself.
+- A device leaves the pool on evidence against it, not on bad luck every device shares: after
+  `device_max_failures` failed attempts in a row (failed predictions and crashes charged to its rows; a success
+  resets the count) — or more where the other devices fail often too: as many as make such a streak a
+  1-in-10,000 chance at the others' recent failure rate, and never while the others fail as often. A crash no row
+  was on the device for counts against the device like a failure.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from transcribe_batch.workers.actor import TranscriptionWorker
 from transcribe_batch.workers.record import failed_record, now
+from transcribe_batch.workers.work import RETRY, DeviceLedger, Outcome, WorkItem
 
-from .devices import BM1684X_RESOURCE, DeviceSlot
+from .devices import DeviceSlot
 from .plan import Plan
+
+STREAK_CHANCE = 1e-4  # a failure streak this unlikely at the other devices' failure rate is evidence
+RECENT = 50  # attempts per device the failure rate is measured over
 
 
 class SchedulerError(RuntimeError):
@@ -40,27 +53,22 @@ class SchedulerError(RuntimeError):
 
 @dataclass
 class Task:
-    indices: np.ndarray  # plan row indices
-    attempts: list[int]  # the attempt number this try is, per row
-    avoid: frozenset = frozenset()  # device labels these rows already failed on
+    """Work waiting for a device: rows (no manifest data yet) of the same attempt history."""
+
+    items: list[WorkItem]
     queued: float = field(default_factory=time.monotonic)
+
+    @property
+    def avoid(self) -> frozenset:
+        return frozenset(d for item in self.items for d in item.failed_on)
 
 
 @dataclass
 class Shard:
-    """A task handed to a device: the items sent and what has come back so far."""
+    """A task handed to a device: the items sent, by key, until their outcome comes back."""
 
-    task: Task
-    items: list[dict]
+    pending: dict  # WorkItem.key -> WorkItem (with row)
     submitted: float = field(default_factory=time.monotonic)
-    received: int = 0
-    any_ok: bool = False
-    all_retryable: bool = True  # every failure so far was a failed prediction (not bad input)
-
-    def rest(self) -> Task:
-        """The rows that have not come back, as a task (same attempts)."""
-        k = self.received
-        return Task(self.task.indices[k:], self.task.attempts[k:], self.task.avoid)
 
 
 @dataclass
@@ -68,11 +76,14 @@ class Device:
     slot: DeviceSlot
     actor: object
     inflight: dict = field(default_factory=dict)  # ObjectRefGenerator -> Shard
-    strikes: float = 0.0  # consecutive failures: a crash or an all-failed full shard is 1 (a cut-short shard less)
+    streak: int = 0  # failed attempts in a row (a success resets it)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))  # recent attempts: True = failed
     alive: bool = True
     info: dict | None = None
-    shards_done: int = 0
-    crashes: int = 0
+    restarting: bool = False  # its process died; no work until it answers a ping again
+    ping: object = None  # ObjectRef of the ping (info call) in flight
+    ping_after: float = 0.0  # monotonic time to send the next ping
+    restart_deadline: float = 0.0
 
     @property
     def label(self) -> str:
@@ -80,14 +91,18 @@ class Device:
 
 
 def actor_options(slot: DeviceSlot, inflight_per_device: int) -> dict:
-    opts: dict = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": inflight_per_device + 1}
-    if slot.kind == "bm1684x":
-        opts["resources"] = {BM1684X_RESOURCE: 1}
-        if slot.node_id:
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=slot.node_id, soft=False)
-    elif slot.kind == "gpu":
-        opts["num_gpus"] = 1
-    return opts
+    return {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": inflight_per_device + 1,
+            **slot.platform.actor_options(slot.node_id)}
+
+
+def required_streak(max_failures: int, others_failed: int, others_attempts: int, has_others: bool) -> float:
+    """Failed attempts in a row that take a device out of the pool, given the other devices' recent record."""
+    if not has_others:
+        return max_failures
+    p = (others_failed + 1) / (others_attempts + 2)  # the others' failure rate (Laplace: no data is 1/2)
+    if p >= 0.5 and others_failed >= others_attempts > 0:
+        return math.inf  # every device fails alike: not the device's fault
+    return max(max_failures, math.ceil(math.log(STREAK_CHANCE) / math.log(p)))
 
 
 class Scheduler:
@@ -103,21 +118,24 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.device_max_failures = device_max_failures
         self.inflight_per_device = inflight_per_device
+        self.batch_size = max(1, int(options.get("batch_size") or 1))
         self.startup_timeout_s = startup_timeout_s
         self.devices: list[Device] = []
+        self.ledger = None
         self.retries: deque[Task] = deque()
         self.cursor = 0  # next position in plan.todo to hand out
         self.shard_time_s = 0.0  # moving average of a shard's round trip: how long a retry waits for a new device
-        self.full_shard = max(1, int(np.diff(plan.bounds).max())) if plan.n_shards else 1
-        self.stats = {"retried_rows": 0, "actor_crashes": 0, "devices_removed": [], "retried_busy_s": 0.0}
+        self.stats = {"retried_rows": 0, "actor_crashes": 0, "requeued_unharmed": 0, "devices_removed": [],
+                      "retried_busy_s": 0.0}
         self.last_record: dict = {}
 
     # -- start/stop ---------------------------------------------------------------------------------------------
     def start(self) -> list[dict]:
+        self.ledger = ray.remote(DeviceLedger).options(num_cpus=0, max_restarts=-1).remote()
         remote_cls = ray.remote(TranscriptionWorker)
         for slot in self.slots:
             actor = remote_cls.options(**actor_options(slot, self.inflight_per_device)).remote(
-                self.engine, self.options, slot.device, gpu=slot.kind == "gpu", cpu=slot.kind == "cpu")
+                self.engine, self.options, slot.device, device_kind=slot.kind, label=slot.label, ledger=self.ledger)
             self.devices.append(Device(slot, actor))
         pending = {d.actor.info.remote(): d for d in self.devices}
         deadline = time.monotonic() + self.startup_timeout_s
@@ -139,9 +157,9 @@ class Scheduler:
         return [d.info for d in self.alive]
 
     def shutdown(self) -> None:
-        for d in self.devices:
+        for handle in [d.actor for d in self.devices] + [self.ledger]:
             try:
-                ray.kill(d.actor, no_restart=True)
+                ray.kill(handle, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
 
@@ -159,8 +177,7 @@ class Scheduler:
         except Exception:  # noqa: BLE001
             pass
         for shard in dev.inflight.values():  # not the rows' fault: re-queue without counting an attempt
-            if shard.received < len(shard.items):
-                self.retries.appendleft(shard.rest())
+            self._requeue_unharmed(shard.pending.values())
         dev.inflight.clear()
         self.progress.log(f"device {dev.label} taken out of the pool: {why}; {len(self.alive)} device(s) left",
                           event="device_removed", device=dev.label, reason=why)
@@ -181,29 +198,31 @@ class Scheduler:
         return None
 
     def _fresh_task(self) -> Task:
-        """The next planned shard, cut shorter near the end of the work (guided self-scheduling): once fewer rows are
-        left than would give every device a few more shards, pieces shrink to remaining / (2 · devices · in-flight
-        depth), down to single (shortest) rows, so that the devices finish together instead of one draining two
-        full queued shards while the others idle."""
+        """The next planned shard (planned shards joined up to at least batch_size rows), cut shorter near the end of
+        the work (guided self-scheduling): once fewer rows are left than would give every device a few more shards,
+        pieces shrink to remaining / (2 · devices · in-flight depth), down to one batch of the shortest rows, so
+        that the devices finish together instead of one draining two full queued shards while the others idle."""
         todo, bounds = self.plan.todo, self.plan.bounds
         k = int(np.searchsorted(bounds, self.cursor, side="right")) - 1
+        end = int(bounds[k + 1])
+        while end - self.cursor < self.batch_size and end < len(todo):
+            k += 1
+            end = int(bounds[k + 1])
         left = len(todo) - self.cursor
         share = -(-left // (2 * max(1, len(self.alive)) * self.inflight_per_device))
-        end = min(int(bounds[k + 1]), self.cursor + max(1, share))
-        indices = todo[self.cursor:end]
+        end = min(end, self.cursor + max(self.batch_size, share))
+        indices = todo[self.cursor:end].tolist()
         self.cursor = end
-        return Task(indices, [1] * len(indices))
+        durations, lines = self.plan.durations, self.plan.lines
+        return Task([WorkItem(index=i, line=int(lines[i]), duration=None if durations[i] != durations[i]
+                              else float(durations[i])) for i in indices])
 
     def _submit(self, dev: Device, task: Task) -> None:
-        rows = self.plan.rows(task.indices)
+        rows = self.plan.rows(np.asarray([item.index for item in task.items], dtype=np.int64))
         queued_at = now()
-        items = []
-        for row, i, attempt in zip(rows, task.indices.tolist(), task.attempts):
-            d = float(self.plan.durations[i])
-            items.append({"row": row, "line": int(self.plan.lines[i]), "attempt": attempt, "queued_at": queued_at,
-                          "duration": None if d != d else d})
+        items = [replace(item, row=row, queued_at=queued_at) for item, row in zip(task.items, rows)]
         stream = dev.actor.stream_shard.options(num_returns="streaming").remote(items)
-        dev.inflight[stream] = Shard(task, items)
+        dev.inflight[stream] = Shard({item.key: item for item in items})
 
     def _dispatch(self) -> None:
         # Breadth first: every idle device gets its first shard before any device gets a second one.
@@ -211,7 +230,7 @@ class Scheduler:
         while submitted:
             submitted = False
             for dev in sorted(self.alive, key=lambda d: len(d.inflight)):
-                if dev.alive and len(dev.inflight) < self.inflight_per_device:
+                if dev.alive and not dev.restarting and len(dev.inflight) < self.inflight_per_device:
                     task = self._next_task(dev)
                     if task is not None:
                         self._submit(dev, task)
@@ -220,12 +239,33 @@ class Scheduler:
     def _work_left(self) -> bool:
         return bool(self.retries) or self.cursor < len(self.plan.todo) or any(d.inflight for d in self.devices)
 
+    def _pings(self) -> dict:
+        """Pings to restarting actors (new work waits until the restarted process answers)."""
+        pings = {}
+        for dev in self.alive:
+            if dev.restarting and dev.ping is None and time.monotonic() >= dev.ping_after:
+                dev.ping = dev.actor.info.remote()
+            if dev.restarting and dev.ping is not None:
+                pings[dev.ping] = dev
+        return pings
+
+    def _pinged(self, dev: Device) -> None:
+        ref, dev.ping = dev.ping, None
+        try:
+            dev.info = ray.get(ref)
+            dev.restarting = False
+        except RayError as e:  # still restarting
+            if time.monotonic() > dev.restart_deadline:
+                self._remove(dev, f"did not come back after its process died ({_short(e)})")
+            dev.ping_after = time.monotonic() + 0.2
+
     # -- results ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         while True:
             self._dispatch()
             refs = {ref: dev for dev in self.devices for ref in dev.inflight}
-            if not refs:
+            pings = self._pings()
+            if not refs and not pings:
                 if not self._work_left():
                     return self.stats
                 if not self.alive:
@@ -233,94 +273,140 @@ class Scheduler:
                                          "(what finished is saved: run the same command again to resume)")
                 time.sleep(0.02)  # retries waiting for a device they have not failed on
                 continue
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            ready, _ = ray.wait(list(refs) + list(pings), num_returns=1, timeout=0.5 if refs else 0.2)
             for stream in ready:
-                if stream in refs[stream].inflight:  # a crash handled just before may have dropped it
+                if stream in pings:
+                    if pings[stream].alive:
+                        self._pinged(pings[stream])
+                elif stream in refs[stream].inflight:  # a crash handled just before may have dropped it
                     self._advance(refs[stream], stream)
 
     def _advance(self, dev: Device, stream) -> None:
-        """Take the next row (or the end, or the crash) from a shard's result stream."""
+        """Take the next outcome (or the end, or the crash) from a shard's result stream."""
         shard = dev.inflight[stream]
         try:
-            rec = ray.get(next(stream))
+            outcome = ray.get(next(stream))
         except StopIteration:
             del dev.inflight[stream]
-            self._shard_done(dev, shard)
+            self._shard_done(shard)
             return
         except RayError as e:
             del dev.inflight[stream]
             if dev.alive:  # (a device we removed ourselves had its rows re-queued already)
                 self._crashed(dev, shard, e)
             return
-        self._row_done(dev, shard, rec)
+        self._outcome(dev, shard, outcome)
 
-    def _row_done(self, dev: Device, shard: Shard, rec: dict) -> None:
-        k = shard.received
-        shard.received += 1
-        i, attempt = int(shard.task.indices[k]), shard.task.attempts[k]
-        retry = rec.pop("_retry", False)
-        shard.any_ok |= rec["status"] == "ok"
-        shard.all_retryable &= rec["status"] == "ok" or retry
+    def _outcome(self, dev: Device, shard: Shard, outcome: Outcome) -> None:
+        item = shard.pending.pop(tuple(outcome.key))
+        rec = outcome.record
         self.last_record = rec
-        if retry and attempt < self.max_attempts:
-            self._requeue([i], [attempt + 1], shard.task.avoid | {dev.label})
+        if outcome.ok:
+            self._evidence(dev, failed=False)
+        elif outcome.decision == RETRY and outcome.on_device:
+            self._evidence(dev, failed=True)
+        if outcome.decision == RETRY and item.attempt < self.max_attempts:
+            self._requeue([item.next_attempt(dev.label)])
             if rec.get("started_at") and rec.get("finished_at"):  # device time spent on the attempt (benchmarks)
                 self.stats["retried_busy_s"] += (rec["finished_at"] - rec["started_at"]).total_seconds()
         else:
             self.on_final([rec])
+        if dev.alive and dev.streak >= self._required_streak(dev):
+            self._remove(dev, f"{dev.streak} attempts in a row failed on it while the other devices did better "
+                              f"(last: {rec.get('error_class')}: {rec.get('error_message')})")
 
-    def _shard_done(self, dev: Device, shard: Shard) -> None:
+    def _shard_done(self, shard: Shard) -> None:
         elapsed = time.monotonic() - shard.submitted
         self.shard_time_s = elapsed if not self.shard_time_s else 0.8 * self.shard_time_s + 0.2 * elapsed
-        dev.shards_done += 1
-        if shard.any_ok or not shard.all_retryable:
-            dev.strikes = 0
-        else:
-            dev.strikes += min(1.0, shard.received / self.full_shard)  # tail shards are cut short: weigh by rows
-            if dev.strikes >= self.device_max_failures - 1e-9:
-                last = self.last_record
-                self._remove(dev, f"{dev.strikes:.3g} shards' worth of rows in a row failed entirely (last: "
-                                  f"{last.get('error_class')}: {last.get('error_message')})")
+        if shard.pending:  # an actor answers every item; should one be missing, it is not lost
+            self._requeue_unharmed(shard.pending.values())
 
-    def _requeue(self, indices: list[int], attempts: list[int], avoid: frozenset) -> None:
-        self.stats["retried_rows"] += len(indices)
-        self.progress.retry(len(indices))
-        self.retries.append(Task(np.asarray(indices, dtype=np.int64), attempts, frozenset(avoid)))
+    def _evidence(self, dev: Device, *, failed: bool) -> None:
+        dev.recent.append(failed)
+        dev.streak = dev.streak + 1 if failed else 0
+
+    def _required_streak(self, dev: Device) -> float:
+        others = [d for d in self.alive if d is not dev]
+        return required_streak(self.device_max_failures, sum(sum(d.recent) for d in others),
+                               sum(len(d.recent) for d in others), bool(others))
+
+    def _requeue(self, items: list[WorkItem]) -> None:
+        self.stats["retried_rows"] += len(items)
+        self.progress.retry(len(items))
+        self.retries.append(Task(items))
+
+    def _requeue_unharmed(self, items) -> None:
+        """Rows that never got their turn on a device that died or left: back to the front, same attempt."""
+        items = [item.requeued() for item in items]
+        if items:
+            self.stats["requeued_unharmed"] += len(items)
+            self.retries.appendleft(Task(items))
+
+    def _drain(self, dev: Device) -> None:
+        """After the actor died: take the outcomes its other streams delivered before it went down."""
+        for stream, shard in list(dev.inflight.items()):
+            while True:
+                ready, _ = ray.wait([stream], timeout=10.0)
+                if not ready:
+                    break
+                try:
+                    outcome = ray.get(next(stream))
+                except (StopIteration, RayError):
+                    break
+                self._outcome(dev, shard, outcome)
+                if not dev.alive:
+                    return
 
     def _crashed(self, dev: Device, shard: Shard, error: RayError) -> None:
-        dev.crashes += 1
-        dev.strikes += 1
         self.stats["actor_crashes"] += 1
-        kind = "actor process died" if isinstance(error, RayActorError) else "shard call failed"
-        lost = [shard]
-        if isinstance(error, RayActorError):  # the process is gone: the other shard it held went down with it
-            lost += list(dev.inflight.values())
+        died = isinstance(error, RayActorError)
+        kind = "actor process died" if died else "shard call failed"
+        if died:  # the process is gone: the other shard it held went down with it
+            self._drain(dev)
+            if not dev.alive:
+                self._requeue_unharmed(shard.pending.values())
+                return
+            lost = [shard] + list(dev.inflight.values())
             dev.inflight.clear()
-        retry_idx, retry_att, finals = [], [], []
-        pairs = [(item, int(i), attempt) for sh in lost
-                 for item, i, attempt in zip(sh.items[sh.received:], sh.task.indices[sh.received:],
-                                             sh.task.attempts[sh.received:])]
-        avoid = frozenset().union(*(sh.task.avoid for sh in lost))
-        for item, i, attempt in pairs:
-            if attempt < self.max_attempts:
-                retry_idx.append(i)
-                retry_att.append(attempt + 1)
-            else:
-                finals.append(failed_record(
-                    item["row"], item["line"], f"{kind} on {dev.label} while transcribing ({_short(error)})",
-                    error_class="ActorDied" if isinstance(error, RayActorError) else type(error).__name__,
-                    attempts=attempt, engine=self.engine, device=dev.slot.device,
-                    node=(dev.info or {}).get("node"), queued_at=item["queued_at"],
-                    model_id=(dev.info or {}).get("model_id")))
-        if retry_idx:
-            self._requeue(retry_idx, retry_att, avoid | {dev.label})
+            try:
+                held = {tuple(k) for k in ray.get(self.ledger.held.remote(dev.label), timeout=30)}
+            except RayError:
+                held = set()
+            dev.restarting, dev.ping, dev.ping_after = True, None, time.monotonic()
+            dev.restart_deadline = time.monotonic() + self.startup_timeout_s
+        else:  # the call itself raised (a bug, not the device): its rows are the suspects
+            lost = [shard]
+            held = set(shard.pending)
+        charged, unharmed, finals = [], [], []
+        suspects = sum(key in held for sh in lost for key in sh.pending)
+        for sh in lost:
+            for key, item in sh.pending.items():
+                if key not in held:
+                    unharmed.append(item)
+                elif suspects > 1:  # a batch was on the device: each goes again alone, free, to find the culprit
+                    unharmed.append(item.requeued(alone=True))
+                elif item.attempt < self.max_attempts:
+                    charged.append(item.next_attempt(dev.label))
+                else:
+                    finals.append(failed_record(
+                        item.row, item.line, f"{kind} on {dev.label} while transcribing ({_short(error)})",
+                        error_class="ActorDied" if died else type(error).__name__,
+                        attempts=item.attempt, engine=self.engine, device=dev.slot.device,
+                        node=(dev.info or {}).get("node"), node_id=(dev.info or {}).get("node_id"),
+                        queued_at=item.queued_at, model_id=(dev.info or {}).get("model_id")))
+        self._requeue_unharmed(unharmed)
+        if charged:
+            self._requeue(charged)
         if finals:
             self.on_final(finals)
-        self.progress.log(f"device {dev.label}: {kind} ({_short(error)}); {len(retry_idx)} row(s) re-queued"
-                          + ("; Ray restarts the actor" if isinstance(error, RayActorError) else ""),
+        self._evidence(dev, failed=True)  # on its rows, or with none on the device: the device's doing either way
+        self.progress.log(f"device {dev.label}: {kind} ({_short(error)}); {len(charged) + len(finals)} row(s) charged "
+                          f"an attempt, {len(unharmed)} re-queued as they were"
+                          + ("; Ray restarts the actor" if died else ""),
                           event="actor_crash", device=dev.label)
-        if dev.strikes >= self.device_max_failures:
-            self._remove(dev, f"{dev.strikes:.3g} consecutive failures (last: {kind})")
+        if dev.streak >= self._required_streak(dev):
+            self._remove(dev, f"{dev.streak} attempts in a row failed on it while the other devices did better "
+                              f"(last: {kind})")
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

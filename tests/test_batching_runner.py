@@ -28,3 +28,13 @@ def test_batch_size_2_runs_every_row_once(tmp_path, audio_dir):
     assert all(r["status"] == "ok" and r["attempts"] == 1 for r in out)
     assert [r["pred_text"] for r in out] == [r.get("text") or "simulated output" for r in rows]
 
+
+
+def test_batch_size_2_retries_failed_rows(tmp_path, audio_dir):
+    rows = write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2, max_duration=30)
+    summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", devices="2",
+                                   sim_speedup=2000, batch_size=2, quiet=True, max_attempts=10,
+                                   sim_faults="error=0.3,empty=0.1,seed=3"))
+    out = pq.read_table(summary.results).to_pylist()
+    assert summary.n_ok == len(rows) == len(out)
+    assert max(r["attempts"] for r in out) >= 2

@@ -106,7 +106,7 @@ def test_a_device_that_keeps_failing_leaves_the_pool(tmp_path, audio_dir):
 def test_no_device_left_stops_the_run(tmp_path, audio_dir):
     write_manifest(tmp_path / "m.jsonl", audio_dir, limit=8)
     with pytest.raises(SchedulerError, match="every device was taken out of the pool"):
-        _run(tmp_path, tmp_path / "m.jsonl", devices="2", engine_options={"sim_broken_devices": [0, 1]},
+        _run(tmp_path, tmp_path / "m.jsonl", devices="1", engine_options={"sim_broken_devices": [0]},
              device_max_failures=2, shard_size=1)
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
 

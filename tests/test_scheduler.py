@@ -5,7 +5,8 @@ import numpy as np
 from manifest_helpers import write_manifest
 from transcribe_batch.pipeline.devices import DeviceSlot
 from transcribe_batch.pipeline.plan import build_plan
-from transcribe_batch.pipeline.scheduler import Device, Scheduler, Task
+from transcribe_batch.pipeline.scheduler import Device, Scheduler, Task, required_streak
+from transcribe_batch.workers.work import WorkItem
 
 
 class _Progress:
@@ -28,11 +29,11 @@ def _scheduler(tmp_path, audio_dir, n_devices=2):
 def test_retries_go_to_another_device_first(tmp_path, audio_dir):
     s = _scheduler(tmp_path, audio_dir)
     a, b = s.devices
-    s.retries.append(Task(np.array([5]), [2], frozenset({a.label})))
+    s.retries.append(Task([WorkItem(5, 6, attempt=2, failed_on=(a.label,))]))
     fresh = s._next_task(a)
-    assert fresh.attempts == [1] * len(fresh.indices)  # a fresh shard, not the retry
+    assert [i.attempt for i in fresh.items] == [1] * len(fresh.items)  # a fresh shard, not the retry
     retry = s._next_task(b)
-    assert retry.indices.tolist() == [5] and retry.attempts == [2]
+    assert [(i.index, i.attempt) for i in retry.items] == [(5, 2)]
 
 
 def test_a_retry_waits_for_another_device_then_any_may_take_it(tmp_path, audio_dir):
@@ -40,19 +41,40 @@ def test_a_retry_waits_for_another_device_then_any_may_take_it(tmp_path, audio_d
     a, b = s.devices
     s.cursor = len(s.plan.todo)  # no fresh work left
     s.shard_time_s = 0.3
-    s.retries.append(Task(np.array([7]), [2], frozenset({a.label})))
+    s.retries.append(Task([WorkItem(7, 8, attempt=2, failed_on=(a.label,))]))
     assert s._next_task(a) is None  # b may still come for it
     s.retries[0].queued -= 0.31
-    assert s._next_task(a).indices.tolist() == [7]
-    s.retries.append(Task(np.array([8]), [3], frozenset({a.label, b.label})))
-    assert s._next_task(a).indices.tolist() == [8]  # it failed everywhere: no reason to wait
+    assert [i.index for i in s._next_task(a).items] == [7]
+    s.retries.append(Task([WorkItem(8, 9, attempt=3, failed_on=(a.label, b.label))]))
+    assert [i.index for i in s._next_task(a).items] == [8]  # it failed everywhere: no reason to wait
 
 
 def test_fresh_work_is_longest_first_and_each_row_handed_out_once(tmp_path, audio_dir):
     s = _scheduler(tmp_path, audio_dir, n_devices=3)
     seen = []
     while (t := s._next_task(s.devices[len(seen) % 3])) is not None:
-        seen.extend(t.indices.tolist())
+        seen.extend(i.index for i in t.items)
     assert sorted(seen) == list(range(len(s.plan.lines)))
     d = s.plan.durations[seen]
     assert np.all(np.diff(d) <= 0)
+
+
+def test_shards_hold_at_least_a_batch(tmp_path, audio_dir):
+    write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2)
+    plan = build_plan(tmp_path / "m.jsonl", shard_size=2)
+    slots = [DeviceSlot("sim", d) for d in range(2)]
+    s = Scheduler(plan, slots, engine="simulated", options={"batch_size": 5}, on_final=lambda r: None,
+                  progress=_Progress())
+    s.devices = [Device(slot, actor=None) for slot in slots]
+    sizes = []
+    while (t := s._next_task(s.devices[0])) is not None:
+        sizes.append(len(t.items))
+    assert sum(sizes) == len(plan.lines) and min(sizes[:-1]) >= 5
+
+
+def test_a_failure_streak_is_evidence_only_against_a_pool_that_does_better():
+    assert required_streak(3, 0, 100, True) == 3  # a healthy pool: the flag's value
+    assert required_streak(3, 0, 0, False) == 3  # a device alone: the flag's value
+    assert required_streak(3, 20, 100, True) >= 6  # the others fail 20% of the time: a longer streak is needed
+    assert 0.2 ** required_streak(3, 20, 100, True) < 1e-4
+    assert required_streak(3, 30, 30, True) == float("inf")  # every device fails alike: never the device's fault

@@ -1,4 +1,5 @@
 import subprocess
+from dataclasses import replace
 import sys
 from collections import Counter
 
@@ -11,6 +12,7 @@ from transcribe_batch.workers.engines import create_engine
 from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS, EngineError, Request
 from transcribe_batch.workers.engines.simulated import FaultSpec, SimulatedFault
 from transcribe_batch.workers.record import now
+from transcribe_batch.workers.work import FINAL, RETRY, WorkItem
 
 
 def test_fault_spec_parsing():
@@ -81,8 +83,19 @@ def test_crash_ends_the_process():
 
 
 def _items(rows, attempt=1):
-    return [{"row": r, "line": i + 1, "attempt": attempt, "queued_at": now(), "duration": r["duration"]}
+    return [WorkItem(index=i, line=i + 1, attempt=attempt, row=r, queued_at=now(), duration=r["duration"])
             for i, r in enumerate(rows)]
+
+
+def _outcomes(worker, items):
+    """The worker's outcomes in item order (they come back as they finish)."""
+    got = {o.key: o for o in worker.run_shard(items)}
+    assert len(got) == len(items)
+    return [got[item.key] for item in items]
+
+
+def _records(worker, items):
+    return [o.record for o in _outcomes(worker, items)]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +106,7 @@ def rows(audio_manifest):
 def test_worker_cheap_front_end_records(rows):
     w = TranscriptionWorker("simulated", {"sim_speedup": 2000}, device=3)
     try:
-        recs = w.run_shard(_items(rows))
+        recs = _records(w, _items(rows))
     finally:
         w.close()
     assert [r["id"] for r in recs] == [r["id"] for r in rows]
@@ -114,7 +127,7 @@ def test_worker_cheap_front_end_records(rows):
 def test_worker_with_real_front_end_counts_prompt_tokens(rows, model_dir):
     w = TranscriptionWorker("simulated", {"sim_speedup": 2000, "model_dir": str(model_dir)}, device=0)
     try:
-        rec = w.run_shard(_items(rows[:2]))[0]
+        rec = _records(w, _items(rows[:2]))[0]
     finally:
         w.close()
     assert rec["status"] == "ok"
@@ -129,10 +142,11 @@ def test_worker_with_real_front_end_counts_prompt_tokens(rows, model_dir):
 def test_worker_marks_bad_predictions_for_retry(rows, fault, error_class, finish):
     w = TranscriptionWorker("simulated", {"sim_speedup": 2000, "sim_faults": f"{fault}=1"}, device=1)
     try:
-        rec = w.run_shard(_items(rows[:1], attempt=2))[0]
+        out = _outcomes(w, _items(rows[:1], attempt=2))[0]
     finally:
         w.close()
-    assert rec["status"] == "failed" and rec["_retry"] is True
+    rec = out.record
+    assert rec["status"] == "failed" and out.decision == RETRY and out.on_device
     assert rec["error_class"] == error_class and rec["finish_reason"] == finish and rec["attempts"] == 2
     assert rec["error_message"]
 
@@ -141,10 +155,11 @@ def test_bad_audio_fails_for_good_naming_the_file(tmp_path, rows):
     missing = {**rows[0], "id": "gone", "audio_filepath": str(tmp_path / "gone.wav")}
     w = TranscriptionWorker("simulated", {"sim_speedup": 2000}, device=0)
     try:
-        rec = w.run_shard(_items([missing, rows[1]]))
+        out = _outcomes(w, _items([missing, rows[1]]))
     finally:
         w.close()
-    assert rec[0]["status"] == "failed" and rec[0]["_retry"] is False
+    rec = [o.record for o in out]
+    assert rec[0]["status"] == "failed" and out[0].decision == FINAL and not out[0].on_device
     assert rec[0]["error_class"] == "AudioNotFound" and "gone.wav" in rec[0]["error_message"]
     assert rec[1]["status"] == "ok"
 
@@ -158,7 +173,7 @@ def test_retry_escalation_splits_long_audio(audio_dir):
     row = {**long_row, "id": "long", "offset": 0.0, "prompt": None, "task": None, "language": None}
     w = TranscriptionWorker("simulated", {"sim_speedup": 2000}, device=0)
     try:
-        first, third = w.run_shard(_items([row]) + [{**_items([row], attempt=3)[0], "line": 2}])
+        first, third = _records(w, _items([row]) + [replace(_items([row], attempt=3)[0], index=1, line=2)])
     finally:
         w.close()
     assert first["n_chunks"] == 2 and third["n_chunks"] >= 6
@@ -169,8 +184,8 @@ def test_batched_engine_calls_give_the_same_rows(rows):
     batched = TranscriptionWorker("simulated", {"sim_speedup": 2000, "batch_size": 3}, device=0)
     bad = {**rows[0], "id": "gone", "audio_filepath": "/nonexistent/gone.wav"}
     try:
-        a = one.run_shard(_items(rows[:7] + [bad]))
-        b = batched.run_shard(_items(rows[:7] + [bad]))
+        a = _records(one, _items(rows[:7] + [bad]))
+        b = _records(batched, _items(rows[:7] + [bad]))
     finally:
         one.close()
         batched.close()
@@ -213,7 +228,7 @@ def test_wait_s_excludes_time_another_shard_held_the_device(rows, model_dir):
     out: dict[str, list] = {}
 
     def shard(name, items):
-        out[name] = w.run_shard(items)
+        out[name] = _records(w, items)
 
     try:
         first = threading.Thread(target=shard, args=("a", _items(rows[:1])))
@@ -247,7 +262,7 @@ def test_pieces_of_split_audio_say_their_share_of_the_reference(audio_dir, model
                            ({"model_dir": str(model_dir)}, len(tok.encode(reference, add_special_tokens=False).ids))]:
         w = TranscriptionWorker("simulated", {"sim_speedup": 2000, **options}, device=0)
         try:
-            recs = w.run_shard(_items([row]) + [{**_items([row], attempt=3)[0], "line": 2}])
+            recs = _records(w, _items([row]) + [replace(_items([row], attempt=3)[0], index=1, line=2)])
         finally:
             w.close()
         assert [r["n_chunks"] for r in recs][0] == 2 and recs[1]["n_chunks"] >= 6

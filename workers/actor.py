@@ -1,11 +1,14 @@
 """The per-device worker: one instance per card/GPU/simulated device, run as a Ray actor by pipeline/scheduler.py.
 
-It builds its engine and front end once, then transcribes shards of manifest rows. The front end (audio decode,
-resampling, features, prompt tokens) is warmed up when the actor starts and runs on a prefetch thread, one row ahead
-and across shards (the actor runs two shard calls concurrently: while one holds the device, the next one's rows are
-being prepared), so the device never waits for the CPU; when it does, `wait_s` says for how long. Each row ends in
-one record (workers/record.py); a failed prediction that deserves another try is marked `_retry` and the driver
-decides where it goes next.
+It builds its engine and front end once, then transcribes shards of work items (workers/work.py). The front end
+(audio decode, resampling, features, prompt tokens) is warmed up when the actor starts and runs on a prefetch
+thread: every item of a shard is queued for preparation when the shard arrives, and the actor runs two shard calls
+concurrently (the driver keeps the next shard queued, at least `batch_size` rows each), so while one holds the
+device the next one's rows are being prepared and the device never waits for the CPU; when it does, `wait_s` says
+for how long. Rows go to the engine one at a time (batch_size 1) or `batch_size` at a time
+(`Engine.transcribe_batch`), and each row's `Outcome` is yielded as soon as its engine call is done. Before each
+engine call the actor tells the driver's `DeviceLedger` which items it puts on the device, so that a crash of this
+process is charged to those rows only.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Iterator
 
 from .audio import AudioError
 from .engines import create_engine
 from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
 from .frontend import FrontEnd
+from .platforms import platform
 from .prompts import PromptError, plausible_answer_tokens
 from .record import base_record, failed_record, node_name, now
+from .work import FINAL, RETRY, Outcome, WorkItem
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
 MAX_RESPLITS = 3  # SequenceTooLong -> re-prepare in shorter pieces at most this often
@@ -44,15 +50,32 @@ def escalated_chunk_s(duration: float | None, attempt: int, max_audio_s: float, 
     return max(MIN_CHUNK_S, min(max_audio_s, duration) / 2 ** (attempt - 1))
 
 
-class TranscriptionWorker:
-    def __init__(self, engine_name: str, options: dict, device: int | None, *, gpu: bool = False, cpu: bool = False):
-        engine_device = None if cpu else device  # a CPU slot's number only names it in the results
-        if gpu:  # Ray gave this actor one GPU and made it the only visible one: cuda:0 here, its real id recorded
-            import ray
+def ray_node_id() -> str | None:
+    """This process's Ray node id (None outside Ray)."""
+    try:
+        import ray
 
-            ids = ray.get_gpu_ids()
-            device, engine_device = (int(ids[0]) if ids else device), 0
-        self.device = device
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        return None
+
+
+class _Prepared:
+    """A work item whose front end is done: its requests, CPU seconds, and when it was ready (perf_counter)."""
+
+    __slots__ = ("item", "requests", "prep_s", "ready_at")
+
+    def __init__(self, item: WorkItem, requests: list[Request], prep_s: float, ready_at: float):
+        self.item, self.requests, self.prep_s, self.ready_at = item, requests, prep_s, ready_at
+
+
+class TranscriptionWorker:
+    def __init__(self, engine_name: str, options: dict, device: int, *, device_kind: str = "sim",
+                 label: str | None = None, ledger=None):
+        self.platform = platform(device_kind)
+        self.device, engine_device = self.platform.in_actor(device)
+        self.label = label or self.platform.label(device)
+        self.ledger = ledger  # DeviceLedger actor handle (None outside the scheduler)
         self.options = dict(options)
         self.engine = create_engine(engine_name, self.options, engine_device)
         self.frontend = FrontEnd(
@@ -65,6 +88,7 @@ class TranscriptionWorker:
         self.batch_size = max(1, int(self.options.get("batch_size") or 1))
         self.escalate_min_s = float(self.options.get("escalate_min_s") or 10.0)
         self.node = node_name()
+        self.node_id = ray_node_id()
         self._device_lock = threading.Lock()
         self._device_free_at = 0.0  # perf_counter when the device last finished a row
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frontend-prefetch")
@@ -76,66 +100,101 @@ class TranscriptionWorker:
 
     def info(self) -> dict:
         return {"engine": self.engine.name, "model_id": self.model_id, "device": self.device, "node": self.node,
-                "pid": os.getpid(), "limits": {"max_audio_s": self.engine.limits.max_audio_s,
-                                               "max_seq_len": self.engine.limits.max_seq_len}}
+                "node_id": self.node_id, "label": self.label, "kind": self.platform.kind, "pid": os.getpid(),
+                "limits": {"max_audio_s": self.engine.limits.max_audio_s,
+                           "max_seq_len": self.engine.limits.max_seq_len}}
 
     # -- one shard ----------------------------------------------------------------------------------------------
-    def stream_shard(self, items: list[dict]):
-        """items: {"row": normalized manifest row, "line": int, "attempt": int (1-based), "queued_at": datetime,
-        "duration": planned seconds or None}. Yields one record per item, in order, each as soon as it is done
-        (the driver calls this as a Ray streaming generator)."""
+    def stream_shard(self, items: list[WorkItem]) -> Iterator[Outcome]:
+        """One Outcome per item, each yielded as soon as its engine call (one row, or a batch of up to batch_size
+        rows) is done; rows whose front end failed come back at once. The driver runs this as a Ray streaming
+        generator (which drives it with send(): no `yield from` over plain iterators here)."""
         submitted_at = time.perf_counter()
         futures = [self._prefetch.submit(self._prepare, item, self._chunk_s(item)) for item in items]
-        if self.batch_size > 1:
-            for rec in self._run_batched(items, futures, submitted_at):  # Ray drives this generator with send():
-                yield rec  # `yield from` would hand send() on to a plain iterator
-            return
+        group: list[_Prepared] = []
         for item, fut in zip(items, futures):
-            yield self._run_one(item, fut, submitted_at)
+            prepared = self._await(item, fut)
+            if isinstance(prepared, Outcome):
+                yield prepared
+                continue
+            if prepared.item.alone and self.batch_size > 1:  # it was in a batch that crashed: find out alone
+                for outcome in self._run_group([prepared], submitted_at):
+                    yield outcome
+                continue
+            group.append(prepared)
+            if len(group) == self.batch_size:
+                for outcome in self._run_group(group, submitted_at):
+                    yield outcome
+                group = []
+        if group:
+            for outcome in self._run_group(group, submitted_at):
+                yield outcome
 
-    def run_shard(self, items: list[dict]) -> list[dict]:
+    def run_shard(self, items: list[WorkItem]) -> list[Outcome]:
         """`stream_shard` as a list."""
         return list(self.stream_shard(items))
 
-    def _chunk_s(self, item: dict) -> float | None:
-        return escalated_chunk_s(item.get("duration"), item["attempt"], self.engine.limits.max_audio_s,
-                                 self.escalate_min_s)
+    def _chunk_s(self, item: WorkItem) -> float | None:
+        return escalated_chunk_s(item.duration, item.attempt, self.engine.limits.max_audio_s, self.escalate_min_s)
 
-    def _prepare(self, item: dict, max_chunk_s: float | None) -> tuple[list[Request], float, float]:
+    def _prepare(self, item: WorkItem, max_chunk_s: float | None) -> tuple[list[Request], float, float]:
         """(requests, CPU seconds, perf_counter when ready)."""
         t0 = time.perf_counter()
-        requests = self.frontend.prepare(item["row"], max_chunk_s=max_chunk_s, keep_audio=self.engine.needs_audio)
+        requests = self.frontend.prepare(item.row, max_chunk_s=max_chunk_s, keep_audio=self.engine.needs_audio)
         t1 = time.perf_counter()
         return requests, t1 - t0, t1
 
-    def _await(self, item: dict, fut: Future) -> tuple[list[Request] | None, float, float, dict | None]:
-        """(requests, prep_s, ready_at, failure record or None)."""
+    def _await(self, item: WorkItem, fut: Future) -> _Prepared | Outcome:
         try:
-            requests, prep_s, ready_at = fut.result()
-            return requests, prep_s, ready_at, None
+            return _Prepared(item, *fut.result())
         except (AudioError, PromptError) as e:  # bad input: final, never worth a retry
-            return None, 0.0, 0.0, self._failed(item, e)
+            return self._failed(item, e, on_device=False)
         except Exception as e:  # noqa: BLE001 - recorded; the driver may retry
-            return None, 0.0, 0.0, self._failed(item, e, retry=True)
+            return self._failed(item, e, retry=True, on_device=False)
 
     @contextmanager
-    def _device(self, ready_at: float, submitted_at: float):
-        """Hold the device; yields how long it sat idle waiting for this work's front end: from when it was free
-        (and the work had been handed to this actor) until the work was prepared. Time another shard held the
-        device is not waiting."""
+    def _device(self, group: list[_Prepared], submitted_at: float):
+        """Hold the device for `group`; yields how long it sat idle waiting for this work's front end: from when it
+        was free (and the work had been handed to this actor) until the work was prepared. Time another shard held
+        the device is not waiting. The ledger learns which items are on the device before the engine sees them."""
         with self._device_lock:
+            if self.ledger is not None:
+                import ray
+
+                ray.get(self.ledger.hold.remote(self.label, [p.item.key for p in group]))
+            self.engine.begin_attempts({p.item.id: p.item.attempt for p in group})
             try:
-                yield max(0.0, ready_at - max(self._device_free_at, submitted_at))
+                yield max(0.0, max(p.ready_at for p in group) - max(self._device_free_at, submitted_at))
             finally:
                 self._device_free_at = time.perf_counter()
 
-    def _run_one(self, item: dict, fut: Future, submitted_at: float) -> dict:
-        requests, prep_s, ready_at, failure = self._await(item, fut)
-        if failure:
-            return failure
+    def _run_group(self, group: list[_Prepared], submitted_at: float) -> Iterator[Outcome]:
+        if len(group) == 1:
+            yield self._run_one(group[0], submitted_at)
+            return
+        flat = [(k, r) for k, p in enumerate(group) for r in p.requests]
+        with self._device(group, submitted_at) as waited:
+            started_at = now()
+            t0 = time.perf_counter()
+            results = self.engine.transcribe_batch([r for _, r in flat])
+            total_s = time.perf_counter() - t0
+            finished_at = now()
+        by_row: dict[int, list] = {}
+        for (k, _), res in zip(flat, results):
+            by_row.setdefault(k, []).append(res)
+        audio_s = max(1e-9, sum(r.duration_s for p in group for r in p.requests))
+        for k, p in enumerate(group):
+            res = by_row[k]
+            if any(isinstance(r, BaseException) for r in res):  # redone alone (a retry budget is not spent on it)
+                yield self._run_one(p, submitted_at)
+                continue
+            share = total_s * sum(r.duration_s for r in p.requests) / audio_s  # the batch's time, by audio share
+            yield self._record(p, res, started_at, finished_at, share, waited if k == 0 else 0.0)
+
+    def _run_one(self, p: _Prepared, submitted_at: float) -> Outcome:
+        item, requests, prep_s = p.item, p.requests, p.prep_s
         chunk_s = self._chunk_s(item)
-        with self._device(ready_at, submitted_at) as wait_s:
-            self._begin(item)
+        with self._device([p], submitted_at) as wait_s:
             started_at = now()
             t0 = time.perf_counter()
             for _ in range(MAX_RESPLITS + 1):
@@ -152,77 +211,23 @@ class TranscriptionWorker:
                 except Exception as e:  # noqa: BLE001 - one bad prediction; the driver retries it elsewhere
                     return self._failed(item, e, retry=True, started_at=started_at, finished_at=now())
             else:
-                return self._failed(item, SequenceTooLong(f"{item['row']['id']}: still too long in {chunk_s:g} s pieces"),
-                                    retry=False, started_at=started_at, finished_at=now())
+                return self._failed(item, SequenceTooLong(f"{item.id}: still too long in {chunk_s:g} s pieces"),
+                                    started_at=started_at, finished_at=now())
             total_s = time.perf_counter() - t0
             finished_at = now()
-        return self._record(item, requests, results, started_at, finished_at, total_s, prep_s, wait_s)
-
-    def _run_batched(self, items: list[dict], futures: list[Future], submitted_at: float):
-        """Batching engines (hf): rows of a shard are already of similar length (longest first); hand the engine
-        up to batch_size requests at once and yield the rows of each batch (in shard order) as soon as it is done.
-        A row whose batch call fails is redone alone. The device's wait for a batch is recorded on its first row
-        (summing wait_s over rows gives the device's idle time)."""
-        pending: list = []  # (i, failure record) or (i, requests, prep_s, ready_at), in shard order
-
-        def flush():
-            group = [p for p in pending if len(p) == 4]
-            done = dict(self._run_group(items, group, submitted_at)) if group else {}
-            for p in pending:
-                yield p[1] if len(p) == 2 else done[p[0]]
-            pending.clear()
-
-        n_prepared = 0
-        for i, (item, fut) in enumerate(zip(items, futures)):
-            requests, prep_s, ready_at, failure = self._await(item, fut)
-            if failure:
-                pending.append((i, failure))
-                continue
-            pending.append((i, requests, prep_s, ready_at))
-            n_prepared += 1
-            if n_prepared == self.batch_size:
-                yield from flush()
-                n_prepared = 0
-        yield from flush()
-
-    def _run_group(self, items, group, submitted_at):
-        flat = [(i, r) for i, requests, _, _ in group for r in requests]
-        with self._device(max(ready for *_, ready in group), submitted_at) as waited:
-            started_at = now()
-            t0 = time.perf_counter()
-            results = self.engine.transcribe_batch([r for _, r in flat])
-            total_s = time.perf_counter() - t0
-            finished_at = now()
-        by_row: dict[int, list] = {}
-        for (i, _), res in zip(flat, results):
-            by_row.setdefault(i, []).append(res)
-        for i, requests, prep_s, ready_at in group:
-            res = by_row[i]
-            wait_s = waited if i == group[0][0] else 0.0
-            if any(isinstance(r, BaseException) for r in res):
-                done: Future = Future()
-                done.set_result((requests, prep_s, ready_at))
-                yield i, self._run_one(items[i], done, submitted_at)
-            else:
-                share = total_s * sum(r.duration_s for r in requests) / max(1e-9, sum(
-                    r.duration_s for _, rs, _, _ in group for r in rs))
-                yield i, self._record(items[i], requests, res, started_at, finished_at, share, prep_s, wait_s)
-
-    def _begin(self, item: dict) -> None:
-        hook = getattr(self.engine, "begin_attempt", None)
-        if hook is not None:
-            hook(item["row"]["id"], item["attempt"])
+        return self._record(_Prepared(item, requests, prep_s, p.ready_at), results, started_at, finished_at,
+                            total_s, wait_s)
 
     # -- records ------------------------------------------------------------------------------------------------
-    def _common(self, item: dict) -> dict:
+    def _common(self, item: WorkItem) -> dict:
         return {"engine": self.engine.name, "model_id": self.model_id, "device": self.device, "node": self.node,
-                "attempts": item["attempt"], "queued_at": item.get("queued_at")}
+                "node_id": self.node_id, "attempts": item.attempt, "queued_at": item.queued_at}
 
-    def _failed(self, item: dict, error: BaseException, *, retry: bool = False, **fields) -> dict:
+    def _failed(self, item: WorkItem, error: BaseException, *, retry: bool = False, on_device: bool = True,
+                **fields) -> Outcome:
         kind = error.kind if isinstance(error, RetryableFailure) else None
-        rec = failed_record(item["row"], item["line"], error, error_class=kind, **self._common(item), **fields)
-        rec["_retry"] = retry
-        return rec
+        rec = failed_record(item.row, item.line, error, error_class=kind, **self._common(item), **fields)
+        return Outcome(item.key, rec, RETRY if retry else FINAL, on_device=on_device)
 
     def _texts(self, requests: list[Request], results: list[EngineResult]) -> tuple[str, str, str]:
         raws, cleaned_texts, finish = [], [], FINISH_EOS
@@ -248,8 +253,10 @@ class TranscriptionWorker:
             raise RetryableFailure("EmptyOutput", f"{requests[0].id.split('#')[0]}: empty transcript", raw=raw, text=text)
         return text, raw, finish
 
-    def _record(self, item, requests, results, started_at, finished_at, total_s, prep_s, wait_s) -> dict:
-        rec = base_record(item["row"], item["line"])
+    def _record(self, p: _Prepared, results: list[EngineResult], started_at, finished_at, total_s,
+                wait_s) -> Outcome:
+        item, requests = p.item, p.requests
+        rec = base_record(item.row, item.line)
         rec.update(self._common(item))
         duration = sum(r.duration_s for r in requests)
         n_new = sum(len(res.token_ids) for res in results)
@@ -261,11 +268,12 @@ class TranscriptionWorker:
             n_audio_tokens=sum(r.n_audio_tokens for r in requests),
             n_new_tokens=n_new,
             ttft_s=sum(res.ttft_s for res in results),
+            encode_s=sum(res.encode_s for res in results) if all(res.encode_s is not None for res in results) else None,
             decode_s=decode_s,
             tokens_per_s=(n_new - len(results)) / decode_s if decode_s > 0 and n_new > len(results) else None,
             total_s=total_s,
             rtf=total_s / duration if duration > 0 else None,
-            prep_s=prep_s,
+            prep_s=p.prep_s,
             wait_s=wait_s,
             started_at=started_at,
             finished_at=finished_at,
@@ -277,10 +285,9 @@ class TranscriptionWorker:
             rec.update(status="failed", error_class=e.kind, error_message=str(e), raw_text=e.raw,
                        pred_text=e.text or None,
                        finish_reason=FINISH_REPETITION if e.kind in ("Repetition", "RunawayOutput") else FINISH_ERROR)
-            rec["_retry"] = True
-            return rec
+            return Outcome(item.key, rec, RETRY)
         rec.update(status="ok", pred_text=text, raw_text=raw, finish_reason=finish)
-        return rec
+        return Outcome(item.key, rec, FINAL)
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)

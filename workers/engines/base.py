@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class EngineResult:
     ttft_s: float  # audio encode + prefill + first token
     decode_s: float  # all later tokens
     text: str | None = None  # raw answer; None means "decode token_ids with the front end's tokenizer"
-    encode_s: float = 0.0  # audio encoder share of ttft_s, where the engine can tell
+    encode_s: float | None = None  # audio encoder share of ttft_s; None where the engine cannot tell
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific counters (e.g. bytes copied)
 
 
@@ -78,7 +78,10 @@ class Engine(ABC):
     def transcribe(self, request: Request) -> EngineResult: ...
 
     def transcribe_batch(self, requests: Sequence[Request]) -> list[EngineResult | BaseException]:
-        """Engines that batch (hf) override this; a failure of one request must not fail its neighbours."""
+        """Batch-first: `requests` (B of them, any B ≥ 1, similar lengths) → B results in the same order, each an
+        EngineResult or the exception that request failed with (a failure of one must not fail its neighbours).
+        The actor calls this with up to `batch_size` requests when batch_size > 1; engines that batch (hf, or a
+        card engine that keeps B decode slots full) override it, this default loops over `transcribe`."""
         out: list[EngineResult | BaseException] = []
         for r in requests:
             try:
@@ -86,6 +89,11 @@ class Engine(ABC):
             except Exception as e:  # noqa: BLE001 - reported per request
                 out.append(e)
         return out
+
+    def begin_attempts(self, attempts: Mapping[str, int]) -> None:
+        """Called by the actor before every engine call, on every path: manifest id → attempt number (1-based) of
+        the rows the next `transcribe`/`transcribe_batch` call carries. Default: nothing (the simulated engine
+        draws its injected faults per attempt)."""
 
     @property
     def needs_audio(self) -> bool:

@@ -122,9 +122,9 @@ class SimulatedEngine(Engine):
         self.tokenize = _tokenize(model_dir)
         self._attempt: dict[str, int] = {}
 
-    def begin_attempt(self, row_id: str, attempt: int) -> None:
-        """Optional engine hook the actor calls before each row: fault draws are per (id, attempt)."""
-        self._attempt = {row_id: attempt}
+    def begin_attempts(self, attempts) -> None:
+        """Fault draws are per (id, attempt): the actor says which attempt each row of the next call is."""
+        self._attempt = dict(attempts)
 
     def transcribe(self, request: Request) -> EngineResult:
         base_id = request.id.split("#", 1)[0]

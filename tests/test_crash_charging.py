@@ -1,0 +1,53 @@
+"""Actor crashes are charged to the row that was on the device, and do not take healthy devices out of the pool
+(real Ray, simulated engine: injected crashes end the actor's process with os._exit)."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from manifest_helpers import write_manifest
+from transcribe_batch.pipeline.config import build_config
+from transcribe_batch.pipeline.runner import run_job
+from transcribe_batch.workers.engines.simulated import FaultSpec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _manifest(path, audio_dir, n):
+    rows = write_manifest(path, audio_dir, repeat=4, max_duration=30)[:n]  # one request a row: one draw an attempt
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+@pytest.mark.parametrize("batch_size, n_rows", [(1, 60), (2, 30)])
+def test_crashes_charge_only_the_rows_on_the_device(tmp_path, audio_dir, batch_size, n_rows):
+    """Each crash is charged to the one row on the device (a batch that crashed is re-run a row at a time, free):
+    a row's attempts are exactly its own crashes + 1, and with every device failing alike none is removed."""
+    rows = _manifest(tmp_path / "m.jsonl", audio_dir, n_rows)
+    faults = "crash=0.2,seed=1"
+    summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", devices="2",
+                                   sim_speedup=2000, sim_faults=faults, max_attempts=3, batch_size=batch_size,
+                                   escalate_min_s=1000.0,  # no retry splits audio: one fault draw per attempt
+                                   quiet=True))
+    out = {r["id"]: r for r in pq.read_table(summary.results).to_pylist()}
+    spec = FaultSpec.parse(faults)
+    assert summary.status == "complete" and sorted(out) == sorted(r["id"] for r in rows)
+    assert summary.stats["devices_removed"] == []
+    assert summary.stats["actor_crashes"] >= n_rows // 10
+    for row in rows:
+        crashes = [spec.draw(row["id"], k) == "crash" for k in (1, 2, 3)]
+        rec = out[row["id"]]
+        if all(crashes):  # crashed on each of its own attempts: failed for good
+            assert rec["status"] == "failed" and rec["error_class"] == "ActorDied" and rec["attempts"] == 3
+        else:  # attempts spent = its own crashes before the first attempt that did not crash
+            assert rec["status"] == "ok", rec
+            assert rec["attempts"] == crashes.index(False) + 1, (row["id"], crashes, rec["attempts"])
