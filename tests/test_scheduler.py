@@ -78,3 +78,25 @@ def test_a_failure_streak_is_evidence_only_against_a_pool_that_does_better():
     assert required_streak(3, 20, 100, True) >= 6  # the others fail 20% of the time: a longer streak is needed
     assert 0.2 ** required_streak(3, 20, 100, True) < 1e-4
     assert required_streak(3, 30, 30, True) == float("inf")  # every device fails alike: never the device's fault
+
+
+def test_device_kinds_come_from_one_registry():
+    import pytest
+
+    from transcribe_batch.workers.engines import UnknownEngine, device_kind
+    from transcribe_batch.workers.platforms import PLATFORMS, UnknownDeviceKind
+
+    assert device_kind("bm1684x") == "bm1684x"
+    assert device_kind("hf", gpus_available=True) == "gpu" and device_kind("hf") == "cpu"
+    assert device_kind("simulated") == "sim" and device_kind("simulated", "bm1684x") == "bm1684x"
+    with pytest.raises(UnknownEngine, match="unknown engine 'whisper'"):
+        device_kind("whisper")  # not silently a virtual device
+    with pytest.raises(UnknownEngine, match="does not run on device kind 'gpu'"):
+        device_kind("bm1684x", "gpu")
+    with pytest.raises(UnknownDeviceKind, match="unknown device kind 'tpu'"):
+        DeviceSlot("tpu", 0)
+    assert PLATFORMS["bm1684x"].actor_options() == {"resources": {"bm1684x": 1}}
+    assert PLATFORMS["gpu"].actor_options() == {"num_gpus": 1} and PLATFORMS["sim"].actor_options() == {}
+    two = [DeviceSlot("bm1684x", 0, "a" * 56, "10.0.0.2", "aaaaaaaa"), DeviceSlot("bm1684x", 0, "b" * 56, "10.0.0.2",
+                                                                                 "bbbbbbbb")]
+    assert len({s.label for s in two}) == 2  # two raylets on one host: still two names

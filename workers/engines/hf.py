@@ -73,7 +73,7 @@ class HFEngine(Engine):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
         self.dtype = getattr(torch, DTYPES[dtype])
-        self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 1))
+        self.batch_size = max(1, int(batch_size or 1))  # the run's --batch-size: requests per generate() call
         self.max_new_tokens = max_new_tokens
         self.model = Qwen2AudioForConditionalGeneration.from_pretrained(
             self.model_dir, dtype=self.dtype, local_files_only=True
