@@ -68,6 +68,8 @@ def test_devices_json():
     assert result.exit_code == 0
     info = json.loads(result.output)
     assert set(info["local"]) == {"bm1684x", "gpus", "cpus"}
+    assert info["device_kinds"]["bm1684x"] == {"description": "Sophgo BM1684X card (/dev/bm-sophon<N>)",
+                                               "ray_resource": "bm1684x", "engines": ["simulated", "bm1684x"]}
 
 
 @pytest.mark.slow

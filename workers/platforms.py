@@ -66,7 +66,7 @@ class Bm1684xPlatform(Platform):
     kind = "bm1684x"
     resource = "bm1684x"
     pinned = True
-    description = "Sophgo BM1684X card (/dev/bm-sophon<N>; Ray custom resource 'bm1684x')"
+    description = "Sophgo BM1684X card (/dev/bm-sophon<N>)"
 
     def local_devices(self) -> list[int]:
         return local_sophon_cards()
@@ -86,7 +86,7 @@ class Bm1684xPlatform(Platform):
 class GpuPlatform(Platform):
     kind = "gpu"
     resource = "GPU"
-    description = "NVIDIA GPU (Ray num_gpus=1; CUDA_VISIBLE_DEVICES set per actor)"
+    description = "NVIDIA GPU"
 
     def local_devices(self) -> list[int]:
         return [g["index"] for g in local_gpus()]
@@ -106,7 +106,7 @@ class GpuPlatform(Platform):
 class CpuPlatform(Platform):
     kind = "cpu"
     virtual = True
-    description = "the CPU (the number only names the slot)"
+    description = "the CPU"
 
     def in_actor(self, device: int) -> tuple[int, int | None]:
         return device, None
@@ -115,7 +115,7 @@ class CpuPlatform(Platform):
 class SimPlatform(Platform):
     kind = "sim"
     virtual = True
-    description = "simulated device (virtual; for tests and benchmarks)"
+    description = "virtual (tests, benchmarks)"
 
 
 PLATFORMS: dict[str, Platform] = {p.kind: p for p in (Bm1684xPlatform(), GpuPlatform(), CpuPlatform(), SimPlatform())}

@@ -23,8 +23,13 @@ def devices(
     from rich.table import Table
 
     from transcribe_batch.pipeline.devices import BM1684X_RESOURCE, SOPHON_GLOB, describe_local
+    from transcribe_batch.workers.engines import ENGINES
+    from transcribe_batch.workers.platforms import PLATFORMS
 
-    info: dict = {"local": describe_local()}
+    info: dict = {"local": describe_local(),
+                  "device_kinds": {k: {"description": p.description, "ray_resource": p.resource,
+                                       "engines": [e for e, spec in ENGINES.items() if k in spec.device_kinds]}
+                                   for k, p in PLATFORMS.items()}}
     if address or ray_local:
         import ray
 
@@ -65,6 +70,10 @@ def devices(
             table.add_row(n["node_id"][:12], str(n["address"]), str(n["alive"]), f"{r.get(BM1684X_RESOURCE, 0):g}",
                           f"{r.get('GPU', 0):g}", f"{r.get('CPU', 0):g}")
         console.print(table)
+    kinds = Table("device kind", "what", "Ray resource", "engines", title="Device kinds", title_justify="left")
+    for k, d in info["device_kinds"].items():
+        kinds.add_row(k, d["description"], d["ray_resource"] or "-", ", ".join(d["engines"]))
+    console.print(kinds)
     if not cards and not local["gpus"]:
         console.print("No accelerator here: use --engine hf (CPU, slow) or --engine simulated --devices N.")
 
