@@ -70,8 +70,8 @@ def run(
                                           "Default: start a local one.", rich_help_panel=_DEVICES),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per row before it is recorded "
                                                f"as failed \\[default: {_D['max_attempts']}].", rich_help_panel=_RETRY),
-    device_max_failures: Optional[int] = typer.Option(None, "--device-max-failures", help="Consecutive crashes / "
-                                                      f"all-failed shards before a device leaves the pool \\[default: {_D['device_max_failures']}].",
+    device_max_failures: Optional[int] = typer.Option(None, "--device-max-failures", help="Failed attempts in a "
+                                                      f"row (crashes, failed predictions) on a device, while the others do better, before it leaves the pool \\[default: {_D['device_max_failures']}].",
                                                       rich_help_panel=_RETRY),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help=f"Rows per shard of work \\[default: {_D['shard_size']}].",
                                              rich_help_panel=_RETRY),
