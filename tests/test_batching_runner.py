@@ -63,3 +63,27 @@ def test_hf_engine_batch_path_through_the_runner(tmp_path, audio_dir):
         assert row["status"] == "ok" and row["engine"] == "hf", row
         assert row["raw_text"] == fe.decode(clip["tokens"][:n_tokens])
         assert 0 < row["encode_s"] < row["ttft_s"]
+
+
+def test_the_next_batch_is_prepared_while_one_runs(audio_dir, model_dir):
+    """batch_size 2, a shard of 4 rows with the real front end: rows 3-4 are prepared while rows 1-2 are on the
+    device, so the second batch never waits for the CPU; every row comes back once."""
+    from transcribe_batch.manifests.reader import iter_rows
+    from transcribe_batch.workers.actor import TranscriptionWorker
+    from transcribe_batch.workers.record import now
+    from transcribe_batch.workers.work import WorkItem
+
+    rows = [r for _, r in iter_rows(audio_dir / "manifest.jsonl") if r["duration"] <= 30][:4]
+    assert len(rows) == 4
+    w = TranscriptionWorker("simulated", {"sim_speedup": 40, "batch_size": 2, "model_dir": str(model_dir)}, 0)
+    try:
+        items = [WorkItem(i, i + 1, row=r, queued_at=now(), duration=r["duration"]) for i, r in enumerate(rows)]
+        outcomes = w.run_shard(items)
+    finally:
+        w.close()
+    assert sorted(o.key for o in outcomes) == sorted(i.key for i in items)
+    recs = {o.key[0]: o.record for o in outcomes}
+    assert all(r["status"] == "ok" for r in recs.values())
+    first, second = sorted({(recs[k]["started_at"], recs[k]["finished_at"]) for k in recs})
+    assert first[1] <= second[0]  # two engine calls, one after the other
+    assert [recs[k]["wait_s"] for k in sorted(recs) if recs[k]["started_at"] == second[0]] == [0.0, 0.0]

@@ -159,14 +159,21 @@ class TranscriptionWorker:
         the device is not waiting. The ledger learns which items are on the device before the engine sees them."""
         with self._device_lock:
             if self.ledger is not None:
-                import ray
-
-                ray.get(self.ledger.hold.remote(self.label, [p.item.key for p in group]))
+                self._hold([p.item.key for p in group])
             self.engine.begin_attempts({p.item.id: p.item.attempt for p in group})
             try:
                 yield max(0.0, max(p.ready_at for p in group) - max(self._device_free_at, submitted_at))
             finally:
                 self._device_free_at = time.perf_counter()
+
+    def _hold(self, keys: list) -> None:
+        """Tell the ledger (synchronously: it must know before a crash can happen) what goes on the device."""
+        import ray
+
+        try:
+            ray.get(self.ledger.hold.remote(self.label, keys), timeout=60)
+        except Exception as e:  # noqa: BLE001 - the ledger restarting: a crash now is blamed on the device alone
+            print(f"{self.label}: could not record {keys} in the device ledger: {e}", flush=True)
 
     def _run_group(self, group: list[_Prepared], submitted_at: float) -> Iterator[Outcome]:
         if len(group) == 1:
