@@ -264,10 +264,10 @@ class Scheduler:
         while True:
             self._dispatch()
             refs = {ref: dev for dev in self.devices for ref in dev.inflight}
+            if not refs and not self._work_left():
+                return self.stats
             pings = self._pings()
             if not refs and not pings:
-                if not self._work_left():
-                    return self.stats
                 if not self.alive:
                     raise SchedulerError("every device was taken out of the pool; nothing left to run on "
                                          "(what finished is saved: run the same command again to resume)")
