@@ -12,9 +12,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from typer.testing import CliRunner
+
 from transcribe_batch.manifests.reader import iter_rows
+from transcribe_batch.pipeline.cli import app
 
 pytestmark = pytest.mark.slow
+
+
+def _in_process(*args: str):
+    """The same CLI in this process (no interpreter start-up): manifest, eval, export."""
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, f"{args}\n{result.output[-3000:]}"
+    return result
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -27,8 +37,10 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir):
     manifest = tmp_path / "sample.jsonl"
-    _cli("manifest", "dir", str(audio_dir), "--glob", "0*.wav", "--transcripts", str(audio_dir / "manifest.jsonl"),
-         "-o", str(manifest))
+    texts = tmp_path / "texts.tsv"  # the labeled sample's human transcripts
+    shared = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    texts.write_text("file\ttext\n" + "".join(f"{r['audio_filepath']}\t{r['text']}\n" for r in shared if r.get("text")))
+    _in_process("manifest", "dir", str(audio_dir), "--glob", "0*.wav", "--transcripts", str(texts), "-o", str(manifest))
     rows = [r for _, r in iter_rows(manifest)]
     assert len(rows) >= 5 and all(r.get("text") for r in rows)
 
@@ -42,7 +54,7 @@ def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir):
     assert garbled and clean, "seed 11 should garble some rows and leave others"
 
     metrics = tmp_path / "metrics.json"
-    _cli("eval", str(run), "--format", "json", "-o", str(metrics), "--html", str(tmp_path / "report.html"))
+    _in_process("eval", str(run), "--format", "json", "-o", str(metrics), "--html", str(tmp_path / "report.html"))
     calibration = json.loads(metrics.read_text())["runs"][0]["calibration"]
     assert calibration["available"] and calibration["n_rows"] == len(results)
     assert 'id="fig-confidence-calibration" class="report-figure"' in (tmp_path / "report.html").read_text()
@@ -50,7 +62,7 @@ def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir):
     threshold = min(t["threshold"] for t in calibration["thresholds"] if t["wer_kept"] == 0 and t["n_kept"] > 0)
 
     labels = tmp_path / "labels.jsonl"
-    proc = _cli("export", str(run), "--to", "nemo", "-o", str(labels), "--min-confidence", str(threshold),
+    proc = _in_process("export", str(run), "--to", "nemo", "-o", str(labels), "--min-confidence", str(threshold),
                 "--field", "id", "--field", "confidence", "--json")
     summary = json.loads(proc.stdout)
     exported = [r for _, r in iter_rows(labels)]
