@@ -155,3 +155,30 @@ def test_hf_logprobs_equal_a_teacher_forced_forward_pass(audio_dir):
         fields = confidence_fields([res])
         assert 0 < fields["confidence"] <= 1
     engine.close()
+
+
+def test_resumed_run_merges_parts_written_before_the_columns_existed(tmp_path):
+    """A folder resumed with this version holds parts without the confidence columns: the merge reads them as null
+    (the bug this guards: cast to the new part schema failed on the old parts)."""
+    from transcribe_batch.pipeline.results import PartWriter, RunFolder, merge_results, open_run_folder
+    from transcribe_batch.workers.record import base_record
+
+    folder = RunFolder(tmp_path / "run")
+    open_run_folder(folder, {"engine": "simulated"})
+
+    def record(i, **extra):
+        rec = base_record({"id": f"u{i}", "audio_filepath": "/a.wav", "duration": 1.0}, i + 1)
+        rec.update(status="ok", pred_text="x", **extra)
+        return rec
+
+    old = PartWriter(folder, 0)
+    old.add([record(0)])
+    old.flush()
+    part = folder.part_files()[0]
+    pq.write_table(pq.read_table(part).drop_columns(list(CONFIDENCE_COLUMNS)), part)  # as an older version wrote it
+    new = PartWriter(folder, 1)
+    new.add([record(1, mean_logprob=-0.1, min_logprob=-0.5, confidence=math.exp(-0.1))])
+    new.flush()
+    merge_results(folder)
+    table = pq.read_table(folder.results)
+    assert table["confidence"].to_pylist() == [None, pytest.approx(math.exp(-0.1))]
