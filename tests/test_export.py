@@ -229,3 +229,17 @@ def test_cli_summary_json(tmp_path, clips):
     result = runner.invoke(app, ["export", "--help"], terminal_width=200)
     for option in ("--to", "--min-confidence", "--agree-with", "--max-disagreement", "--embed-audio", "--field"):
         assert option in result.output
+
+
+@pytest.mark.slow
+def test_export_benchmark_runs_and_both_ways_agree(tmp_path):
+    """benchmarks/export.py at a tiny size: it completes and the streaming export equals the dict-join baseline."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "export.py"), "--sizes", "300,900", "--keep",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = dict(pair.split("=", 1) for pair in done.stdout.strip().splitlines()[-1].split())
+    assert figures["same_output"] == "True" and float(figures["rows_growth"]) == 3

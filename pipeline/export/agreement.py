@@ -25,7 +25,8 @@ from ..evaluate.normalize import normalize_all
 from .filters import FAILED_OTHER, MISSING_OTHER, Filters, keep_mask
 from .source import RunSource
 
-BUCKET_ROWS = 50_000  # rows of this side per bucket (the join's working set)
+BUCKET_ROWS = 20_000  # rows of this side per bucket (the join's working set)
+SCORE_ROWS = 2_048  # pairs aligned by jiwer at once (its alignment objects are large)
 MAX_BUCKETS = 256  # bucket files open at once per side
 
 _MINE = pa.schema([("_row", pa.int64()), ("id", pa.string()), ("pred_text", pa.string())])
@@ -67,8 +68,10 @@ def pair_wer(mine: Sequence[str], other: Sequence[str], normalizer: str) -> np.n
     for i, ref in enumerate(b):
         if not ref:
             out[i] = 0.0 if not a[i] else np.inf
-    for i, s in zip(scored, score_texts([b[i] for i in scored], [a[i] for i in scored])):
-        out[i] = s.wer
+    for start in range(0, len(scored), SCORE_ROWS):
+        block = scored[start:start + SCORE_ROWS]
+        for i, s in zip(block, score_texts([b[i] for i in block], [a[i] for i in block])):
+            out[i] = s.wer
     return out
 
 
