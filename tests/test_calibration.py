@@ -45,9 +45,9 @@ def test_buckets_and_thresholds():
                     [r["status"] == "ok" for r in rows], scores)
     assert cal.available and cal.n_rows == 4  # the failed row and the one without reference are not calibrated
     by_label = {b.label: b for b in cal.buckets if b.n}
-    assert set(by_label) == {"0–0.5)", "0.8–0.9)", "0.95–0.98)", "0.98–1]"}
-    assert by_label["0–0.5)"].wer == 1.0 and by_label["0.8–0.9)"].wer == pytest.approx(1 / 6)
-    assert by_label["0.98–1]"].wer == 0.0 and by_label["0.95–0.98)"].audio_s == 4.0
+    assert set(by_label) == {"[0, 0.5)", "[0.8, 0.9)", "[0.95, 0.98)", "[0.98, 1]"}
+    assert by_label["[0, 0.5)"].wer == 1.0 and by_label["[0.8, 0.9)"].wer == pytest.approx(1 / 6)
+    assert by_label["[0.98, 1]"].wer == 0.0 and by_label["[0.95, 0.98)"].audio_s == 4.0
     t = {row.threshold: row for row in cal.thresholds}
     assert t[0.0].n_kept == 4 and t[0.0].wer_kept == pytest.approx(7 / 24)
     assert t[0.8].n_kept == 3 and t[0.8].wer_kept == pytest.approx(1 / 18)
@@ -61,7 +61,7 @@ def test_eval_shows_calibration_in_every_format(tmp_path):
     report = evaluate_paths([run])
     md = to_markdown(report)
     assert "### WER by confidence — run" in md and "### Confidence thresholds — run" in md
-    assert "| ≥ 0.8 | 75.00 (3) | 80.00 (0.002) | 5.56 |" in md
+    assert "| 0.8 | 3 | 75.00 | 0.002 | 80.00 | 5.56 |" in md
     data = json.loads(to_json(report))["runs"][0]["calibration"]
     assert data["available"] and data["n_rows"] == 4
     assert [t["n_kept"] for t in data["thresholds"] if t["threshold"] in (0.0, 0.8, 0.95)] == [4, 3, 2]

@@ -30,7 +30,7 @@ class ConfidenceBucket:
 
     @property
     def label(self) -> str:
-        return f"{self.lo:g}–{self.hi:g}" + ("]" if self.hi >= 1.0 else ")")
+        return f"[{self.lo:g}, {self.hi:g}" + ("]" if self.hi >= 1.0 else ")")
 
     @property
     def wer(self) -> float | None:

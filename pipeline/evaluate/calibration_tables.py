@@ -21,10 +21,10 @@ def calibration_tables(report: Report) -> list[Table]:
                                                               "WER %"], rows,
                          f"corpus WER of the {cal.n_rows} successful rows with a reference, per confidence bucket",
                          f"wer-by-confidence-{run.name}", notes))
-        rows = [[f"≥ {t.threshold:g}", f"{pct(t.share_kept)} ({t.n_kept})", f"{pct(t.share_hours_kept)} "
-                 f"({hours(t.audio_kept_s)})", pct(t.wer_kept)] for t in cal.thresholds]
-        out.append(Table(f"Confidence thresholds — {run.name}", ["keep if confidence", "utterances kept % (n)",
-                                                                 "hours kept % (h)", "WER % of kept"], rows,
+        rows = [[f"{t.threshold:g}", str(t.n_kept), pct(t.share_kept), hours(t.audio_kept_s), pct(t.share_hours_kept),
+                 pct(t.wer_kept)] for t in cal.thresholds]
+        out.append(Table(f"Confidence thresholds — {run.name}", ["keep if confidence ≥", "utterances", "% of utterances",
+                                                                 "hours", "% of hours", "WER % of kept"], rows,
                          "what `export --min-confidence T` would keep of these rows, and its WER",
                          f"confidence-thresholds-{run.name}"))
     return out
