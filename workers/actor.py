@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .audio import AudioError
+from .confidence import confidence_fields
 from .engines import create_engine
 from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
 from .frontend import FrontEnd
@@ -286,6 +287,7 @@ class TranscriptionWorker:
             finished_at=finished_at,
             n_chunks=len(requests),
         )
+        rec.update(confidence_fields(results))
         try:
             text, raw, finish = self._texts(requests, results)
         except RetryableFailure as e:
