@@ -210,13 +210,14 @@ class TranscriptionWorker:
         rec["_retry"] = retry
         return rec
 
-    def _texts(self, requests: list[Request], results: list[EngineResult]) -> tuple[str, str, str]:
-        raws, cleaned_texts, finish = [], [], FINISH_EOS
+    def _texts(self, requests: list[Request], results: list[EngineResult]) -> tuple[str, str, str, str | None]:
+        raws, cleaned_texts, languages, finish = [], [], [], FINISH_EOS
         for req, res in zip(requests, results):
             raw = res.text if res.text is not None else self.frontend.decode(res.token_ids)
             cleaned = self.frontend.clean(raw, duration_s=req.duration_s)
             raws.append(raw)
             cleaned_texts.append(cleaned.text)
+            languages.append(cleaned.language)
             n_new = len(res.token_ids)
             if cleaned.degenerate:
                 raise RetryableFailure("Repetition", f"{req.id}: degenerate output ({cleaned.reason or 'repetition'})",
@@ -232,7 +233,7 @@ class TranscriptionWorker:
         raw = "\n".join(raws)
         if not text.strip():
             raise RetryableFailure("EmptyOutput", f"{requests[0].id.split('#')[0]}: empty transcript", raw=raw, text=text)
-        return text, raw, finish
+        return text, raw, finish, self.frontend.join_languages(languages)
 
     def _record(self, item, requests, results, started_at, finished_at, total_s, prep_s, wait_s) -> dict:
         rec = base_record(item["row"], item["line"])
@@ -258,14 +259,14 @@ class TranscriptionWorker:
             n_chunks=len(requests),
         )
         try:
-            text, raw, finish = self._texts(requests, results)
+            text, raw, finish, detected = self._texts(requests, results)
         except RetryableFailure as e:
             rec.update(status="failed", error_class=e.kind, error_message=str(e), raw_text=e.raw,
                        pred_text=e.text or None,
                        finish_reason=FINISH_REPETITION if e.kind in ("Repetition", "RunawayOutput") else FINISH_ERROR)
             rec["_retry"] = True
             return rec
-        rec.update(status="ok", pred_text=text, raw_text=raw, finish_reason=finish)
+        rec.update(status="ok", pred_text=text, raw_text=raw, finish_reason=finish, detected_language=detected)
         return rec
 
     def close(self) -> None:
