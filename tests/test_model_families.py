@@ -74,6 +74,16 @@ def test_qwen3_disagreeing_ids_are_refused(qwen3_dir, tmp_path):
         load_family(folder)
 
 
+def test_qwen3_other_config_layout_is_refused_with_a_clear_error(qwen3_dir, tmp_path):
+    folder = shutil.copytree(qwen3_dir, tmp_path / "hf-layout")
+    config = json.loads((folder / "config.json").read_text())
+    thinker = config.pop("thinker_config")
+    config.update(audio_config=thinker["audio_config"], text_config=thinker["text_config"])
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PromptError, match=r"config.json: no `thinker_config` field.*transformers' own"):
+        load_family(folder)
+
+
 def test_qwen3_audio_token_count_equals_qwen_asr():
     processing = import_qwen_asr_backend().processing_qwen3_asr
     n = np.arange(1, 5000)

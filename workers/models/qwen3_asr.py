@@ -62,6 +62,12 @@ class Qwen3Asr(ModelFamily):
         super().__init__(model_dir, templates)
         self.context = str((templates.sections.get(self.model_type) or {}).get("context", ""))
         config = read_json(model_dir / "config.json") if model_dir is not None else {}
+        if model_dir is not None and "thinker_config" not in config:
+            raise PromptError(
+                f"{model_dir / 'config.json'}: no `thinker_config` field. This runner takes the released Qwen3-ASR "
+                "checkpoints (Qwen/Qwen3-ASR-0.6B / -1.7B, qwen-asr's layout: thinker_config.audio_config / "
+                "text_config); a folder converted to transformers' own Qwen3-ASR layout (top-level audio_config / "
+                "text_config) is not supported")
         thinker = config.get("thinker_config") or {}
         self.support_languages = tuple(config.get("support_languages") or ())
         mel_bins = (thinker.get("audio_config") or {}).get("num_mel_bins")
