@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-qwen3-asr"
+MODEL_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
+               "chat_template.json", "model.safetensors")
 
 
 def assemble(shared_model_dir: Path, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
-    for f in FIXTURE.iterdir():
-        if f.is_file() and f.name != "README.md":
-            shutil.copy(f, into / f.name)
+    for name in MODEL_FILES:
+        shutil.copy(FIXTURE / name, into / name)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(shared_model_dir / name, into / name)
     return into

@@ -15,7 +15,7 @@ so the added ids stay contiguous, and `<asr_text>` (151677) is this fixture's ch
 on these numbers: every id is read from the folder.
 
 Written: config.json (model_type qwen3_asr), generation_config.json, preprocessor_config.json, tokenizer_config.json,
-chat_template.json, model.safetensors (bf16 values), reference.json, README.md.
+chat_template.json, model.safetensors (bf16 values), reference.json (README.md and probe-bmodel-nets.json are kept).
 """
 
 from __future__ import annotations
@@ -88,12 +88,15 @@ def tokenizer_config(shared: Path) -> dict:
     }
 
 
+MODEL_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
+               "chat_template.json", "model.safetensors")
+
+
 def assemble(fixture: Path, shared_model_dir: Path, into: Path) -> Path:
-    """A complete model folder: the committed fixture files + the shared BPE (vocab.json, merges.txt)."""
+    """A complete model folder: the committed model files + the shared BPE (vocab.json, merges.txt)."""
     into.mkdir(parents=True, exist_ok=True)
-    for f in fixture.iterdir():
-        if f.is_file() and f.name != "README.md":
-            shutil.copy(f, into / f.name)
+    for name in MODEL_FILES:
+        shutil.copy(fixture / name, into / name)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(shared_model_dir / name, into / name)
     return into
@@ -179,9 +182,8 @@ def main(argv=None) -> int:
     shared_model = args.shared / "qwen2-audio-7b-instruct"
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():
-        if f.is_file() and f.name != "README.md":
-            f.unlink()
+    for name in (*MODEL_FILES, "reference.json"):  # README.md and the probe's nets JSON stay
+        (out / name).unlink(missing_ok=True)
     backend = build_model(out)
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(shared_model), indent=2) + "\n")
     (out / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2) + "\n")
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
         folder = assemble(out, shared_model, Path(tmp) / "tiny-qwen3-asr")
         ref = reference(folder, backend, args.shared / "audio")
     (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
-    sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    sizes = {name: (out / name).stat().st_size for name in (*MODEL_FILES, "reference.json")}
     print(json.dumps(sizes, indent=1), f"total {sum(sizes.values())} bytes")
     return 0
 
