@@ -237,7 +237,7 @@ def test_mixed_manifest_evaluated_side_by_side_with_qwen2_audio(folder, model_di
     for name, mdir in (("qwen2", model_dir), ("qwen3", folder)):
         runs[name] = tmp_path / name
         proc = subprocess.run([*CLI, "run", str(manifest), "-o", str(runs[name]), "--engine", "simulated",
-                               "--model-dir", str(mdir), "--sim-speedup", "1000", "--devices", "2", "-q"],
+                               "--model-dir", str(mdir), "--sim-speedup", "1000", "--devices", "1", "-q"],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     q2, q3 = (pq.read_table(runs[k] / "results.parquet").to_pylist() for k in ("qwen2", "qwen3"))
