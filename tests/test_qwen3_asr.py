@@ -264,3 +264,22 @@ def test_bm1684x_engine_refuses_qwen3_asr_clearly(folder):
 
     with pytest.raises(ModelMismatch, match=r"config.json: model_type 'qwen3_asr'.*qwen2_audio bmodels only.*--engine hf"):
         create_engine("bm1684x", {"model_dir": str(folder), "bmodel": "none.bmodel"}, 0)
+
+
+def test_audio_encoder_attends_within_its_windows(folder, backend):
+    """Longer than one window (n_window_infer frames = 8 s here): the encoder's rows equal each window encoded on
+    its own — qwen-asr's windowed attention (its vLLM backend; flash-attention 2) also under sdpa on the CPU."""
+    from transcribe_batch.workers.models.qwen3_asr import audio_token_count
+
+    model = backend.Qwen3ASRForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    window = model.config.thinker_config.audio_config.n_window_infer
+    feats = torch.from_numpy(np.random.default_rng(0).standard_normal((128, 2 * window + 250)).astype(np.float32))
+
+    def encode(x):
+        return model.thinker.get_audio_features(x[None], feature_attention_mask=torch.ones(1, x.shape[1], dtype=torch.long))
+
+    with torch.inference_mode():
+        whole = encode(feats)
+        parts = torch.cat([encode(feats[:, s:s + window]) for s in range(0, feats.shape[1], window)])
+    assert whole.shape[0] == audio_token_count(feats.shape[1]) == parts.shape[0]
+    assert torch.allclose(whole, parts, atol=1e-5)

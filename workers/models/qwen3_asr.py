@@ -205,6 +205,11 @@ def import_qwen_asr_backend() -> types.ModuleType:
       audio + text (all three MRoPE rows equal). Every module (encoder, attention, MLP, rotary) is qwen-asr's;
     - the audio encoder's sinusoidal position table (a non-persistent buffer, not in the checkpoint) is filled in
       `_init_weights`: 5 builds models on the meta device and leaves such buffers empty otherwise;
+    - the audio encoder attends within its windows (13 · n_window_infer / (2 · n_window) rows, `cu_seqlens`) with
+      every attention implementation. qwen-asr passes the windows only to flash-attention 2; with sdpa/eager (the
+      CPU, most GPUs) its encoder attends across the whole clip, unlike its vLLM backend (which the published
+      figures used) — here a block-diagonal mask gives sdpa/eager the same windows. Clips up to one window are
+      unaffected;
     - `Qwen3ASRConfig.get_text_config` answers before `thinker_config` is set (5 validates inside `__init__`), and
       the configs' pad/bos/eos token ids default to None as 4.57's base config did.
     tests/test_qwen3_asr_reference.py holds the result to qwen-asr's own processor and generate."""
@@ -244,6 +249,7 @@ def import_qwen_asr_backend() -> types.ModuleType:
     if "default" not in modeling.ROPE_INIT_FUNCTIONS:
         modeling.ROPE_INIT_FUNCTIONS = {**modeling.ROPE_INIT_FUNCTIONS, "default": _default_rope}
     modeling.Qwen3ASRThinkerTextRotaryEmbedding.compute_default_rope_parameters = staticmethod(_default_rope)
+    modeling.Qwen3ASRAudioAttention.forward = _windowed_attention(modeling.Qwen3ASRAudioAttention.forward)
     pretrained = modeling.Qwen3ASRPreTrainedModel
     if "_init_weights" not in pretrained.__dict__:
         pretrained._init_weights = _init_weights_with_sinusoids(pretrained._init_weights, modeling.SinusoidsPositionEmbedding)
@@ -323,6 +329,23 @@ def _text_model_forward(self, input_ids=None, attention_mask=None, position_ids=
         hidden = layer(hidden, attention_mask=mask, position_ids=text_positions, past_key_values=cache,
                        use_cache=use_cache, position_embeddings=rope, **kwargs)
     return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), cache=cache if use_cache else None)
+
+
+def _windowed_attention(forward):
+    def windowed(self, hidden_states, cu_seqlens=None, attention_mask=None, **kwargs):
+        if (attention_mask is None and cu_seqlens is not None and len(cu_seqlens) > 2
+                and self.config._attn_implementation != "flash_attention_2"):
+            import torch
+
+            n = hidden_states.shape[0]
+            attention_mask = torch.full((1, 1, n, n), torch.finfo(hidden_states.dtype).min,
+                                        dtype=hidden_states.dtype, device=hidden_states.device)
+            bounds = cu_seqlens.tolist()
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                attention_mask[..., start:end, start:end] = 0
+        return forward(self, hidden_states, cu_seqlens=cu_seqlens, attention_mask=attention_mask, **kwargs)
+
+    return windowed
 
 
 def _init_weights_with_sinusoids(base, sinusoids_class):
