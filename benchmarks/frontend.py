@@ -106,7 +106,8 @@ def main() -> None:
     stages = {
         "decode + resample": (lambda r: our_load(r), lambda r: ref_load(r)),
         "log-mel": (lambda r: log_mel(loaded[r["id"]], cfg), lambda r: ref_features(loaded[r["id"]])),
-        "prompt ids": (lambda r: ours.prompt.expand(ours.prompt.ids(instruction), n_audio_tokens(len(loaded[r["id"]]), cfg)),
+        "prompt ids": (lambda r: ours.family.expand(ours.family.prompt_ids(ours.family.prompt_spec({"prompt": instruction}, "default")),
+                                                    n_audio_tokens(len(loaded[r["id"]]), cfg)),
                        lambda r: processor.tokenizer(processor.apply_chat_template(conversation, add_generation_prompt=True,
                                                                                   tokenize=False).replace(
                            "<|AUDIO|>", "<|AUDIO|>" * n_audio_tokens(len(loaded[r["id"]]), cfg)))["input_ids"]),

@@ -105,7 +105,7 @@ def write_parts(folder: Path, manifest: Path) -> int:
             "attempts": np.ones(n, np.int32), "engine": ["bm1684x"] * n, "model_id": ["Qwen2-Audio-7B-Instruct"] * n,
             "device": (lines % 8).astype(np.int32), "node": ["node-0"] * n,
             "prompt": ["Detect the language and recognize the speech: <|en|>"] * n, "task": [None] * n,
-            "language": [None] * n, "n_prompt_tokens": (dur * 25 + 50).astype(np.int32),
+            "language": [None] * n, "detected_language": [None] * n, "n_prompt_tokens": (dur * 25 + 50).astype(np.int32),
             "n_audio_tokens": (dur * 25).astype(np.int32), "n_new_tokens": tokens.astype(np.int32),
             "finish_reason": ["eos"] * n, "mean_logprob": np.full(n, -0.05), "min_logprob": np.full(n, -1.5),
             "confidence": np.full(n, np.exp(-0.05)), "ttft_s": np.full(n, DEFAULT_TTFT_S), "decode_s": total - DEFAULT_TTFT_S,

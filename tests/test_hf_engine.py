@@ -79,7 +79,7 @@ def _prepare(frontend, audio_dir, clips):
 def _processor_inputs(processor, frontend, requests, audio_dir, clips):
     from transcribe_batch.workers.audio import load_audio
 
-    text = frontend.prompt.text(requests[0].prompt)
+    text = frontend.family.prompt_text(frontend.family.prompt_spec({"prompt": requests[0].prompt}, "default"))
     return processor(text=[text] * len(clips), audio=[load_audio(audio_dir / c) for c in clips], sampling_rate=16000,
                      return_tensors="pt", padding=True)
 

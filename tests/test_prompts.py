@@ -1,4 +1,4 @@
-"""Prompt ids equal transformers' Qwen2AudioProcessor + apply_chat_template; both tokenizer layouts work."""
+"""Qwen2-Audio prompt ids equal transformers' Qwen2AudioProcessor + apply_chat_template; both tokenizer layouts work."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoProcessor
 
 from transcribe_batch.workers.audio import load_audio
-from transcribe_batch.workers.prompts import (
-    ChatPrompt, PromptError, Templates, answer_budget, load_templates,
-)
+from transcribe_batch.workers.models import PromptSpec
+from transcribe_batch.workers.models.qwen2_audio import Qwen2Audio
+from transcribe_batch.workers.prompts import PromptError, Templates, answer_budget, load_templates
 
 ULTRAEVAL = 'listen the audio, output the audio content with format {"content": ""}'
 
@@ -23,7 +23,11 @@ def processor(model_dir):
 
 @pytest.fixture(scope="module")
 def prompt(model_dir):
-    return ChatPrompt(model_dir, system=load_templates().system)
+    return Qwen2Audio(model_dir, load_templates())
+
+
+def ChatPrompt(d):  # noqa: N802 - the Qwen2-Audio family with the default templates
+    return Qwen2Audio(d, load_templates())
 
 
 def _hf_ids(processor, instruction, audio, system="You are a helpful assistant."):
@@ -50,10 +54,11 @@ def test_ids_equal_the_processor(processor, prompt, audio_dir, clip):
     instructions = list(load_templates().templates.values()) + ["Wie spät ist es? 请转写这段音频。", "  two  spaces\n"]
     for instruction in instructions:
         text, ref = _hf_ids(processor, instruction, audio)
-        assert prompt.text(instruction) == text
-        ids = prompt.ids(instruction)
+        assert prompt.prompt_text(PromptSpec(instruction)) == text
+        ids = prompt.prompt_ids(PromptSpec(instruction))
         assert ids.count(prompt.audio_token_id) == 1
-        expanded = prompt.expand(ids, n_audio_tokens(len(audio)))
+        assert prompt.n_audio_tokens(len(audio)) == n_audio_tokens(len(audio))
+        expanded = prompt.expand(ids, prompt.n_audio_tokens(len(audio)))
         assert expanded == ref, instruction
 
 
@@ -76,7 +81,7 @@ def test_tokenizer_json_folder_gives_the_same_ids(tmp_path, processor, prompt, m
     for name in ("config.json", "generation_config.json", "preprocessor_config.json"):
         shutil.copy(model_dir / name, tmp_path / name)
     other = ChatPrompt(tmp_path)
-    assert other.ids(ULTRAEVAL) == prompt.ids(ULTRAEVAL)
+    assert other.prompt_ids(PromptSpec(ULTRAEVAL)) == prompt.prompt_ids(PromptSpec(ULTRAEVAL))
     assert other.stop_ids == prompt.stop_ids and other.audio_token_id == prompt.audio_token_id
 
 
@@ -85,7 +90,7 @@ def test_missing_tokenizer_and_wrong_audio_index(tmp_path, model_dir):
         ChatPrompt(tmp_path)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copy(model_dir / name, tmp_path / name)
-    (tmp_path / "config.json").write_text(json.dumps({"audio_token_index": 10**7}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_audio", "audio_token_index": 10**7}))
     with pytest.raises(PromptError, match="audio_token_index"):
         ChatPrompt(tmp_path)
 

@@ -213,8 +213,8 @@ def test_front_end_is_warm_before_the_first_row(model_dir):
     w = TranscriptionWorker("simulated", {"sim_speedup": 2000, "model_dir": str(model_dir)}, device=0)
     try:
         assert mel_filters.cache_info().currsize == 1  # librosa imported, the filter bank built
-        instruction = w.frontend.templates.instruction({}, w.frontend.template)
-        assert instruction in w.frontend.prompt._cache  # the template's prompt ids made
+        spec = w.frontend.family.prompt_spec({}, w.frontend.template)
+        assert spec in w.frontend.family._cache  # the template's prompt ids made
     finally:
         w.close()
 

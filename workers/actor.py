@@ -237,13 +237,14 @@ class TranscriptionWorker:
         rec = failed_record(item.row, item.line, error, error_class=kind, **self._common(item), **fields)
         return Outcome(item.key, rec, RETRY if retry else FINAL, on_device=on_device)
 
-    def _texts(self, requests: list[Request], results: list[EngineResult]) -> tuple[str, str, str]:
-        raws, cleaned_texts, finish = [], [], FINISH_EOS
+    def _texts(self, requests: list[Request], results: list[EngineResult]) -> tuple[str, str, str, str | None]:
+        raws, cleaned_texts, languages, finish = [], [], [], FINISH_EOS
         for req, res in zip(requests, results):
             raw = res.text if res.text is not None else self.frontend.decode(res.token_ids)
             cleaned = self.frontend.clean(raw, duration_s=req.duration_s)
             raws.append(raw)
             cleaned_texts.append(cleaned.text)
+            languages.append(cleaned.language)
             n_new = len(res.token_ids)
             if cleaned.degenerate:
                 raise RetryableFailure("Repetition", f"{req.id}: degenerate output ({cleaned.reason or 'repetition'})",
@@ -259,7 +260,7 @@ class TranscriptionWorker:
         raw = "\n".join(raws)
         if not text.strip():
             raise RetryableFailure("EmptyOutput", f"{requests[0].id.split('#')[0]}: empty transcript", raw=raw, text=text)
-        return text, raw, finish
+        return text, raw, finish, self.frontend.join_languages(languages)
 
     def _record(self, p: _Prepared, results: list[EngineResult], started_at, finished_at, total_s,
                 wait_s) -> Outcome:
@@ -289,13 +290,13 @@ class TranscriptionWorker:
         )
         rec.update(confidence_fields(results))
         try:
-            text, raw, finish = self._texts(requests, results)
+            text, raw, finish, detected = self._texts(requests, results)
         except RetryableFailure as e:
             rec.update(status="failed", error_class=e.kind, error_message=str(e), raw_text=e.raw,
                        pred_text=e.text or None,
                        finish_reason=FINISH_REPETITION if e.kind in ("Repetition", "RunawayOutput") else FINISH_ERROR)
             return Outcome(item.key, rec, RETRY)
-        rec.update(status="ok", pred_text=text, raw_text=raw, finish_reason=finish)
+        rec.update(status="ok", pred_text=text, raw_text=raw, finish_reason=finish, detected_language=detected)
         return Outcome(item.key, rec, FINAL)
 
     def close(self) -> None:

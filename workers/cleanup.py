@@ -1,6 +1,7 @@
 """The model's answer → the transcript, and a check for degenerate answers (runaway repetition, impossible length).
 
-Qwen2-Audio-7B-Instruct answers in several shapes: the bare words; a JSON object when asked for one
+Each model family parses its own answers (workers/models/); this module holds Qwen2-Audio's free-text extraction,
+which its family uses, and the degenerate-answer check every family shares. Qwen2-Audio-7B-Instruct answers in several shapes: the bare words; a JSON object when asked for one
 (`{"content": "..."}`, sometimes cut off by the token limit); or a lead-in sentence ("The original content of this
 audio is: '...'"). The raw answer is kept in the results; this module makes the text WER is computed on.
 """
@@ -42,6 +43,7 @@ class Cleaned:
     text: str
     degenerate: bool = False
     reason: str | None = None  # "repetition" / "too_long" when degenerate
+    language: str | None = None  # the language the model identified, for families that say it (Qwen3-ASR)
 
 
 def _from_json(s: str) -> str | None:
@@ -134,10 +136,22 @@ def check_degenerate(text: str, duration_s: float) -> str | None:
     return "too_long" if len(units) > limit else None
 
 
-def clean(raw: str, *, duration_s: float) -> Cleaned:
-    text = extract_transcript(raw)
+def clean(raw: str, *, duration_s: float, extract=extract_transcript) -> Cleaned:
+    """`extract(raw)` gives the transcript (str) or an answer with `.text` and `.language` (a family's parse)."""
+    answer = extract(raw)
+    text, language = (answer, None) if isinstance(answer, str) else (answer.text, answer.language)
     reason = check_degenerate(text, duration_s)
-    return Cleaned(text=text, degenerate=reason is not None, reason=reason)
+    return Cleaned(text=text, degenerate=reason is not None, reason=reason, language=language)
+
+
+def join_languages(languages: list[str | None]) -> str | None:
+    """Per-piece languages of one utterance → "English" or "Chinese,English" (consecutive repeats and unknowns
+    dropped, as qwen-asr's merge_languages); None when no piece said."""
+    out: list[str] = []
+    for lang in languages:
+        if lang and (not out or out[-1] != lang):
+            out.append(lang)
+    return ",".join(out) or None
 
 
 def join(texts: list[str]) -> str:

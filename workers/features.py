@@ -1,7 +1,9 @@
-"""Whisper-style log-mel features exactly as Qwen2-Audio's WhisperFeatureExtractor makes them, in numpy.
+"""Whisper-style log-mel features exactly as transformers' WhisperFeatureExtractor makes them, in numpy.
 
-The window (chunk_length, feature_size, n_fft, hop_length) is read from the model folder's preprocessor_config.json:
-the real model takes 30 s → 3000 frames, a tiny test model may take 2 s → 200 frames.
+The geometry (chunk_length, feature_size, n_fft, hop_length) is read from the model folder's preprocessor_config.json.
+Two ways of calling the extractor exist, and the model family says which one its processor uses (`fixed_window`):
+- padded to a fixed window (Qwen2-Audio: `padding="max_length"`, 30 s → 3000 frames; a tiny test model 2 s → 200);
+- unpadded (Qwen3-ASR: `padding=True, truncation=False`): one frame per hop of the clip itself, any length.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ class FeatureConfig:
     sampling_rate: int = 16000
     hop_length: int = 160
     n_fft: int = 400
-    chunk_length: int = 30  # seconds in the encoder's fixed window
+    chunk_length: int = 30  # seconds in the encoder's fixed window (fixed_window only)
     padding_value: float = 0.0
+    fixed_window: bool = True  # pad every clip to chunk_length (Qwen2-Audio); False: frames = samples // hop
+
+    def frames_of(self, n_samples: int) -> int:
+        """Feature frames `log_mel` returns for a clip of n_samples."""
+        return self.n_frames if self.fixed_window else n_samples // self.hop_length
 
     @property
     def n_samples(self) -> int:
@@ -35,35 +42,44 @@ class FeatureConfig:
 
     @property
     def max_audio_s(self) -> float:
-        return float(self.chunk_length)
+        """Longest clip the features can hold (the window; unbounded without one)."""
+        return float(self.chunk_length) if self.fixed_window else float("inf")
 
     @property
     def max_audio_tokens(self) -> int:
         return audio_token_count(self.n_frames)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | os.PathLike | None) -> "FeatureConfig":
-        """Qwen2-Audio's values when there is no folder or no preprocessor_config.json in it."""
+    def from_model_dir(cls, model_dir: str | os.PathLike | None, *, fixed_window: bool = True,
+                       feature_size: int | None = None) -> "FeatureConfig":
+        """The folder's preprocessor_config.json; Qwen2-Audio's values (or `feature_size`, the family's default mel
+        bins) for what it does not say, and when there is no folder or no such file in it."""
+        defaults = {"fixed_window": fixed_window, **({"feature_size": feature_size} if feature_size else {})}
         if model_dir is None:
-            return cls()
+            return cls(**defaults)
         path = Path(model_dir) / "preprocessor_config.json"
         if not path.is_file():
-            return cls()
+            return cls(**defaults)
         cfg = json.loads(path.read_text())
         fields = {k: cfg[k] for k in ("feature_size", "sampling_rate", "hop_length", "n_fft", "chunk_length") if k in cfg}
         if "padding_value" in cfg:
             fields["padding_value"] = float(cfg["padding_value"])
-        return cls(**fields)
+        return cls(**{**defaults, **fields})
 
 
 def audio_token_count(n_valid_frames: int) -> int:
-    """Audio tokens after the encoder's conv (stride 2) and avg-pool (stride 2), as Qwen2AudioProcessor counts them."""
+    """Qwen2-Audio's audio tokens after the encoder's conv (stride 2) and avg-pool (stride 2), as Qwen2AudioProcessor
+    counts them. (The model family owns this count — workers/models/qwen2_audio.py uses this function; it stays here
+    for the bm1684x engine's load check, whose bmodels are Qwen2-Audio's.)"""
     conv = (n_valid_frames - 1) // 2 + 1
     return max(0, (conv - 2) // 2 + 1)
 
 
 def valid_frames(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
-    """Frames marked real in the attention mask (the mask is the sample mask taken every hop, capped at the window)."""
+    """Frames marked real in the attention mask (the mask is the sample mask taken every hop, capped at the window;
+    without a window the extractor trims it to the n_samples // hop frames it returns)."""
+    if not cfg.fixed_window:
+        return n_samples // cfg.hop_length
     return min(-(-n_samples // cfg.hop_length), cfg.n_frames)
 
 
@@ -92,15 +108,17 @@ def _hann(n_fft: int) -> np.ndarray:
 
 def live_frames(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
     """Frames whose window (centred, n_fft wide) reaches a sample of the audio; the rest see only zero padding."""
-    if cfg.padding_value != 0:
-        return cfg.n_frames
-    return min(cfg.n_frames, -(-(n_samples + cfg.n_fft // 2) // cfg.hop_length))
+    n_frames = cfg.frames_of(n_samples)
+    if cfg.padding_value != 0 or not cfg.fixed_window:
+        return n_frames
+    return min(n_frames, -(-(n_samples + cfg.n_fft // 2) // cfg.hop_length))
 
 
 def log_mel(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """(features [feature_size, n_frames] float32, mask [n_frames] int32) for 16 kHz mono audio no longer than the window.
+    """(features [feature_size, n_frames] float32, mask [n_frames] int32) for 16 kHz mono audio no longer than the window
+    (without a fixed window: n_frames = n_samples // hop_length, every frame real).
 
-    Zero-pads to the window, STFT with centre reflect padding, power spectrum, mel, log10 clamped at 1e-10, floor at
+    Zero-pads to the window (if the config has one), STFT with centre reflect padding, power spectrum, mel, log10 clamped at 1e-10, floor at
     max − 8, then (x + 4) / 4 — WhisperFeatureExtractor with padding="max_length" and return_attention_mask=True.
     Computed in float32 (within 4e-5 of the extractor's float64 on ../shared/audio; tests/test_features.py holds it
     to 1e-4), and the frames that see only zero padding are not transformed: their power is exactly zero anyway.
@@ -108,9 +126,12 @@ def log_mel(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio [n_samples], got shape {audio.shape}")
-    if audio.size > cfg.n_samples:
+    if cfg.fixed_window and audio.size > cfg.n_samples:
         raise ValueError(f"{audio.size / cfg.sampling_rate:.2f} s of audio does not fit the {cfg.chunk_length} s window; split it first")
-    padded = np.full(cfg.n_samples, cfg.padding_value, dtype=np.float32)
+    n_frames = cfg.frames_of(audio.size)
+    if n_frames < 1:
+        raise ValueError(f"{audio.size} samples are shorter than one hop ({cfg.hop_length}); no feature frame")
+    padded = np.full(cfg.n_samples if cfg.fixed_window else audio.size, cfg.padding_value, dtype=np.float32)
     padded[: audio.size] = audio
     half = cfg.n_fft // 2
     padded = np.pad(padded, (half, half), mode="reflect")
@@ -118,11 +139,11 @@ def log_mel(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np
     frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length][:n_live]
     spectrum = scipy.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)  # [n_live, 1 + n_fft // 2] complex64
     power = spectrum.real ** 2 + spectrum.imag ** 2
-    mel = np.zeros((cfg.feature_size, cfg.n_frames), dtype=np.float32)
+    mel = np.zeros((cfg.feature_size, n_frames), dtype=np.float32)
     mel[:, :n_live] = _mel_filters32(cfg.sampling_rate, cfg.n_fft, cfg.feature_size) @ power.T
     log_spec = np.log10(np.maximum(mel, np.float32(1e-10)))
     log_spec = np.maximum(log_spec, log_spec.max() - np.float32(8.0))
     features = (log_spec + np.float32(4.0)) / np.float32(4.0)
-    mask = np.zeros(cfg.n_frames, dtype=np.int32)
+    mask = np.zeros(n_frames, dtype=np.int32)
     mask[: valid_frames(audio.size, cfg)] = 1
     return features, mask

@@ -1,9 +1,8 @@
-"""The ASR chat prompt as token ids, built with `tokenizers` from a model folder (no transformers at run time).
+"""What every model family's prompt needs: the model folder's tokenizer (built with `tokenizers`, no transformers at
+run time), its special-token and stop ids, the instruction templates and the answer-length budget.
 
-The text is Qwen2AudioProcessor's chat template for one system turn and one user turn (audio, then the instruction)
-plus the generation prompt. Special tokens and their ids are read from the folder: `<|AUDIO|>` via config.json's
-`audio_token_index`, stop ids via generation_config.json and the tokenizer. The same code serves the real
-Qwen2-Audio folder (vocab.json + merges.txt + tokenizer_config.json) and a tiny fixture (tokenizer.json).
+The chat prompts themselves live with their model family (workers/models/). The tokenizer loader serves the real
+folders (vocab.json + merges.txt + tokenizer_config.json with its added tokens) and tiny fixtures (tokenizer.json).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -58,6 +57,7 @@ def answer_budget(duration_s: float, cap: int = 256) -> int:
 class Templates:
     system: str
     templates: dict[str, str]
+    sections: dict[str, dict] = field(default_factory=dict)  # per model family settings ([qwen3_asr] context, …)
 
     def instruction(self, row: dict, default: str = "default") -> str:
         """Row `prompt` (free text) > row `task` (a template name) > the run's template name."""
@@ -90,7 +90,9 @@ def load_templates(path: str | os.PathLike | None = None) -> Templates:
     templates = data.get("templates") or {}
     if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
         raise PromptError(f"{where}: [templates] must map names to instruction strings")
-    return Templates(system=str(data.get("system", "You are a helpful assistant.")), templates=dict(templates))
+    sections = {k: v for k, v in data.items() if isinstance(v, dict) and k != "templates"}
+    return Templates(system=str(data.get("system", "You are a helpful assistant.")), templates=dict(templates),
+                     sections=sections)
 
 
 def load_tokenizer(model_dir: str | os.PathLike) -> Tokenizer:
@@ -137,80 +139,43 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-class ChatPrompt:
-    """Prompt ids for one model folder. `ids(instruction)` has one audio placeholder; `expand` repeats it."""
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
-    def __init__(self, model_dir: str | os.PathLike, system: str = "You are a helpful assistant."):
-        d = Path(model_dir)
-        self.tokenizer = load_tokenizer(d)
-        self.system = system
-        config = _read_json(d / "config.json")
-        tok_config = _read_json(d / "tokenizer_config.json")
-        proc_config = _read_json(d / "processor_config.json")
 
-        def token(name: str, default: str) -> str:
-            return proc_config.get(name) or tok_config.get(name) or default
+_read_json = read_json
 
-        if "audio_token_index" in config:
-            self.audio_token_id = int(config["audio_token_index"])
-            self.audio_token = self.tokenizer.id_to_token(self.audio_token_id)
-            if self.audio_token is None:
-                raise PromptError(f"{d}: audio_token_index {self.audio_token_id} is not in the tokenizer")
-        else:
-            self.audio_token = token("audio_token", "<|AUDIO|>")
-            self.audio_token_id = self._id(self.audio_token, d)
-        self.audio_bos = token("audio_bos_token", "<|audio_bos|>")
-        self.audio_eos = token("audio_eos_token", "<|audio_eos|>")
-        for t in (self.audio_bos, self.audio_eos, "<|im_start|>", "<|im_end|>"):
-            self._id(t, d)
-        self.stop_ids = self._stop_ids(d, tok_config)
-        pad = _read_json(d / "generation_config.json").get("pad_token_id")
-        pad_token = tok_config.get("pad_token")
-        pad_token = pad_token.get("content") if isinstance(pad_token, dict) else pad_token
-        self.pad_id = int(pad) if pad is not None else (self.tokenizer.token_to_id(pad_token) if pad_token else self.stop_ids[-1])
-        self._cache: dict[str, list[int]] = {}
 
-    def _id(self, token: str, d: Path) -> int:
-        i = self.tokenizer.token_to_id(token)
-        if i is None:
-            raise PromptError(f"{d}: the tokenizer has no {token!r} token")
-        return i
+def token_id(tokenizer: Tokenizer, token: str, d: Path) -> int:
+    """The id of a token the prompt needs; a PromptError naming the folder when the tokenizer lacks it."""
+    i = tokenizer.token_to_id(token)
+    if i is None:
+        raise PromptError(f"{d}: the tokenizer has no {token!r} token")
+    return i
 
-    def _stop_ids(self, d: Path, tok_config: dict) -> tuple[int, ...]:
-        eos = _read_json(d / "generation_config.json").get("eos_token_id")
-        ids = list(eos) if isinstance(eos, list) else ([eos] if eos is not None else [])
-        for t in ("<|im_end|>", "<|endoftext|>", tok_config.get("eos_token")):
-            t = t.get("content") if isinstance(t, dict) else t
-            i = self.tokenizer.token_to_id(t) if t else None
-            if i is not None and i not in ids:
-                ids.append(i)
-        if not ids:
-            raise PromptError(f"{d}: no stop token (<|im_end|> / <|endoftext|> / eos_token_id) found")
-        return tuple(int(i) for i in ids)
 
-    def text(self, instruction: str) -> str:
-        """The chat text with one audio placeholder, as Qwen2AudioProcessor.apply_chat_template renders it."""
-        return (
-            f"<|im_start|>system\n{self.system}<|im_end|>\n"
-            f"<|im_start|>user\nAudio 1: {self.audio_bos}{self.audio_token}{self.audio_eos}\n{instruction}<|im_end|>\n"
-            "<|im_start|>assistant\n"
-        )
+def _content(t):
+    return t.get("content") if isinstance(t, dict) else t
 
-    def ids(self, instruction: str) -> list[int]:
-        if instruction not in self._cache:
-            ids = self.tokenizer.encode(self.text(instruction), add_special_tokens=False).ids
-            if ids.count(self.audio_token_id) != 1:
-                raise PromptError(f"the instruction must not contain {self.audio_token!r}: {instruction!r}")
-            if len(self._cache) > 256:
-                self._cache.clear()
-            self._cache[instruction] = ids
-        return list(self._cache[instruction])
 
-    def expand(self, ids: list[int], n_audio_tokens: int) -> list[int]:
-        """The HF form: the placeholder repeated once per audio token."""
-        k = ids.index(self.audio_token_id)
-        return ids[:k] + [self.audio_token_id] * n_audio_tokens + ids[k + 1:]
+def stop_ids(tokenizer: Tokenizer, d: Path) -> tuple[int, ...]:
+    """generation_config.json's eos_token_id(s), then <|im_end|>, <|endoftext|> and tokenizer_config.json's eos_token."""
+    eos = read_json(d / "generation_config.json").get("eos_token_id")
+    ids = list(eos) if isinstance(eos, list) else ([eos] if eos is not None else [])
+    for t in ("<|im_end|>", "<|endoftext|>", _content(read_json(d / "tokenizer_config.json").get("eos_token"))):
+        i = tokenizer.token_to_id(t) if t else None
+        if i is not None and i not in ids:
+            ids.append(i)
+    if not ids:
+        raise PromptError(f"{d}: no stop token (<|im_end|> / <|endoftext|> / eos_token_id) found")
+    return tuple(int(i) for i in ids)
 
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
+def pad_id(tokenizer: Tokenizer, d: Path, stops: tuple[int, ...]) -> int:
+    """generation_config.json's pad_token_id, else tokenizer_config.json's pad_token, else the last stop id."""
+    pad = read_json(d / "generation_config.json").get("pad_token_id")
+    if pad is not None:
+        return int(pad)
+    token = _content(read_json(d / "tokenizer_config.json").get("pad_token"))
+    i = tokenizer.token_to_id(token) if token else None
+    return int(i) if i is not None else stops[-1]

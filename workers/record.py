@@ -35,6 +35,7 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("prompt", pa.string(), "instruction text sent with the audio"),
     ("task", pa.string(), "manifest task (prompt template name), if any"),
     ("language", pa.string(), "manifest language, if any"),
+    ("detected_language", pa.string(), "language the model identified (Qwen3-ASR; 'A,B' across pieces), else null"),
     ("n_prompt_tokens", pa.int32(), "prompt tokens incl. audio tokens (summed over pieces)"),
     ("n_audio_tokens", pa.int32(), "audio tokens (25 per second, summed over pieces)"),
     ("n_new_tokens", pa.int32(), "generated tokens (summed over pieces)"),

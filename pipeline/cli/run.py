@@ -51,13 +51,15 @@ def run(
     engine: Optional[str] = typer.Option(None, "--engine", "-e", help=f"bm1684x | hf | simulated  \\[default: {_D['engine']}]",
                                          rich_help_panel=_ENGINE),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model folder (tokenizer + configs; hf: "
-                                             "weights too).", rich_help_panel=_ENGINE),
+                                             "weights too); its config.json model_type picks the model family "
+                                             "(qwen2_audio, qwen3_asr).", rich_help_panel=_ENGINE),
     bmodel: Optional[Path] = typer.Option(None, "--bmodel", help="Compiled .bmodel (bm1684x engine).",
                                           rich_help_panel=_ENGINE),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="hf engine: auto (bf16 on a GPU, fp32 on the CPU) | fp32 | fp16 | bf16.",
                                         rich_help_panel=_ENGINE),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template from config/prompts.toml "
-                                           f"\\[default: {_D['template']}]; rows may override with prompt/task.",
+                                           f"\\[default: {_D['template']}]; rows may override with prompt/task. Qwen3-ASR: "
+                                           "default (it identifies the language) | language (force the row's).",
                                            rich_help_panel=_ENGINE),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Cap on generated tokens per "
                                                  f"request \\[default: {_D['max_new_tokens']}].", rich_help_panel=_ENGINE),

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..features import FeatureConfig, audio_token_count
 from ..frontend import model_id_of
+from ..models import model_type_of
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
 
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
@@ -30,6 +31,9 @@ BUILD_COMMAND = (
     "  on the simulator: make native     (= bash native/scripts/fetch_sim_sdk.sh " + DEFAULT_SIM_SDK + " && "
     "LIBSOPHON_ROOT=" + DEFAULT_SIM_SDK + " pip install ./native)"
 )
+
+
+RUNTIME_FAMILIES = ("qwen2_audio",)  # model families (config.json model_type) whose bmodels the runtime runs
 
 
 class NativeRuntimeMissing(ImportError):
@@ -132,6 +136,12 @@ class Bm1684xEngine(Engine):
         self.model_dir = Path(model_dir).expanduser().resolve()
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {self.model_dir}")
+        model_type = model_type_of(self.model_dir)
+        if model_type not in RUNTIME_FAMILIES:
+            raise ModelMismatch(
+                f"{self.model_dir / 'config.json'}: model_type {model_type!r}: the BM1684X runtime runs "
+                f"{', '.join(RUNTIME_FAMILIES)} bmodels only so far (Qwen3-ASR: native/compile/README.md §7 says what "
+                "is missing); use --engine hf for this model")
         self.bmodel = find_bmodel(bmodel, self.model_dir)
         self.facts = model_facts(self.model_dir)
         sidecar_path = self.bmodel.with_name(self.bmodel.name + ".json")

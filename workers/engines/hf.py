@@ -1,4 +1,7 @@
-"""`hf`: Qwen2-Audio through transformers on a GPU (or the CPU) — the accuracy reference for the bmodel.
+"""`hf`: the model through transformers on a GPU (or the CPU) — the accuracy reference for the bmodel.
+
+The model folder's family (workers/models/) loads the model classes: transformers' Qwen2-Audio, or `qwen-asr`'s
+Qwen3-ASR classes (installed with --no-deps next to this project's transformers; see the README).
 
 Greedy decoding with `generate`, a batch of similar-length requests at a time (left-padded prompts, one feature
 window each). A no-op stopping criterion stamps the time of every decoding step, so each utterance gets its own
@@ -19,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..features import FeatureConfig
 from ..frontend import model_id_of
+from ..models import load_family
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
@@ -85,7 +88,6 @@ class HFEngine(Engine):
     def __init__(self, model_dir: str | os.PathLike, *, dtype: str | None = None, device: int | None = None,
                  batch_size: int | None = None, max_new_tokens: int | None = None):
         import torch
-        from transformers import Qwen2AudioForConditionalGeneration
 
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
@@ -98,18 +100,16 @@ class HFEngine(Engine):
         self.dtype = getattr(torch, DTYPES[dtype])
         self.batch_size = max(1, int(batch_size or 1))  # the run's --batch-size: requests per generate() call
         self.max_new_tokens = max_new_tokens
-        self.model = Qwen2AudioForConditionalGeneration.from_pretrained(
-            self.model_dir, dtype=self.dtype, local_files_only=True
-        ).to(self.device).eval()
+        family = load_family(self.model_dir)
+        reference = family.load_reference(self.dtype)
+        self.model = reference.generator.to(self.device).eval()
         config = json.loads((self.model_dir / "config.json").read_text())
         self.model_id = model_id_of(self.model_dir)
         self.pad_id = self._pad_id(config)
-        features = FeatureConfig.from_model_dir(self.model_dir)
-        text = self.model.config.text_config
-        self.limits = EngineLimits(max_audio_s=features.max_audio_s, max_seq_len=text.max_position_embeddings)
-        self.n_frames = features.n_frames
+        self.limits = EngineLimits(max_audio_s=family.max_audio_s, max_seq_len=reference.max_seq_len)
+        self.n_frames = family.features.n_frames if family.features.fixed_window else None  # None: any length
         self._encode_s = 0.0
-        tower = self.model.model.audio_tower if hasattr(self.model, "model") else self.model.audio_tower
+        tower = reference.audio_encoder
         tower.register_forward_pre_hook(self._encoder_start)
         tower.register_forward_hook(self._encoder_end)
 
@@ -144,14 +144,21 @@ class HFEngine(Engine):
         self._encode_s += time.perf_counter() - self._encoder_t0
 
     def inputs(self, requests: Sequence[Request]) -> dict:
-        """Model inputs for a batch: left-padded expanded prompt ids, stacked feature windows and masks."""
+        """Model inputs for a batch: left-padded expanded prompt ids, feature windows (clips of a model without a
+        fixed window right-padded to the longest, masked) and their masks."""
         import torch
 
         for r in requests:
             if r.features is None or not r.expanded_ids:
                 raise EngineError(f"{r.id}: the hf engine needs features and prompt ids (FrontEnd with a model_dir)")
-            if r.features.shape[-1] != self.n_frames:
+            if self.n_frames is not None and r.features.shape[-1] != self.n_frames:
                 raise EngineError(f"{r.id}: {r.features.shape[-1]} feature frames, this model takes {self.n_frames}")
+        n_frames = max(r.features.shape[-1] for r in requests)
+        features = np.zeros((len(requests), requests[0].features.shape[0], n_frames), dtype=np.float32)
+        feature_mask = np.zeros((len(requests), n_frames), dtype=np.int64)
+        for i, r in enumerate(requests):
+            features[i, :, :r.features.shape[-1]] = r.features
+            feature_mask[i, :r.features.shape[-1]] = r.feature_mask
         width = max(len(r.expanded_ids) for r in requests)
         ids = np.full((len(requests), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(requests), width), dtype=np.int64)
@@ -161,9 +168,8 @@ class HFEngine(Engine):
         return {
             "input_ids": torch.from_numpy(ids).to(self.device),
             "attention_mask": torch.from_numpy(mask).to(self.device),
-            "input_features": torch.from_numpy(np.stack([r.features for r in requests])).to(self.device, self.dtype),
-            "feature_attention_mask": torch.from_numpy(
-                np.stack([r.feature_mask for r in requests]).astype(np.int64)).to(self.device),
+            "input_features": torch.from_numpy(features).to(self.device, self.dtype),
+            "feature_attention_mask": torch.from_numpy(feature_mask).to(self.device),
         }
 
     def _generate(self, requests: Sequence[Request]) -> list[EngineResult]:
@@ -242,6 +248,6 @@ class HFEngine(Engine):
 def create(options: dict, device: int | None) -> HFEngine:
     model_dir = options.get("model_dir")
     if not model_dir:
-        raise ValueError("the hf engine needs --model-dir (a Qwen2-Audio folder with weights)")
+        raise ValueError("the hf engine needs --model-dir (a Qwen2-Audio or Qwen3-ASR folder with weights)")
     return HFEngine(model_dir, dtype=options.get("dtype"), device=device, batch_size=options.get("batch_size"),
                     max_new_tokens=options.get("max_new_tokens"))
