@@ -338,9 +338,9 @@ struct Runtime::Impl {
         if (sd < 0 || seq_dim(ks, seqlen) != sd)
           layout_error(where + ": no common sequence dim of size SEQLEN (" + std::to_string(seqlen) + ")");
         KvLayout pk = kv_layout(ks, sd, b->output_dtypes[k]), hk = kv_layout(hs, sd, c->input_dtypes[2 + k]);
-        KvLayout nk = hk;
         bool ok = hk.outer % static_cast<size_t>(batch) == 0 && b->output_dtypes[k] == c->input_dtypes[2 + k];
         hk.outer /= static_cast<size_t>(batch);  // per row
+        KvLayout nk = hk;                         // insert: the new K/V lands in the history itself
         if (!insert) {
           const auto &ns = out_shape(c, k);
           if (sd >= ns.num_dims || ns.dims[sd] != 1)
