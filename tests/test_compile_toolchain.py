@@ -363,3 +363,14 @@ def test_port_layout_fixture_is_there_and_small():
     port = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-port" / "tiny-qwen2-audio-port.bmodel"
     assert 0 < port.stat().st_size < 1_000_000
     assert not sidecar.sidecar_path(port).exists()  # like the port's own bmodels
+
+
+def test_batched_fixture_is_the_same_model_with_four_decode_rows():
+    b4 = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-b4" / "tiny-qwen2-audio-b4.bmodel"
+    data = sidecar.read_sidecar(b4)
+    assert data["bmodel_sha256"] == sidecar.sha256_file(b4) and b4.stat().st_size < 1_000_000
+    assert sidecar.batch_of(data) == 4 and sidecar.batch_of(sidecar.read_sidecar(BMODEL)) == 1
+    one = sidecar.read_sidecar(BMODEL)
+    same = ("model_id", "seqlen", "hidden_size", "vocab_size", "num_layers", "quantization", "lm_head", "nets",
+            "audio_token_index", "mel_frames")
+    assert {k: data[k] for k in same} == {k: one[k] for k in same}
