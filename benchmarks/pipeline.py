@@ -143,6 +143,47 @@ def sequential_baseline(manifest: Path, options: dict) -> dict:
     return {"wall_s": time.perf_counter() - t0, "rows": n, "failed": failed, "prep_s": prep, "infer_s": infer}
 
 
+def manifest_work(manifest: Path) -> tuple[float, int, int]:
+    """(audio seconds, rows, answer tokens as the simulated engine counts them) of a manifest."""
+    from transcribe_batch.manifests.reader import iter_rows
+    from transcribe_batch.workers.engines.simulated import count_tokens
+
+    audio_s, rows, tokens = 0.0, 0, 0
+    for _, row in iter_rows(manifest):
+        audio_s += float(row.get("duration") or 0.0)
+        rows += 1
+        tokens += count_tokens(row.get("text") or "")  # + the stop token, - the one the prefill yields
+    return audio_s, rows, tokens
+
+
+def project_batches(work: tuple[float, int, int], options: dict, batches=(1, 2, 4, 8, 16)) -> dict:
+    """PROJECTION, not measured: audio-hours per card-hour of this manifest at decode batch B, with the simulated
+    engine's cost model (its TTFT and s/token at B = 1) and its batched step model (workers/engines/simulated.py:
+    batched_step_s — weights read once per step for all rows, each row's K/V history for itself). Slots are taken
+    as always full; prefills (TTFT) are not batched."""
+    from transcribe_batch.workers.engines.simulated import DEFAULT_S_PER_TOKEN, DEFAULT_TTFT_S, batched_step_s
+
+    ttft = float(options.get("sim_ttft_s") or DEFAULT_TTFT_S)
+    s_tok = float(options.get("sim_s_per_token") or DEFAULT_S_PER_TOKEN)
+    audio_s, rows, tokens = work
+    prefill_s = rows * ttft
+    print(f"\n## PROJECTION (not measured): audio-hours per card-hour by decode batch B — simulated cost model "
+          f"(TTFT {ttft:g} s, {s_tok:g} s/token at B=1, K/V share of a step's bytes 0.10), this manifest\n")
+    print("| B | step s | decode card-h | prefill card-h | audio-h per card-h | × B=1 |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    out, base = {}, None
+    for b in batches:
+        step = batched_step_s(s_tok, b)
+        decode = tokens * step / b
+        rate = audio_s / (prefill_s + decode)
+        base = base or rate
+        out[f"proj_audio_h_per_card_h_b{b}"] = f"{rate:.3f}"
+        print(f"| {b} | {step:.3f} | {decode / 3600:.3f} | {prefill_s / 3600:.3f} | {rate:.3f} | {rate / base:.2f} |")
+    print("\nWith the port's 24 s TTFT the unbatched prefill dominates once B > 2; benchmarks/runtime.py "
+          "--projection-only gives the roofline for our runtime (prefill ≥ 1 s), where B buys far more.")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--utterances", type=int, default=200, help="manifest rows (default 200)")
@@ -191,6 +232,7 @@ def main() -> None:
         base = None
         if not args.no_baseline:
             base = sequential_baseline(manifest, cfg.engine_options_dict())
+        work_totals = manifest_work(manifest)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -224,6 +266,7 @@ def main() -> None:
             f"overhead_ms_per_utt_{k}": f"{top['overhead_ms']:.1f}"}
     if base:
         line["speedup_vs_sequential"] = f"{base['wall_s'] / top['wall_s']:.2f}"
+    line.update(project_batches(work_totals, cfg.engine_options_dict()))
     print("\n" + " ".join(f"{key}={value}" for key, value in line.items()))
 
 

@@ -7,10 +7,15 @@ copies every layer's K and V cache to the host after the prefill and, for every 
 every layer back to the device (and the new K/V row up again). Then both formulas — ours checked against the counters
 first — for the real Qwen2-Audio-7B shapes (32 layers, 32 KV heads × 128, SEQLEN 599 and 1024, fp16 and fp32).
 
+Batched decode (--batched-bmodel, default the B=4 fixture tests/fixtures/tiny-qwen2-audio-b4): the same recordings,
+repeated to fill the slots, through the runtime steps (start a request in a free slot, one step for all busy slots,
+finish and refill), measured per B side by side with the B=1 runs above: net launches and host↔device bytes per
+generated token, and on a card tokens/s and audio-seconds per card-second.
+
 With a real card (/dev/bm-sophon*) and a real bmodel (--bmodel, --model-dir) the same script reports TTFT and
 decode tokens/s per recording; on the simulator those timings are printed but measure the simulator, not a card.
 
-    make native && .venv/bin/python benchmarks/runtime.py              # simulator + tiny fixture, ≈ 1 min
+    make native && .venv/bin/python benchmarks/runtime.py              # simulator + tiny fixtures, ≈ 2 min
     .venv/bin/python benchmarks/runtime.py --bmodel qwen2-audio.bmodel --model-dir qwen2-audio-7b-instruct \\
         --clips 001.wav,beckett.wav,two_cities.wav --max-new-tokens 128   # on a card
 """
@@ -21,6 +26,7 @@ import argparse
 import glob
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURE = REPO / "tests" / "fixtures" / "tiny-qwen2-audio"
+BATCHED_FIXTURE = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-b4" / "tiny-qwen2-audio-b4.bmodel"
 BUILD_HINT = ("build it with: make native   (= bash native/scripts/fetch_sim_sdk.sh $SIM_SDK && "
               "LIBSOPHON_ROOT=$SIM_SDK .venv/bin/pip install ./native)")
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "INT32": 4, "UINT32": 4, "INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2}
@@ -91,6 +98,117 @@ def qwen2_audio_7b(seqlen: int, kv_bytes: int) -> Shapes:
                   seqlen, 2, mel + 1500 * 4, mel + 1500 * 1500 * 4)
 
 
+def run_slots(rt, requests: list, max_new_tokens: int, stop: bool) -> dict:
+    """All requests through the runtime's slots (refilled as answers finish); counters and wall time of the run."""
+    before = rt.counters()
+    pending = list(requests)
+    busy: dict[int, object] = {}
+    outs, steps, decode_launches = [], 0, 0
+    t0 = time.perf_counter()
+    while pending or busy:
+        while pending and rt.free_slots():
+            req = pending.pop(0)
+            slot = rt.start(req.features, int(req.feature_mask.sum()), list(req.prompt_ids), req.audio_token_id,
+                            req.n_audio_tokens, list(req.stop_ids) if stop else [], max_new_tokens)
+            busy[slot] = req
+            if rt.state(slot) != "decoding":
+                busy.pop(slot)
+                outs.append(rt.finish(slot))
+        if busy:
+            c = rt.counters()["launches"]
+            done = rt.step()
+            decode_launches += rt.counters()["launches"] - c
+            steps += 1
+            for slot in done:
+                busy.pop(slot)
+                outs.append(rt.finish(slot))
+    wall = time.perf_counter() - t0
+    total = {k: rt.counters()[k] - before[k] for k in before}
+    decode_tokens = sum(len(o["step_s"]) for o in outs)  # tokens that came from decode steps (not the prefill)
+    return {"outs": outs, "steps": steps, "decode_launches": decode_launches, "total": total, "wall_s": wall,
+            "decode_tokens": decode_tokens, "tokens": sum(len(o["tokens"]) for o in outs),
+            "decode_h2d": sum(o["decode"]["h2d_bytes"] for o in outs),
+            "decode_d2h": sum(o["decode"]["d2h_bytes"] for o in outs),
+            "audio_s": sum(r.duration_s for r in requests)}
+
+
+# ---- PROJECTION (not measured): roofline of batched decode for Qwen2-Audio-7B on one BM1684X ----------------------
+BM1684X_BYTES_PER_S = 64e9  # LPDDR4X bandwidth
+AUDIO_NET_BYTES = 1.31e9   # the real encoder as one bf16 net (measured compile, native/compile/README.md)
+BM1684X_FLOPS = 16e12       # fp16/bf16 peak (32 TOPS int8); w4/w8 weights are dequantized to bf16 for the matmuls
+
+
+@dataclass(frozen=True)
+class Model7B:
+    layers: int = 32
+    hidden: int = 4096
+    intermediate: int = 11008
+    kv_dim: int = 32 * 128  # 32 KV heads (no GQA) x head_dim 128
+    vocab: int = 156032
+    seqlen: int = 1024      # static nets attend over every history slot, masked or not
+
+    @property
+    def layer_params(self) -> int:
+        return 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate
+
+    def weight_bytes(self, bits: float) -> float:
+        """Bytes read per decode step: the text layers at `bits` per weight (incl. group scales) + the bf16 lm_head
+        (our converter keeps it in half precision; the embedding is a one-row gather)."""
+        return self.layers * self.layer_params * bits / 8 + self.vocab * self.hidden * 2
+
+    @property
+    def kv_bytes_per_row(self) -> float:
+        """K and V history of every layer, bf16, all SEQLEN slots: read once per step per row."""
+        return 2 * self.layers * self.seqlen * self.kv_dim * 2
+
+    @property
+    def flops_per_row(self) -> float:
+        """Matmul FLOPs of one row's step: 2 per weight + QK^T and PV over SEQLEN."""
+        return 2 * (self.layers * self.layer_params + self.vocab * self.hidden) + 4 * self.layers * self.seqlen * self.hidden
+
+
+def roofline_step_s(m: Model7B, bits: float, batch: int) -> tuple[float, float, float]:
+    """(memory s, compute s, step s = the larger) for one decode step of `batch` rows."""
+    mem = (m.weight_bytes(bits) + batch * m.kv_bytes_per_row) / BM1684X_BYTES_PER_S
+    comp = batch * m.flops_per_row / BM1684X_FLOPS
+    return mem, comp, max(mem, comp)
+
+
+def prefill_s(m: Model7B, audio_params: float = 0.64e9, audio_positions: int = 1500) -> float:
+    """Per request, not batched: audio encoder over 1500 positions + a SEQLEN-wide prefill, at peak FLOPs (a lower
+    bound: real utilisation is lower)."""
+    text = 2 * (m.layers * m.layer_params) * m.seqlen + 4 * m.layers * m.seqlen * m.seqlen * m.hidden
+    audio = 2 * audio_params * audio_positions
+    return (text + audio) / BM1684X_FLOPS
+
+
+def print_projection(batches=(1, 2, 4, 8, 16), tokens_per_request: float = 25.0, audio_s: float = 7.3) -> dict:
+    m = Model7B()
+    pre = prefill_s(m)
+    print("\n## PROJECTION (roofline, not measured): Qwen2-Audio-7B decode on one BM1684X\n")
+    print(f"Per step: weights read once for all rows + each row's K/V history ({fmt_bytes(m.kv_bytes_per_row)} at "
+          f"SEQLEN {m.seqlen}); {m.flops_per_row / 1e9:.1f} GFLOP per row; {BM1684X_BYTES_PER_S / 1e9:.0f} GB/s, "
+          f"{BM1684X_FLOPS / 1e12:.0f} TFLOPS. Per request a prefill + audio encode of ≥ {pre:.2f} s (peak FLOPs). "
+          f"A request: {audio_s} s of audio, {tokens_per_request:.0f} generated tokens (LibriSpeech-like).\n")
+    print("| weights | B | bytes per step | memory ms | compute ms | step ms | tokens/s | × B=1 | "
+          "audio-h per card-h | device memory (weights + audio net + K/V) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out = {}
+    for name, bits in (("w4bf16", 4.25), ("w8bf16", 8.25)):  # + a bf16 scale per 64-weight group
+        base = None
+        for b in batches:
+            mem, comp, step = roofline_step_s(m, bits, b)
+            rate = b / step
+            base = base or rate
+            per_request = pre + tokens_per_request * step / b  # slots full: a step serves b requests
+            audio_h = audio_s / per_request
+            out[f"proj_{name}_b{b}_tokens_per_s"] = f"{rate:.1f}"
+            print(f"| {name} | {b} | {fmt_bytes(m.weight_bytes(bits) + b * m.kv_bytes_per_row)} | {mem * 1e3:.1f} | "
+                  f"{comp * 1e3:.1f} | {step * 1e3:.1f} | {rate:.1f} | {rate / base:.2f} | {audio_h:.1f} | "
+                  f"{fmt_bytes(m.weight_bytes(bits) + m.vocab * m.hidden * 2 + AUDIO_NET_BYTES + b * m.kv_bytes_per_row)} |")
+    return out
+
+
 def fmt_bytes(n: float) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
@@ -108,7 +226,16 @@ def main() -> None:
                          "different lengths (default 001.wav,beckett.wav:2)")
     ap.add_argument("--max-new-tokens", type=int, default=4, help="tokens to generate per clip (the simulator is slow)")
     ap.add_argument("--device", type=int, default=0)
+    ap.add_argument("--batched-bmodel", type=Path, default=BATCHED_FIXTURE,
+                    help="a bmodel compiled with convert.py --batch B, run with the same clips side by side ('' to skip)")
+    ap.add_argument("--projection-only", action="store_true",
+                    help="print the roofline PROJECTION for Qwen2-Audio-7B on BM1684X and exit (no runtime needed)")
+    ap.add_argument("--requests", type=int, default=0,
+                    help="requests in the batched comparison (default: the clips repeated to B + 1)")
     args = ap.parse_args()
+    if args.projection_only:
+        print_projection()
+        return
 
     try:
         import transcribe_batch_native as tbn
@@ -195,6 +322,10 @@ def main() -> None:
         print(f"| {clip} | {req.duration_s:.2f} | {out['encode_s']:.3f} | {out['prefill_s']:.3f} | {out['ttft_s']:.3f} | "
               f"{rate:.2f} | {len(out['tokens'])} |")
 
+    batched = {}
+    if str(args.batched_bmodel) not in ("", ".") and args.batched_bmodel.is_file():
+        batched = compare_batches(tbn, args, rt, [req for _, req, _, _ in runs], on_card)
+
     s599 = qwen2_audio_7b(599, 4)
     line = {
         "bytes_per_token_ours": f"{sum(ours_decode(101, shapes)) / 101:.1f}",
@@ -207,7 +338,39 @@ def main() -> None:
     }
     if on_card:
         line.update(ttft_s=f"{float(np.mean(ttfts)):.3f}", tokens_per_s=f"{float(np.nanmean(rates)):.2f}")
+    line.update(batched)
+    print_projection()
     print("\n" + " ".join(f"{k}={v}" for k, v in line.items()))
+
+
+def compare_batches(tbn, args, rt1, reqs: list, on_card: bool) -> dict:
+    """The same requests through the B=1 runtime and the batched one, one after the other in this process."""
+    rtb = tbn.Runtime(str(args.batched_bmodel), args.device)
+    B = rtb.batch
+    n = args.requests or B + 1  # one refill
+    work = [reqs[i % len(reqs)] for i in range(n)]
+    print(f"\n## Batched decode — {args.batched_bmodel.name} (B={B}) vs {args.bmodel.name} (B=1): {n} requests, "
+          f"{args.max_new_tokens} tokens each, slots refilled as answers finish\n")
+    print("| B | decode steps | generated tokens (decode) | net launches per decode token | h2d B per decode token | "
+          "d2h B per decode token | wall s | tokens/s | audio s per device s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    figures = {}
+    for b, rt in ((1, rt1), (B, rtb)):
+        r = run_slots(rt, work, args.max_new_tokens, stop=on_card)
+        dt = max(1, r["decode_tokens"])
+        per_launch = r["decode_launches"] / dt
+        rate = r["tokens"] / r["wall_s"]
+        print(f"| {b} | {r['steps']} | {r['decode_tokens']} | {per_launch:.2f} | {r['decode_h2d'] / dt:.1f} | "
+              f"{r['decode_d2h'] / dt:.1f} | {r['wall_s']:.1f} | {rate:.2f} | {r['audio_s'] / r['wall_s']:.3f} |")
+        figures[f"launches_per_token_b{b}"] = f"{per_launch:.2f}"
+        figures[f"bytes_per_token_b{b}"] = f"{(r['decode_h2d'] + r['decode_d2h']) / dt:.1f}"
+        if on_card:
+            figures[f"tokens_per_s_b{b}"] = f"{rate:.2f}"
+            figures[f"audio_s_per_card_s_b{b}"] = f"{r['audio_s'] / r['wall_s']:.3f}"
+    print(f"\nLaunches per generated token fall by about B (every decode net serves all busy slots in one launch); "
+          f"bytes per token stay those of one slot. Wall time and tokens/s here "
+          f"{'are the card' if on_card else 'measure the cmodel simulator (its cost grows with B), not a card'}.")
+    return figures
 
 
 if __name__ == "__main__":

@@ -54,6 +54,25 @@ def port_bmodel_path() -> Path:
     return path
 
 
+BATCH = 4  # decode rows of the batched fixture
+
+
+def batched_bmodel_path() -> Path:
+    """The same weights compiled with `convert.py --batch 4` (4 decode slots; prefill and audio net as at B=1)."""
+    path = FIXTURE.parent / f"tiny-qwen2-audio-b{BATCH}" / f"tiny-qwen2-audio-b{BATCH}.bmodel"
+    if not path.is_file() or not Path(f"{path}.json").is_file():
+        _missing(f"batched fixture missing: {path} (+ .json) (regenerate: native/compile/make_tiny_fixture.py "
+                 "--batched-only)")
+    return path
+
+
+def too_long_prompt(req, kv_capacity: int, answer_room: int) -> list[int]:
+    """req's prompt padded with copies of its last id so the merged prompt leaves `answer_room` positions of the
+    runtime's kv_capacity: the request starts, then overruns SEQLEN in its answer_room-th decode step."""
+    merged = len(req.prompt_ids) - 1 + req.n_audio_tokens
+    return [req.prompt_ids[-1]] * (kv_capacity - answer_room - merged) + list(req.prompt_ids)
+
+
 def reference() -> dict:
     return json.loads((fixture_dir() / "reference.json").read_text())
 

@@ -3,6 +3,7 @@ checks (sidecar vs model folder), limits, error mapping and the message shown wi
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -126,3 +127,69 @@ def test_without_the_extension_the_error_says_how_to_build_it():
 def test_engine_needs_a_model_folder():
     with pytest.raises(ValueError, match="model_dir"):
         create_engine("bm1684x", {}, 0)
+
+
+# ---------------------------------------------------------------- a batched (B=4) bmodel
+
+
+@pytest.fixture(scope="module")
+def engine4():
+    from bm1684x_support import batched_bmodel_path
+
+    native()
+    eng = create_engine("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(batched_bmodel_path())}, 0)
+    yield eng
+    eng.close()
+
+
+@pytest.mark.slow
+def test_batched_engine_keeps_its_slots_full_and_fails_requests_alone(engine4, audio_dir):
+    """Six requests through 4 slots: each result in order; the one that overruns SEQLEN gets SequenceTooLong and the
+    malformed one a ValueError while the others decode; the last starts in a slot freed by an earlier answer."""
+    from bm1684x_support import BATCH, too_long_prompt
+    from transcribe_batch.workers.frontend import FrontEnd
+
+    assert engine4.preferred_batch_size == BATCH
+    fe = FrontEnd(fixture_dir(), limits=engine4.limits)
+    clips = reference()["clips"]
+    prepared = [fe.prepare(clip_row(c, audio_dir))[0] for c in clips]
+    plan = [(0, 3), (1, 2), (0, None), (2, 2), (1, "bad"), (1, 3)]
+    reqs = []
+    for clip, n in plan:
+        r = copy.deepcopy(prepared[clip])
+        if n is None:  # room for one answer token in the KV history: overruns in its first decode step
+            r.prompt_ids = too_long_prompt(r, engine4.layout["kv_capacity"], answer_room=1)
+            r.stop_ids, n = (), 4
+        elif n == "bad":
+            r.n_audio_tokens += 1
+            n = 2
+        r.max_new_tokens = n
+        reqs.append(r)
+    out = engine4.transcribe_batch(reqs)
+    assert isinstance(out[2], SequenceTooLong) and "answer reached SEQLEN" in str(out[2])
+    assert isinstance(out[4], ValueError) and "n_audio_tokens" in str(out[4])
+    for i in (0, 1, 3, 5):
+        clip, n = plan[i]
+        res = out[i]
+        assert res.token_ids == clips[clip]["tokens"][:n], (i, res.token_ids)
+        assert res.finish_reason == FINISH_MAX_TOKENS
+        assert res.extra["batch"] == BATCH and res.extra["decode_steps"] == n - 1
+        assert res.ttft_s > res.encode_s > 0
+    # the 6th waited for a slot: until the 2nd request's prefill and its one decode step were over
+    assert out[5].extra["slot_wait_s"] >= out[1].ttft_s + out[1].decode_s > out[0].extra["slot_wait_s"]
+    assert engine4.runtime.free_slots() == BATCH
+
+
+@pytest.mark.slow
+def test_a_batched_bmodel_whose_sidecar_says_another_batch_is_refused(tmp_path):
+    from bm1684x_support import batched_bmodel_path
+    from transcribe_batch.workers.engines.bm1684x import ModelMismatch
+
+    native()
+    src = batched_bmodel_path()
+    bm = tmp_path / src.name
+    shutil.copy(src, bm)
+    shutil.copy(src.with_name(src.name + ".json"), tmp_path / (src.name + ".json"))
+    _edit_json(tmp_path / (src.name + ".json"), lambda c: c.update(batch=1))
+    with pytest.raises(ModelMismatch, match="decode batch: sidecar says 1, bmodel nets says 4"):
+        create_engine("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(bm)}, 0)

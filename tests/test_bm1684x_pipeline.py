@@ -44,3 +44,31 @@ def test_run_with_engine_bm1684x_on_the_simulator(tmp_path, audio_dir):
         assert row["raw_text"] == fe.decode(clip["tokens"][:N_TOKENS])
         assert row["n_audio_tokens"] == clip["n_audio_tokens"]
         assert row["ttft_s"] > 0 and row["decode_s"] > 0
+
+
+@pytest.mark.slow
+def test_run_with_a_batched_bmodel_and_batch_size_4(tmp_path, audio_dir):
+    """The B=4 bmodel through `transcribe-batch run --batch-size 4`: the actor hands the engine all three clips at
+    once, they decode in one batch, and every answer is the HF reference's."""
+    from bm1684x_support import BATCH, batched_bmodel_path
+
+    native()
+    clips = reference()["clips"]
+    manifest = tmp_path / "manifest.jsonl"
+    write_reference_manifest(manifest, clips, audio_dir)
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).with_name("transcribe-batch")), "run", str(manifest), "-o", str(out),
+           "--engine", "bm1684x", "--model-dir", str(fixture_dir()), "--bmodel", str(batched_bmodel_path()),
+           "--devices", "0,", "--batch-size", str(BATCH), "--max-new-tokens", "3", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    from transcribe_batch.workers.frontend import FrontEnd
+
+    fe = FrontEnd(fixture_dir())
+    assert set(rows) == {c["audio_filepath"] for c in clips}
+    for clip in clips:
+        row = rows[clip["audio_filepath"]]
+        assert row["status"] == "ok", row
+        assert row["raw_text"].strip() == fe.decode(clip["tokens"][:3]).strip()  # the record strips whitespace
+        assert row["n_new_tokens"] == 3 and row["ttft_s"] > 0 and row["decode_s"] > 0

@@ -164,6 +164,18 @@ def test_convert_defaults(tmp_path):
     assert conv.do_sample is False and conv.dynamic is False and conv.num_device == 1 and conv.batch == 1
 
 
+def test_convert_batch_option_reaches_the_converter_and_the_sidecar(tmp_path):
+    args = convert.parse_args([str(tmp_path), "-o", str(tmp_path / "m.bmodel"), "--batch", "8"])
+    assert args.batch == 8 and convert.converter_args(args, tmp_path).batch == 8
+    _, data = _build(tmp_path, batch=8)
+    assert data["batch"] == 8 and sidecar.batch_of(data) == 8
+    del data["batch"]  # sidecars written before the field: one decode row
+    assert sidecar.batch_of(sidecar.validate_sidecar(data)) == 1
+    for bad in (0, "4"):
+        with pytest.raises(sidecar.SidecarError, match="'batch'"):
+            sidecar.validate_sidecar({**data, "batch": bad})
+
+
 def test_convert_logits_head_and_float_mode(tmp_path):
     args = convert.parse_args([str(tmp_path), "-o", str(tmp_path / "m.bmodel"), "-q", "bf16", "--do_sample",
                                "-c", "bm1688", "--num-core", "2", "-s", "599"])
@@ -179,6 +191,7 @@ def test_convert_logits_head_and_float_mode(tmp_path):
     (["-q", "w8f16", "-g", "-1"], "--q-group-size -1"),
     (["-s", "8"], "--seqlen 8"),
     (["--num-core", "2"], "bm1684x has one core"),
+    (["--batch", "0"], "--batch 0"),
 ])
 def test_convert_rejects_bad_arguments(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
@@ -335,6 +348,14 @@ def test_convert_build_folder_stays_out_of_the_checkpoint(tmp_path):
         inside.rmdir()
     with pytest.raises(convert.UsageError, match="inside the checkpoint folder"):
         convert.build_dir(model / "w", tmp_path / "m.bmodel", model)
+    # tpu-mlir tests the build folder with a string prefix: ckpt-b4/ counts as inside ckpt/ for it
+    sibling = convert.build_dir(None, tmp_path / "ckpt-b4" / "m.bmodel", model)
+    try:
+        assert not str(sibling).startswith(str(model)) and sibling.is_dir()
+    finally:
+        sibling.rmdir()
+    with pytest.raises(convert.UsageError, match="starts with"):
+        convert.build_dir(tmp_path / "ckpt-work", tmp_path / "m.bmodel", model)
     assert convert.build_dir(tmp_path / "w", tmp_path / "m.bmodel", model) == tmp_path / "w"
 
 
@@ -342,3 +363,14 @@ def test_port_layout_fixture_is_there_and_small():
     port = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-port" / "tiny-qwen2-audio-port.bmodel"
     assert 0 < port.stat().st_size < 1_000_000
     assert not sidecar.sidecar_path(port).exists()  # like the port's own bmodels
+
+
+def test_batched_fixture_is_the_same_model_with_four_decode_rows():
+    b4 = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-b4" / "tiny-qwen2-audio-b4.bmodel"
+    data = sidecar.read_sidecar(b4)
+    assert data["bmodel_sha256"] == sidecar.sha256_file(b4) and b4.stat().st_size < 1_000_000
+    assert sidecar.batch_of(data) == 4 and sidecar.batch_of(sidecar.read_sidecar(BMODEL)) == 1
+    one = sidecar.read_sidecar(BMODEL)
+    same = ("model_id", "seqlen", "hidden_size", "vocab_size", "num_layers", "quantization", "lm_head", "nets",
+            "audio_token_index", "mel_frames")
+    assert {k: data[k] for k in same} == {k: one[k] for k in same}

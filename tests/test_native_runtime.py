@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from bm1684x_support import assert_tokens_match, bmodel_path, clip_row, fixture_dir, native, port_bmodel_path, reference
+from bm1684x_support import (assert_tokens_match, bmodel_path, clip_row, fixture_dir, native, port_bmodel_path, reference,
+                             too_long_prompt)
 
 pytestmark = [pytest.mark.slow, pytest.mark.simulator]
 
@@ -187,3 +188,110 @@ def test_public_port_layout_gives_the_same_tokens(tbn, requests):
     token_bytes = 4 if rt.layout["lm_head"] == "logits+greedy_head" else 4 * lay["vocab"]  # greed on device, or argmax on host
     assert out["decode"]["d2h_bytes"] == token_bytes * steps
     assert out["decode"]["h2d_bytes"] == 4 * steps + 2 * (steps - 1) + (0 if token_bytes == 4 else 4 * steps)
+
+
+# ---------------------------------------------------------------- batched decode: 4 slots, refilled as answers end
+
+
+@pytest.fixture(scope="module")
+def rt4(tbn):
+    from bm1684x_support import batched_bmodel_path
+
+    return tbn.Runtime(str(batched_bmodel_path()), 0)
+
+
+def test_batched_layout(rt, rt4):
+    from bm1684x_support import BATCH, batched_bmodel_path
+
+    lay, lay1 = rt4.layout, rt.layout
+    sidecar = json.loads(batched_bmodel_path().with_name(batched_bmodel_path().name + ".json").read_text())
+    assert rt4.batch == lay["batch"] == sidecar["batch"] == BATCH
+    assert lay1["batch"] == 1 and lay1["decode_kv"] == "concat" and lay1["kv_capacity"] == lay1["seqlen"]
+    assert lay["decode_kv"] == "insert" and lay["kv_capacity"] == lay["seqlen"] - 1
+    nets = {n["name"]: n for n in rt4.nets}
+    assert nets["embedding_cache"]["inputs"][0]["shape"] == [BATCH, 1]
+    assert nets["lm_head"]["inputs"][0]["shape"] == [BATCH, lay["hidden"]]
+    assert nets["block_cache_0"]["inputs"][0]["shape"] == [BATCH, 1, lay["hidden"]]
+    assert nets["block_0"] == {**next(n for n in rt.nets if n["name"] == "block_0")}  # the prefill is the B=1 one
+    assert rt4.free_slots() == BATCH and [rt4.state(i) for i in range(BATCH)] == ["free"] * BATCH
+
+
+def _start(rt, req, *, max_new_tokens, stop_ids=None, prompt_ids=None):
+    return rt.start(
+        req.features, int(req.feature_mask.sum()), list(prompt_ids or req.prompt_ids), req.audio_token_id,
+        req.n_audio_tokens, list(req.stop_ids if stop_ids is None else stop_ids), max_new_tokens,
+    )
+
+
+def test_batched_slots_match_hf_with_staggered_starts_stops_refills_and_an_overrun(tbn, rt4, requests, frontend,
+                                                                                    audio_dir):
+    """Four slots on the B=4 bmodel. Requests start at different steps, with different prompt lengths; one stops
+    on a stop id, one after a single token, one at max_new_tokens, one overruns SEQLEN mid-batch (and fails
+    alone); finished slots are refilled, one with a shorter prompt than the one before it. Every request's tokens
+    equal the HF fp32 reference (= the batch-1 runtime's tokens, test above) at every step."""
+    lay = rt4.layout
+    clips = reference()["clips"]
+    (req2,) = frontend.prepare(clip_row(clips[2], audio_dir))
+    reqs = [r for _, r in requests] + [req2]
+    want = [c["tokens"] for c in clips]
+    k_stop = next(i for i in range(2, len(want[1])) if want[1][i] not in want[1][:i])
+    results, slot_of, events = {}, {}, []
+
+    def start(name, i, **kw):
+        slot = _start(rt4, reqs[i], **kw)
+        assert slot not in slot_of.values()
+        slot_of[name] = slot
+        events.append(f"start {name} in slot {slot}")
+        if rt4.state(slot) != "decoding":
+            take(name)
+
+    def take(name):
+        slot = slot_of.pop(name)
+        try:
+            results[name] = rt4.finish(slot)
+        except tbn.TooLongError as e:
+            results[name] = e
+        events.append(f"finish {name}")
+
+    def step():
+        done = set(rt4.step())
+        for name, slot in list(slot_of.items()):
+            if slot in done:
+                take(name)
+        return done
+
+    start("a", 0, max_new_tokens=6)                         # the long one: 5 decode steps
+    step()
+    start("b", 1, max_new_tokens=12, stop_ids=[want[1][k_stop]])  # stops on a stop id after k_stop tokens
+    start("c", 2, max_new_tokens=8, stop_ids=[],              # overruns SEQLEN in its 2nd decode step
+          prompt_ids=too_long_prompt(reqs[2], lay["kv_capacity"], answer_room=2))
+    start("d", 2, max_new_tokens=1)                         # done at its first token: slot freed at once
+    start("e", 1, max_new_tokens=3)                         # refills d's slot
+    assert rt4.free_slots() == 0
+    with pytest.raises(RuntimeError, match="slots are busy"):
+        _start(rt4, reqs[0], max_new_tokens=2)
+    while slot_of:
+        step()
+        if "f" not in results and "f" not in slot_of and rt4.free_slots():
+            start("f", 0, max_new_tokens=2)                  # a refill with a shorter prompt than clip 2's
+    print("; ".join(events))
+
+    assert isinstance(results["c"], tbn.TooLongError) and "answer reached SEQLEN" in str(results["c"])
+    expect = {"a": (0, 6, "max_tokens"), "b": (1, k_stop, "eos"), "d": (2, 1, "max_tokens"), "e": (1, 3, "max_tokens"),
+              "f": (0, 2, "max_tokens")}
+    launches_per_step = lay["n_layers"] + 2  # embedding_cache, block_cache_i, lm_head: one launch each per step
+    for name, (clip, n, finish) in expect.items():
+        out = results[name]
+        assert out["tokens"] == want[clip][:n], f"request {name} (clip {clip}): {out['tokens']} vs {want[clip][:n]}"
+        assert out["finish_reason"] == finish, name
+        if finish == "eos":
+            assert out["stop_id"] == want[clip][k_stop]
+        steps = len(out["step_s"])
+        assert steps == n - 1 + (finish == "eos")
+        dec = out["decode"]
+        assert dec["h2d_bytes"] == 4 * steps + 2 * max(steps - 1, 0), (name, dec)  # position + one mask slot
+        assert dec["d2h_bytes"] == 4 * steps, (name, dec)                           # its token id
+        assert dec["launches"] == launches_per_step * steps, (name, dec)
+        assert out["ttft_s"] > out["encode_s"] > 0
+    assert rt4.free_slots() == rt4.batch
+    assert len({results[n]["slot"] for n in "ab"}) == 2

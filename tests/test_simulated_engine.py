@@ -269,3 +269,14 @@ def test_pieces_of_split_audio_say_their_share_of_the_reference(audio_dir, model
         for rec in recs:
             assert rec["status"] == "ok" and rec["pred_text"] == reference
             assert whole <= rec["n_new_tokens"] <= whole + rec["n_chunks"]  # a piece boundary may cost a token
+
+
+def test_batched_step_cost_model_is_memory_bound_projection():
+    from transcribe_batch.workers.engines.simulated import DEFAULT_KV_SHARE, batched_step_s
+
+    assert batched_step_s(0.8, 1) == pytest.approx(0.8)
+    # weights read once for all rows, each row's K/V on top: B rows cost far less than B steps
+    assert batched_step_s(0.8, 4) == pytest.approx(0.8 * (1 + 3 * DEFAULT_KV_SHARE))
+    assert 4 * 0.8 / batched_step_s(0.8, 4) > 3
+    with pytest.raises(ValueError, match="batch"):
+        batched_step_s(0.8, 0)

@@ -7,7 +7,8 @@ Run with the compile venv's Python (native/compile/setup_venv.sh makes it):
 
 Nets: embedding [1,SEQ], embedding_cache [1,1], block_i / block_cache_i per text layer, lm_head (greedy argmax
 fused, or logits + a static greedy_head with --lm-head logits), and audio (encoder + avg-pool + layer_norm +
-projector). All static. See native/compile/README.md for the I/O of each net.
+projector). All static. With --batch B the decode nets take B rows (see qwen2_audio_converter.py). See
+native/compile/README.md for the I/O of each net.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group size for w4/w8 weights (default 64; 0 = per channel); ignored for bf16/f16")
     p.add_argument("-s", "--seqlen", type=int, default=1024,
                    help="KV slots = prompt + audio tokens + answer (default 1024: fits a 30 s window of 750 audio tokens; the existing port used 599)")
+    p.add_argument("-b", "--batch", type=int, default=1,
+                   help="decode rows B (default 1): the decode nets (embedding_cache, block_cache_i, lm_head) run B "
+                        "sequences per launch, each with its own position, mask and K/V history; the audio net and "
+                        "the prefill stay one sequence. The runtime keeps B requests in flight")
     p.add_argument("-c", "--chip", default="bm1684x", choices=CHIPS, help="target chip (default bm1684x)")
     p.add_argument("--lm-head", choices=("greedy", "logits"), default="greedy",
                    help="greedy (default): lm_head returns the argmax id; logits: lm_head returns f32 scores and a greedy_head net argmaxes them")
@@ -74,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if not 1 <= args.batch <= 256:
+        raise UsageError(f"--batch {args.batch} must be between 1 and 256")
     if args.seqlen < 16:
         raise UsageError(f"--seqlen {args.seqlen} is too small (at least 16; 1024 fits a 30 s window)")
     if args.quantize.startswith("w"):
@@ -107,17 +114,24 @@ def check_model_dir(model_dir: Path, seqlen: int) -> dict:
     return config
 
 
+def _inside(path: Path, model_dir: Path) -> bool:
+    """True when tpu-mlir would refuse to build in `path`: it tests the build folder with a plain string prefix
+    (`config_dir.startswith(model_path)`), so a sibling such as <model>-b4/ counts as inside <model>/."""
+    return path == model_dir or model_dir in path.parents or str(path).startswith(str(model_dir))
+
+
 def build_dir(work: Path | None, output: Path, model_dir: Path) -> Path:
-    """--work, else <output>.work, else (when that lies inside the checkpoint folder) a temporary folder:
-    tpu-mlir refuses to build inside the model folder."""
+    """--work, else <output>.work, else (when that lies inside the checkpoint folder, or its path merely starts with
+    the checkpoint folder's) a temporary folder: tpu-mlir refuses to build inside the model folder."""
     model_dir = model_dir.resolve()
     if work is not None:
         work = work.resolve()
-        if work == model_dir or model_dir in work.parents:
-            raise UsageError(f"--work {work} lies inside the checkpoint folder {model_dir}")
+        if _inside(work, model_dir):
+            raise UsageError(f"--work {work} lies inside the checkpoint folder {model_dir} (or its path starts with "
+                             "the checkpoint folder's, which tpu-mlir refuses too)")
         return work
     work = output.resolve().with_suffix(".work")
-    if work == model_dir or model_dir in work.parents:
+    if _inside(work, model_dir):
         import tempfile
 
         return Path(tempfile.mkdtemp(prefix=output.stem + ".", suffix=".work"))
@@ -146,7 +160,8 @@ def converter_args(args: argparse.Namespace, out_dir: Path) -> argparse.Namespac
     return argparse.Namespace(
         model_path=str(args.model_dir.resolve()), seq_length=args.seqlen, quantize=args.quantize,
         q_group_size=args.q_group_size if args.quantize.startswith("w") else 0, chip=args.chip, num_device=1,
-        distribute_strategy="tp", num_core=args.num_core, batch=1, lora_max_rank=0, symmetric=args.symmetric,
+        distribute_strategy="tp", num_core=args.num_core, batch=args.batch, lora_max_rank=0,
+        symmetric=args.symmetric,
         embedding_disk=False, do_sample=args.lm_head == "logits", use_history_kv=False, max_input_length=0,
         chunk_length=0, max_pixels=None, max_shape=None, audio_length=0, dynamic=False, debug=args.debug,
         gen_test_input=False, only_mlir=False, rvti=False, again=False, out_dir=str(out_dir), mmproj=None)
@@ -211,7 +226,8 @@ def compile_bmodel(args: argparse.Namespace) -> dict:
         output, config, model_id=args.model_id or args.model_dir.resolve().name, seqlen=args.seqlen,
         max_input_length=conv.max_input_length, quantization=args.quantize,
         q_group_size=args.q_group_size if args.quantize.startswith("w") else None, lm_head=args.lm_head,
-        chip=args.chip, nets=net_names(info), tools=tool_versions(), audio_mask_value=AUDIO_MASK_VALUE)
+        chip=args.chip, nets=net_names(info), tools=tool_versions(), audio_mask_value=AUDIO_MASK_VALUE,
+        batch=args.batch)
     sidecar.write_sidecar(output, data)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,9 @@ What it writes (an HF-style model folder):
   config.json, model.safetensors (bf16-exact weights), tokenizer.json, tokenizer_config.json,
   preprocessor_config.json (2 s window), generation_config.json,
   tiny-qwen2-audio.bmodel (+ .bmodel.json sidecar), reference.json;
-and ../tiny-qwen2-audio-port/tiny-qwen2-audio-port.bmodel: the same weights in the public port's net layout.
+and ../tiny-qwen2-audio-port/tiny-qwen2-audio-port.bmodel: the same weights in the public port's net layout;
+and ../tiny-qwen2-audio-b4/tiny-qwen2-audio-b4.bmodel (+ sidecar): the same weights with 4 decode rows
+(convert.py --batch 4). `--batched-only` compiles just that one from the existing fixture folder.
 
 The model has its own byte-level BPE vocabulary (a few hundred tokens) with Qwen2-Audio's special-token
 strings, so the bmodel stays well under 1 MB; the ids are whatever this tokenizer assigns and are written to
@@ -335,6 +337,17 @@ def compile_port_fixture(out: Path, port_out: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
+BATCH = 4
+
+
+def compile_batched_fixture(out: Path, batched_out: Path, batch: int = BATCH) -> None:
+    """The same checkpoint with `batch` decode rows, in its own folder (the model folder stays `out`)."""
+    batched_out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(HERE / "convert.py"), str(out), "-o", str(batched_out / f"{NAME}-b{batch}.bmodel"),
+           "-q", QUANTIZE, "--seqlen", str(SEQLEN), "--batch", str(batch), "--kernel-remove", "--model-id", NAME]
+    subprocess.run(cmd, check=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the project's shared data folder")
@@ -343,7 +356,14 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="keep the compile's build folder here")
     ap.add_argument("--port-out", default=str(DEFAULT_OUT.parent / f"{NAME}-port"),
                     help="where the public-port-layout bmodel goes ('' to skip it)")
+    ap.add_argument("--batched-out", default=str(DEFAULT_OUT.parent / f"{NAME}-b{BATCH}"),
+                    help=f"where the {BATCH}-row batched bmodel goes ('' to skip it)")
+    ap.add_argument("--batched-only", action="store_true",
+                    help="only compile the batched bmodel from the existing --out folder")
     args = ap.parse_args(argv)
+    if args.batched_only:
+        compile_batched_fixture(args.out.resolve(), Path(args.batched_out).resolve())
+        return 0
 
     t0 = time.monotonic()
     out = args.out.resolve()
@@ -366,6 +386,8 @@ def main(argv=None) -> int:
         compile_fixture(out, args.work)
         if args.port_out:
             compile_port_fixture(out, Path(args.port_out).resolve())
+        if args.batched_out:
+            compile_batched_fixture(out, Path(args.batched_out).resolve())
     print(f"fixture written to {out} in {time.monotonic() - t0:.1f} s")
     return 0
 

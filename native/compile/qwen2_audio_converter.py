@@ -1,7 +1,15 @@
 """Qwen2-Audio -> BM1684X nets, built on tpu-mlir's own LlmConverter (imported only inside the compile venv).
 
-Text nets come from LlmConverter unchanged (embedding, embedding_cache, block_i, block_cache_i, lm_head, and with
-logits heads a static greedy_head). This class points LlmConverter at the checkpoint's language-model weights and
+Text nets come from LlmConverter (embedding, embedding_cache, block_i, block_cache_i, lm_head, and with logits
+heads a static greedy_head).
+
+Batched decode (`args.batch` = B > 1): tpu-mlir's own batch path builds `block_cache_i` for B rows (states
+[B,1,H], position_ids [B,1], mask [B,1,1,SEQ], history K/V [B,SEQ,KV,D]; the new K/V written in place into history
+slot SEQ-1 of every row by an InsertOp, the runtime then moves each row's entry to that row's position). This class
+adds what that path leaves at batch 1: `embedding_cache` [B,1] and `lm_head` [B,H] -> [B,1] (or [B,vocab] +
+`greedy_head` [B,vocab] -> [B,1]), so one launch of each net serves the whole batch, and per-row RoPE positions
+(LlmConverter types the gathered cos/sin as one row). The prefill (`embedding`, `block_i`) and `audio` stay one
+sequence, identical to a B=1 build. This class points LlmConverter at the checkpoint's language-model weights and
 adds one `audio` net: Whisper-style encoder (conv1, GELU, conv2 stride 2, GELU, + learned positions, pre-LN layers
 with an additive key-padding mask) -> AvgPool1d(2) -> layer_norm -> multi_modal_projector.
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 import mlir.dialects.top as top  # noqa: E402  (tpu-mlir's python path is set up by `import tpu_mlir`)
+from mlir.ir import StringAttr
 from llm.LlmConverter import LlmConverter
 from llm.LlmInfo import ActType, LlmList, LlmType, ModelConfig, ModelInfo
 from transform.MLIRImporter import MLIRImporter
@@ -52,6 +61,9 @@ class Qwen2AudioConverter(LlmConverter):
     def __init__(self, args, config, loader=None):
         self.lm_head_kind = "logits" if args.do_sample else "greedy"
         super().__init__(args, config, loader=loader)
+        # the prefill stays one sequence with [1, SEQ] positions, as in a batch-1 build (LlmConverter's batch path
+        # would make them [1, 1, SEQ])
+        self.position_shape = [1, self.max_input_length]
         self.all_gen_mlirs.append(self.gen_audio_mlir)
         self.all_compiles.append(self.compile_audio)
 
@@ -84,12 +96,71 @@ class Qwen2AudioConverter(LlmConverter):
         self.llm_config.dtype = "bfloat16" if "bf16" in self.quantize else "float16"
         self.audio_config = config.audio_config
 
+    # ---- batched decode: per-row RoPE, embedding_cache and lm_head for B rows ----
+    def apply_rotary_pos(self, mlir_gen, pos_op, q_op, k_op, rotary_cos: str, rotary_sin: str):
+        rows, dim = pos_op.type.shape[0], pos_op.type.shape[-1]
+        if rows == 1:
+            return super().apply_rotary_pos(mlir_gen, pos_op, q_op, k_op, rotary_cos, rotary_sin)
+        T = mlir_gen.get_tensor_type
+        ip = mlir_gen.insert_point
+        pos = top.ReshapeOp(T([rows, dim]), pos_op, loc=self.get_loc("position_ids.rows", mlir_gen), ip=ip).output
+        tables = []
+        for name in (rotary_cos, rotary_sin):
+            w = mlir_gen.create_weight_op(name + ".weight", [self.seq_length, 1, self.head_dim])
+            tables.append(top.GatherOp(T([rows, dim, 1, self.head_dim]), w, pos, axis=0,
+                                       loc=self.get_loc(name, mlir_gen), ip=ip).output)
+        cos_op, sin_op = tables
+        out = []
+        for op, loc in ((q_op, "q_proj"), (k_op, "k_cache")):
+            out.append(top.RopeOp(T(op.type.shape), op, sin_op, cos_op,
+                                  rope_mode=StringAttr.get("contiguous_halves"), loc=self.get_loc(loc, mlir_gen),
+                                  ip=ip).output)
+        return out[0], out[1]
+
+    def gen_embedding_lmhead_mlir(self):
+        super().gen_embedding_lmhead_mlir()
+        if self.batch > 1:  # replace the batch-1 decode-side nets LlmConverter just wrote
+            self.gen_batched_embedding_cache()
+            self.gen_batched_lm_head()
+
+    def gen_batched_embedding_cache(self):
+        name, b = "embedding_cache", self.batch
+        embedding = self.model_info.weights[LlmList.EMBEDING]
+        mlir = MLIRImporter([[b, 1]], [[b, 1, self.hidden_size]], name, self.platform, input_types=["INT32"],
+                            weight_file="../embedding_top_weights.npz")
+        ids = mlir.create_input_op(self.get_loc("input_ids", mlir), 0)
+        w = mlir.create_weight_op(embedding + ".weight", [self.vocab_size, self.hidden_size])
+        out = top.GatherOp(mlir.get_tensor_type([b, 1, self.hidden_size]), w, ids, axis=0,
+                           loc=self.get_loc(name, mlir), ip=mlir.insert_point).output
+        mlir.create_return_op([out])
+        self.save_mlir_module(mlir, name)
+
+    def gen_batched_lm_head(self):
+        name, b = "lm_head", self.batch
+        lmhead = self.model_info.weights[LlmList.LMHEAD]
+        greedy = self.lmhead_with_topk
+        mlir = MLIRImporter([[b, self.hidden_size]], [[b, 1] if greedy else [b, self.vocab_size]], name,
+                            self.platform, weight_file="../lm_head_top_weights.npz")
+        T = mlir.get_tensor_type
+        ip = mlir.insert_point
+        x = mlir.create_input_op(self.get_loc("hidden_states", mlir), 0)
+        w = mlir.create_weight_op(lmhead + ".weight", [self.vocab_size, self.hidden_size])
+        logits = top.MatMulOp(T([b, self.vocab_size]), x, w, mlir.none_op, do_relu=False, right_transpose=True,
+                              loc=self.get_loc(lmhead, mlir), ip=ip).output
+        if greedy:
+            topk = top.TopKOp(*T([[b, 1], [b, 1]]), logits, axis=1, K=1,
+                              loc=self.get_loc(["token_value", "token_id"], mlir), ip=ip)
+            mlir.create_return_op([topk.indices])
+        else:
+            mlir.create_return_op([logits])
+        self.save_mlir_module(mlir, name)
+
     # ---- logits head: keep a static greedy_head, drop tpu-mlir's dynamic sample_head ----
     def gen_sample_head_mlir(self, max_top_k=50, min_tokens_to_keep=5):
-        name = "greedy_head"
-        mlir = MLIRImporter([[1, self.vocab_size]], [[1, 1]], name, self.platform, weight_file=None)
+        name, b = "greedy_head", self.batch
+        mlir = MLIRImporter([[b, self.vocab_size]], [[b, 1]], name, self.platform, weight_file=None)
         in_op = mlir.create_input_op(self.get_loc("m_logits", mlir), 0)
-        topk = top.TopKOp(*mlir.get_tensor_type([[1, 1], [1, 1]]), in_op, axis=1, K=1,
+        topk = top.TopKOp(*mlir.get_tensor_type([[b, 1], [b, 1]]), in_op, axis=1, K=1,
                           loc=self.get_loc(["token_value", "token_id"], mlir), ip=mlir.insert_point)
         mlir.create_return_op([topk.indices])
         self.save_mlir_module(mlir, name)

@@ -53,6 +53,12 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "created": ((str,), "UTC ISO-8601 time of the build"),
 }
 
+# field -> (type(s), meaning, value assumed when absent): fields added after version 1 was first written.
+OPTIONAL: dict[str, tuple[tuple[type, ...], str, object]] = {
+    "batch": ((int,), "decode rows B: embedding_cache, block_cache_i and lm_head take B sequences at once "
+                      "(prefill and audio stay one sequence); 1 = unbatched", 1),
+}
+
 
 class SidecarError(ValueError):
     pass
@@ -79,7 +85,7 @@ def _get(cfg: dict, *keys, default=None):
 
 def build_sidecar(bmodel: str | os.PathLike, config: dict, *, model_id: str, seqlen: int, max_input_length: int,
                   quantization: str, q_group_size: int | None, lm_head: str, chip: str, nets: list[str],
-                  tools: dict, audio_mask_value: float, created: str | None = None) -> dict:
+                  tools: dict, audio_mask_value: float, batch: int = 1, created: str | None = None) -> dict:
     """Sidecar for `bmodel` compiled from a Qwen2-Audio `config` (config.json as a dict, defaults filled)."""
     text = config["text_config"]
     audio = config["audio_config"]
@@ -113,6 +119,7 @@ def build_sidecar(bmodel: str | os.PathLike, config: dict, *, model_id: str, seq
         "q_group_size": int(q_group_size) if quantization.startswith("w") else None,
         "half_precision": "bf16" if "bf16" in quantization else "f16",
         "lm_head": lm_head,
+        "batch": int(batch),
         "chip": chip,
         "nets": list(nets),
         "tools": dict(tools),
@@ -132,6 +139,10 @@ def validate_sidecar(data: dict, *, where: str = "sidecar") -> dict:
     for key, (types, meaning) in SCHEMA.items():
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, types):
+            raise SidecarError(f"{where}: field {key!r} = {value!r} has the wrong type ({meaning})")
+    for key, (types, meaning, _) in OPTIONAL.items():
+        value = data.get(key)
+        if key in data and (isinstance(value, bool) or not isinstance(value, types)):
             raise SidecarError(f"{where}: field {key!r} = {value!r} has the wrong type ({meaning})")
     if data["format"] != FORMAT:
         raise SidecarError(f"{where}: field 'format' is {data['format']!r}, expected {FORMAT!r}")
@@ -153,6 +164,8 @@ def validate_sidecar(data: dict, *, where: str = "sidecar") -> dict:
         ("max_input_length", 0 < data["max_input_length"] <= data["seqlen"], "between 1 and seqlen"),
         ("seqlen", data["seqlen"] >= 16, "at least 16"),
     ]
+    if "batch" in data:
+        checks.append(("batch", data["batch"] >= 1, "at least 1"))
     for field, ok, expect in checks:
         if not ok:
             raise SidecarError(f"{where}: field {field!r} = {data[field]!r} is invalid (expected {expect})")
@@ -164,6 +177,11 @@ def validate_sidecar(data: dict, *, where: str = "sidecar") -> dict:
     if absent:
         raise SidecarError(f"{where}: field 'nets' lacks {', '.join(absent)}")
     return data
+
+
+def batch_of(data: dict) -> int:
+    """Decode rows the sidecar's bmodel was compiled for (1 for sidecars written before the field existed)."""
+    return int(data.get("batch", OPTIONAL["batch"][2]))
 
 
 def write_sidecar(bmodel: str | os.PathLike, data: dict) -> Path:

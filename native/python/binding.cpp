@@ -39,6 +39,9 @@ py::dict layout_dict(const tbn::Layout &l) {
   d["audio_rows"] = l.audio_rows;
   d["audio_mask"] = l.audio_mask;
   d["decode_addr_mode"] = l.decode_addr_mode;
+  d["batch"] = l.batch;
+  d["decode_kv"] = l.decode_kv;
+  d["kv_capacity"] = l.kv_capacity;
   return d;
 }
 
@@ -68,11 +71,38 @@ py::list nets_list(const std::vector<tbn::NetSummary> &nets) {
   return out;
 }
 
+py::dict generation_dict(const tbn::Generation &g) {
+  py::dict d;
+  d["slot"] = g.slot;
+  d["tokens"] = g.tokens;
+  d["finish_reason"] = g.finish_reason;
+  d["stop_id"] = g.stop_id;
+  d["prompt_len"] = g.prompt_len;
+  d["encode_s"] = g.encode_s;
+  d["prefill_s"] = g.prefill_s;
+  d["ttft_s"] = g.ttft_s;
+  d["step_s"] = g.step_s;
+  d["prefill"] = counters_dict(g.prefill);
+  d["decode"] = counters_dict(g.decode);
+  return d;
+}
+
+std::vector<float> features_vector(const py::array_t<float, py::array::c_style | py::array::forcecast> &features,
+                                   int &n_mels, int &n_frames) {
+  if (features.ndim() != 2) throw std::invalid_argument("features must be [n_mels, n_frames]");
+  n_mels = static_cast<int>(features.shape(0));
+  n_frames = static_cast<int>(features.shape(1));
+  return std::vector<float>(features.data(), features.data() + features.size());
+}
+
+using Features = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "BM1684X runtime for Qwen2-Audio bmodels (KV cache on the device)";
   auto base = py::register_exception<tbn::DeviceError>(m, "DeviceError", PyExc_RuntimeError);
+  // std::logic_error (slot misuse) arrives as RuntimeError, std::out_of_range as IndexError
   py::register_exception<tbn::TooLong>(m, "TooLongError", PyExc_ValueError);
   py::register_exception<tbn::LayoutError>(m, "LayoutError", PyExc_ValueError);
   (void)base;
@@ -93,34 +123,51 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("device", &tbn::Runtime::device_id)
       .def("counters", [](const tbn::Runtime &r) { return counters_dict(r.counters()); },
            "Bytes and calls copied host->device, device->host, device->device, and net launches since load.")
+      .def_property_readonly("batch", &tbn::Runtime::batch, "decode rows = slots (requests in flight at once)")
       .def(
           "generate",
-          [](tbn::Runtime &r, py::array_t<float, py::array::c_style | py::array::forcecast> features,
-             int n_valid_frames, std::vector<int> prompt_ids, int audio_token_id, int n_audio_tokens,
-             std::vector<int> stop_ids, int max_new_tokens) {
-            if (features.ndim() != 2) throw std::invalid_argument("features must be [n_mels, n_frames]");
-            int n_mels = static_cast<int>(features.shape(0)), n_frames = static_cast<int>(features.shape(1));
-            std::vector<float> f(features.data(), features.data() + features.size());
+          [](tbn::Runtime &r, Features features, int n_valid_frames, std::vector<int> prompt_ids, int audio_token_id,
+             int n_audio_tokens, std::vector<int> stop_ids, int max_new_tokens) {
+            int n_mels = 0, n_frames = 0;
+            std::vector<float> f = features_vector(features, n_mels, n_frames);
             tbn::Generation g;
             {
               py::gil_scoped_release release;
               g = r.generate(f, n_mels, n_frames, n_valid_frames, prompt_ids, audio_token_id, n_audio_tokens,
                              stop_ids, max_new_tokens);
             }
-            py::dict d;
-            d["tokens"] = g.tokens;
-            d["finish_reason"] = g.finish_reason;
-            d["stop_id"] = g.stop_id;
-            d["prompt_len"] = g.prompt_len;
-            d["encode_s"] = g.encode_s;
-            d["prefill_s"] = g.prefill_s;
-            d["ttft_s"] = g.ttft_s;
-            d["step_s"] = g.step_s;
-            d["prefill"] = counters_dict(g.prefill);
-            d["decode"] = counters_dict(g.decode);
-            return d;
+            return generation_dict(g);
           },
           py::arg("features"), py::arg("n_valid_frames"), py::arg("prompt_ids"), py::arg("audio_token_id"),
           py::arg("n_audio_tokens"), py::arg("stop_ids"), py::arg("max_new_tokens"),
-          "Greedy transcription of one request; returns tokens, finish reason, timings and traffic counters.");
+          "Greedy transcription of one request (start + step until done + finish); returns tokens, finish reason, "
+          "timings and traffic counters.")
+      .def(
+          "start",
+          [](tbn::Runtime &r, Features features, int n_valid_frames, std::vector<int> prompt_ids, int audio_token_id,
+             int n_audio_tokens, std::vector<int> stop_ids, int max_new_tokens) {
+            int n_mels = 0, n_frames = 0;
+            std::vector<float> f = features_vector(features, n_mels, n_frames);
+            py::gil_scoped_release release;
+            return r.start(f, n_mels, n_frames, n_valid_frames, prompt_ids, audio_token_id, n_audio_tokens, stop_ids,
+                           max_new_tokens);
+          },
+          py::arg("features"), py::arg("n_valid_frames"), py::arg("prompt_ids"), py::arg("audio_token_id"),
+          py::arg("n_audio_tokens"), py::arg("stop_ids"), py::arg("max_new_tokens"),
+          "Start a request in a free slot (audio encode, splice, prefill into the slot's K/V, first token); returns "
+          "the slot. TooLongError if the prompt leaves no room; RuntimeError if no slot is free.")
+      .def(
+          "step",
+          [](tbn::Runtime &r) {
+            py::gil_scoped_release release;
+            return r.step();
+          },
+          "One decode step for every decoding slot (one launch per net for the whole batch); returns the slots that "
+          "stopped decoding in it.")
+      .def(
+          "finish", [](tbn::Runtime &r, int slot) { return generation_dict(r.finish(slot)); }, py::arg("slot"),
+          "The result of a done slot, which becomes free; TooLongError for a slot whose answer reached SEQLEN.")
+      .def("cancel", &tbn::Runtime::cancel, py::arg("slot"), "Free a slot, whatever its state.")
+      .def("state", &tbn::Runtime::state, py::arg("slot"), "'free' | 'decoding' | 'done' | 'too_long'")
+      .def("free_slots", &tbn::Runtime::free_slots);
 }

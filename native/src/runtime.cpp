@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "dtype.h"
@@ -29,6 +30,18 @@ uint64_t elements(const bm_shape_t &s) {
   uint64_t n = 1;
   for (int i = 0; i < s.num_dims; ++i) n *= static_cast<uint64_t>(s.dims[i]);
   return n;
+}
+
+Counters plus(const Counters &a, const Counters &b) {
+  Counters d;
+  d.h2d_bytes = a.h2d_bytes + b.h2d_bytes;
+  d.d2h_bytes = a.d2h_bytes + b.d2h_bytes;
+  d.d2d_bytes = a.d2d_bytes + b.d2d_bytes;
+  d.h2d_calls = a.h2d_calls + b.h2d_calls;
+  d.d2h_calls = a.d2h_calls + b.d2h_calls;
+  d.d2d_calls = a.d2d_calls + b.d2d_calls;
+  d.launches = a.launches + b.launches;
+  return d;
 }
 
 Counters minus(const Counters &a, const Counters &b) {
@@ -95,10 +108,14 @@ struct Runtime::Impl {
   size_t row_bytes = 0, kv_row_bytes = 0;
   KvLayout kv_prefill[2], kv_hist[2], kv_new[2];  // [0] K, [1] V
   int seqlen = 0, hidden = 0, vocab = 0, audio_rows = 0, n_mels = 0, n_frames = 0;
+  int batch = 1;      // decode rows (slots)
+  bool insert = false;  // decode nets insert the new K/V into history slot SEQLEN-1 themselves
+  int mlen = 0;       // decode mask slots per row: SEQLEN+1 (concat) or SEQLEN (insert); the last is the current token
+  int kv_cap = 0;     // history positions a request may use: SEQLEN (concat) or SEQLEN-1 (insert)
   bool greedy = true, has_audio_mask = false;
   bm_shape_t amask_shape{};
 
-  bm_device_mem_t states_buf{}, pos_buf{}, mask_buf{}, dpos_buf{}, dmask_buf{};
+  bm_device_mem_t states_buf{}, pos_buf{}, mask_buf{}, dpos_buf{}, dmask_buf{}, tok_buf{};
   std::vector<bm_device_mem_t> k_store, v_store;
   std::vector<bm_device_mem_t> owned;
 
@@ -197,11 +214,13 @@ struct Runtime::Impl {
     if (n->stage_num < 1) layout_error("net " + std::string(n->name) + " has no stage");
   }
 
-  // Copy n positions (all heads) from src position sp to dst position dp: one d2d when outer == 1.
-  void copy_kv(bm_device_mem_t dst, const KvLayout &dl, int dp, bm_device_mem_t src, const KvLayout &sl, int sp,
-               int n) {
+  // Copy n positions (all heads) from src row sr, position sp to dst row dr, position dp: one d2d when outer == 1
+  // (outer = heads before the sequence dim, per row).
+  void copy_kv(bm_device_mem_t dst, const KvLayout &dl, int dr, int dp, bm_device_mem_t src, const KvLayout &sl,
+               int sr, int sp, int n) {
     for (size_t o = 0; o < dl.outer; ++o)
-      d2d(dst, (o * dl.seq + dp) * dl.inner_bytes, src, (o * sl.seq + sp) * sl.inner_bytes, n * dl.inner_bytes);
+      d2d(dst, ((dr * dl.outer + o) * dl.seq + dp) * dl.inner_bytes, src,
+          ((sr * sl.outer + o) * sl.seq + sp) * sl.inner_bytes, n * dl.inner_bytes);
   }
 
   void introspect() {
@@ -269,37 +288,70 @@ struct Runtime::Impl {
     if (elements(eo) != static_cast<uint64_t>(seqlen) * hidden)
       layout_error("embedding output " + shape_str(eo) + " is not [1," + std::to_string(seqlen) + ",hidden]");
 
+    // decode rows: block_cache states [B,1,H]. Two decode-net styles: "concat" (new K/V returned, history + current
+    // token = SEQLEN+1 mask slots; llm_convert at batch 1) and "insert" (llm_convert -b B: the net writes the new
+    // K/V in place into history slot SEQLEN-1 of every row and returns only the states; mask SEQLEN slots).
+    {
+      const uint64_t ce = elements(in_shape(caches[0], 0));
+      if (ce == 0 || ce % static_cast<uint64_t>(hidden))
+        layout_error(std::string(caches[0]->name) + " states input " + shape_str(in_shape(caches[0], 0)) +
+                     " is not [B,1,hidden]");
+      batch = static_cast<int>(ce / static_cast<uint64_t>(hidden));
+      insert = caches[0]->output_num == 1;
+      mlen = insert ? seqlen : seqlen + 1;
+      kv_cap = insert ? seqlen - 1 : seqlen;
+    }
+    const std::string rows = batch == 1 ? "" : std::to_string(batch) + " x ";
     for (size_t i = 0; i < blocks.size(); ++i) {
       auto *b = blocks[i];
       auto *c = caches[i];
       expect_io(b, 3, 3, "prefill layer: states, position_ids, mask -> states, k, v");
-      expect_io(c, 5, 3, "decode layer: states, position_id, mask, k history, v history -> states, k, v");
+      if (insert)
+        expect_io(c, 5, 1, "batched decode layer: states, position_ids, mask, k history, v history -> states, "
+                           "new K/V inserted into the history");
+      else
+        expect_io(c, 5, 3, "decode layer: states, position_id, mask, k history, v history -> states, k, v");
       if (b->input_dtypes[1] != BM_INT32 || c->input_dtypes[1] != BM_INT32)
         layout_error(std::string(b->name) + "/" + c->name + ": position ids must be INT32");
       if (elements(in_shape(b, 0)) != static_cast<uint64_t>(seqlen) * hidden || b->input_dtypes[0] != states_dt)
         layout_error(std::string(b->name) + " states input " + shape_str(in_shape(b, 0)) + " " +
                      dtype_name(b->input_dtypes[0]) + " does not match the embedding output");
+      if (elements(in_shape(c, 0)) != static_cast<uint64_t>(batch) * hidden || c->input_dtypes[0] != states_dt)
+        layout_error(std::string(c->name) + " states input " + shape_str(in_shape(c, 0)) + " " +
+                     dtype_name(c->input_dtypes[0]) + " differs from block_cache_0's");
+      if (elements(in_shape(c, 1)) != static_cast<uint64_t>(batch))
+        layout_error(std::string(c->name) + " position ids " + shape_str(in_shape(c, 1)) + " are not one per row (" +
+                     std::to_string(batch) + ")");
       if (elements(in_shape(b, 2)) != static_cast<uint64_t>(seqlen) * seqlen)
         layout_error(std::string(b->name) + " mask " + shape_str(in_shape(b, 2)) + " is not SEQLEN x SEQLEN (" +
                      std::to_string(seqlen) + ")");
-      if (elements(in_shape(c, 2)) != static_cast<uint64_t>(seqlen) + 1)
-        layout_error(std::string(c->name) + " mask " + shape_str(in_shape(c, 2)) + " is not SEQLEN+1 (" +
-                     std::to_string(seqlen + 1) + ") slots");
+      if (elements(in_shape(c, 2)) != static_cast<uint64_t>(batch) * mlen)
+        layout_error(std::string(c->name) + " mask " + shape_str(in_shape(c, 2)) + " is not " + rows +
+                     (insert ? "SEQLEN (" : "SEQLEN+1 (") + std::to_string(mlen) + ") slots");
       for (int k = 1; k <= 2; ++k) {
         const auto &ks = out_shape(b, k);
         const auto &hs = in_shape(c, 2 + k);
-        const auto &ns = out_shape(c, k);
-        const std::string where = std::string(b->name) + " KV output " + shape_str(ks) + " / " + c->name +
-                                  " history " + shape_str(hs) + " / new " + shape_str(ns);
+        std::string where = std::string(b->name) + " KV output " + shape_str(ks) + " / " + c->name + " history " +
+                            shape_str(hs);
+        if (!insert) where += " / new " + shape_str(out_shape(c, k));
         int sd = seq_dim(hs, seqlen);
-        if (sd < 0 || seq_dim(ks, seqlen) != sd || sd >= ns.num_dims || ns.dims[sd] != 1)
+        if (sd < 0 || seq_dim(ks, seqlen) != sd)
           layout_error(where + ": no common sequence dim of size SEQLEN (" + std::to_string(seqlen) + ")");
-        KvLayout pk = kv_layout(ks, sd, b->output_dtypes[k]), hk = kv_layout(hs, sd, c->input_dtypes[2 + k]),
-                 nk = kv_layout(ns, sd, c->output_dtypes[k]);
-        if (pk.outer != hk.outer || pk.outer != nk.outer || pk.inner_bytes != hk.inner_bytes ||
-            pk.inner_bytes != nk.inner_bytes || b->output_dtypes[k] != c->input_dtypes[2 + k] ||
-            c->output_dtypes[k] != c->input_dtypes[2 + k])
-          layout_error(where + ": prefill, history and new K/V disagree in heads, row size or dtype");
+        KvLayout pk = kv_layout(ks, sd, b->output_dtypes[k]), hk = kv_layout(hs, sd, c->input_dtypes[2 + k]);
+        bool ok = hk.outer % static_cast<size_t>(batch) == 0 && b->output_dtypes[k] == c->input_dtypes[2 + k];
+        hk.outer /= static_cast<size_t>(batch);  // per row
+        KvLayout nk = hk;                         // insert: the new K/V lands in the history itself
+        if (!insert) {
+          const auto &ns = out_shape(c, k);
+          if (sd >= ns.num_dims || ns.dims[sd] != 1)
+            layout_error(where + ": the new K/V has no sequence dim of size 1 where the history has SEQLEN");
+          nk = kv_layout(ns, sd, c->output_dtypes[k]);
+          ok = ok && nk.outer % static_cast<size_t>(batch) == 0 && c->output_dtypes[k] == c->input_dtypes[2 + k];
+          nk.outer /= static_cast<size_t>(batch);
+        }
+        if (!ok || pk.outer != hk.outer || pk.outer != nk.outer || pk.inner_bytes != hk.inner_bytes ||
+            pk.inner_bytes != nk.inner_bytes)
+          layout_error(where + ": prefill, history and new K/V disagree in rows, heads, row size or dtype");
         if (i == 0) {
           kv_prefill[k - 1] = pk;
           kv_hist[k - 1] = hk;
@@ -318,29 +370,40 @@ struct Runtime::Impl {
       if (!is_float(b->input_dtypes[2]) || !is_float(c->input_dtypes[2]))
         layout_error(std::string(b->name) + "/" + c->name + ": masks must be float (additive)");
     }
+    if (elements(in_shape(embed_cache, 0)) != static_cast<uint64_t>(batch) ||
+        elements(out_shape(embed_cache, 0)) != static_cast<uint64_t>(batch) * hidden ||
+        embed_cache->output_dtypes[0] != states_dt)
+      layout_error("embedding_cache " + shape_str(in_shape(embed_cache, 0)) + " -> " +
+                   shape_str(out_shape(embed_cache, 0)) + " does not serve the decode nets' " + std::to_string(batch) +
+                   " row(s) of " + dtype_name(states_dt) + " (a batched bmodel needs embedding_cache [B,1] and "
+                   "lm_head [B,hidden]: compile with native/compile/convert.py --batch B)");
     if (caches[0]->addr_mode != 0 && caches[0]->addr_mode != 1)
       layout_error("decode nets use addr_mode " + std::to_string(caches[0]->addr_mode) +
                    "; supported: 0 (basic) and 1 (io_alone)");
 
     // head
     if (lm->input_num != 1 || lm->output_num < 1) layout_error("lm_head must have one input and at least one output");
-    if (elements(in_shape(lm, 0)) != static_cast<uint64_t>(hidden) || lm->input_dtypes[0] != states_dt)
+    if (elements(in_shape(lm, 0)) != static_cast<uint64_t>(batch) * hidden || lm->input_dtypes[0] != states_dt)
       layout_error("lm_head input " + shape_str(in_shape(lm, 0)) + " " + dtype_name(lm->input_dtypes[0]) +
-                   " is not one hidden row of " + dtype_name(states_dt));
+                   " is not " + rows + "one hidden row of " + dtype_name(states_dt) +
+                   (batch > 1 ? " (a batched bmodel needs lm_head [B,hidden]: compile with convert.py --batch B)" : ""));
     lm_out_dt = lm->output_dtypes[0];
     uint64_t lm_elems = elements(out_shape(lm, 0));
-    greedy = lm_elems == 1;
+    greedy = lm_elems == static_cast<uint64_t>(batch);
     if (greedy) {
       if (lm_out_dt != BM_INT32 && lm_out_dt != BM_FLOAT32)
         layout_error("greedy lm_head output dtype " + dtype_name(lm_out_dt) + " (expected INT32)");
     } else {
       if (!is_float(lm_out_dt)) layout_error("lm_head logits dtype " + dtype_name(lm_out_dt) + " is not float");
-      vocab = static_cast<int>(lm_elems);
+      if (lm_elems % static_cast<uint64_t>(batch))
+        layout_error("lm_head logits " + shape_str(out_shape(lm, 0)) + " are not " + rows + "one row of scores");
+      vocab = static_cast<int>(lm_elems / static_cast<uint64_t>(batch));
       // a greedy_head (argmax over the logits) keeps the token on the device; without one, argmax on host
       greedy_head = find(names, {"greedy_head", "greed"});
       if (greedy_head && (greedy_head->input_num != 1 || greedy_head->output_num < 1 ||
                           elements(in_shape(greedy_head, 0)) != lm_elems ||
-                          greedy_head->input_dtypes[0] != lm_out_dt || elements(out_shape(greedy_head, 0)) != 1 ||
+                          greedy_head->input_dtypes[0] != lm_out_dt ||
+                          elements(out_shape(greedy_head, 0)) != static_cast<uint64_t>(batch) ||
                           greedy_head->output_dtypes[0] != BM_INT32))
         greedy_head = nullptr;
     }
@@ -400,23 +463,30 @@ struct Runtime::Impl {
     L.audio_rows = audio_rows;
     L.audio_mask = has_audio_mask ? shape_str(amask_shape) : "";
     L.decode_addr_mode = caches[0]->addr_mode;
+    L.batch = batch;
+    L.decode_kv = insert ? "insert" : "concat";
+    L.kv_capacity = kv_cap;
   }
 
   void allocate() {
     size_t melt = dtype_size(mask_dt), dmelt = dtype_size(dmask_dt);
+    const size_t B = static_cast<size_t>(batch);
     states_buf = alloc(static_cast<size_t>(seqlen) * row_bytes, "allocating the prompt states buffer");
     pos_buf = alloc(static_cast<size_t>(seqlen) * 4, "allocating prefill positions");
     mask_buf = alloc(static_cast<size_t>(seqlen) * seqlen * melt, "allocating the prefill mask");
-    dpos_buf = alloc(4, "allocating the decode position");
-    dmask_buf = alloc(static_cast<size_t>(seqlen + 1) * dmelt, "allocating the decode mask");
+    // per-row decode state the runtime owns (net io memory may be shared with other nets between steps)
+    dpos_buf = alloc(B * 4, "allocating the decode positions");
+    dmask_buf = alloc((B * static_cast<size_t>(mlen) * dmelt + 3) / 4 * 4, "allocating the decode masks");  // memset: 4 B units
+    tok_buf = alloc(B * 4, "allocating the decode tokens");
+    for (auto m : {dpos_buf, dmask_buf, tok_buf}) check(bm_memset_device(handle, 0, m), "clearing decode state");
     for (auto *c : caches) {
       if (c->addr_mode == 1) {
         // io_alone: each decode net owns its input memory, which persists between launches: keep the history there.
         k_store.push_back(c->stages[0].input_mems[3]);
         v_store.push_back(c->stages[0].input_mems[4]);
       } else {
-        k_store.push_back(alloc(static_cast<size_t>(seqlen) * kv_row_bytes, "allocating the K cache"));
-        v_store.push_back(alloc(static_cast<size_t>(seqlen) * kv_row_bytes, "allocating the V cache"));
+        k_store.push_back(alloc(B * seqlen * kv_row_bytes, "allocating the K cache"));
+        v_store.push_back(alloc(B * seqlen * kv_row_bytes, "allocating the V cache"));
       }
       // never-written slots are masked, but must hold finite numbers (0 * NaN is NaN)
       check(bm_memset_device(handle, 0, k_store.back()), "clearing the K cache");
@@ -424,47 +494,66 @@ struct Runtime::Impl {
     }
   }
 
-  // The device memory holding the chosen token id (INT32) after lm_head (+ greedy_head), or nullptr when the
-  // argmax runs on the host.
+  // The device memory holding the chosen token ids (INT32, one per row) after lm_head (+ greedy_head), or nullptr
+  // when the argmax runs on the host.
   const bm_device_mem_t *token_mem() const {
     if (greedy) return lm_out_dt == BM_INT32 ? &lm->stages[0].output_mems[0] : nullptr;
     return greedy_head ? &greedy_head->stages[0].output_mems[0] : nullptr;
   }
 
-  int read_token() {
+  // After lm_head: the chosen ids of every row into tok_buf (on the device when the argmax runs there), and row
+  // `row`'s id to the host. With argmax on the host only that row's scores come up and its id goes back down.
+  int take_token(int row, bool all_rows) {
+    device_argmax(row, all_rows);
+    return read_token(row);
+  }
+
+  void device_argmax(int row, bool all_rows) {
     const auto &out = lm->stages[0].output_mems[0];
+    const size_t B = static_cast<size_t>(batch);
     if (!greedy && greedy_head) {
       auto &gi = greedy_head->stages[0].input_mems[0];
-      d2d(gi, 0, out, 0, static_cast<size_t>(vocab) * dtype_size(lm_out_dt));
+      d2d(gi, 0, out, 0, B * static_cast<size_t>(vocab) * dtype_size(lm_out_dt));
       try {
         launch(greedy_head);
-        int32_t v = 0;
-        d2h(&v, greedy_head->stages[0].output_mems[0], 0, 4);
-        return v;
       } catch (const DeviceError &) {
         // a dynamic greedy_head needs the kernel module, which `model_tool --kernel_remove` strips: argmax on host
         greedy_head = nullptr;
         rt.layout_.lm_head = "logits+host_argmax";
       }
     }
-    if (greedy) {
+    const bm_device_mem_t *tm = token_mem();
+    if (tm) {
+      if (all_rows) d2d(tok_buf, 0, *tm, 0, B * 4);
+      else d2d(tok_buf, static_cast<size_t>(row) * 4, *tm, static_cast<size_t>(row) * 4, 4);
+    }
+  }
+
+  int read_token(int row) {
+    const size_t r = static_cast<size_t>(row);
+    if (token_mem()) {
       int32_t v = 0;
-      d2h(&v, out, 0, 4);
-      if (lm_out_dt == BM_FLOAT32) {
-        float f;
-        std::memcpy(&f, &v, 4);
-        return static_cast<int>(f);
-      }
+      d2h(&v, tok_buf, r * 4, 4);
       return v;
     }
-    std::vector<uint8_t> buf(static_cast<size_t>(vocab) * dtype_size(lm_out_dt));
-    d2h(buf.data(), out, 0, buf.size());
+    const auto &out = lm->stages[0].output_mems[0];
     int best = 0;
-    float best_v = load_float(lm_out_dt, buf.data(), 0);
-    for (int i = 1; i < vocab; ++i) {
-      float v = load_float(lm_out_dt, buf.data(), static_cast<size_t>(i));
-      if (v > best_v) { best_v = v; best = i; }  // first maximum, as torch.argmax
+    if (greedy) {  // an F32 greedy head: the id as a float
+      float f = 0;
+      d2h(&f, out, r * 4, 4);
+      best = static_cast<int>(f);
+    } else {
+      const size_t esz = dtype_size(lm_out_dt);
+      std::vector<uint8_t> buf(static_cast<size_t>(vocab) * esz);
+      d2h(buf.data(), out, r * buf.size(), buf.size());
+      float best_v = load_float(lm_out_dt, buf.data(), 0);
+      for (int i = 1; i < vocab; ++i) {
+        float v = load_float(lm_out_dt, buf.data(), static_cast<size_t>(i));
+        if (v > best_v) { best_v = v; best = i; }  // first maximum, as torch.argmax
+      }
     }
+    int32_t t32 = best;
+    h2d(tok_buf, r * 4, &t32, 4);  // the next step feeds it to embedding_cache
     return best;
   }
 
@@ -528,17 +617,15 @@ Runtime::Runtime(const std::string &bmodel_path, int device_id, RuntimeOptions o
     throw DeviceError("bmrt_load_bmodel failed for " + bmodel_path + " (not a bmodel for this chip/runtime?)");
   I.introspect();
   I.allocate();
+  slots_.resize(static_cast<size_t>(I.batch));
 }
 
 Runtime::~Runtime() = default;
 
-Generation Runtime::generate(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
-                             const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
-                             const std::vector<int> &stop_ids, int max_new_tokens) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto &I = *impl_;
-  const int S = I.seqlen;
-
+void Runtime::check_request(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                            const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                            int max_new_tokens) const {
+  const auto &I = *impl_;
   if (n_mels != I.n_mels || n_frames != I.n_frames)
     throw std::invalid_argument("features are [" + std::to_string(n_mels) + "," + std::to_string(n_frames) +
                                 "]; the audio net takes [" + std::to_string(I.n_mels) + "," +
@@ -550,134 +637,277 @@ Generation Runtime::generate(const std::vector<float> &features, int n_mels, int
                                 std::to_string(n_frames));
   if (max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
   if (n_audio_tokens < 1) throw std::invalid_argument("n_audio_tokens must be >= 1");
-  auto audio_pos = std::find(prompt_ids.begin(), prompt_ids.end(), audio_token_id);
-  if (audio_pos == prompt_ids.end() ||
-      std::count(prompt_ids.begin(), prompt_ids.end(), audio_token_id) != 1)
+  if (std::count(prompt_ids.begin(), prompt_ids.end(), audio_token_id) != 1)
     throw std::invalid_argument("prompt_ids must hold the audio token id " + std::to_string(audio_token_id) +
                                 " exactly once");
   for (int id : prompt_ids)
     if (id < 0) throw std::invalid_argument("negative token id " + std::to_string(id) + " in prompt_ids");
-  const int at = static_cast<int>(audio_pos - prompt_ids.begin());
   const int L = static_cast<int>(prompt_ids.size()) - 1 + n_audio_tokens;
   if (n_audio_tokens > I.audio_rows)
     throw TooLong("audio of " + std::to_string(n_audio_tokens) + " tokens exceeds the audio net's " +
                   std::to_string(I.audio_rows) + " (" + std::to_string(I.n_frames) + " mel frames)");
-  if (L + 1 > S)
+  if (L + 1 > I.kv_cap)
     throw TooLong("prompt of " + std::to_string(L) + " tokens (" + std::to_string(n_audio_tokens) +
-                  " audio) leaves no room for an answer within SEQLEN " + std::to_string(S));
+                  " audio) leaves no room for an answer within SEQLEN " + std::to_string(I.seqlen) +
+                  (I.kv_cap < I.seqlen ? " (" + std::to_string(I.kv_cap) + " usable: the batched decode nets keep "
+                                         "the last slot for the current token)" : ""));
+}
 
-  Generation g;
+int Runtime::start(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                   const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                   const std::vector<int> &stop_ids, int max_new_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return start_locked(features, n_mels, n_frames, n_valid_frames, prompt_ids, audio_token_id, n_audio_tokens,
+                      stop_ids, max_new_tokens);
+}
+
+int Runtime::start_locked(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                          const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                          const std::vector<int> &stop_ids, int max_new_tokens) {
+  auto &I = *impl_;
+  const int S = I.seqlen;
+  check_request(features, n_mels, n_frames, n_valid_frames, prompt_ids, audio_token_id, n_audio_tokens,
+                max_new_tokens);
+  int r = -1;
+  for (int i = 0; i < I.batch; ++i)
+    if (slots_[static_cast<size_t>(i)].state == SlotState::Free) { r = i; break; }
+  if (r < 0)
+    throw std::logic_error("all " + std::to_string(I.batch) + " slots are busy: finish() one before start()");
+  const size_t row = static_cast<size_t>(r);
+  const int at = static_cast<int>(std::find(prompt_ids.begin(), prompt_ids.end(), audio_token_id) - prompt_ids.begin());
+  const int L = static_cast<int>(prompt_ids.size()) - 1 + n_audio_tokens;
+
+  Slot &sl = slots_[row];
+  sl = Slot{};
+  sl.state = SlotState::Decoding;  // reserved; reset to Free below if the device fails
+  sl.stop_ids = stop_ids;
+  sl.max_new_tokens = max_new_tokens;
+  Generation &g = sl.g;
+  g.slot = r;
   g.prompt_len = L;
   const Counters start = counters_;
   const auto t0 = Clock::now();
+  try {
+    // 1. text embeddings of the whole padded prompt (audio slots get id 0, overwritten below)
+    std::vector<int32_t> ids(static_cast<size_t>(S), 0);
+    for (int i = 0, j = 0; i < static_cast<int>(prompt_ids.size()); ++i) {
+      if (i == at) { j += n_audio_tokens; continue; }
+      ids[static_cast<size_t>(j++)] = prompt_ids[static_cast<size_t>(i)];
+    }
+    I.h2d(I.embed->stages[0].input_mems[0], 0, ids.data(), ids.size() * 4);
+    I.launch(I.embed);
+    I.d2d(I.states_buf, 0, I.embed->stages[0].output_mems[0], 0, static_cast<size_t>(S) * I.row_bytes);
 
-  // 1. text embeddings of the whole padded prompt (audio slots get id 0, overwritten below)
-  std::vector<int32_t> ids(static_cast<size_t>(S), 0);
-  for (int i = 0, j = 0; i < static_cast<int>(prompt_ids.size()); ++i) {
-    if (i == at) { j += n_audio_tokens; continue; }
-    ids[static_cast<size_t>(j++)] = prompt_ids[static_cast<size_t>(i)];
+    // 2. audio encoder + projector, spliced over the <|AUDIO|> slots on the device
+    const auto ta = Clock::now();
+    I.encode_audio(features, n_valid_frames, n_audio_tokens, at);
+    g.encode_s = seconds_since(ta);
+
+    // 3. causal prefill, positions 0..L-1; prompt K/V into this slot's rows of the decode history
+    std::vector<int32_t> pos(static_cast<size_t>(S), 0);
+    for (int i = 0; i < L; ++i) pos[static_cast<size_t>(i)] = i;
+    I.h2d(I.pos_buf, 0, pos.data(), pos.size() * 4);
+    {
+      std::vector<uint8_t> mask(static_cast<size_t>(S) * S * dtype_size(I.mask_dt));
+      for (int i = 0; i < S; ++i)
+        for (int j = 0; j < S; ++j)
+          fill_mask_value(I.mask_dt, mask.data(), static_cast<size_t>(i) * S + j, !(j <= i && i < L));
+      I.h2d(I.mask_buf, 0, mask.data(), mask.size());
+    }
+    bm_device_mem_t cur = I.states_buf;
+    for (size_t l = 0; l < I.blocks.size(); ++l) {
+      auto *b = I.blocks[l];
+      const auto &st = b->stages[0];
+      I.d2d(st.input_mems[0], 0, cur, 0, static_cast<size_t>(S) * I.row_bytes);
+      I.d2d(st.input_mems[1], 0, I.pos_buf, 0, static_cast<size_t>(S) * 4);
+      I.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(S) * S * dtype_size(I.mask_dt));
+      I.launch(b);
+      cur = st.output_mems[0];
+      I.copy_kv(I.k_store[l], I.kv_hist[0], r, 0, st.output_mems[1], I.kv_prefill[0], 0, 0, L);
+      I.copy_kv(I.v_store[l], I.kv_hist[1], r, 0, st.output_mems[2], I.kv_prefill[1], 0, 0, L);
+    }
+    // 4. first token from the last real position, through this slot's row of lm_head
+    I.d2d(I.lm->stages[0].input_mems[0], row * I.row_bytes, cur, static_cast<size_t>(L - 1) * I.row_bytes,
+          I.row_bytes);
+    I.launch(I.lm);
+    const int tok = I.take_token(r, false);
+    g.ttft_s = seconds_since(t0);
+    g.prefill_s = g.ttft_s - g.encode_s;
+
+    // this row's decode mask: the prompt's slots visible, the rest hidden, the current token's slot (the last)
+    // visible. Uploaded once; each step then reveals one more slot (2-4 bytes).
+    const size_t delt = dtype_size(I.dmask_dt);
+    std::vector<uint8_t> dm(static_cast<size_t>(I.mlen) * delt);
+    for (int j = 0; j < I.mlen; ++j)
+      fill_mask_value(I.dmask_dt, dm.data(), static_cast<size_t>(j), j >= L && j < I.mlen - 1);
+    I.h2d(I.dmask_buf, row * dm.size(), dm.data(), dm.size());
+    g.prefill = minus(counters_, start);
+    accept(r, tok);
+  } catch (...) {
+    sl = Slot{};
+    throw;
   }
-  I.h2d(I.embed->stages[0].input_mems[0], 0, ids.data(), ids.size() * 4);
-  I.launch(I.embed);
-  I.d2d(I.states_buf, 0, I.embed->stages[0].output_mems[0], 0, static_cast<size_t>(S) * I.row_bytes);
+  return r;
+}
 
-  // 2. audio encoder + projector, spliced over the <|AUDIO|> slots on the device
-  const auto ta = Clock::now();
-  I.encode_audio(features, n_valid_frames, n_audio_tokens, at);
-  g.encode_s = seconds_since(ta);
-
-  // 3. causal prefill, positions 0..L-1; prompt K/V into the decode history
-  std::vector<int32_t> pos(static_cast<size_t>(S), 0);
-  for (int i = 0; i < L; ++i) pos[static_cast<size_t>(i)] = i;
-  I.h2d(I.pos_buf, 0, pos.data(), pos.size() * 4);
-  {
-    std::vector<uint8_t> mask(static_cast<size_t>(S) * S * dtype_size(I.mask_dt));
-    for (int i = 0; i < S; ++i)
-      for (int j = 0; j < S; ++j)
-        fill_mask_value(I.mask_dt, mask.data(), static_cast<size_t>(i) * S + j, !(j <= i && i < L));
-    I.h2d(I.mask_buf, 0, mask.data(), mask.size());
+// One generated token of slot r: stop, record, or keep decoding (or overrun SEQLEN).
+void Runtime::accept(int r, int tok) {
+  Slot &sl = slots_[static_cast<size_t>(r)];
+  Generation &g = sl.g;
+  if (std::find(sl.stop_ids.begin(), sl.stop_ids.end(), tok) != sl.stop_ids.end()) {
+    g.finish_reason = "eos";
+    g.stop_id = tok;
+    sl.state = SlotState::Done;
+    return;
   }
-  bm_device_mem_t cur = I.states_buf;
-  for (size_t l = 0; l < I.blocks.size(); ++l) {
-    auto *b = I.blocks[l];
-    const auto &st = b->stages[0];
-    I.d2d(st.input_mems[0], 0, cur, 0, static_cast<size_t>(S) * I.row_bytes);
-    I.d2d(st.input_mems[1], 0, I.pos_buf, 0, static_cast<size_t>(S) * 4);
-    I.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(S) * S * dtype_size(I.mask_dt));
-    I.launch(b);
-    cur = st.output_mems[0];
-    I.copy_kv(I.k_store[l], I.kv_hist[0], 0, st.output_mems[1], I.kv_prefill[0], 0, L);
-    I.copy_kv(I.v_store[l], I.kv_hist[1], 0, st.output_mems[2], I.kv_prefill[1], 0, L);
+  g.tokens.push_back(tok);
+  if (static_cast<int>(g.tokens.size()) >= sl.max_new_tokens) {
+    g.finish_reason = "max_tokens";
+    sl.state = SlotState::Done;
+    return;
   }
-  // 4. first token from the last real position
-  I.d2d(I.lm->stages[0].input_mems[0], 0, cur, static_cast<size_t>(L - 1) * I.row_bytes, I.row_bytes);
-  I.launch(I.lm);
-  int tok = I.read_token();
-  g.ttft_s = seconds_since(t0);
-  g.prefill_s = g.ttft_s - g.encode_s;
+  const int q = g.prompt_len + static_cast<int>(g.tokens.size()) - 1;  // position of the token fed back
+  if (q >= impl_->kv_cap) {
+    sl.state = SlotState::TooLong;
+    sl.error = "answer reached SEQLEN " + std::to_string(impl_->seqlen) + " (prompt " + std::to_string(g.prompt_len) +
+               " tokens, " + std::to_string(g.tokens.size()) + " generated) without a stop token";
+  }
+}
 
-  // decode mask for this request: the prompt's slots visible, the rest hidden, the current token's slot visible.
-  // Uploaded once; each step then reveals one more slot (2-4 bytes).
+std::vector<int> Runtime::step() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return step_locked();
+}
+
+std::vector<int> Runtime::step_locked() {
+  auto &I = *impl_;
+  const size_t B = static_cast<size_t>(I.batch);
+  std::vector<int> rows;
+  for (int i = 0; i < I.batch; ++i)
+    if (slots_[static_cast<size_t>(i)].state == SlotState::Decoding) rows.push_back(i);
+  if (rows.empty()) return {};
+  const auto ts = Clock::now();
+  const Counters before = counters_;
+  Counters own;  // row-specific transfers, attributed to their slot below
+  std::vector<Counters> per_row(B);
+  auto row_transfer = [&](int r, const std::function<void()> &fn) {
+    const Counters c0 = counters_;
+    fn();
+    const Counters d = minus(counters_, c0);
+    per_row[static_cast<size_t>(r)] = plus(per_row[static_cast<size_t>(r)], d);
+    own = plus(own, d);
+  };
+
   const size_t delt = dtype_size(I.dmask_dt);
-  {
-    std::vector<uint8_t> dm(static_cast<size_t>(S + 1) * delt);
-    for (int j = 0; j <= S; ++j) fill_mask_value(I.dmask_dt, dm.data(), static_cast<size_t>(j), j >= L && j < S);
-    I.h2d(I.dmask_buf, 0, dm.data(), dm.size());
-  }
-  g.prefill = minus(counters_, start);
-
-  // 5. greedy decode, KV on the device
-  const Counters dstart = counters_;
   const std::vector<uint8_t> visible(delt, 0);
   auto &ec = I.embed_cache->stages[0];
-  while (true) {
-    if (std::find(stop_ids.begin(), stop_ids.end(), tok) != stop_ids.end()) {
-      g.finish_reason = "eos";
-      g.stop_id = tok;
-      break;
-    }
-    g.tokens.push_back(tok);
-    if (static_cast<int>(g.tokens.size()) >= max_new_tokens) {
-      g.finish_reason = "max_tokens";
-      break;
-    }
-    const int q = L + static_cast<int>(g.tokens.size()) - 1;  // position of the token fed back
-    if (q >= S)
-      throw TooLong("answer reached SEQLEN " + std::to_string(S) + " (prompt " + std::to_string(L) + " tokens, " +
-                    std::to_string(g.tokens.size()) + " generated) without a stop token");
-    const auto ts = Clock::now();
-    if (const bm_device_mem_t *tm = I.token_mem())
-      I.d2d(ec.input_mems[0], 0, *tm, 0, 4);  // the token never leaves the device on its way back in
-    else {
-      int32_t t32 = tok;
-      I.h2d(ec.input_mems[0], 0, &t32, 4);
-    }
-    I.launch(I.embed_cache);
-    cur = ec.output_mems[0];
-    int32_t q32 = q;
-    I.h2d(I.dpos_buf, 0, &q32, 4);
-    if (q > L) I.h2d(I.dmask_buf, static_cast<size_t>(q - 1) * delt, visible.data(), delt);
-    for (size_t l = 0; l < I.caches.size(); ++l) {
-      auto *c = I.caches[l];
-      const auto &st = c->stages[0];
-      I.d2d(st.input_mems[0], 0, cur, 0, I.row_bytes);
-      I.d2d(st.input_mems[1], 0, I.dpos_buf, 0, 4);
-      I.d2d(st.input_mems[2], 0, I.dmask_buf, 0, static_cast<size_t>(S + 1) * delt);
-      if (c->addr_mode == 1)
-        I.launch(c);
-      else
-        I.launch(c, {{3, I.k_store[l]}, {4, I.v_store[l]}});
-      cur = st.output_mems[0];
-      I.copy_kv(I.k_store[l], I.kv_hist[0], q, st.output_mems[1], I.kv_new[0], 0, 1);
-      I.copy_kv(I.v_store[l], I.kv_hist[1], q, st.output_mems[2], I.kv_new[1], 0, 1);
-    }
-    I.d2d(I.lm->stages[0].input_mems[0], 0, cur, 0, I.row_bytes);
-    I.launch(I.lm);
-    tok = I.read_token();
-    g.step_s.push_back(seconds_since(ts));
+  I.d2d(ec.input_mems[0], 0, I.tok_buf, 0, B * 4);  // the tokens never leave the device on their way back in
+  I.launch(I.embed_cache);
+  bm_device_mem_t cur = ec.output_mems[0];
+  std::vector<int> qs(B, 0);
+  for (int r : rows) {
+    const Slot &sl = slots_[static_cast<size_t>(r)];
+    const int L = sl.g.prompt_len;
+    const int q = L + static_cast<int>(sl.g.tokens.size()) - 1;
+    qs[static_cast<size_t>(r)] = q;
+    row_transfer(r, [&] {
+      int32_t q32 = q;
+      I.h2d(I.dpos_buf, static_cast<size_t>(r) * 4, &q32, 4);
+      if (q > L) I.h2d(I.dmask_buf, (static_cast<size_t>(r) * I.mlen + (q - 1)) * delt, visible.data(), delt);
+    });
   }
-  g.decode = minus(counters_, dstart);
+  for (size_t l = 0; l < I.caches.size(); ++l) {
+    auto *c = I.caches[l];
+    const auto &st = c->stages[0];
+    I.d2d(st.input_mems[0], 0, cur, 0, B * I.row_bytes);
+    I.d2d(st.input_mems[1], 0, I.dpos_buf, 0, B * 4);
+    I.d2d(st.input_mems[2], 0, I.dmask_buf, 0, B * static_cast<size_t>(I.mlen) * delt);
+    if (c->addr_mode == 1)
+      I.launch(c);
+    else
+      I.launch(c, {{3, I.k_store[l]}, {4, I.v_store[l]}});
+    cur = st.output_mems[0];
+    // each row's new K/V to that row's own position
+    for (int r : rows) {
+      const int q = qs[static_cast<size_t>(r)];
+      if (I.insert) {
+        I.copy_kv(I.k_store[l], I.kv_hist[0], r, q, I.k_store[l], I.kv_hist[0], r, I.seqlen - 1, 1);
+        I.copy_kv(I.v_store[l], I.kv_hist[1], r, q, I.v_store[l], I.kv_hist[1], r, I.seqlen - 1, 1);
+      } else {
+        I.copy_kv(I.k_store[l], I.kv_hist[0], r, q, st.output_mems[1], I.kv_new[0], r, 0, 1);
+        I.copy_kv(I.v_store[l], I.kv_hist[1], r, q, st.output_mems[2], I.kv_new[1], r, 0, 1);
+      }
+    }
+  }
+  I.d2d(I.lm->stages[0].input_mems[0], 0, cur, 0, B * I.row_bytes);
+  I.launch(I.lm);
+  I.device_argmax(0, true);
+  std::vector<int> toks(B, -1);
+  for (int r : rows) row_transfer(r, [&] { toks[static_cast<size_t>(r)] = I.read_token(r); });
+  const double dt = seconds_since(ts);
+  const Counters shared = minus(minus(counters_, before), own);  // launches and d2d copies serve every row
+  std::vector<int> finished;
+  for (int r : rows) {
+    Slot &sl = slots_[static_cast<size_t>(r)];
+    sl.g.step_s.push_back(dt);
+    sl.g.decode = plus(sl.g.decode, plus(shared, per_row[static_cast<size_t>(r)]));
+    accept(r, toks[static_cast<size_t>(r)]);
+    if (sl.state != SlotState::Decoding) finished.push_back(r);
+  }
+  return finished;
+}
+
+Generation Runtime::finish(int slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return finish_locked(slot);
+}
+
+Generation Runtime::finish_locked(int slot) {
+  if (slot < 0 || slot >= impl_->batch) throw std::out_of_range("slot " + std::to_string(slot) + " out of range");
+  Slot &sl = slots_[static_cast<size_t>(slot)];
+  if (sl.state == SlotState::Free) throw std::logic_error("slot " + std::to_string(slot) + " holds no request");
+  if (sl.state == SlotState::Decoding)
+    throw std::logic_error("slot " + std::to_string(slot) + " is still decoding: step() until it is done, or cancel()");
+  const SlotState state = sl.state;
+  Generation g = std::move(sl.g);
+  std::string error = std::move(sl.error);
+  sl = Slot{};
+  if (state == SlotState::TooLong) throw TooLong(error);
   return g;
+}
+
+void Runtime::cancel(int slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (slot < 0 || slot >= impl_->batch) throw std::out_of_range("slot " + std::to_string(slot) + " out of range");
+  slots_[static_cast<size_t>(slot)] = Slot{};
+}
+
+std::string Runtime::state(int slot) const {
+  if (slot < 0 || slot >= impl_->batch) throw std::out_of_range("slot " + std::to_string(slot) + " out of range");
+  switch (slots_[static_cast<size_t>(slot)].state) {
+    case SlotState::Free: return "free";
+    case SlotState::Decoding: return "decoding";
+    case SlotState::Done: return "done";
+    case SlotState::TooLong: return "too_long";
+  }
+  return "?";
+}
+
+int Runtime::free_slots() const {
+  int n = 0;
+  for (const auto &s : slots_) n += s.state == SlotState::Free;
+  return n;
+}
+
+// Batch 1 is the special case of the steps: start, step until this slot is done, finish.
+Generation Runtime::generate(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                             const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                             const std::vector<int> &stop_ids, int max_new_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int r = start_locked(features, n_mels, n_frames, n_valid_frames, prompt_ids, audio_token_id, n_audio_tokens,
+                             stop_ids, max_new_tokens);
+  while (slots_[static_cast<size_t>(r)].state == SlotState::Decoding) step_locked();
+  return finish_locked(r);
 }
 
 }  // namespace tbn

@@ -62,16 +62,22 @@ struct Layout {
   int audio_rows = 0;      // audio embeddings it yields (max audio tokens)
   std::string audio_mask;  // "" (no mask input) or the mask input's shape, e.g. "[1,1,100,100]"
   int decode_addr_mode = 0;
+  int batch = 1;           // decode rows = slots: requests in flight at once
+  std::string decode_kv;   // "concat" (nets return the new K/V) or "insert" (nets write it into history slot SEQLEN-1)
+  int kv_capacity = 0;     // positions a request may fill (prompt + answer): SEQLEN, or SEQLEN-1 for "insert"
 };
 
 struct Generation {
+  int slot = 0;                   // the decode row it ran in
   std::vector<int> tokens;        // generated ids, stop id excluded
   std::string finish_reason;      // "eos" or "max_tokens"
   int stop_id = -1;               // the stop id seen, -1 if none
   int prompt_len = 0;             // merged prompt: text tokens + audio tokens
   double encode_s = 0, prefill_s = 0, ttft_s = 0;  // ttft = encode + prefill + first token read
-  std::vector<double> step_s;     // one per decode step (each yields one token)
-  Counters prefill, decode;       // traffic of the two phases (decode covers every step after the first token)
+  std::vector<double> step_s;     // one per decode step it took part in (each yields one token; shared by the batch)
+  // traffic of the two phases. decode: its own row's transfers (position, mask slot, token id) plus, in full, the
+  // launches and device-to-device copies of every step it took part in (they serve the whole batch)
+  Counters prefill, decode;
 };
 
 struct RuntimeOptions {
@@ -86,20 +92,57 @@ class Runtime {
   Runtime(const Runtime &) = delete;
   Runtime &operator=(const Runtime &) = delete;
 
+  // The runtime steps. B = layout().batch slots, each one request: its K/V rows, position, mask and stop state.
+  //
+  // start: a request into a free slot (audio encode, splice, prefill into that slot's K/V rows, first token);
+  //   returns the slot. It may already be done (stop id or max_new_tokens 1). TooLong (nothing occupied) if the
+  //   prompt leaves no room; std::logic_error if no slot is free.
   // features: [n_mels, n_frames] log-mel float32 padded to the audio net's window; n_valid_frames: real frames.
   // prompt_ids holds exactly one audio_token_id, replaced by n_audio_tokens audio embeddings.
+  int start(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+            const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+            const std::vector<int> &stop_ids, int max_new_tokens);
+  // step: one token for every decoding slot, one launch per net for the whole batch; returns the slots that
+  //   stopped decoding in it (done, or too_long: the answer reached SEQLEN).
+  std::vector<int> step();
+  // finish: the result of a done slot, which becomes free; TooLong for a too_long slot (also freed).
+  Generation finish(int slot);
+  void cancel(int slot);                 // free a slot, whatever its state
+  std::string state(int slot) const;     // "free" | "decoding" | "done" | "too_long"
+  int free_slots() const;
+  // start + step until that slot is done + finish (batch 1 is this special case of the steps)
   Generation generate(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
                       const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
                       const std::vector<int> &stop_ids, int max_new_tokens);
 
   const Layout &layout() const { return layout_; }
   const std::vector<NetSummary> &nets() const { return nets_; }
+  int batch() const { return layout_.batch; }
   Counters counters() const { return counters_; }
   int device_id() const { return device_id_; }
 
  private:
+  enum class SlotState { Free, Decoding, Done, TooLong };
+  struct Slot {
+    SlotState state = SlotState::Free;
+    std::vector<int> stop_ids;
+    int max_new_tokens = 0;
+    Generation g;
+    std::string error;
+  };
+  void check_request(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                     const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                     int max_new_tokens) const;
+  int start_locked(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                   const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
+                   const std::vector<int> &stop_ids, int max_new_tokens);
+  std::vector<int> step_locked();
+  Generation finish_locked(int slot);
+  void accept(int slot, int token);
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  std::vector<Slot> slots_;
   Layout layout_;
   std::vector<NetSummary> nets_;
   Counters counters_;

@@ -4,6 +4,10 @@ One runtime per actor, pinned to one device id. The front end (workers/frontend.
 the prompt ids with one <|AUDIO|> placeholder and the stop ids; the runtime (native/, `transcribe_batch_native`)
 runs audio encoder, splice, prefill and greedy decode with the KV cache on the device.
 
+A bmodel compiled with `convert.py --batch B` has B decode slots: `transcribe_batch` keeps them full, starting the
+next request in a slot as soon as its answer finishes, and decodes all busy slots with one launch per net per
+token. `preferred_batch_size` (= B) tells the actor how many prepared requests to hand over at once.
+
 Before loading, the bmodel's sidecar JSON (`<bmodel>.json`, written by native/compile/) is checked against the
 model folder's config.json, and what the runtime finds in the bmodel itself (SEQLEN, hidden size, mel window,
 logits width) is checked against both: a bmodel compiled from another checkpoint is refused, not run.
@@ -13,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -122,6 +128,8 @@ def check_pair(bmodel: Path, sidecar: dict | None, facts: dict, layout: dict) ->
     cmp("mel bins", "sidecar", sc.get("n_mels"), "bmodel audio net", layout["n_mels"])
     cmp("mel frames (window)", "sidecar", sc.get("mel_frames"), "bmodel audio net", layout["n_frames"])
     cmp("audio tokens per window", "sidecar", sc.get("max_audio_tokens"), "bmodel audio net", layout["audio_rows"])
+    if "batch" in sc:
+        cmp("decode batch", "sidecar", sc.get("batch"), "bmodel nets", layout.get("batch", 1))
     cmp("mel bins", "bmodel audio net", layout["n_mels"], "preprocessor_config.json", facts["n_mels"])
     cmp("mel frames (window)", "bmodel audio net", layout["n_frames"], "preprocessor_config.json", facts["n_frames"])
     return problems
@@ -166,7 +174,13 @@ class Bm1684xEngine(Engine):
             max_seq_len=self.layout["seqlen"],
         )
 
-    def transcribe(self, request: Request) -> EngineResult:
+    @property
+    def preferred_batch_size(self) -> int:
+        """Decode slots of the bmodel: hand transcribe_batch at least this many requests to keep them all busy."""
+        return int(self.layout.get("batch", 1))
+
+    def _call_args(self, request: Request) -> tuple:
+        """The runtime's arguments for one request; ValueError naming the request when it is malformed."""
         if request.features is None or not request.prompt_ids:
             raise ValueError(f"{request.id}: the bm1684x engine needs features and prompt ids from the front end")
         features = np.ascontiguousarray(request.features, dtype=np.float32)
@@ -180,38 +194,110 @@ class Bm1684xEngine(Engine):
                 f"({audio_token_count(n_valid)} tokens)"
             )
         audio_id = request.audio_token_id if request.audio_token_id is not None else self.facts["audio_token_id"]
+        return (features, n_valid, list(request.prompt_ids), int(audio_id), int(request.n_audio_tokens),
+                list(request.stop_ids), int(request.max_new_tokens))
+
+    def _error(self, request: Request, e: BaseException) -> BaseException:
+        """The engine's exception for a runtime error of one request."""
+        if isinstance(e, self._native.TooLongError):
+            return SequenceTooLong(f"{request.id}: {e}")
+        if isinstance(e, self._native.DeviceError):
+            return EngineError(f"{request.id}: device {self.device}: {e}")
+        return e
+
+    def transcribe(self, request: Request) -> EngineResult:
+        args = self._call_args(request)
         try:
-            out = self.runtime.generate(
-                features, n_valid, list(request.prompt_ids), int(audio_id), int(request.n_audio_tokens),
-                list(request.stop_ids), int(request.max_new_tokens),
-            )
-        except self._native.TooLongError as e:
-            raise SequenceTooLong(f"{request.id}: {e}") from e
-        except self._native.DeviceError as e:
-            raise EngineError(f"{request.id}: device {self.device}: {e}") from e
-        steps = out["step_s"]
-        n_steps = max(len(steps), 1)
-        return EngineResult(
-            token_ids=list(out["tokens"]),
-            finish_reason=FINISH_EOS if out["finish_reason"] == "eos" else FINISH_MAX_TOKENS,
-            ttft_s=out["ttft_s"],
-            decode_s=float(sum(steps)),
-            encode_s=out["encode_s"],
-            extra={
-                "prompt_len": out["prompt_len"],
-                "prefill_s": out["prefill_s"],
-                "decode_steps": len(steps),
-                "prefill_h2d_bytes": out["prefill"]["h2d_bytes"],
-                "prefill_d2h_bytes": out["prefill"]["d2h_bytes"],
-                "decode_h2d_bytes": out["decode"]["h2d_bytes"],
-                "decode_d2h_bytes": out["decode"]["d2h_bytes"],
-                "decode_h2d_bytes_per_token": out["decode"]["h2d_bytes"] / n_steps,
-                "decode_d2h_bytes_per_token": out["decode"]["d2h_bytes"] / n_steps,
-            },
-        )
+            out = self.runtime.generate(*args)
+        except Exception as e:  # noqa: BLE001 - mapped to the engine's errors
+            mapped = self._error(request, e)
+            if mapped is e:
+                raise
+            raise mapped from e
+        return _result(out, wait_s=0.0, batch=self.preferred_batch_size)
+
+    def transcribe_batch(self, requests: Sequence[Request]) -> list[EngineResult | BaseException]:
+        """All requests through the B slots: a request starts as soon as a slot is free (in order), every step
+        decodes all busy slots at once. One result or exception per request, in order; a request that fails
+        (malformed, too long for SEQLEN, ...) fails alone while the others go on."""
+        t0 = time.monotonic()
+        out: list[EngineResult | BaseException | None] = [None] * len(requests)
+        pending: deque[int] = deque()
+        args: dict[int, tuple] = {}
+        for i, r in enumerate(requests):
+            try:
+                args[i] = self._call_args(r)
+            except ValueError as e:
+                out[i] = e
+            else:
+                pending.append(i)
+        in_slot: dict[int, tuple[int, float]] = {}  # slot -> (request index, seconds it waited for the slot)
+        rt = self.runtime
+
+        def collect(slot: int) -> None:
+            i, wait = in_slot.pop(slot)
+            try:
+                out[i] = _result(rt.finish(slot), wait_s=wait, batch=self.preferred_batch_size)
+            except Exception as e:  # noqa: BLE001 - reported per request
+                out[i] = self._error(requests[i], e)
+
+        while pending or in_slot:
+            while pending and rt.free_slots() > 0:
+                i = pending.popleft()
+                wait = time.monotonic() - t0
+                try:
+                    slot = rt.start(*args[i])
+                except Exception as e:  # noqa: BLE001 - reported per request
+                    out[i] = self._error(requests[i], e)
+                    continue
+                in_slot[slot] = (i, wait)
+                if rt.state(slot) != "decoding":  # stop id or max_new_tokens 1 at the first token
+                    collect(slot)
+            if not in_slot:
+                continue
+            try:
+                finished = rt.step()
+            except Exception as e:  # noqa: BLE001 - a failed launch takes down every request in the batch
+                for slot, (i, _) in list(in_slot.items()):
+                    rt.cancel(slot)
+                    out[i] = self._error(requests[i], e)
+                in_slot.clear()
+                continue
+            for slot in finished:
+                collect(slot)
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         self.runtime = None  # frees the device memory and the device handle
+
+
+def _result(out: dict, *, wait_s: float, batch: int) -> EngineResult:
+    """An EngineResult from the runtime's generation dict. decode_s is the wall time of the steps the request took
+    part in (shared with the other slots of each step); slot_wait_s the time it waited for a free slot."""
+    steps = out["step_s"]
+    n_steps = max(len(steps), 1)
+    return EngineResult(
+        token_ids=list(out["tokens"]),
+        finish_reason=FINISH_EOS if out["finish_reason"] == "eos" else FINISH_MAX_TOKENS,
+        ttft_s=out["ttft_s"],
+        decode_s=float(sum(steps)),
+        encode_s=out["encode_s"],
+        extra={
+            "prompt_len": out["prompt_len"],
+            "prefill_s": out["prefill_s"],
+            "decode_steps": len(steps),
+            "slot": out["slot"],
+            "batch": batch,
+            "slot_wait_s": wait_s,
+            "prefill_h2d_bytes": out["prefill"]["h2d_bytes"],
+            "prefill_d2h_bytes": out["prefill"]["d2h_bytes"],
+            "decode_h2d_bytes": out["decode"]["h2d_bytes"],
+            "decode_d2h_bytes": out["decode"]["d2h_bytes"],
+            "decode_h2d_bytes_per_token": out["decode"]["h2d_bytes"] / n_steps,
+            "decode_d2h_bytes_per_token": out["decode"]["d2h_bytes"] / n_steps,
+            "decode_launches": out["decode"]["launches"],
+        },
+    )
 
 
 def create(options: dict, device: int | None) -> Engine:

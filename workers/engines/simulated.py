@@ -36,6 +36,18 @@ DEFAULT_S_PER_TOKEN = 0.8
 FALLBACK_TEXT = "simulated output"
 FAULT_KINDS = ("error", "empty", "repeat", "crash", "garble")  # new kinds go last: earlier draws stay
 CHARS_PER_TOKEN = 4.0  # rough English BPE ratio: counts generated tokens when no model folder (tokenizer) is given
+# K/V history's share of the bytes a batch-1 decode step reads (Qwen2-Audio-7B w4bf16, SEQLEN 1024: 0.54 of 5.3 GB;
+# benchmarks/runtime.py --projection-only)
+DEFAULT_KV_SHARE = 0.10
+
+
+def batched_step_s(s_per_token: float, batch: int, kv_share: float = DEFAULT_KV_SHARE) -> float:
+    """PROJECTION, not measured: seconds of one decode step of `batch` rows on a memory-bound card, from the batch-1
+    step time. The weights are read once per step for all rows; each row reads its own K/V history (`kv_share` of
+    a batch-1 step's bytes). Compute stays below memory time up to B = 16 for Qwen2-Audio-7B on BM1684X."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    return s_per_token * ((1.0 - kv_share) + kv_share * batch)
 
 
 class SimulatedFault(EngineError):
