@@ -10,7 +10,8 @@ them through quantization, and the reference margins say by how much.
 
 Run inside the compile venv (native/compile/setup_venv.sh):
     ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/make_confident_fixture.py [--shared ../shared]
-    ... --measure   # also: per-step logits of each quantized build vs HF fp32 on the simulator (minutes)
+    ... --skip-compile --measure   # per-step logits of each quantized build vs HF fp32 on the simulator (~20 min)
+    ... --batched-only [--convert PATH]   # only the --batch 4 builds, from the existing folder
 
 Training is deterministic (seeded init, fixed clip order, full-batch AdamW, torch deterministic algorithms, fixed
 thread count) and takes well under a minute on 2 cores; it is run by this script, never by CI. The tokenizer, the
@@ -45,6 +46,7 @@ QUANTIZATIONS = ("bf16", "w8bf16", "w4bf16")
 Q_GROUP_SIZE = 64  # = the hidden size: the smallest power of two >= 32 that divides every text-layer input width
 SEQLEN = 192  # longest prompt: ~90 text ids + 50 audio rows; answers are <= 8 tokens
 MAX_NEW_TOKENS = 12
+BATCH = 4  # decode rows of the batched builds
 TRAIN_STEPS = 300
 LEARNING_RATE = 3e-3
 TRAIN_THREADS = 1  # one thread: the same order of sums on every run, and no spin-waiting on a busy machine
@@ -200,13 +202,16 @@ def hf_reference(out: Path, shared: Path, clips: list[dict], ids: dict[str, int]
     }
 
 
-def bmodel_name(quantize: str) -> str:
-    return f"{NAME}-{quantize}.bmodel"
+def bmodel_name(quantize: str, batch: int = 1) -> str:
+    return f"{NAME}-{quantize}.bmodel" if batch == 1 else f"{NAME}-{quantize}-b{batch}.bmodel"
 
 
-def compile_bmodel(out: Path, dest: Path, quantize: str, *, lm_head: str = "greedy") -> Path:
-    cmd = [sys.executable, str(HERE / "convert.py"), str(out), "-o", str(dest), "-q", quantize, "-g",
+def compile_bmodel(out: Path, dest: Path, quantize: str, *, lm_head: str = "greedy", batch: int = 1,
+                   convert: Path = HERE / "convert.py") -> Path:
+    cmd = [sys.executable, str(convert), str(out), "-o", str(dest), "-q", quantize, "-g",
            str(Q_GROUP_SIZE), "--seqlen", str(SEQLEN), "--model-id", NAME, "--lm-head", lm_head]
+    if batch != 1:
+        cmd += ["--batch", str(batch)]
     if lm_head == "greedy":
         cmd.append("--kernel-remove")  # the logits head's greedy_head is dynamic and needs the kernel module
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -314,12 +319,28 @@ def measure(out: Path, shared: Path, ref: dict) -> dict:
     return result
 
 
+def compile_batched(out: Path, batch: int, convert: Path) -> dict:
+    """The same weights with `batch` decode rows (prefill and audio net stay batch 1), one bmodel per mode."""
+    names = {}
+    for q in QUANTIZATIONS:
+        dest = compile_bmodel(out, out / bmodel_name(q, batch), q, batch=batch, convert=convert)
+        names[q] = dest.name
+        print(f"{dest.name}: {dest.stat().st_size} bytes")
+    return {"batch": batch, "bmodels": names}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the project's shared data folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--steps", type=int, default=TRAIN_STEPS, help=f"training steps (default {TRAIN_STEPS})")
     ap.add_argument("--skip-compile", action="store_true", help="write the HF folder and reference only")
+    ap.add_argument("--batch", type=int, default=BATCH,
+                    help=f"also compile bmodels with this many decode rows (convert.py --batch; default {BATCH}, "
+                         "1 = none)")
+    ap.add_argument("--batched-only", action="store_true",
+                    help="only compile the --batch bmodels from the existing --out folder (no training)")
+    ap.add_argument("--convert", type=Path, default=HERE / "convert.py", help="the convert.py to compile with")
     ap.add_argument("--measure", action="store_true",
                     help="also run logits-head builds on the simulator and record per-step logit errors vs HF")
     args = ap.parse_args(argv)
@@ -329,6 +350,13 @@ def main(argv=None) -> int:
         os.environ["TRANSCRIBE_BATCH_TPU_ENV"] = "1"
         os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])])
+
+    if args.batched_only:
+        out = args.out.resolve()
+        ref = json.loads((out / "reference.json").read_text())
+        ref["batched_bmodels"] = compile_batched(out, args.batch, args.convert)
+        (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
+        return 0
 
     import torch
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
@@ -370,13 +398,18 @@ def main(argv=None) -> int:
     old = out / "reference.json"
     if old.is_file() and not args.measure:  # keep the last measurement if the weights did not change
         prev = json.loads(old.read_text())
-        if prev.get("clips") == ref["clips"] and "measured" in prev:
-            ref["measured"] = prev["measured"]
+        if prev.get("clips") == ref["clips"]:
+            for key in ("measured", "batched_bmodels"):
+                if key in prev:
+                    ref[key] = prev[key]
     (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
     if not args.skip_compile:
         for q in QUANTIZATIONS:
             dest = compile_bmodel(out, out / bmodel_name(q), q)
             print(f"{dest.name}: {dest.stat().st_size} bytes")
+        if args.batch != 1:
+            ref["batched_bmodels"] = compile_batched(out, args.batch, args.convert)
+            (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
     if args.measure:
         ref["measured"] = measure(out, args.shared, ref)
         (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
