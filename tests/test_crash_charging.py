@@ -51,3 +51,22 @@ def test_crashes_charge_only_the_rows_on_the_device(tmp_path, audio_dir, batch_s
         else:  # attempts spent = its own crashes before the first attempt that did not crash
             assert rec["status"] == "ok", rec
             assert rec["attempts"] == crashes.index(False) + 1, (row["id"], crashes, rec["attempts"])
+
+
+def test_quiet_stdout_is_only_the_summary_when_an_actor_crashes(tmp_path, audio_dir):
+    """Ray relays "(raylet) A worker died …" to the driver's stdout; --quiet promises one JSON summary there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = _manifest(tmp_path / "m.jsonl", audio_dir, 3)
+    seed = next(s for s in range(1000) if [FaultSpec(crash=0.3, seed=s).draw(r["id"], 1) for r in rows]
+                == ["crash", None, None] and FaultSpec(crash=0.3, seed=s).draw(rows[0]["id"], 2) is None)
+    cli = str(Path(sys.executable).with_name("transcribe-batch"))
+    done = subprocess.run([cli, "run", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "out"), "--engine", "simulated",
+                           "--devices", "1", "--sim-speedup", "2000", "--sim-faults", f"crash=0.3,seed={seed}",
+                           "--quiet"], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "complete" and summary["n_ok"] == 3 and summary["stats"]["actor_crashes"] == 1

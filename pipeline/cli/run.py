@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -122,7 +124,8 @@ def run(
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        summary = run_job(cfg)
+        with contextlib.redirect_stdout(sys.stderr):  # Ray prints worker notices to stdout: keep it for the summary
+            summary = run_job(cfg)
     except (ManifestError, ResumeError, DeviceError, SchedulerError, FileNotFoundError) as e:
         err(f"error: {e}", err=True)
         raise typer.Exit(2 if isinstance(e, (ManifestError, ResumeError, DeviceError)) else 1) from None
