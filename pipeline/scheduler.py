@@ -154,6 +154,8 @@ class Scheduler:
             self._remove(dev, "engine did not start in time")
         if not self.alive:
             raise SchedulerError("no device could start its engine:\n  " + "\n  ".join(errors))
+        # shards hold at least one full batch of the batch the actors settled on (a batched bmodel raises it to its B)
+        self.batch_size = max([self.batch_size] + [int(d.info.get("batch_size") or 1) for d in self.alive])
         return [d.info for d in self.alive]
 
     def shutdown(self) -> None:

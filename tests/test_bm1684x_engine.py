@@ -193,3 +193,20 @@ def test_a_batched_bmodel_whose_sidecar_says_another_batch_is_refused(tmp_path):
     _edit_json(tmp_path / (src.name + ".json"), lambda c: c.update(batch=1))
     with pytest.raises(ModelMismatch, match="decode batch: sidecar says 1, bmodel nets says 4"):
         create_engine("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(bm)}, 0)
+
+
+@pytest.mark.slow
+def test_a_batched_bmodel_sets_the_actors_batch_even_when_batch_size_is_1():
+    """--batch-size 1 (the default) with a B=4 bmodel: the actor hands over 4 requests per call and says so in its
+    info (the scheduler sizes shards from it), so the card's slots are not left idle."""
+    from bm1684x_support import BATCH, batched_bmodel_path
+    from transcribe_batch.workers.actor import TranscriptionWorker
+
+    native()
+    worker = TranscriptionWorker("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(batched_bmodel_path()),
+                                             "batch_size": 1}, 0, device_kind="bm1684x")
+    try:
+        assert worker.batch_size == BATCH == 4
+        assert worker.info()["batch_size"] == BATCH
+    finally:
+        worker.close()

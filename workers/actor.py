@@ -86,7 +86,8 @@ class TranscriptionWorker:
             max_new_tokens_cap=int(self.options.get("max_new_tokens") or 256),
         )
         self.frontend.warm_up()
-        self.batch_size = max(1, int(self.options.get("batch_size") or 1))
+        # a batched bmodel keeps B decode slots: hand it at least B requests per call, whatever --batch-size says
+        self.batch_size = max(1, int(self.options.get("batch_size") or 1), self.engine.preferred_batch_size)
         self.escalate_min_s = float(self.options.get("escalate_min_s") or 10.0)
         self.node = node_name()
         self.node_id = ray_node_id()
@@ -102,6 +103,7 @@ class TranscriptionWorker:
     def info(self) -> dict:
         return {"engine": self.engine.name, "model_id": self.model_id, "device": self.device, "node": self.node,
                 "node_id": self.node_id, "label": self.label, "kind": self.platform.kind, "pid": os.getpid(),
+                "batch_size": self.batch_size,
                 "limits": {"max_audio_s": self.engine.limits.max_audio_s,
                            "max_seq_len": self.engine.limits.max_seq_len}}
 

@@ -93,6 +93,12 @@ class Engine(ABC):
                 out.append(e)
         return out
 
+    @property
+    def preferred_batch_size(self) -> int:
+        """Requests per `transcribe_batch` call that keep this engine's device busy (a batched bmodel: its B decode
+        slots). The actor hands over max(--batch-size, this)."""
+        return 1
+
     def begin_attempts(self, attempts: Mapping[str, int]) -> None:
         """Called by the actor before every engine call, on every path: manifest id → attempt number (1-based) of
         the rows the next `transcribe`/`transcribe_batch` call carries. Default: nothing (the simulated engine
