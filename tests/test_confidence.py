@@ -74,7 +74,7 @@ def test_simulated_logprobs_are_aligned_and_deterministic():
     assert all(v <= 0 for v in a.token_logprobs)
     other = _engine("seed=4").transcribe(_request("the quick brown fox jumps over the lazy dog"))
     assert other.token_logprobs != a.token_logprobs
-    engine.begin_attempt("u1", 2)
+    engine.begin_attempts({"u1": 2})
     assert engine.transcribe(_request("the quick brown fox jumps over the lazy dog")).token_logprobs != a.token_logprobs
 
 
@@ -106,13 +106,15 @@ def test_results_of_a_simulated_run_have_confidence(tmp_path, audio_dir):
     from transcribe_batch.manifests.reader import iter_rows
     from transcribe_batch.workers.actor import TranscriptionWorker
     from transcribe_batch.workers.record import now
+    from transcribe_batch.workers.work import WorkItem
 
     write_manifest(tmp_path / "m.jsonl", audio_dir, limit=3)
     rows = [row for _, row in iter_rows(tmp_path / "m.jsonl")]
     worker = TranscriptionWorker("simulated", {"sim_ttft_s": 0, "sim_s_per_token": 0, "sim_max_audio_s": 1.0}, 0)
-    records = worker.run_shard([{"row": r, "line": i + 1, "attempt": 1, "queued_at": now(), "duration": r["duration"]}
-                                for i, r in enumerate(rows)])
+    outcomes = worker.run_shard([WorkItem(index=i, line=i + 1, row=r, queued_at=now(), duration=r["duration"])
+                                 for i, r in enumerate(rows)])
     worker.close()
+    records = [o.record for o in outcomes]
     assert any(rec["n_chunks"] > 1 for rec in records)
     for rec in records:
         assert rec["status"] == "ok", rec
