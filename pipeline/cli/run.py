@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -114,27 +114,51 @@ def run(
         err(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
-    def _terminate(signum, frame):  # SIGTERM stops like Ctrl-C: finished work is saved, the next run resumes
-        raise KeyboardInterrupt
+    def stop(code: int, message: str, status: str) -> typer.Exit:
+        err(message, err=True)
+        if cfg.quiet:  # unattended: the outcome as JSON on stdout, whatever it is
+            typer.echo(json.dumps(_failure_summary(cfg.output, status, message, t_start), default=str))
+        return typer.Exit(code)
 
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGINT and SIGTERM (also to the whole process group) stop the run the same way: run_job handles both.
+    t_start = time.time()
     try:
         summary = run_job(cfg)
-    except (ManifestError, ResumeError, DeviceError, SchedulerError, FileNotFoundError) as e:
-        err(f"error: {e}", err=True)
-        raise typer.Exit(2 if isinstance(e, (ManifestError, ResumeError, DeviceError)) else 1) from None
+    except (ManifestError, ResumeError, DeviceError, SchedulerError) as e:
+        raise stop(2 if isinstance(e, (ManifestError, ResumeError, DeviceError)) else 1, f"error: {e}",
+                   "failed") from None
     except ConnectionError as e:  # --address names no reachable Ray cluster
-        err(f"error: could not join the Ray cluster at {cfg.address!r}: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise stop(2, f"error: could not join the Ray cluster at {cfg.address!r}: {e}", "failed") from None
+    except OSError as e:  # a full or read-only disk, a vanished folder
+        where = f"{e.filename}: " if e.filename else ""
+        raise stop(1, f"error: {where}{e.strerror or e}; finished rows are saved in {cfg.output} (what could be "
+                   "written): fix this and run the same command again to resume", "failed") from None
     except KeyboardInterrupt:
-        err(f"interrupted: finished rows are saved in {cfg.output}; run the same command again to resume.", err=True)
-        raise typer.Exit(130) from None
+        raise stop(130, f"interrupted: finished rows are saved in {cfg.output}; run the same command again to "
+                   "resume.", "interrupted") from None
     line = (f"{summary.status}: {summary.n_rows} rows ({summary.n_ok} ok, {summary.n_failed} failed"
             + (f", {summary.n_resumed} from an earlier run" if summary.n_resumed else "")
             + f"), {summary.audio_s / 3600:.2f} h audio in {summary.wall_s:.1f} s -> {summary.results}")
     err(line, err=True)
     if cfg.quiet:  # unattended: the summary as JSON on stdout
         typer.echo(json.dumps(summary.to_json(), default=str))
+
+
+def _failure_summary(output: Path, status: str, message: str, t_start: float) -> dict:
+    """--quiet's JSON for a run that did not complete: this run's status and counts from run.json if it started
+    (wrote run.json), else status "refused"."""
+    out = {"output": str(output), "status": status, "error": message}
+    try:
+        mine = (output / "run.json").stat().st_mtime >= t_start - 1.0
+        run = json.loads((output / "run.json").read_text()) if mine else None
+    except (OSError, ValueError):
+        run = None
+    if run and run.get("finished_at"):
+        out["status"] = run.get("status", status)
+        out.update({f"n_{k}": v for k, v in (run.get("counts") or {}).items()})
+    else:
+        out["status"] = "refused" if status == "failed" else status
+    return out
 
 
 def register(app: typer.Typer) -> None:
