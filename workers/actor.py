@@ -16,6 +16,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
+from transcribe_batch.config.settings import default
+
 from .audio import AudioError
 from .engines import create_engine
 from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
@@ -57,13 +59,13 @@ class TranscriptionWorker:
         self.engine = create_engine(engine_name, self.options, engine_device)
         self.frontend = FrontEnd(
             self.options.get("model_dir"),
-            template=self.options.get("template") or "default",
+            template=self.options.get("template") or default("template"),
             limits=self.engine.limits,
-            max_new_tokens_cap=int(self.options.get("max_new_tokens") or 256),
+            max_new_tokens_cap=int(self.options.get("max_new_tokens") or default("max_new_tokens")),
         )
         self.frontend.warm_up()
-        self.batch_size = max(1, int(self.options.get("batch_size") or 1))
-        self.escalate_min_s = float(self.options.get("escalate_min_s") or 10.0)
+        self.batch_size = max(1, int(self.options.get("batch_size") or default("batch_size")))
+        self.escalate_min_s = float(self.options.get("escalate_min_s") or default("escalate_min_s"))
         self.node = node_name()
         self._device_lock = threading.Lock()
         self._device_free_at = 0.0  # perf_counter when the device last finished a row

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transcribe_batch.config.settings import default
+
 from .audio import SAMPLE_RATE, load_audio
 from .cleanup import Cleaned, clean, join
 from .engines.base import EngineLimits, Request
@@ -28,19 +30,20 @@ class FrontEnd:
         self,
         model_dir: str | os.PathLike | None,
         *,
-        template: str = "default",
+        template: str | None = None,
         limits: EngineLimits | None = None,
-        max_new_tokens_cap: int = 256,
+        max_new_tokens_cap: int | None = None,
         templates: Templates | None = None,
     ):
         self.model_dir = Path(model_dir) if model_dir is not None else None
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {self.model_dir}")
         self.templates = templates or load_templates()
+        template = template or default("template")
         if template not in self.templates.templates:
             raise PromptError(f"unknown template {template!r}; known: {', '.join(sorted(self.templates.templates))}")
         self.template = template
-        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_new_tokens_cap = max_new_tokens_cap or default("max_new_tokens")
         self.features = FeatureConfig.from_model_dir(self.model_dir)
         self.limits = limits or EngineLimits(max_audio_s=self.features.max_audio_s)
         self.prompt = ChatPrompt(self.model_dir, system=self.templates.system) if self.model_dir is not None else None
