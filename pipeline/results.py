@@ -215,8 +215,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: dict, *, in_place_fallback: bool = False) -> bool:
     """Write `obj` as JSON atomically. `in_place_fallback` (a run's final status): if that fails (a full disk has no
-    room for the temporary copy), overwrite the existing file in place with a compact copy when it fits in the
-    blocks the file already has; never raises then. True if written."""
+    room for the temporary copy), overwrite the existing file in place with a compact copy that fits in the bytes
+    the file already has (dropping its bulkiest keys if needed: the status, counts and error stay); never raises
+    then. True if written."""
     data = json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n"
     try:
         atomic_write_bytes(path, data.encode())
@@ -224,10 +225,17 @@ def write_json(path: Path, obj: dict, *, in_place_fallback: bool = False) -> boo
     except OSError:
         if not in_place_fallback:
             raise
-    compact = (json.dumps(obj, default=str, ensure_ascii=False) + "\n").encode()
     try:
         with open(path, "r+b") as f:
-            if len(compact) > os.fstat(f.fileno()).st_size:
+            room = os.fstat(f.fileno()).st_size
+            obj = dict(obj)
+            compact = (json.dumps(obj, default=str, ensure_ascii=False) + "\n").encode()
+            for bulky in ("devices", "stats", "versions", "config", "runs"):  # least needed first; status stays
+                if len(compact) <= room:
+                    break
+                obj.pop(bulky, None)
+                compact = (json.dumps(obj, default=str, ensure_ascii=False) + "\n").encode()
+            if len(compact) > room:
                 return False
             f.write(compact)
             f.truncate()

@@ -195,3 +195,37 @@ def test_truncated_part_is_set_aside_and_its_rows_redone(tmp_path, audio_dir):
     assert again.n_resumed == len(rows) - n_lost and again.n_ok == len(rows)
     assert (part.parent / (part.name + ".unreadable")).exists()
     assert "renamed to" in (out / "progress.jsonl").read_text()
+
+
+def test_full_disk_is_a_message_and_run_json_does_not_stay_running(tmp_path, audio_dir, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from transcribe_batch.pipeline import results
+    from transcribe_batch.pipeline.cli import app
+
+    m, out = tmp_path / "m.jsonl", tmp_path / "out"
+    write_manifest(m, audio_dir, limit=4)
+
+    def full(table, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    def no_room(path, data):  # no room for a temporary copy of run.json either
+        if path.name == "run.json" and path.exists():
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return atomic(path, data)
+
+    atomic = results.atomic_write_bytes
+    monkeypatch.setattr(results, "write_parquet_atomic", full)
+    monkeypatch.setattr(results, "atomic_write_bytes", no_room)
+    result = CliRunner().invoke(app, ["run", str(m), "-o", str(out), "--engine", "simulated", "--devices", "2",
+                                      "--sim-speedup", "4000", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "failed"
+    run = json.loads((out / "run.json").read_text())  # written in place: the atomic copy had no room
+    assert run["status"] == "failed" and "No space left" in run["error"]
+    assert not list(out.glob(".tmp-*")) and not list((out / "parts").glob(".tmp-*") if (out / "parts").exists() else [])
+    monkeypatch.undo()
+    assert _run(m, out).status == "complete"
