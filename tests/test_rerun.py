@@ -50,7 +50,7 @@ def test_removed_inserted_and_edited_rows(tmp_path, audio_dir):
     new = [dict(r) for r in rows[2:]]  # two removed
     new.insert(1, {**rows[0], "id": "inserted"})  # a new row in the middle: lines shift
     new[3]["text"] = "a corrected reference"  # the reference changed: reused, new text
-    new[4]["offset"] = 0.5  # the audio changed: redone
+    new[4]["offset"], new[4]["duration"] = 0.5, new[4]["duration"] - 0.5  # the audio window changed: redone
     new[5]["speaker"] = "new field"
     _write(m, new)
     again = _run(m, out)
@@ -58,7 +58,8 @@ def test_removed_inserted_and_edited_rows(tmp_path, audio_dir):
     assert [r["id"] for r in got] == [r["id"] for r in new]
     assert [r["line"] for r in got] == list(range(1, len(new) + 1))
     assert got[3]["text"] == "a corrected reference" and got[3]["pred_text"] == before[new[3]["id"]]["pred_text"]
-    assert got[4]["offset"] == 0.5 and got[4]["started_at"] > before[new[4]["id"]]["started_at"]
+    assert got[4]["offset"] == 0.5 and got[4]["status"] == "ok"
+    assert got[4]["started_at"] > before[new[4]["id"]]["started_at"]
     assert got[5]["speaker"] == "new field"
     assert again.n_rows == len(new) and again.n_resumed == len(new) - 2  # the inserted and the re-cut row
     assert {r["id"] for r in got}.isdisjoint({rows[0]["id"], rows[1]["id"]})
