@@ -275,6 +275,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
         if run_info["model_id"] is None and state.previous:
             run_info.update(model_id=state.previous.get("model_id"), devices=state.previous.get("devices"))
         write_json(folder.run_json, run_info, in_place_fallback=True)
+        signals.restore()  # the work is saved: from here a second Ctrl-C may cut a slow Ray shutdown short
         if scheduler is not None:
             scheduler.shutdown()
         if started_ray:
