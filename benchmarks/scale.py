@@ -76,12 +76,11 @@ def write_manifest(path: Path, n: int, seed: int = 0, block: int = 100_000) -> f
 
 
 def write_parts(folder: Path, manifest: Path) -> int:
-    """A finished run's parts/: one ok result row per manifest row, in PART_SCHEMA, 512 rows per part."""
+    """A finished run's parts/: one ok result row per manifest row, in RUN_PART_SCHEMA, 512 rows per part."""
     import pyarrow as pa
 
-    from transcribe_batch.manifests.reader import iter_rows
-    from transcribe_batch.pipeline.results import RunFolder, write_parquet_atomic
-    from transcribe_batch.workers.record import PART_SCHEMA
+    from transcribe_batch.manifests.reader import input_digest, iter_rows
+    from transcribe_batch.pipeline.results import RUN_PART_SCHEMA, RunFolder, write_parquet_atomic
 
     run = RunFolder(folder)
     run.parts.mkdir(parents=True, exist_ok=True)
@@ -112,10 +111,10 @@ def write_parts(folder: Path, manifest: Path) -> int:
             "tokens_per_s": np.full(n, 1 / DEFAULT_S_PER_TOKEN), "total_s": total, "rtf": total / dur, "prep_s": dur * 0.003,
             "wait_s": np.zeros(n), "queued_at": start, "started_at": start,
             "finished_at": start + (total * 1e6).astype("timedelta64[us]"), "n_chunks": np.ones(n, np.int32),
-            "manifest_extra": [None] * n,
+            "manifest_extra": [None] * n, "input_digest": [input_digest(r) for _, r in buf],
         }
-        table = pa.Table.from_pydict({f.name: pa.array(cols[f.name], type=f.type) for f in PART_SCHEMA},
-                                     schema=PART_SCHEMA)
+        table = pa.Table.from_pydict({f.name: pa.array(cols[f.name], type=f.type) for f in RUN_PART_SCHEMA},
+                                     schema=RUN_PART_SCHEMA)
         write_parquet_atomic(table, run.parts / f"part-{seq:06d}-{uuid.uuid4().hex[:8]}.parquet")
         seq += 1
         buf.clear()
@@ -147,10 +146,10 @@ def child(kind: str, manifest: Path, folder: Path | None, trace: bool) -> dict:
     elif kind == "resume":
         state = open_run_folder(RunFolder(folder), {"engine": "bm1684x"})
         out["scan_s"] = time.perf_counter() - t
-        plan = build_plan(manifest, done_digests=state.done_digests)
+        plan = build_plan(manifest, done_inputs=state.done_inputs)
         out.update(rows=len(plan.lines), done=int(plan.n_done), left=len(plan.todo), shards=plan.n_shards)
     elif kind == "merge":
-        merged = merge_results(RunFolder(folder))
+        merged = merge_results(RunFolder(folder), build_plan(manifest))
         out.update(rows=merged.n_rows, results_mb=(folder / "results.parquet").stat().st_size / 1e6)
     out["time_s"] = time.perf_counter() - t
     out["rss_delta_mb"] = (_peak_rss_bytes() - base) / 1e6

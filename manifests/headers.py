@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
+# How far offset + duration may run past the end of the audio (header length) before a row is an error, in
+# `manifest validate` and in `run` alike (encoders pad or trim the last frame; manifests round).
+DURATION_TOLERANCE_S = 0.1
+
 # Formats libsndfile owns: if it cannot parse one of these, the file is broken, not merely foreign.
 LIBSNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff", ".au", ".caf", ".w64")
 

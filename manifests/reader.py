@@ -22,7 +22,6 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-KNOWN_FIELDS = ("id", "audio_filepath", "offset", "duration", "text", "prompt", "task", "language")
 _TEXT_FIELDS = ("text", "prompt", "task", "language")
 
 
@@ -45,13 +44,22 @@ class ManifestError(ValueError):
 def stable_id(audio_filepath: str, offset: float, duration: float | None) -> str:
     """An id derived from what the line says (not from the absolute path, so a moved manifest keeps its ids)."""
     key = f"{audio_filepath}|{offset!r}|{duration!r}".encode()
-    stem = os.path.splitext(os.path.basename(audio_filepath))[0][:40] or "row"
+    stem = os.path.splitext(os.path.basename(audio_filepath))[0][:40].replace("#", "_") or "row"  # '#': pieces
     return f"{stem}-{hashlib.blake2b(key, digest_size=6).hexdigest()}"
 
 
 def id_digest(row_id: str) -> int:
     """64-bit digest of an id; used for duplicate detection and compact id arrays."""
     return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def input_digest(row: dict) -> int:
+    """64-bit digest of what a normalized row asks for: its id, audio (resolved path, offset, duration) and the
+    fields that shape the prompt (prompt, task, language). A result is reused on resume only while its row's input
+    digest is unchanged; the reference `text` and other fields are not part of it (they are taken fresh)."""
+    key = json.dumps([row["id"], row["audio_filepath"], row["offset"], row["duration"], row.get("prompt"),
+                      row.get("task"), row.get("language")], ensure_ascii=False)
+    return id_digest(key)
 
 
 def id_digests(ids: list[str]) -> np.ndarray:

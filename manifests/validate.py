@@ -4,13 +4,20 @@ its offset/duration fit inside the audio. Streams (rows come from `reader.iter_r
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator
 
-from .headers import Header, read_header
+from .headers import DURATION_TOLERANCE_S, Header, read_header
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from .reader import ManifestError, iter_rows
 
 ERROR = "error"  # the row would fail in a run
@@ -66,7 +73,46 @@ def _audio_problems(row: dict, header: Header, tolerance_s: float) -> Iterator[t
                            "will be transcribed"), WARNING
 
 
-def iter_problems(path: str | os.PathLike, *, check_audio: bool = True, tolerance_s: float = 0.1,
+@lru_cache(maxsize=1)
+def _templates() -> dict[str, str]:
+    """Prompt templates by name (config/prompts.toml: what a row's `task` names)."""
+    from importlib import resources
+
+    text = resources.files("transcribe_batch.config").joinpath("prompts.toml").read_text(encoding="utf-8")
+    return dict(tomllib.loads(text).get("templates") or {})
+
+
+def _prompt_problems(row: dict) -> Iterator[tuple[str, str]]:
+    """(field, message) for a row whose prompt cannot be built (a run would fail the row)."""
+    if row.get("prompt") or not row.get("task"):
+        return  # free text wins over the task; no task: the run's --template (checked by `run`)
+    templates = _templates()
+    template = templates.get(row["task"])
+    if template is None:
+        yield "task", f"unknown task {row['task']!r}; known (config/prompts.toml): {', '.join(sorted(templates))}"
+    elif "{language}" in template and not row.get("language"):
+        yield "language", f"task {row['task']!r} needs the row's language"
+
+
+def _stat_problem(audio: str) -> str | None:
+    try:
+        st = os.stat(audio)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"symbolic link loop (the link points back to itself): {audio}"
+        if os.path.islink(audio):
+            return f"broken symbolic link (to {os.readlink(audio)}): {audio}"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"permission denied: {audio}"
+        return f"file not found: {audio}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file: {audio}"
+    if st.st_size == 0:
+        return f"file is empty (0 bytes): {audio}"
+    return None
+
+
+def iter_problems(path: str | os.PathLike, *, check_audio: bool = True, tolerance_s: float = DURATION_TOLERANCE_S,
                   summary: Summary | None = None) -> Iterator[Problem]:
     """Yield every problem, in line order; fill `summary` as rows go by. A missing manifest raises ManifestError."""
     summary = summary if summary is not None else Summary()
@@ -77,18 +123,16 @@ def iter_problems(path: str | os.PathLike, *, check_audio: bool = True, toleranc
         problems: list[Problem] = []
         if isinstance(row, ManifestError):
             problems.append(Problem(manifest, row.line, row.field, row.message))
+            row = None
+        else:
+            problems += [Problem(manifest, line_no, fld, message) for fld, message in _prompt_problems(row)]
+        if row is None:
+            pass
         elif check_audio:
             audio = row["audio_filepath"]  # str, not Path (see headers.read_header)
-            try:
-                st = os.stat(audio)
-            except OSError:
-                st = None
-            if st is None:
-                problems.append(Problem(manifest, line_no, "audio_filepath", f"file not found: {audio}"))
-            elif not stat.S_ISREG(st.st_mode):
-                problems.append(Problem(manifest, line_no, "audio_filepath", f"not a regular file: {audio}"))
-            elif st.st_size == 0:
-                problems.append(Problem(manifest, line_no, "audio_filepath", f"file is empty (0 bytes): {audio}"))
+            unusable = _stat_problem(audio)
+            if unusable:
+                problems.append(Problem(manifest, line_no, "audio_filepath", unusable))
             else:
                 header = header_of(audio)
                 for fld, message, severity in _audio_problems(row, header, tolerance_s):

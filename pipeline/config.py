@@ -6,9 +6,10 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from transcribe_batch.config.settings import default, defaults
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,36 +24,44 @@ class ConfigError(ValueError):
     pass
 
 
+def _d(name: str):
+    """A RunConfig field's default: defaults.toml's value ("" for an optional setting means None)."""
+    value = default(name)
+    return None if name in _OPTIONAL and value == "" else value
+
+
 @dataclass
 class RunConfig:
+    """One run's settings. Every default is config/defaults.toml's (config/settings.py; "" there means None)."""
+
     manifest: Path
     output: Path
-    engine: str = "bm1684x"
-    model_dir: Path | None = None
-    bmodel: Path | None = None
-    dtype: str = "auto"
-    template: str = "default"
-    max_new_tokens: int = 256
-    batch_size: int = 1
-    devices: str = "all"
-    address: str | None = None
-    ray_num_cpus: int = 0
-    max_attempts: int = 3
-    device_max_failures: int = 3
-    shard_size: int = 4
-    shard_max_audio_s: float = 120.0
-    inflight_per_device: int = 2
-    escalate_min_s: float = 10.0
-    skip_bad_lines: bool = False
-    overwrite: bool = False
-    retry_failed: bool = False
-    quiet: bool = False
-    progress_log: Path | None = None
-    sim_speedup: float = 1.0
-    sim_faults: str | None = None
-    sim_text: str | None = None
-    sim_ttft_s: float = 24.0
-    sim_s_per_token: float = 0.8
+    engine: str = _d("engine")
+    model_dir: Path | None = _d("model_dir")
+    bmodel: Path | None = _d("bmodel")
+    dtype: str = _d("dtype")
+    template: str = _d("template")
+    max_new_tokens: int = _d("max_new_tokens")
+    batch_size: int = _d("batch_size")
+    devices: str = _d("devices")
+    address: str | None = _d("address")
+    ray_num_cpus: int = _d("ray_num_cpus")
+    max_attempts: int = _d("max_attempts")
+    device_max_failures: int = _d("device_max_failures")
+    shard_size: int = _d("shard_size")
+    shard_max_audio_s: float = _d("shard_max_audio_s")
+    inflight_per_device: int = _d("inflight_per_device")
+    escalate_min_s: float = _d("escalate_min_s")
+    skip_bad_lines: bool = _d("skip_bad_lines")
+    overwrite: bool = _d("overwrite")
+    retry_failed: bool = _d("retry_failed")
+    quiet: bool = _d("quiet")
+    progress_log: Path | None = _d("progress_log")
+    sim_speedup: float = _d("sim_speedup")
+    sim_faults: str | None = _d("sim_faults")
+    sim_text: str | None = _d("sim_text")
+    sim_ttft_s: float = _d("sim_ttft_s")
+    sim_s_per_token: float = _d("sim_s_per_token")
     engine_options: dict = field(default_factory=dict)
     config_file: Path | None = None
 
@@ -110,8 +119,7 @@ def _read_toml(path: Path) -> dict:
 
 
 def load_defaults() -> dict:
-    with resources.files("transcribe_batch.config").joinpath("defaults.toml").open("rb") as f:
-        return tomllib.load(f)
+    return dict(defaults())
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

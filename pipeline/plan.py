@@ -1,12 +1,15 @@
 """Plan a run: stream the manifest once into compact arrays, order the work longest first, cut it into small shards.
 
-Memory is a few numeric arrays (line, byte offset, duration, id digest: 32 bytes a row) plus the reader's
-duplicate-id set; no row objects are kept. A shard's rows are read back from the manifest (by byte offset) only
-when the shard is handed to a device.
+Memory is a few numeric arrays (line, byte offset, duration, id digest, input digest: 40 bytes a row) plus the
+reader's duplicate-id set; no row objects are kept. A shard's rows are read back from the manifest (by byte offset)
+only when the shard is handed to a device, and again when results are merged; each row read back must still be the
+row that was planned (same input digest), and the file must still have the size and mtime it had when it was
+planned, else `ManifestChanged` stops the run (what finished is saved; the next run re-plans).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from array import array
@@ -15,8 +18,35 @@ from pathlib import Path
 
 import numpy as np
 
-from transcribe_batch.manifests.reader import ManifestError, id_digest, iter_rows_with_offsets, read_rows_at
 from transcribe_batch.manifests.headers import read_header
+from transcribe_batch.manifests.reader import (ManifestError, id_digest, id_digests, input_digest, iter_rows_with_offsets,
+                                               read_rows_at)
+from transcribe_batch.workers.record import failed_record
+
+
+class ManifestChanged(ManifestError):
+    """The manifest on disk is no longer the one the run planned."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the planned manifest looked like: size, mtime and a BLAKE2b of its bytes (recorded in run.json)."""
+
+    size: int
+    mtime_ns: int
+    blake2b: str = ""
+
+    @classmethod
+    def of(cls, path: Path, *, content: bool = False) -> "Fingerprint":
+        st = os.stat(path)
+        digest = ""
+        if content:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "blake2b").hexdigest()
+        return cls(st.st_size, st.st_mtime_ns, digest)
+
+    def same_stat(self, other: "Fingerprint") -> bool:
+        return (self.size, self.mtime_ns) == (other.size, other.mtime_ns)
 
 
 @dataclass
@@ -26,16 +56,18 @@ class Plan:
     offsets: np.ndarray  # int64 byte offset of the row's line
     durations: np.ndarray  # float64 seconds (NaN: unknown / unreadable)
     digests: np.ndarray  # int64 id digests
-    done: np.ndarray  # bool: already in the output folder (resume)
+    inputs: np.ndarray  # int64 input digests (manifests.reader.input_digest): what each row asks for
+    done: np.ndarray  # bool: a result for exactly this input is already in the output folder (resume)
     todo: np.ndarray  # int64 indices into the arrays above, longest first
     bounds: np.ndarray  # int64 shard k = todo[bounds[k]:bounds[k+1]]
-    bad: list[ManifestError] = field(default_factory=list)  # bad lines (with skip_bad_lines) not yet recorded
-    n_bad_total: int = 0  # bad lines in the manifest, recorded or not
+    bad: list[ManifestError] = field(default_factory=list)  # bad lines (with skip_bad_lines): recorded every run
+    fingerprint: Fingerprint | None = None  # the file as planned
+    _by_id: np.ndarray | None = field(default=None, repr=False)  # argsort of digests (lazy)
 
     @property
     def n_rows(self) -> int:
         """Result rows the run will end with: good rows + bad lines."""
-        return len(self.lines) + self.n_bad_total
+        return len(self.lines) + len(self.bad)
 
     @property
     def n_shards(self) -> int:
@@ -44,8 +76,50 @@ class Plan:
     def shard(self, k: int) -> np.ndarray:
         return self.todo[self.bounds[k]:self.bounds[k + 1]]
 
+    def check_unchanged(self) -> None:
+        """ManifestChanged if the file's size or mtime differ from when it was planned."""
+        if self.fingerprint is None:
+            return
+        try:
+            now = Fingerprint.of(self.manifest)
+        except OSError as e:
+            raise ManifestChanged(self.manifest, 0, None, f"{_CHANGED}: it can no longer be read ({e}){_AGAIN}") from None
+        if not self.fingerprint.same_stat(now):
+            raise ManifestChanged(self.manifest, 0, None, f"{_CHANGED} (size {self.fingerprint.size} -> {now.size} "
+                                  f"bytes, or its modification time){_AGAIN}")
+
     def rows(self, indices: np.ndarray) -> list[dict]:
-        return read_rows_at(self.manifest, zip(self.lines[indices].tolist(), self.offsets[indices].tolist()))
+        """The planned rows at `indices`, read back from the manifest. ManifestChanged if any is not the row that
+        was planned (another id, audio or prompt on that line: the file was edited during the run)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        self.check_unchanged()
+        lines = self.lines[indices].tolist()
+        try:
+            rows = read_rows_at(self.manifest, zip(lines, self.offsets[indices].tolist()))
+        except (ManifestError, OSError) as e:
+            raise ManifestChanged(self.manifest, 0, None, f"{_CHANGED}: a planned line no longer reads as a row ({e})"
+                                  f"{_AGAIN}") from None
+        for row, line, i in zip(rows, lines, indices.tolist()):
+            if input_digest(row) != self.inputs[i]:
+                raise ManifestChanged(self.manifest, line, None, f"{_CHANGED}: line {line} no longer holds the row "
+                                      f"that was planned there (now id {row['id']!r}){_AGAIN}")
+        return rows
+
+    def index_of_ids(self, ids: list[str]) -> np.ndarray:
+        """Plan index of each id (-1: not a row of this plan, e.g. a bad line's record)."""
+        if self._by_id is None:
+            self._by_id = np.argsort(self.digests, kind="stable")
+        if not len(self.digests):
+            return np.full(len(ids), -1, dtype=np.int64)
+        wanted = id_digests(ids)
+        sorted_digests = self.digests[self._by_id]
+        pos = np.minimum(np.searchsorted(sorted_digests, wanted), len(sorted_digests) - 1)
+        return np.where(sorted_digests[pos] == wanted, self._by_id[pos], -1)
+
+    def bad_line_records(self) -> list[dict]:
+        """One failed record per bad manifest line (ids that no manifest row can have: see bad_line_id)."""
+        return [failed_record({"id": bad_line_id(e.line), "audio_filepath": None, "offset": None}, e.line, e,
+                              error_class="ManifestError", attempts=0, finish_reason="error") for e in self.bad]
 
     def audio_s(self, indices: np.ndarray | None = None) -> float:
         d = self.durations if indices is None else self.durations[indices]
@@ -53,7 +127,12 @@ class Plan:
 
     @property
     def n_done(self) -> int:
-        return int(self.done.sum()) + (self.n_bad_total - len(self.bad))
+        """Good rows whose result an earlier run already recorded (for exactly this input)."""
+        return int(self.done.sum())
+
+
+_CHANGED = "the manifest changed during the run"
+_AGAIN = "; what finished is saved: run the same command again to plan against the manifest as it is now"
 
 
 def _duration(row: dict) -> float:
@@ -66,7 +145,9 @@ def _duration(row: dict) -> float:
 
 
 def bad_line_id(line: int) -> str:
-    return f"bad-line-{line}"
+    """Manifest ids never contain '#' (the reader refuses them: it marks pieces of split audio), so this id can't
+    collide with a real row's."""
+    return f"#bad-line-{line}"
 
 
 def shard_bounds(durations: np.ndarray, shard_size: int, max_audio_s: float) -> np.ndarray:
@@ -87,12 +168,16 @@ def shard_bounds(durations: np.ndarray, shard_size: int, max_audio_s: float) -> 
     return np.asarray(bounds, dtype=np.int64)
 
 
-def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, done_digests: np.ndarray | None = None,
+def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, done_inputs: np.ndarray | None = None,
                shard_size: int = 4, shard_max_audio_s: float = 120.0) -> Plan:
     """Stream the manifest (ManifestError on the first bad line unless skip_bad_lines) and plan what's left to do.
-    `done_digests`: id digests already in the output folder (resume)."""
+    `done_inputs`: input digests whose results are already in the output folder (resume)."""
     manifest = Path(manifest)
-    lines, offsets, digests = array("q"), array("q"), array("q")
+    try:
+        before = Fingerprint.of(manifest, content=True) if manifest.is_file() else None
+    except OSError:
+        before = None
+    lines, offsets, digests, inputs = array("q"), array("q"), array("q"), array("q")
     durations = array("d")
     bad: list[ManifestError] = []
     for line_no, start, row in iter_rows_with_offsets(manifest, skip_bad_lines=skip_bad_lines):
@@ -103,18 +188,19 @@ def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, don
         offsets.append(start)
         durations.append(_duration(row))
         digests.append(id_digest(row["id"]))
-    lines_a, offsets_a, durations_a, digests_a = (
-        np.array(a, dtype=np.int64 if a.typecode == "q" else np.float64) for a in (lines, offsets, durations, digests))
-    del lines, offsets, durations, digests
-    done_digests = np.zeros(0, dtype=np.int64) if done_digests is None else np.asarray(done_digests, dtype=np.int64)
-    done = np.isin(digests_a, done_digests)
-    n_bad_total = len(bad)
-    if len(done_digests) and bad:  # bad lines recorded by an earlier run
-        bad_digests = np.array([id_digest(bad_line_id(e.line)) for e in bad], dtype=np.int64)
-        bad = [e for e, seen in zip(bad, np.isin(bad_digests, done_digests)) if not seen]
+        inputs.append(input_digest(row))
+    lines_a, offsets_a, durations_a, digests_a, inputs_a = (
+        np.array(a, dtype=np.int64 if a.typecode == "q" else np.float64)
+        for a in (lines, offsets, durations, digests, inputs))
+    del lines, offsets, durations, digests, inputs
+    if before is None or not before.same_stat(Fingerprint.of(manifest)):
+        raise ManifestChanged(manifest, 0, None, "the manifest changed while it was being planned; run again once "
+                              "it is written")
+    done_inputs = np.zeros(0, dtype=np.int64) if done_inputs is None else np.asarray(done_inputs, dtype=np.int64)
+    done = np.isin(inputs_a, done_inputs)
     todo = np.flatnonzero(~done)
     key = np.nan_to_num(durations_a[todo], nan=-1.0)  # unknown durations go last
     todo = todo[np.argsort(-key, kind="stable")]
     bounds = shard_bounds(durations_a[todo], shard_size, shard_max_audio_s)
     return Plan(manifest=manifest, lines=lines_a, offsets=offsets_a, durations=durations_a, digests=digests_a,
-                done=done, todo=todo, bounds=bounds, bad=bad, n_bad_total=n_bad_total)
+                inputs=inputs_a, done=done, todo=todo, bounds=bounds, bad=bad, fingerprint=before)

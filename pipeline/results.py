@@ -1,7 +1,12 @@
 """The run folder: `parts/` written atomically as work finishes, `results.parquet` merged in input order, `run.json`.
 
-Resume reads the parts already there: every id in them is done (failed rows too, unless retry_failed), so only the
-rest is planned. Changing the engine/model/prompt against a folder with results is refused unless overwrite.
+Every record in a part carries the input digest of the manifest row it answers (manifests.reader.input_digest: id,
+audio path/offset/duration, prompt/task/language). Resume counts a row as done only when the latest record for its
+exact input is there (failed ones too, unless retry_failed); the merge writes exactly the current manifest's rows,
+in its order, each with its latest matching record and the manifest's current line number, reference text and
+other fields. Records of rows the manifest no longer has (or has changed) stay in parts/ but never reach the
+results. Changing the engine/model/prompt against a folder with results is refused unless overwrite; a folder that
+is not a run folder is refused always, and --overwrite deletes only what a run writes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transcribe_batch.manifests.reader import id_digests
-from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, to_table
+from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, extra_fields, to_table
 
 PART_RE = re.compile(r"part-(\d{6})(?:-\w+)?\.parquet$")
+INPUT_DIGEST = "input_digest"  # parts only: which manifest row (as it read then) a record answers
+RUN_PART_SCHEMA = PART_SCHEMA.append(pa.field(INPUT_DIGEST, pa.int64()))
+# What a run writes at the top of its folder (and all --overwrite may delete); logs/ holds only *.log files.
+RUN_FILES = ("run.json", "results.parquet", "progress.jsonl", ".lock")
+RUN_DIRS = ("parts", "logs")
 
 
 class ResumeError(RuntimeError):
@@ -59,8 +68,41 @@ class RunFolder:
         return self.path / "logs"
 
     def part_files(self) -> list[Path]:
-        files = [p for p in self.parts.glob("part-*.parquet") if PART_RE.search(p.name)]
+        files = [p for p in self.parts.glob("part-*.parquet") if PART_RE.fullmatch(p.name) and p.is_file()]
         return sorted(files, key=lambda p: int(PART_RE.search(p.name).group(1)))
+
+    def foreign_entries(self) -> list[str]:
+        """Entries a run never writes (a user's files): a folder holding any is not a run folder."""
+        if not self.path.is_dir():
+            return []
+        out = []
+        for p in sorted(self.path.iterdir()):
+            if p.name in RUN_FILES or p.name.startswith(".tmp-"):
+                continue
+            if p.name == "parts" and p.is_dir():
+                out += [f"parts/{q.name}" for q in sorted(p.iterdir()) if not _run_part_name(q.name)]
+            elif p.name == "logs" and p.is_dir():
+                out += [f"logs/{q.name}" for q in sorted(p.iterdir()) if not q.name.endswith(".log")]
+            else:
+                out.append(p.name)
+        return out
+
+    def delete_run_files(self) -> None:
+        """--overwrite: remove what runs write (never anything else; parts/ and logs/ go only once empty)."""
+        for name in RUN_FILES:
+            if name != ".lock":
+                (self.path / name).unlink(missing_ok=True)
+        for p in self.path.glob(".tmp-*"):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        for d, keep in ((self.parts, _run_part_name), (self.logs, lambda n: n.endswith(".log"))):
+            if d.is_dir():
+                for q in d.iterdir():
+                    if keep(q.name) and not q.is_dir():
+                        q.unlink(missing_ok=True)
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
 
     def read_run_json(self) -> dict | None:
         try:
@@ -71,64 +113,169 @@ class RunFolder:
             raise ResumeError(f"{self.run_json}: unreadable ({e}); use --overwrite to start over") from None
 
 
-def lock_run_folder(folder: RunFolder):
-    """Hold DIR/.lock for the whole run so that two runs never write into one folder; the OS drops the lock when the
-    process ends, however it ends. Returns the open lock file (keep it referenced)."""
-    if folder.path.exists() and not folder.path.is_dir():
-        raise ResumeError(f"{folder.path}: exists and is not a folder")
-    folder.path.mkdir(parents=True, exist_ok=True)
-    handle = open(folder.path / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+def _run_part_name(name: str) -> bool:
+    return bool(PART_RE.fullmatch(name)) or name.startswith(".tmp-") or name.endswith(".unreadable")
+
+
+def _check_output_path(path: Path) -> None:
+    for p in [path, *path.parents]:  # -o under a file, or a dangling link
+        if p.exists() or p.is_symlink():
+            if p.is_symlink() and not p.exists():
+                raise ResumeError(f"{path}: {p} is a broken symbolic link")
+            if not p.is_dir():
+                raise ResumeError(f"{path}: {p} exists and is not a folder" if p == path
+                                  else f"{path}: cannot make a run folder there, {p} is a file")
+            return
+
+
+class RunLock:
+    """DIR/.lock held for the whole run so that two runs never write into one folder; the OS drops the lock when the
+    process ends, however it ends. `release()` also removes the lock file and, for a run that was refused before it
+    wrote anything, the folder it created."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        _check_output_path(folder.path)
+        self.created_folder = not folder.path.exists()
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ResumeError(f"{folder.path}: cannot create the run folder ({e.strerror or e})") from None
+        path = folder.path / ".lock"
+        while True:
+            try:
+                handle = open(path, "a+")
+            except OSError as e:
+                self._undo_folder()
+                raise ResumeError(f"{folder.path}: cannot write in the run folder ({e.strerror or e})") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise ResumeError(f"{folder.path} is in use by another run ({holder}); wait for it or use another "
+                                  "--output") from None
+            try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+                same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ResumeError(f"{folder.path} is in use by another run ({holder}); wait for it or use another --output") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
-    handle.flush()
-    return handle
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        self.handle = handle
+
+    def _undo_folder(self) -> None:
+        if self.created_folder:
+            try:
+                self.folder.path.rmdir()
+            except OSError:
+                pass
+
+    def release(self, *, refused: bool = False) -> None:
+        """Drop the lock (and its file). `refused`: the run wrote nothing; remove what it created."""
+        try:
+            (self.folder.path / ".lock").unlink(missing_ok=True)
+        except OSError:
+            pass
+        self.handle.close()
+        if refused:
+            for d in (self.folder.parts, self.folder.logs):
+                try:
+                    d.rmdir()  # only if empty
+                except OSError:
+                    pass
+            self._undo_folder()
+
+    def close(self) -> None:
+        self.release()
+
+
+def lock_run_folder(folder: RunFolder) -> RunLock:
+    return RunLock(folder)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` as a whole or not at all (a temporary file in the same folder, then a rename; the temporary file
+    is removed if anything fails, e.g. a full disk)."""
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n").encode())
+def write_json(path: Path, obj: dict, *, in_place_fallback: bool = False) -> bool:
+    """Write `obj` as JSON atomically. `in_place_fallback` (a run's final status): if that fails (a full disk has no
+    room for the temporary copy), overwrite the existing file in place with a compact copy that fits in the bytes
+    the file already has (dropping its bulkiest keys if needed: the status, counts and error stay); never raises
+    then. True if written."""
+    data = json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n"
+    try:
+        atomic_write_bytes(path, data.encode())
+        return True
+    except OSError:
+        if not in_place_fallback:
+            raise
+    try:
+        with open(path, "r+b") as f:
+            room = os.fstat(f.fileno()).st_size
+            obj = dict(obj)
+            compact = (json.dumps(obj, default=str, ensure_ascii=False) + "\n").encode()
+            for bulky in ("devices", "stats", "versions", "config", "runs"):  # least needed first; status stays
+                if len(compact) <= room:
+                    break
+                obj.pop(bulky, None)
+                compact = (json.dumps(obj, default=str, ensure_ascii=False) + "\n").encode()
+            if len(compact) > room:
+                return False
+            f.write(compact)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError:
+        return False
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
 class ResumeState:
-    done_digests: np.ndarray  # int64 digests of ids already recorded
-    n_done: int
-    n_ok: int
-    n_failed: int
-    audio_s_done: float
+    done_inputs: np.ndarray  # sorted int64 input digests whose latest record counts as done
+    failed_inputs: np.ndarray  # sorted: those of them whose latest record failed (empty with retry_failed)
     next_seq: int
     previous: dict | None  # the earlier run.json
+    set_aside: list[str] = field(default_factory=list)  # unreadable part files renamed *.unreadable (what and why)
 
 
 def open_run_folder(folder: RunFolder, identity: dict, *, overwrite: bool = False, retry_failed: bool = False) -> ResumeState:
-    """Check the folder against this run's identity and read what is already done."""
+    """Check the folder against this run's identity and read what is already done. Refuses (ResumeError) a folder
+    that holds files a run never writes; with overwrite, deletes only what runs write."""
+    _check_output_path(folder.path)
+    foreign = [] if folder.run_json.exists() else folder.foreign_entries()  # a run folder may hold a user's notes
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ResumeError(f"{folder.path} is not a run folder (it holds {shown}, which no run wrote); choose a new "
+                          "or empty folder for -o" + (" (--overwrite deletes only what runs write)" if overwrite else ""))
     previous = folder.read_run_json() if folder.path.exists() else None
-    if folder.path.exists() and not folder.path.is_dir():
-        raise ResumeError(f"{folder.path}: exists and is not a folder")
     if previous is not None and not overwrite:
         old = previous.get("identity", {})
         changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
@@ -137,33 +284,61 @@ def open_run_folder(folder: RunFolder, identity: dict, *, overwrite: bool = Fals
             raise ResumeError(f"{folder.path} holds results of a different run ({what}). Use another --output, or "
                               "--overwrite to delete them and start over.")
     if overwrite and folder.path.exists():
-        shutil.rmtree(folder.parts, ignore_errors=True)
-        for p in (folder.results, folder.run_json, folder.progress_log):
-            p.unlink(missing_ok=True)
+        folder.delete_run_files()
         previous = None
-    folder.parts.mkdir(parents=True, exist_ok=True)
-    for tmp in folder.parts.glob(".tmp-*"):  # a write cut off by a crash
-        tmp.unlink(missing_ok=True)
+    if folder.parts.is_dir():
+        for tmp in folder.parts.glob(".tmp-*"):  # a write cut off by a crash
+            tmp.unlink(missing_ok=True)
     files = folder.part_files()
     next_seq = int(PART_RE.search(files[-1].name).group(1)) + 1 if files else 0
+    empty = np.zeros(0, np.int64)
     if not files:
-        return ResumeState(np.zeros(0, np.int64), 0, 0, 0, 0.0, next_seq, previous)
-    table = latest_rows(_read_parts(files, ["id", "status", "duration_s"]))
-    ok = pc.equal(table["status"], "ok")
-    keep = table if not retry_failed else table.filter(ok)
-    digests = id_digests(keep["id"].to_pylist())
-    n_ok = int(pc.sum(ok).as_py() or 0)
-    audio = pc.sum(keep["duration_s"]).as_py() or 0.0
-    return ResumeState(np.sort(digests), keep.num_rows, n_ok, keep.num_rows - n_ok if not retry_failed else 0,
-                       float(audio), next_seq, previous)
+        return ResumeState(empty, empty, next_seq, previous)
+    table, set_aside = read_parts(files, [INPUT_DIGEST, "status"], set_aside=True)
+    if table is None or INPUT_DIGEST not in table.column_names:  # none readable, or parts of an older version
+        return ResumeState(empty, empty, next_seq, previous, set_aside)
+    inputs = table[INPUT_DIGEST]
+    keep = pc.is_valid(inputs)  # bad-line records have none: they are made afresh by every run
+    digests = pc.filter(inputs, keep).to_numpy().astype(np.int64, copy=False)
+    ok = pc.equal(pc.filter(table["status"], keep), "ok").to_numpy(zero_copy_only=False)
+    last = _last_of_each(digests)  # the latest record of each input counts
+    digests, ok = digests[last], ok[last]
+    if retry_failed:
+        digests, ok = digests[ok], ok[ok]
+    return ResumeState(np.sort(digests), np.sort(digests[~ok]), next_seq, previous, set_aside)
 
 
-def _read_parts(files: list[Path], columns: list[str] | None = None) -> pa.Table:
-    tables = []
+def _last_of_each(keys: np.ndarray) -> np.ndarray:
+    """Indices of the last occurrence of each key (in input order)."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    return np.sort(order[last])
+
+
+def read_parts(files: list[Path], columns: list[str] | None = None, *, set_aside: bool = False
+               ) -> tuple[pa.Table | None, list[str]]:
+    """The parts' rows (column `_part`: the file's rank), skipping unreadable files (a truncated file written by
+    something else, a damaged disk). Returns (table or None if nothing was readable, what was skipped and why);
+    `set_aside` renames each unreadable file to *.unreadable so that later runs and readers skip it too."""
+    tables, skipped = [], []
     for seq, f in enumerate(files):
-        t = pq.read_table(f, columns=columns)
+        try:
+            names = pq.read_schema(f).names
+            t = pq.read_table(f, columns=[c for c in columns if c in names] if columns else None)
+        except (pa.ArrowException, OSError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if set_aside:
+                f.rename(f.with_name(f.name + ".unreadable"))
+                skipped.append(f"{f}: unreadable ({reason}); renamed to {f.name}.unreadable, its rows are redone")
+            else:
+                skipped.append(f"{f}: unreadable ({reason}); skipped")
+            continue
         tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, seq, dtype=np.int64))))
-    return pa.concat_tables(tables)
+    if not tables:
+        return None, skipped
+    return pa.concat_tables(tables, promote_options="permissive"), skipped
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
@@ -176,7 +351,8 @@ def latest_rows(table: pa.Table) -> pa.Table:
 
 
 class PartWriter:
-    """Buffers finished records and writes them as atomic part files (one file per flush)."""
+    """Buffers finished records and writes them as atomic part files (one file per flush). A record's
+    `input_digest` key (set by the runner) goes into the part's INPUT_DIGEST column."""
 
     def __init__(self, folder: RunFolder, next_seq: int, *, flush_rows: int = 512, flush_s: float = 5.0):
         self.folder = folder
@@ -185,7 +361,6 @@ class PartWriter:
         self.flush_s = flush_s
         self.buffer: list[dict] = []
         self.last_flush = time.monotonic()
-        self.rows_written = 0
 
     def add(self, records: list[dict]) -> None:
         self.buffer.extend(records)
@@ -196,10 +371,11 @@ class PartWriter:
         self.last_flush = time.monotonic()
         if not self.buffer:
             return
-        table = to_table(self.buffer)
+        table = to_table(self.buffer).append_column(
+            INPUT_DIGEST, pa.array([r.get(INPUT_DIGEST) for r in self.buffer], type=pa.int64()))
+        self.folder.parts.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table, self.folder.parts / f"part-{self.seq:06d}-{uuid.uuid4().hex[:8]}.parquet")
         self.seq += 1
-        self.rows_written += len(self.buffer)
         self.buffer = []
 
 
@@ -215,32 +391,38 @@ class MergeSummary:
     audio_s: float
 
 
-def _output_positions(files: list[Path]) -> tuple[list[np.ndarray], int]:
-    """Where each row of each part goes in results.parquet (-1: replaced by a later record of the same id), from the
-    id and line columns only: five 8-byte numbers a row at the peak, never the rows. Ids are compared by their 64-bit
-    digests, as resume does. Order: by line, ties by record order, the latest record of an id wins."""
-    digests, lines, sizes = [], [], []
+def _output_positions(files: list[Path], plan) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, int]:
+    """Where each record of each part goes in results.parquet (-1: left out) and which plan row it answers, and
+    where each bad line's record goes, from the parts' input digests only (a few 8-byte numbers a row at the peak,
+    never the rows). A record goes in when its input digest is that of a current manifest row and it is the latest
+    record for that input; output order is the manifest's line order."""
+    by_input = np.argsort(plan.inputs, kind="stable")
+    sorted_inputs = plan.inputs[by_input]
+    indices, sizes = [], []
     for f in files:
-        t = pq.read_table(f, columns=["id", "line"])
-        digests.append(id_digests(t["id"].to_pylist()))
-        lines.append(pc.fill_null(t["line"], np.iinfo(np.int64).max).to_numpy().astype(np.int64, copy=False))
-        sizes.append(t.num_rows)
-    digest = np.concatenate(digests) if digests else np.zeros(0, np.int64)
-    del digests
-    order = np.argsort(digest, kind="stable")  # same id: record order kept, the last one is the latest
-    digest = digest[order]
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = digest[1:] != digest[:-1]
-    del digest
-    keep = np.sort(order[last])
-    del order, last
-    line = np.concatenate(lines) if lines else np.zeros(0, np.int64)
-    del lines
-    out = keep[np.argsort(line[keep], kind="stable")]
-    del line, keep
-    pos = np.full(sum(sizes), -1, dtype=np.int64)
-    pos[out] = np.arange(len(out), dtype=np.int64)
-    return np.split(pos, np.cumsum(sizes)[:-1]) if sizes else [], len(out)
+        names = pq.read_schema(f).names
+        if INPUT_DIGEST in names and len(sorted_inputs):
+            d = pq.read_table(f, columns=[INPUT_DIGEST])[INPUT_DIGEST]
+            valid = pc.is_valid(d).to_numpy(zero_copy_only=False)
+            d = pc.fill_null(d, 0).to_numpy().astype(np.int64, copy=False)
+            at = np.minimum(np.searchsorted(sorted_inputs, d), len(sorted_inputs) - 1)
+            idx = np.where(valid & (sorted_inputs[at] == d), by_input[at], -1)
+        else:  # parts written before records carried input digests: never reused
+            idx = np.full(pq.read_metadata(f).num_rows, -1, dtype=np.int64)
+        indices.append(idx.astype(np.int64, copy=False))
+        sizes.append(len(idx))
+    idx_all = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    matched = np.flatnonzero(idx_all >= 0)
+    chosen = matched[_last_of_each(idx_all[matched])]  # record numbers, one per answered plan row
+    bad_lines = np.array([e.line for e in plan.bad], dtype=np.int64)
+    lines = np.concatenate([plan.lines[idx_all[chosen]], bad_lines])
+    rank = np.empty(len(lines), dtype=np.int64)
+    rank[np.argsort(lines, kind="stable")] = np.arange(len(lines), dtype=np.int64)
+    pos = np.full(len(idx_all), -1, dtype=np.int64)
+    pos[chosen] = rank[:len(chosen)]
+    split = np.cumsum(sizes)[:-1] if sizes else []
+    return (np.split(pos, split) if sizes else [], np.split(idx_all, split) if sizes else [], rank[len(chosen):],
+            len(lines))
 
 
 class _ExtraFields:
@@ -304,31 +486,50 @@ class _ExtraFields:
         return out
 
 
-def merge_results(folder: RunFolder) -> MergeSummary:
-    """Merge every part into results.parquet (one row per id, input order, manifest fields as columns), streaming:
-    a pass over the id/line columns fixes each row's output position; a pass over the parts spreads their rows into
-    temporary bucket files of consecutive positions (Arrow IPC); each bucket is then sorted alone and appended to
+def _with_current_fields(table: pa.Table, rows: list[dict], lines: np.ndarray) -> pa.Table:
+    """A record answers a row as the manifest says it now: its line number, reference text and other fields."""
+    updates = {"line": pa.array(lines, type=PART_SCHEMA.field("line").type),
+               "text": pa.array([r.get("text") for r in rows], type=pa.string()),
+               "manifest_extra": pa.array([extra_fields(r) for r in rows], type=pa.string())}
+    for name, column in updates.items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
+
+
+def merge_results(folder: RunFolder, plan) -> MergeSummary:
+    """Merge the parts into results.parquet: exactly the rows of `plan` (pipeline.plan.Plan: the current manifest)
+    that have a record, plus its bad lines, in line order, manifest fields as columns; streaming: a pass over the
+    input-digest columns fixes each record's output position; a pass over the parts spreads the chosen records
+    (with the manifest's current fields, read back by byte offset and checked against the plan) into temporary
+    bucket files of consecutive positions (Arrow IPC); each bucket is then sorted alone and appended to
     results.parquet. Memory: a few numbers per row plus one bucket of rows, whatever the run's size."""
     files = folder.part_files()
-    positions, n_out = _output_positions(files)
+    positions, indices, bad_pos, n_out = _output_positions(files, plan)
     bucket_rows = max(MERGE_BUCKET_ROWS, -(-n_out // MERGE_MAX_BUCKETS))
     n_buckets = -(-n_out // bucket_rows)
     bucket_schema = PART_SCHEMA.append(pa.field("_pos", pa.int64()))
     work = folder.path / f".tmp-merge-{uuid.uuid4().hex}"
-    work.mkdir()
+    work.mkdir(parents=True)
     extra = _ExtraFields()
     writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
     tmp = folder.path / f".tmp-{uuid.uuid4().hex}-{folder.results.name}"
     n_ok, audio_s = 0, 0.0
-    try:
-        for f, pos in zip(files, positions):
+
+    def sources():
+        for f, pos, idx in zip(files, positions, indices):
             rows = np.flatnonzero(pos >= 0)
-            if not len(rows):
-                continue
-            pos = pos[rows]
+            if len(rows):
+                table = conform(pq.read_table(f)).take(pa.array(rows))  # an older part may lack newer columns
+                current = plan.rows(idx[rows])
+                yield _with_current_fields(table, current, plan.lines[idx[rows]]), pos[rows]
+        if plan.bad:
+            yield to_table(plan.bad_line_records()), bad_pos
+
+    try:
+        for table, pos in sources():
             by_bucket = np.argsort(pos // bucket_rows, kind="stable")
-            pos, rows = pos[by_bucket], rows[by_bucket]
-            table = conform(pq.read_table(f)).take(pa.array(rows)).append_column("_pos", pa.array(pos)).cast(bucket_schema)
+            pos = pos[by_bucket]
+            table = table.take(pa.array(by_bucket)).append_column("_pos", pa.array(pos)).cast(bucket_schema)
             extra.observe(table["manifest_extra"], pos)
             buckets = pos // bucket_rows
             cuts = np.flatnonzero(np.diff(buckets)) + 1

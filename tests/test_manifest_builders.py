@@ -206,3 +206,45 @@ def test_builder_and_validator_stream_in_bounded_memory(tmp_path, audio_dir):
     v_big = _peak(lambda: list(iter_problems(m_big)))
     # The reader keeps an 8-byte digest per id for duplicate detection; nothing else grows with the rows.
     assert (v_big - v_small) / 2700 < 200, (v_small, v_big)
+
+
+def test_validate_checks_task_names_and_names_symlink_loops(tmp_path, audio_dir):
+    """Issue 9.9: `task` names a template in config/prompts.toml; a symlink loop is not "not found"."""
+    good = tmp_path / "good.wav"
+    good.write_bytes((audio_dir / "002.wav").read_bytes())
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    lines = [
+        {"audio_filepath": "good.wav", "task": "recognize", "id": "a"},  # 1 fine
+        {"audio_filepath": "good.wav", "task": "poetry", "id": "b"},  # 2 unknown task
+        {"audio_filepath": "good.wav", "task": "language", "id": "c"},  # 3 needs a language
+        {"audio_filepath": "good.wav", "task": "poetry", "prompt": "Free text.", "id": "d"},  # 4 prompt wins
+        {"audio_filepath": "loop.wav", "id": "e"},  # 5
+        {"audio_filepath": "dangling.wav", "id": "f"},  # 6
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    problems = {p.line: p for p in iter_problems(manifest)}
+    assert sorted(problems) == [2, 3, 5, 6]
+    assert problems[2].field == "task" and "unknown task 'poetry'" in problems[2].message
+    assert "recognize" in problems[2].message
+    assert problems[3].field == "language"
+    assert "symbolic link loop" in problems[5].message
+    assert "broken symbolic link" in problems[6].message
+
+
+def test_run_and_validate_agree_on_a_duration_past_the_end(tmp_path, audio_dir):
+    """Issue 9.9: validate calls it an error; the run used to transcribe the shorter audio silently."""
+    from transcribe_batch.workers.audio import AudioNotFound, AudioRangeError, load_audio
+
+    good = tmp_path / "good.wav"
+    good.write_bytes((audio_dir / "002.wav").read_bytes())  # 1.96 s
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": "good.wav", "duration": 4.0}) + "\n")
+    assert [p.field for p in iter_problems(manifest)] == ["duration"]
+    with pytest.raises(AudioRangeError, match=r"duration = 4.000 s runs past the end of the audio \(1.960 s\)"):
+        load_audio(good, 0.0, 4.0)
+    assert load_audio(good, 0.0, 2.0).size == load_audio(good).size  # within the tolerance: what is there
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    with pytest.raises(AudioNotFound, match="symbolic link loop"):
+        load_audio(tmp_path / "loop.wav")

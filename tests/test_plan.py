@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from manifest_helpers import write_manifest
-from transcribe_batch.manifests.reader import ManifestError, id_digest
+from transcribe_batch.manifests.reader import ManifestError
 from transcribe_batch.pipeline.plan import bad_line_id, build_plan, shard_bounds
 
 
@@ -48,8 +48,9 @@ def test_missing_duration_is_read_from_the_file(tmp_path, audio_dir):
 
 def test_resume_skips_done_rows(tmp_path, audio_dir):
     rows = write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2)
-    done = np.array(sorted(id_digest(r["id"]) for r in rows[::3]), dtype=np.int64)
-    plan = build_plan(tmp_path / "m.jsonl", done_digests=done)
+    first = build_plan(tmp_path / "m.jsonl")
+    done = np.sort(first.inputs[::3])
+    plan = build_plan(tmp_path / "m.jsonl", done_inputs=done)
     assert plan.n_done == len(rows[::3])
     todo_ids = {r["id"] for k in range(plan.n_shards) for r in plan.rows(plan.shard(k))}
     assert todo_ids == {r["id"] for r in rows} - {r["id"] for r in rows[::3]}
@@ -63,8 +64,30 @@ def test_bad_lines_stop_or_are_kept_for_recording(tmp_path, audio_dir):
         build_plan(m)
     plan = build_plan(m, skip_bad_lines=True)
     assert plan.n_rows == 5 and [e.line for e in plan.bad] == [4, 5]
-    again = build_plan(m, skip_bad_lines=True, done_digests=np.array([id_digest(bad_line_id(4))]))
-    assert [e.line for e in again.bad] == [5] and again.n_done == 1
+    assert [r["id"] for r in plan.bad_line_records()] == [bad_line_id(4), bad_line_id(5)] == ["#bad-line-4", "#bad-line-5"]
+
+
+def test_rows_read_back_must_be_the_planned_rows(tmp_path, audio_dir):
+    """Issue 9.3: a manifest rewritten during a run (same line lengths, ids rotated, mtime put back) is caught."""
+    import os
+
+    from transcribe_batch.pipeline.plan import ManifestChanged
+
+    m = tmp_path / "m.jsonl"
+    rows = [{**r, "id": f"r{k}"} for k, r in enumerate(write_manifest(m, audio_dir, limit=4))]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = build_plan(m, shard_size=1)
+    assert [r["id"] for r in plan.rows(np.arange(4))] == ["r0", "r1", "r2", "r3"]
+    st = os.stat(m)
+    m.write_text("".join(json.dumps({**r, "id": f"r{(k + 1) % 4}"}) + "\n" for k, r in enumerate(rows)))
+    os.utime(m, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ManifestChanged, match=r"m.jsonl:1: the manifest changed during the run: line 1 no longer "
+                                               r"holds the row that was planned there \(now id 'r1'\)"):
+        plan.rows(np.arange(4))
+    with open(m, "a") as f:
+        f.write("\n")
+    with pytest.raises(ManifestChanged, match="size"):
+        plan.rows(np.arange(1))
 
 
 def test_100k_rows_plan_in_bounded_memory(tmp_path):

@@ -1,35 +1,65 @@
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
-from transcribe_batch.manifests.reader import id_digest
-from transcribe_batch.pipeline.results import (PartWriter, ResumeError, RunFolder, lock_run_folder, merge_results,
-                                               open_run_folder, write_json)
-from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, base_record, failed_record, now
+from transcribe_batch.manifests.reader import input_digest, parse_line
+from transcribe_batch.pipeline.plan import build_plan
+from transcribe_batch.pipeline.results import (INPUT_DIGEST, RUN_PART_SCHEMA, PartWriter, ResumeError, RunFolder,
+                                               lock_run_folder, merge_results, open_run_folder, write_json)
+from transcribe_batch.workers.record import COLUMNS, base_record, failed_record, now
 
 IDENTITY = {"engine": "simulated", "model_dir": None, "template": "default"}
 
 
+def _line(i: int, **extra) -> dict:
+    return {"id": f"u{i}", "audio_filepath": f"/a/{i}.wav", "duration": 1.0 + i, "text": f"ref {i}", **extra}
+
+
+def _row(i: int, **extra) -> dict:
+    return parse_line(json.dumps(_line(i, **extra)), path="m.jsonl", line=i + 1, base_dir="/")
+
+
 def _ok(i: int, **extra) -> dict:
-    row = {"id": f"u{i}", "audio_filepath": f"/a/{i}.wav", "offset": 0.0, "duration": 1.0 + i, "text": f"ref {i}",
-           "prompt": None, "task": None, "language": None, **extra}
+    row = _row(i, **extra)
     rec = base_record(row, line=i + 1)
     rec.update(status="ok", pred_text=f"hyp {i}", attempts=1, engine="simulated", device=i % 2, node="n",
-               started_at=now(), finished_at=now(), n_chunks=1)
+               started_at=now(), finished_at=now(), n_chunks=1, **{INPUT_DIGEST: input_digest(row)})
     return rec
 
 
+def _failed(i: int, **extra) -> dict:
+    row = _row(i, **extra)
+    return {**failed_record(row, i + 1, "boom", attempts=3), INPUT_DIGEST: input_digest(row)}
+
+
+def _folder(tmp_path) -> RunFolder:
+    (tmp_path / "run").mkdir()  # (a run creates it when it takes the lock)
+    return RunFolder(tmp_path / "run")
+
+
+def _manifest(path, lines: list) -> "Plan":  # noqa: F821
+    """Write manifest lines (dicts, or raw strings for bad lines) and plan it."""
+    path.write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines))
+    return build_plan(path, skip_bad_lines=True)
+
+
+def _plan(tmp_path, ids, **extra_of) -> "Plan":  # noqa: F821
+    return _manifest(tmp_path / "m.jsonl", [_line(i, **extra_of.get(f"u{i}", {})) for i in ids])
+
+
 def test_parts_are_atomic_and_merge_is_in_input_order(tmp_path):
-    folder = RunFolder(tmp_path / "run")
+    folder = _folder(tmp_path)
     state = open_run_folder(folder, IDENTITY)
-    assert state.n_done == 0 and state.next_seq == 0
+    assert len(state.done_inputs) == 0 and state.next_seq == 0
     w = PartWriter(folder, state.next_seq, flush_rows=3, flush_s=3600)
     for i in (5, 3, 9, 0, 1, 7, 2):  # finishing order != input order
         w.add([_ok(i)])
     w.flush()
     parts = folder.part_files()
     assert len(parts) == 3 and not list(folder.parts.glob(".tmp-*"))
-    assert all(pq.read_schema(p).equals(PART_SCHEMA) for p in parts)
-    merged = merge_results(folder)
+    assert all(pq.read_schema(p).equals(RUN_PART_SCHEMA) for p in parts)
+    merged = merge_results(folder, _plan(tmp_path, range(10)))
     table = pq.read_table(folder.results)
     assert table["id"].to_pylist() == ["u0", "u1", "u2", "u3", "u5", "u7", "u9"]
     assert (merged.n_rows, merged.n_ok, merged.n_failed) == (7, 7, 0)
@@ -38,12 +68,13 @@ def test_parts_are_atomic_and_merge_is_in_input_order(tmp_path):
 
 
 def test_manifest_fields_become_columns(tmp_path):
-    folder = RunFolder(tmp_path / "run")
+    folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
     w = PartWriter(folder, 0)
-    w.add([_ok(0, speaker=3, source="a", mixed=1, status="x"), _ok(1, speaker=4, mixed="two"), _ok(2)])
+    extras = {"u0": dict(speaker=3, source="a", mixed=1, status="x"), "u1": dict(speaker=4, mixed="two")}
+    w.add([_ok(0), _ok(1), _ok(2)])  # the merge takes the manifest's fields as they are now
     w.flush()
-    merge_results(folder)
+    merge_results(folder, _plan(tmp_path, range(3), **extras))
     t = pq.read_table(folder.results)
     assert t["speaker"].to_pylist() == [3, 4, None]
     assert t["source"].to_pylist() == ["a", None, None]
@@ -55,32 +86,32 @@ def test_manifest_fields_become_columns(tmp_path):
 
 
 def test_resume_reads_done_ids_and_cleans_temp_files(tmp_path):
-    folder = RunFolder(tmp_path / "run")
+    folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
     write_json(folder.run_json, {"identity": IDENTITY})
     w = PartWriter(folder, 0)
-    row = {"id": "u9", "audio_filepath": "/a/9.wav"}
-    w.add([_ok(0), _ok(1), failed_record(row, 10, RuntimeError("boom"), attempts=3)])
+    w.add([_ok(0), _ok(1), _failed(9)])
     w.flush()
     (folder.parts / ".tmp-deadbeef-part-000009.parquet").write_bytes(b"half a file")
     state = open_run_folder(folder, IDENTITY)
     assert not list(folder.parts.glob(".tmp-*"))
-    assert state.n_done == 3 and state.n_ok == 2 and state.n_failed == 1 and state.next_seq == 1
-    assert set(state.done_digests.tolist()) == {id_digest(i) for i in ("u0", "u1", "u9")}
+    assert state.next_seq == 1
+    assert set(state.done_inputs.tolist()) == {input_digest(_row(i)) for i in (0, 1, 9)}
+    assert state.failed_inputs.tolist() == [input_digest(_row(9))]
     again = open_run_folder(folder, IDENTITY, retry_failed=True)
-    assert set(again.done_digests.tolist()) == {id_digest(i) for i in ("u0", "u1")}
+    assert set(again.done_inputs.tolist()) == {input_digest(_row(i)) for i in (0, 1)}
     # a redone row replaces its failed record in the merge
     w2 = PartWriter(folder, again.next_seq)
     w2.add([_ok(9)])
     w2.flush()
-    merged = merge_results(folder)
+    merged = merge_results(folder, _plan(tmp_path, (0, 1, 9)))
     t = pq.read_table(folder.results)
     assert t["id"].to_pylist() == ["u0", "u1", "u9"] and t["status"].to_pylist() == ["ok"] * 3
     assert merged.n_rows == 3 and merged.n_ok == 3
 
 
 def test_identity_change_refused_unless_overwrite(tmp_path):
-    folder = RunFolder(tmp_path / "run")
+    folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
     write_json(folder.run_json, {"identity": IDENTITY})
     w = PartWriter(folder, 0)
@@ -90,19 +121,19 @@ def test_identity_change_refused_unless_overwrite(tmp_path):
     with pytest.raises(ResumeError, match=r"engine: 'simulated' -> 'hf'.*template: 'default' -> 'verbatim'.*--overwrite"):
         open_run_folder(folder, other)
     state = open_run_folder(folder, other, overwrite=True)
-    assert state.n_done == 0 and folder.part_files() == [] and not folder.run_json.exists()
+    assert len(state.done_inputs) == 0 and folder.part_files() == [] and not folder.run_json.exists()
 
 
 def test_empty_run_merges_to_an_empty_table(tmp_path):
-    folder = RunFolder(tmp_path / "run")
+    folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
-    assert merge_results(folder).n_rows == 0
+    assert merge_results(folder, _plan(tmp_path, [])).n_rows == 0
     assert pq.read_table(folder.results).num_rows == 0
     assert pq.read_table(folder.results).schema.names == [c for c in COLUMNS if c != "manifest_extra"]
 
 
 def test_one_run_per_folder(tmp_path):
-    folder = RunFolder(tmp_path / "run")
+    folder = _folder(tmp_path)
     held = lock_run_folder(folder)
     with pytest.raises(ResumeError, match=r"in use by another run \(pid \d+ on "):
         lock_run_folder(folder)
@@ -122,7 +153,7 @@ def test_streaming_merge_matches_the_whole_table_in_memory(tmp_path, monkeypatch
     from transcribe_batch.pipeline import results
 
     monkeypatch.setattr(results, "MERGE_BUCKET_ROWS", 7)
-    folder = RunFolder(tmp_path / "run")
+    folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
     order = list(range(60))
     random.Random(3).shuffle(order)
@@ -138,17 +169,18 @@ def test_streaming_merge_matches_the_whole_table_in_memory(tmp_path, monkeypatch
 
     for i in order:
         if i % 10 == 4:
-            w.add([failed_record({"id": f"u{i}", "audio_filepath": f"/a/{i}.wav", **extra(i)}, i + 1, "boom")])
+            w.add([_failed(i, **extra(i))])
         else:
             w.add([_ok(i, **extra(i))])
     for i in (4, 24):  # redone later: these records replace the failed ones
         w.add([_ok(i, **extra(i))])
     w.flush()
-    merged = merge_results(folder)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(_line(i, **extra(i))) + "\n" for i in range(60)))
+    merged = merge_results(folder, build_plan(tmp_path / "m.jsonl"))
     t = pq.read_table(folder.results)
 
     expected = {}
-    for rec in pq.read_table(folder.parts).to_pylist():  # every part, in record order: the last record wins
+    for rec in pq.read_table(folder.parts).drop_columns([INPUT_DIGEST]).to_pylist():  # every part, in record order: the last record wins
         expected[rec["id"]] = rec
     rows = sorted(expected.values(), key=lambda r: r["line"])
     assert t["id"].to_pylist() == [r["id"] for r in rows]

@@ -1,6 +1,7 @@
 """Resume: a driver killed with SIGKILL (or stopped with Ctrl-C) mid-run, then the same command again."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -38,10 +39,12 @@ def _texts(path):
 
 
 def _start_driver(manifest, out, address, speedup=60):
+    """The CLI in its own process group (as a shell runs a job). `address=None`: it starts its own Ray cluster,
+    whose processes are in that group too."""
     return subprocess.Popen(
         [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "4",
-         "--sim-speedup", str(speedup), "--shard-size", "2", "--address", address, "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--sim-speedup", str(speedup), "--shard-size", "2", "--quiet", *(["--address", address] if address else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _wait_for_parts(out, proc, timeout=120):
@@ -81,22 +84,48 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, audio_dir, ad
     assert run["status"] == "complete" and run["resumed"] and len(run["runs"]) == 2
 
 
-def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path, audio_dir, address):
+# The signal tests cannot race: the manifest is 72 rows at a simulated speed that keeps 4 devices busy for > 60 s,
+# and the signal goes out as soon as the first part file (rows finished) exists, which is seconds in. A run that
+# received a signal can never end "complete" (runner.StopSignals remembers it even if an exception were swallowed).
+SLOW = 8  # --sim-speedup: ~6 s a row
+
+
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False)])
+def test_signal_stops_cleanly_and_the_next_run_resumes(tmp_path, audio_dir, address, sig, group):
     manifest = tmp_path / "m.jsonl"
-    rows = write_manifest(manifest, audio_dir, repeat=6)
+    rows = write_manifest(manifest, audio_dir, repeat=4)
     out = tmp_path / "out"
-    proc = _start_driver(manifest, out, address)
+    proc = _start_driver(manifest, out, address, speedup=SLOW)
     _wait_for_parts(out, proc)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
-    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    run = json.loads((out / "run.json").read_text())
     done = sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
-    assert 0 < done < len(rows)
+    assert run["status"] == "interrupted" and run["signal"] == signal.Signals(sig).name
+    assert 0 < done < len(rows) and run["counts"]["rows"] == done == run["counts"]["ok"]
+    assert json.loads(stdout.strip().splitlines()[-1])["status"] == "interrupted"  # --quiet: JSON outcome
+    assert not (out / ".lock").exists()
     resumed = run_job(_cfg(manifest, out))
     assert resumed.n_resumed == done and resumed.n_rows == len(rows) == resumed.n_ok
     assert [i for i, _ in _texts(out / "results.parquet")] == [r["id"] for r in rows]
+
+
+def test_sigterm_to_the_process_group_of_a_driver_with_its_own_ray(tmp_path, audio_dir):
+    """`timeout`, systemd and batch schedulers signal the whole group: Ray's own processes (started by the driver)
+    get SIGTERM too, and the driver must still save its work and say `interrupted`."""
+    manifest = tmp_path / "m.jsonl"
+    rows = write_manifest(manifest, audio_dir, repeat=4)
+    out = tmp_path / "out"
+    proc = _start_driver(manifest, out, None, speedup=SLOW)
+    _wait_for_parts(out, proc, timeout=240)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    run = json.loads((out / "run.json").read_text())
+    done = sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
+    assert run["status"] == "interrupted" and 0 < done < len(rows) and run["counts"]["rows"] == done
 
 
 def test_changed_engine_or_prompt_is_refused_unless_overwrite(tmp_path, audio_dir, address):

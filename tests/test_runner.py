@@ -122,7 +122,7 @@ def test_bad_lines_become_failed_rows(tmp_path, audio_dir):
     out = _results(summary)
     assert [r["line"] for r in out] == [1, 2, 3, 4, 5, 6]
     bad = [r for r in out if r["status"] == "failed"]
-    assert [(r["id"], r["error_class"]) for r in bad] == [("bad-line-3", "ManifestError"), ("bad-line-6", "ManifestError")]
+    assert [(r["id"], r["error_class"]) for r in bad] == [("#bad-line-3", "ManifestError"), ("#bad-line-6", "ManifestError")]
     assert "m.jsonl:3: field 'offset'" in bad[0]["error_message"]
     assert summary.n_ok == len(rows) == 4
 

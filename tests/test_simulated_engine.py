@@ -58,6 +58,21 @@ def test_cost_model_and_reference_text():
     assert create_engine("simulated", {"sim_speedup": 1000}, 0).transcribe(_request(text=None)).text
 
 
+def test_answer_stops_at_max_new_tokens_whatever_the_reference(model_dir):
+    """Issue 9.9: a 10 MB reference used to be tokenized whole and slept for (looked like a hang)."""
+    import time
+
+    huge = "word " * 2_000_000
+    for eng in (create_engine("simulated", {"sim_speedup": 1000}, 0),
+                create_engine("simulated", {"sim_speedup": 1000, "model_dir": str(model_dir)}, 0)):
+        t0 = time.perf_counter()
+        res = eng.transcribe(_request(text=huge))
+        assert time.perf_counter() - t0 < 2.0
+        assert len(res.token_ids) == 40 and res.finish_reason == FINISH_MAX_TOKENS
+        assert res.decode_s == pytest.approx(39 * 0.8 / 1000)
+        assert res.text is None or len(res.text) <= 40 * 4
+
+
 def _engine_with(fault: str):
     return create_engine("simulated", {"sim_speedup": 1000, "sim_faults": f"{fault}=1"}, 0)
 

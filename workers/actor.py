@@ -20,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
+from transcribe_batch.config.settings import default
+
 from .audio import AudioError
 from .confidence import confidence_fields
 from .engines import create_engine
@@ -81,14 +83,15 @@ class TranscriptionWorker:
         self.engine = create_engine(engine_name, self.options, engine_device)
         self.frontend = FrontEnd(
             self.options.get("model_dir"),
-            template=self.options.get("template") or "default",
+            template=self.options.get("template") or default("template"),
             limits=self.engine.limits,
-            max_new_tokens_cap=int(self.options.get("max_new_tokens") or 256),
+            max_new_tokens_cap=int(self.options.get("max_new_tokens") or default("max_new_tokens")),
         )
         self.frontend.warm_up()
         # a batched bmodel keeps B decode slots: hand it at least B requests per call, whatever --batch-size says
-        self.batch_size = max(1, int(self.options.get("batch_size") or 1), self.engine.preferred_batch_size)
-        self.escalate_min_s = float(self.options.get("escalate_min_s") or 10.0)
+        self.batch_size = max(1, int(self.options.get("batch_size") or default("batch_size")),
+                              self.engine.preferred_batch_size)
+        self.escalate_min_s = float(self.options.get("escalate_min_s") or default("escalate_min_s"))
         self.node = node_name()
         self.node_id = ray_node_id()
         self._device_lock = threading.Lock()

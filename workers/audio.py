@@ -11,9 +11,13 @@ import os
 import warnings
 from pathlib import Path
 
+import errno
+
 import numpy as np
 import soundfile as sf
 import soxr
+
+from transcribe_batch.manifests.headers import DURATION_TOLERANCE_S
 
 SAMPLE_RATE = 16000
 
@@ -48,6 +52,13 @@ class AudioInvalidSamples(AudioError):
 
 
 def _check_path(path: Path) -> None:
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise AudioNotFound(path, "symbolic link loop (the link points back to itself)") from None
+        if path.is_symlink():
+            raise AudioNotFound(path, f"broken symbolic link (to {os.readlink(path)})") from None
     if not path.exists():
         raise AudioNotFound(path, "file not found")
     if path.is_dir():
@@ -101,6 +112,8 @@ def _read_soundfile(path: Path, offset: float, duration: float | None) -> tuple[
         start = int(round(offset * sr))
         if start >= total:
             raise AudioRangeError(path, f"offset {offset:g} s is at or past the end of the audio ({total / sr:.3f} s)")
+        if duration is not None and offset + duration > total / sr + DURATION_TOLERANCE_S:
+            raise _past_end(path, offset, duration, total / sr)
         want = total - start if duration is None else min(int(round(duration * sr)), total - start)
         try:
             if start:
@@ -131,7 +144,15 @@ def _read_fallback(path: Path, offset: float, duration: float | None) -> tuple[n
         if offset > 0 and offset >= total:
             raise AudioRangeError(path, f"offset {offset:g} s is at or past the end of the audio ({total:.3f} s)")
         raise AudioEmpty(path, "no audio samples in file or window")
+    if duration is not None and data.size / sr < duration - DURATION_TOLERANCE_S:
+        raise _past_end(path, offset, duration, offset + data.size / sr)
     return data, int(sr)
+
+
+def _past_end(path: Path, offset: float, duration: float, length: float) -> AudioRangeError:
+    """The same verdict as `manifest validate`: a window past the end is an error, never a silently shorter row."""
+    what = "offset + duration" if offset else "duration"
+    return AudioRangeError(path, f"{what} = {offset + duration:.3f} s runs past the end of the audio ({length:.3f} s)")
 
 
 def resample(audio: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:

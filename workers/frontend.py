@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transcribe_batch.config.settings import default
+
 from .audio import SAMPLE_RATE, load_audio
 from .cleanup import Cleaned, clean, join, join_languages
 from .engines.base import EngineLimits, Request
@@ -33,19 +35,20 @@ class FrontEnd:
         self,
         model_dir: str | os.PathLike | None,
         *,
-        template: str = "default",
+        template: str | None = None,
         limits: EngineLimits | None = None,
-        max_new_tokens_cap: int = 256,
+        max_new_tokens_cap: int | None = None,
         templates: Templates | None = None,
     ):
         self.model_dir = Path(model_dir) if model_dir is not None else None
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {self.model_dir}")
         self.templates = templates or load_templates()
+        template = template or default("template")
         self.family: ModelFamily = load_family(self.model_dir, self.templates)
         self.family.check_template(template)
         self.template = template
-        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_new_tokens_cap = max_new_tokens_cap or default("max_new_tokens")
         self.features = self.family.features
         self.limits = limits or EngineLimits(max_audio_s=self.family.max_audio_s)
         self.tokenized = self.family.has_tokenizer

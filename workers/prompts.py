@@ -19,6 +19,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
+from transcribe_batch.config.settings import default
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -48,9 +50,9 @@ def plausible_answer_tokens(duration_s: float) -> int:
     return math.ceil(TOKENS_PER_SECOND * duration_s) + ANSWER_OVERHEAD_TOKENS
 
 
-def answer_budget(duration_s: float, cap: int = 256) -> int:
-    """max_new_tokens for an utterance of `duration_s` seconds."""
-    return max(1, min(cap, plausible_answer_tokens(duration_s)))
+def answer_budget(duration_s: float, cap: int | None = None) -> int:
+    """max_new_tokens for an utterance of `duration_s` seconds (cap: the max_new_tokens setting)."""
+    return max(1, min(cap or default("max_new_tokens"), plausible_answer_tokens(duration_s)))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -12,6 +13,7 @@ from rich.console import Console
 from ..evaluate.normalize import NORMALIZERS
 from ..evaluate.report import evaluate_paths
 from ..evaluate.runs import RunError
+from ..results import atomic_write_bytes
 from .helptext import reflowed
 
 
@@ -62,33 +64,68 @@ def eval_command(
     """
     err = Console(stderr=True, soft_wrap=True)
     try:
+        for target, flag in ((output, "--output"), (html, "--html")):
+            if target is not None:
+                _check_target(target, flag, runs)
         report = evaluate_paths(runs, normalizer=normalizer.value, top=top)
     except RunError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    if fmt == Format.table:
-        from ..evaluate.render_text import print_rich
+    try:
+        if fmt == Format.table:
+            from ..evaluate.render_text import print_rich
 
-        if output:
-            with output.open("w", encoding="utf-8") as fh:
-                print_rich(report, Console(file=fh, width=160, no_color=True))
+            if output:
+                buffer = io.StringIO()
+                print_rich(report, Console(file=buffer, width=160, no_color=True))
+                atomic_write_bytes(output, buffer.getvalue().encode("utf-8"))
+            else:
+                print_rich(report)
         else:
-            print_rich(report)
-    else:
-        from ..evaluate.render_text import to_json, to_markdown
+            from ..evaluate.render_text import to_json, to_markdown
 
-        text = to_markdown(report) if fmt == Format.markdown else to_json(report)
+            text = to_markdown(report) if fmt == Format.markdown else to_json(report)
+            if output:
+                atomic_write_bytes(output, (text + "\n").encode("utf-8"))
+            else:
+                typer.echo(text)
         if output:
-            output.write_text(text + "\n", encoding="utf-8")
-        else:
-            typer.echo(text)
-    if output:
-        err.print(f"wrote {output}", highlight=False)
-    if html:
-        from ..evaluate.render_html import write_html
+            err.print(f"wrote {output}", highlight=False)
+        if html:
+            from ..evaluate.render_html import write_html
 
-        write_html(report, html)
-        err.print(f"wrote {html}", highlight=False)
+            write_html(report, html)
+            err.print(f"wrote {html}", highlight=False)
+    except OSError as exc:
+        where = exc.filename or output or html
+        err.print(f"[red]error:[/red] cannot write {where}: {exc.strerror or exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+_RUN_FILES = {"results.parquet", "run.json", "progress.jsonl"}
+
+
+def _check_target(target: Path, flag: str, runs: List[Path]) -> None:
+    """A report never replaces a folder, a run's own files, or any Parquet file (e.g. `--html runs/x/results.parquet`);
+    a missing folder for it is created."""
+    if target.is_dir():
+        raise RunError(f"{flag} {target}: is a folder; give a file name (e.g. {target / ('report.html' if flag == '--html' else 'report.md')})")
+    resolved = target.resolve()
+    inputs = set()
+    for run in runs:
+        run = run.resolve()
+        inputs |= {run} if run.is_file() else {run / name for name in _RUN_FILES}
+    if resolved in inputs or resolved.suffix == ".parquet" or resolved.name in _RUN_FILES:
+        raise RunError(f"{flag} {target}: would overwrite a run's results; write the report somewhere else")
+    for parent in [target.parent, *target.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"{flag} {target}: {parent} is a file, not a folder")
+            break
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{flag} {target}: cannot create its folder ({exc.strerror or exc})") from None
 
 
 def register(app: typer.Typer) -> None:

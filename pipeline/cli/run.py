@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from transcribe_batch.pipeline.config import load_defaults
+from transcribe_batch.config.settings import default, helps
 
-_D = load_defaults()  # the --help defaults are the real ones (config/defaults.toml)
+
+def _h(name: str) -> str:
+    """An option's help: its setting's line in config/defaults.toml (the one source), then the default."""
+    text = helps()[name]
+    value = default(name)
+    shown = "" if value in ("", False) else f" \\[default: {value}]"
+    return text + "." + shown
+
 _ENGINE = "Engine and model"
 _DEVICES = "Devices and cluster"
 _RETRY = "Work, retries and resume"
@@ -50,55 +57,32 @@ def run(
                                 rich_help_panel=_OUT, show_default=False),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with settings (keys as in "
                                           "config/defaults.toml); flags override it.", rich_help_panel=_OUT),
-    engine: Optional[str] = typer.Option(None, "--engine", "-e", help=f"bm1684x | hf | simulated  \\[default: {_D['engine']}]",
-                                         rich_help_panel=_ENGINE),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model folder (tokenizer + configs; hf: "
-                                             "weights too); its config.json model_type picks the model family "
-                                             "(qwen2_audio, qwen3_asr).", rich_help_panel=_ENGINE),
-    bmodel: Optional[Path] = typer.Option(None, "--bmodel", help="Compiled .bmodel (bm1684x engine).",
-                                          rich_help_panel=_ENGINE),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="hf engine: auto (bf16 on a GPU, fp32 on the CPU) | fp32 | fp16 | bf16.",
-                                        rich_help_panel=_ENGINE),
-    template: Optional[str] = typer.Option(None, "--template", help="Prompt template from config/prompts.toml "
-                                           f"\\[default: {_D['template']}]; rows may override with prompt/task. Qwen3-ASR: "
-                                           "default (it identifies the language) | language (force the row's).",
-                                           rich_help_panel=_ENGINE),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Cap on generated tokens per "
-                                                 f"request \\[default: {_D['max_new_tokens']}].", rich_help_panel=_ENGINE),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per engine call for engines "
-                                             f"that batch (hf) \\[default: {_D['batch_size']}].", rich_help_panel=_ENGINE),
-    devices: Optional[str] = typer.Option(None, "--devices", "-d", help="all | ids like 0,2 (a single id: '2,') | "
-                                          f"N = the first N devices. Simulated: N virtual devices (all = 1) \\[default: {_D['devices']}].",
-                                          rich_help_panel=_DEVICES),
-    address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster: auto | ray://host:10001. "
-                                          "Default: start a local one.", rich_help_panel=_DEVICES),
-    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per row before it is recorded "
-                                               f"as failed \\[default: {_D['max_attempts']}].", rich_help_panel=_RETRY),
-    device_max_failures: Optional[int] = typer.Option(None, "--device-max-failures", help="Failed attempts in a "
-                                                      f"row (crashes, failed predictions) on a device, while the others do better, before it leaves the pool \\[default: {_D['device_max_failures']}].",
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help=_h("engine"), rich_help_panel=_ENGINE),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help=_h("model_dir"), rich_help_panel=_ENGINE),
+    bmodel: Optional[Path] = typer.Option(None, "--bmodel", help=_h("bmodel"), rich_help_panel=_ENGINE),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=_h("dtype"), rich_help_panel=_ENGINE),
+    template: Optional[str] = typer.Option(None, "--template", help=_h("template"), rich_help_panel=_ENGINE),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_h("max_new_tokens"),
+                                                 rich_help_panel=_ENGINE),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_h("batch_size"), rich_help_panel=_ENGINE),
+    devices: Optional[str] = typer.Option(None, "--devices", "-d", help=_h("devices"), rich_help_panel=_DEVICES),
+    address: Optional[str] = typer.Option(None, "--address", help=_h("address"), rich_help_panel=_DEVICES),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help=_h("max_attempts"), rich_help_panel=_RETRY),
+    device_max_failures: Optional[int] = typer.Option(None, "--device-max-failures", help=_h("device_max_failures"),
                                                       rich_help_panel=_RETRY),
-    shard_size: Optional[int] = typer.Option(None, "--shard-size", help=f"Rows per shard of work \\[default: {_D['shard_size']}].",
-                                             rich_help_panel=_RETRY),
-    skip_bad_lines: Optional[bool] = typer.Option(None, "--skip-bad-lines", help="Record bad "
-                                                  "manifest lines as failed rows instead of stopping.",
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help=_h("shard_size"), rich_help_panel=_RETRY),
+    skip_bad_lines: Optional[bool] = typer.Option(None, "--skip-bad-lines", help=_h("skip_bad_lines"),
                                                   rich_help_panel=_RETRY, show_default=False),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Delete results of a different "
-                                             "engine/model/prompt in the output folder and start over.",
-                                             rich_help_panel=_RETRY, show_default=False),
-    retry_failed: Optional[bool] = typer.Option(None, "--retry-failed", help="On resume, also redo rows recorded "
-                                                "as failed.", rich_help_panel=_RETRY, show_default=False),
-    quiet: Optional[bool] = typer.Option(None, "--quiet", "-q", help="No progress bar (progress.jsonl is still "
-                                         "written).", rich_help_panel=_OUT, show_default=False),
-    progress_log: Optional[Path] = typer.Option(None, "--progress-log", help="JSONL progress log \\[default: "
-                                                "DIR/progress.jsonl].", rich_help_panel=_OUT),
-    sim_speedup: Optional[float] = typer.Option(None, "--sim-speedup", help="Divide every simulated time by X "
-                                                f"\\[default: {_D['sim_speedup']}].", rich_help_panel=_SIM),
-    sim_faults: Optional[str] = typer.Option(None, "--sim-faults", help="Per-attempt fault probabilities "
-                                             "(error, empty, repeat, crash, garble = a wrong answer with low "
-                                             "confidence), e.g. error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7.",
-                                             rich_help_panel=_SIM),
-    sim_text: Optional[str] = typer.Option(None, "--sim-text", help="Fixed answer instead of the reference text.",
-                                           rich_help_panel=_SIM),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help=_h("overwrite"), rich_help_panel=_RETRY,
+                                             show_default=False),
+    retry_failed: Optional[bool] = typer.Option(None, "--retry-failed", help=_h("retry_failed"),
+                                                rich_help_panel=_RETRY, show_default=False),
+    quiet: Optional[bool] = typer.Option(None, "--quiet", "-q", help=_h("quiet"), rich_help_panel=_OUT,
+                                         show_default=False),
+    progress_log: Optional[Path] = typer.Option(None, "--progress-log", help=_h("progress_log"), rich_help_panel=_OUT),
+    sim_speedup: Optional[float] = typer.Option(None, "--sim-speedup", help=_h("sim_speedup"), rich_help_panel=_SIM),
+    sim_faults: Optional[str] = typer.Option(None, "--sim-faults", help=_h("sim_faults"), rich_help_panel=_SIM),
+    sim_text: Optional[str] = typer.Option(None, "--sim-text", help=_h("sim_text"), rich_help_panel=_SIM),
 ) -> None:
     from transcribe_batch.manifests.reader import ManifestError
     from transcribe_batch.pipeline.config import ConfigError, build_config
@@ -119,28 +103,52 @@ def run(
         err(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
-    def _terminate(signum, frame):  # SIGTERM stops like Ctrl-C: finished work is saved, the next run resumes
-        raise KeyboardInterrupt
+    def stop(code: int, message: str, status: str) -> typer.Exit:
+        err(message, err=True)
+        if cfg.quiet:  # unattended: the outcome as JSON on stdout, whatever it is
+            typer.echo(json.dumps(_failure_summary(cfg.output, status, message, t_start), default=str))
+        return typer.Exit(code)
 
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGINT and SIGTERM (also to the whole process group) stop the run the same way: run_job handles both.
+    t_start = time.time()
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Ray prints worker notices to stdout: keep it for the summary
             summary = run_job(cfg)
-    except (ManifestError, ResumeError, DeviceError, SchedulerError, FileNotFoundError) as e:
-        err(f"error: {e}", err=True)
-        raise typer.Exit(2 if isinstance(e, (ManifestError, ResumeError, DeviceError)) else 1) from None
+    except (ManifestError, ResumeError, DeviceError, SchedulerError) as e:
+        raise stop(2 if isinstance(e, (ManifestError, ResumeError, DeviceError)) else 1, f"error: {e}",
+                   "failed") from None
     except ConnectionError as e:  # --address names no reachable Ray cluster
-        err(f"error: could not join the Ray cluster at {cfg.address!r}: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise stop(2, f"error: could not join the Ray cluster at {cfg.address!r}: {e}", "failed") from None
+    except OSError as e:  # a full or read-only disk, a vanished folder
+        where = f"{e.filename}: " if e.filename else ""
+        raise stop(1, f"error: {where}{e.strerror or e}; finished rows are saved in {cfg.output} (what could be "
+                   "written): fix this and run the same command again to resume", "failed") from None
     except KeyboardInterrupt:
-        err(f"interrupted: finished rows are saved in {cfg.output}; run the same command again to resume.", err=True)
-        raise typer.Exit(130) from None
+        raise stop(130, f"interrupted: finished rows are saved in {cfg.output}; run the same command again to "
+                   "resume.", "interrupted") from None
     line = (f"{summary.status}: {summary.n_rows} rows ({summary.n_ok} ok, {summary.n_failed} failed"
             + (f", {summary.n_resumed} from an earlier run" if summary.n_resumed else "")
             + f"), {summary.audio_s / 3600:.2f} h audio in {summary.wall_s:.1f} s -> {summary.results}")
     err(line, err=True)
     if cfg.quiet:  # unattended: the summary as JSON on stdout
         typer.echo(json.dumps(summary.to_json(), default=str))
+
+
+def _failure_summary(output: Path, status: str, message: str, t_start: float) -> dict:
+    """--quiet's JSON for a run that did not complete: this run's status and counts from run.json if it started
+    (wrote run.json), else status "refused"."""
+    out = {"output": str(output), "status": status, "error": message}
+    try:
+        mine = (output / "run.json").stat().st_mtime >= t_start - 1.0
+        run = json.loads((output / "run.json").read_text()) if mine else None
+    except (OSError, ValueError):
+        run = None
+    if run and run.get("finished_at"):
+        out["status"] = run.get("status", status)
+        out.update({f"n_{k}": v for k, v in (run.get("counts") or {}).items()})
+    else:
+        out["status"] = "refused" if status == "failed" else status
+    return out
 
 
 def register(app: typer.Typer) -> None:

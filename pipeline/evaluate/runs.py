@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..results import RunFolder, latest_rows
+from ..results import INPUT_DIGEST, RunFolder, latest_rows, read_parts
 
 REQUIRED_COLUMNS = ("id", "status")
 
@@ -70,15 +70,28 @@ def _to_seconds(array: pa.ChunkedArray) -> list[float | None]:
 TIME_COLUMNS = ("queued_at", "started_at", "finished_at")
 
 
+def _read_parquet(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: unreadable ({reason}); if it is a run's results.parquet, run the same `run` command "
+                       "again to rewrite it from parts/") from None
+
+
 def _read_table(path: Path, notes: list[str]) -> pa.Table:
     results = path / "results.parquet"
     if results.is_file():
-        return pq.read_table(results)
+        return _read_parquet(results)
     parts = RunFolder(path).part_files()  # finished parts only, in write order (not a crash's .tmp- leftovers)
     if not parts:
         raise RunError(f"{path}: not a run folder (no results.parquet and no parts/*.parquet)")
     notes.append(f"no results.parquet (run unfinished?): read {len(parts)} part files from {path / 'parts'}")
-    table = pa.concat_tables([pq.read_table(part) for part in parts], promote_options="permissive")
+    table, skipped = read_parts(parts)
+    notes.extend(skipped)  # e.g. a truncated part: named, skipped (the next `run` of that folder redoes its rows)
+    if table is None:
+        raise RunError(f"{path}: no readable part file in {path / 'parts'} ({'; '.join(skipped)})")
+    table = table.drop_columns([c for c in ("_part", INPUT_DIGEST) if c in table.column_names])
     deduped = latest_rows(table)  # a row redone after a crash or --retry-failed: its latest record counts
     if deduped.num_rows != table.num_rows:
         notes.append(f"{table.num_rows - deduped.num_rows} duplicate id rows dropped (kept the latest result per id)")
@@ -90,7 +103,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     path = Path(path)
     notes: list[str] = []
     if path.is_file() and path.suffix == ".parquet":
-        table, folder = pq.read_table(path), path.parent
+        table, folder = _read_parquet(path), path.parent
     elif path.is_dir():
         table, folder = _read_table(path, notes), path
     else:

@@ -39,9 +39,12 @@ def hours(seconds: float | None) -> str:
 
 
 def runs_table(report: Report) -> Table:
+    """One column per run, one row per attribute (like the metric tables): many runs or long folder paths and
+    prompts wrap inside their own cell instead of squeezing every column at 80 characters."""
     keys = sorted({k for r in report.runs for k in r.identity()})
-    rows = [[r.name, str(r.run.path), str(r.run.n), *[str(r.identity().get(k, NA)) for k in keys]] for r in report.runs]
-    return Table("Runs", ["run", "folder", "rows", *keys], rows, "", "runs")
+    rows = [["folder", *[str(r.run.path) for r in report.runs]], ["rows", *[str(r.run.n) for r in report.runs]]]
+    rows += [[k, *[str(r.identity().get(k, NA)) for r in report.runs]] for k in keys]
+    return Table("Runs", ["", *[r.name for r in report.runs]], rows, "", "runs")
 
 
 def accuracy_table(report: Report) -> Table:

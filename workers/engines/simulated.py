@@ -3,7 +3,8 @@
 It "transcribes" by returning the reference text (or `sim_text`, or a fixed marker when neither exists; a piece of
 split audio returns its share of the words) and sleeps
 per a cost model taken from the existing BM1684X port (notes/bm1684x.md: TTFT ≈ 24 s, ≈ 0.8 s per generated token
-on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speedup`. Faults are injected per
+on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speedup`; like a model it stops at the
+request's max_new_tokens (finish reason max_tokens), so a huge reference costs no more than the cap. Faults are injected per
 attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
 error raises EngineError, empty returns "", repeat returns a runaway repetition up to max_new_tokens, crash ends
 the whole actor process with os._exit (what a native crash looks like to Ray), garble returns the text with about a
@@ -29,10 +30,12 @@ import random
 import time
 from dataclasses import dataclass
 
+from transcribe_batch.config.settings import default
+
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
 
-DEFAULT_TTFT_S = 24.0
-DEFAULT_S_PER_TOKEN = 0.8
+DEFAULT_TTFT_S = default("sim_ttft_s")  # config/defaults.toml (one home for settings)
+DEFAULT_S_PER_TOKEN = default("sim_s_per_token")
 FALLBACK_TEXT = "simulated output"
 FAULT_KINDS = ("error", "empty", "repeat", "crash", "garble")  # new kinds go last: earlier draws stay
 CHARS_PER_TOKEN = 4.0  # rough English BPE ratio: counts generated tokens when no model folder (tokenizer) is given
@@ -185,13 +188,19 @@ class SimulatedEngine(Engine):
         if fault == "garble":
             text = garble(text, self.faults.rng(request.id, attempt, "|garble"))
         finish = FINISH_EOS
+        cap = request.max_new_tokens
         if fault == "repeat":
             word = (text.split() or ["la"])[0]
-            text = " ".join([word] * request.max_new_tokens)
+            text = " ".join([word] * cap)
             finish = FINISH_MAX_TOKENS
+        # A model stops at max_new_tokens whatever it would have said: never tokenize (or sleep for) more than that.
+        text = text[:int(cap * CHARS_PER_TOKEN * 4) + 1] if len(text) > cap * CHARS_PER_TOKEN * 4 else text
         ids = self.tokenize(text) if self.tokenize else list(range(count_tokens(text)))
         if finish == FINISH_MAX_TOKENS:
-            ids = (ids * request.max_new_tokens)[:request.max_new_tokens] if ids else [0] * request.max_new_tokens
+            ids = (ids * cap)[:cap] if ids else [0] * cap
+        elif len(ids) >= cap:  # cut off: the answer is what the first `cap` tokens say
+            ids, finish = ids[:cap], FINISH_MAX_TOKENS
+            text = None if self.tokenize else text[:int(cap * CHARS_PER_TOKEN)]
         n_tokens = len(ids) + (finish == FINISH_EOS)  # + the stop token, which is generated but not returned
         ttft = self.ttft_s / self.speedup
         decode = max(0, n_tokens - 1) * self.s_per_token / self.speedup
@@ -215,7 +224,7 @@ def create(options: dict, device: int | None) -> SimulatedEngine:
     return SimulatedEngine(
         ttft_s=_opt(options, "sim_ttft_s", DEFAULT_TTFT_S),
         s_per_token=_opt(options, "sim_s_per_token", DEFAULT_S_PER_TOKEN),
-        speedup=_opt(options, "sim_speedup", 1.0),
+        speedup=_opt(options, "sim_speedup", default("sim_speedup")),
         faults=FaultSpec.parse(options.get("sim_faults")),
         text=options.get("sim_text"),
         max_audio_s=_opt(options, "sim_max_audio_s", 30.0),

@@ -1,0 +1,53 @@
+"""One source of run settings: `config/defaults.toml`.
+
+Every run setting has exactly one line there, `name = default  # help`. This module loads that file once; the
+run configuration (pipeline/config.py RunConfig), the CLI's options and `--help` (pipeline/cli/run.py), and the
+workers' and engines' fallbacks for an option they were not given all read their defaults from here, so a default
+changes in one place. tests/test_settings.py checks that the three agree.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from functools import lru_cache
+from importlib import resources
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_LINE = re.compile(r'^(\w+)\s*=\s*(?:"[^"]*"|[^#\s]+)\s*#\s*(.*)$')
+
+
+def _text() -> str:
+    return resources.files("transcribe_batch.config").joinpath("defaults.toml").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def defaults() -> dict:
+    """Every setting's default as written in defaults.toml ("" stands for none), [engine_options] included."""
+    return tomllib.loads(_text())
+
+
+@lru_cache(maxsize=1)
+def helps() -> dict[str, str]:
+    """Each setting's help: the comment on its line (continuation comment lines below it are joined on)."""
+    out: dict[str, str] = {}
+    last = None
+    for line in _text().splitlines():
+        m = _LINE.match(line)
+        if m:
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif last and line.startswith(" ") and line.strip().startswith("#"):
+            out[last] += " " + line.strip().lstrip("#").strip()
+        else:
+            last = None
+    return out
+
+
+def default(name: str):
+    """The default of one setting (KeyError for a name defaults.toml does not have)."""
+    return defaults()[name]

@@ -1,0 +1,77 @@
+"""The chaos run of issue 9: 4 simulated devices with every kind of injected fault, the driver SIGKILLed twice mid-run,
+the manifest appended to between runs; the final run ends with exactly the manifest's rows, each once, and no
+recoverable failure left failed."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from manifest_helpers import write_manifest
+from transcribe_batch.pipeline.config import build_config
+from transcribe_batch.pipeline.runner import run_job
+
+pytestmark = pytest.mark.slow
+
+CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] = 'transcribe-batch'; main()"
+FAULTS = "error=0.05,empty=0.02,repeat=0.02,crash=0.02,seed=9"
+COMMON = dict(engine="simulated", devices="4", shard_size=2, batch_size=1, sim_faults=FAULTS, max_attempts=8,
+              device_max_failures=1000)
+
+
+@pytest.fixture(scope="module")
+def address():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _parts(out):
+    return sorted(p.name for p in (out / "parts").glob("part-*.parquet")) if (out / "parts").is_dir() else []
+
+
+def _kill_mid_run(manifest, out, address):
+    """Start the CLI, SIGKILL it as soon as it has written a new part file (rows finished, more to do)."""
+    before = set(_parts(out))
+    args = [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--address", address, "--quiet",
+            "--sim-speedup", "30"]
+    for key, value in COMMON.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not set(_parts(out)) - before:
+        if proc.poll() is not None:
+            pytest.fail(f"the driver ended before it was killed: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no new part file")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "results.parquet").exists()
+
+
+def test_chaos_run_ends_with_every_row_once(tmp_path, audio_dir, address):
+    manifest = tmp_path / "m.jsonl"
+    rows = write_manifest(manifest, audio_dir, repeat=4)
+    out = tmp_path / "out"
+    _kill_mid_run(manifest, out, address)
+    _kill_mid_run(manifest, out, address)
+    with open(manifest, "a") as f:  # appended between runs
+        extra = [{**r, "id": f"late-{k}"} for k, r in enumerate(rows[:10])]
+        f.write("".join(json.dumps(r) + "\n" for r in extra))
+    rows += extra
+    final = run_job(build_config(manifest, out, sim_speedup=2000, quiet=True, **COMMON))
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert [r["id"] for r in table] == [r["id"] for r in rows]  # exactly the manifest's rows, in order, once
+    assert [r["line"] for r in table] == list(range(1, len(rows) + 1))
+    assert final.status == "complete" and final.n_rows == len(rows) and 0 < final.n_resumed < len(rows)
+    assert [(r["id"], r["error_class"]) for r in table if r["status"] != "ok"] == []
+    assert max(r["attempts"] for r in table) >= 2  # the faults happened and were retried
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and len(run["runs"]) == 3 and run["counts"]["rows"] == len(rows)
