@@ -162,15 +162,24 @@ def test_hf_logprobs_equal_a_teacher_forced_forward_pass(audio_dir):
 def test_resumed_run_merges_parts_written_before_the_columns_existed(tmp_path):
     """A folder resumed with this version holds parts without the confidence columns: the merge reads them as null
     (the bug this guards: cast to the new part schema failed on the old parts)."""
-    from transcribe_batch.pipeline.results import PartWriter, RunFolder, merge_results, open_run_folder
+    import json
+
+    from transcribe_batch.manifests.reader import input_digest, parse_line
+    from transcribe_batch.pipeline.plan import build_plan
+    from transcribe_batch.pipeline.results import INPUT_DIGEST, PartWriter, RunFolder, merge_results
     from transcribe_batch.workers.record import base_record
 
+    lines = [{"id": f"u{i}", "audio_filepath": "/a.wav", "offset": float(i), "duration": 1.0} for i in range(2)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    plan = build_plan(manifest)
+    (tmp_path / "run").mkdir()
     folder = RunFolder(tmp_path / "run")
-    open_run_folder(folder, {"engine": "simulated"})
 
     def record(i, **extra):
-        rec = base_record({"id": f"u{i}", "audio_filepath": "/a.wav", "duration": 1.0}, i + 1)
-        rec.update(status="ok", pred_text="x", **extra)
+        row = parse_line(json.dumps(lines[i]), path=str(manifest), line=i + 1, base_dir=str(tmp_path))
+        rec = base_record(row, i + 1)
+        rec.update(status="ok", pred_text="x", **{INPUT_DIGEST: input_digest(row)}, **extra)
         return rec
 
     old = PartWriter(folder, 0)
@@ -181,6 +190,6 @@ def test_resumed_run_merges_parts_written_before_the_columns_existed(tmp_path):
     new = PartWriter(folder, 1)
     new.add([record(1, mean_logprob=-0.1, min_logprob=-0.5, confidence=math.exp(-0.1))])
     new.flush()
-    merge_results(folder)
+    merge_results(folder, plan)
     table = pq.read_table(folder.results)
     assert table["confidence"].to_pylist() == [None, pytest.approx(math.exp(-0.1))]
