@@ -40,6 +40,17 @@ def model_dir(shared_dir: Path) -> Path:
     return shared_dir / "qwen2-audio-7b-instruct"
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A small in-process Ray cluster of the test's own (never one that happens to run on this host) for the tests
+    of one module; yields its GCS address (for tests that start the CLI as a separate process)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 def pytest_collection_modifyitems(config, items):
     """Once the BM1684X cmodel simulator is loaded into a process, its polling threads keep about two cores busy until
     the process exits (they outlive the device handle). Tests that load it into the pytest process therefore run

@@ -2,20 +2,12 @@
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from manifest_helpers import write_manifest
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.runner import run_job
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 def test_batch_size_2_runs_every_row_once(tmp_path, audio_dir):

@@ -5,21 +5,13 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from manifest_helpers import write_manifest
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.runner import run_job
 from transcribe_batch.workers.engines.simulated import FaultSpec
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 def _manifest(path, audio_dir, n):

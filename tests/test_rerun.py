@@ -7,7 +7,6 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from manifest_helpers import write_manifest
 from transcribe_batch.manifests.reader import ManifestError
@@ -17,14 +16,7 @@ from transcribe_batch.pipeline.plan import ManifestChanged
 from transcribe_batch.pipeline.results import ResumeError
 from transcribe_batch.pipeline.runner import run_job
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 def _run(manifest, out, **kw):

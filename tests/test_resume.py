@@ -9,7 +9,6 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from manifest_helpers import write_manifest
 from transcribe_batch.pipeline.config import build_config
@@ -22,10 +21,8 @@ CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] =
 
 
 @pytest.fixture(scope="module")
-def address():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def address(ray_cluster):
+    return ray_cluster
 
 
 def _cfg(manifest, out, **kw):

@@ -12,14 +12,7 @@ from transcribe_batch.pipeline.runner import run_job
 from transcribe_batch.pipeline.scheduler import SchedulerError
 from transcribe_batch.workers.engines.simulated import FaultSpec
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 def _run(tmp_path, manifest, **kw):
