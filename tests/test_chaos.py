@@ -10,7 +10,6 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from manifest_helpers import write_manifest
 from transcribe_batch.pipeline.config import build_config
@@ -20,27 +19,24 @@ pytestmark = pytest.mark.slow
 
 CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] = 'transcribe-batch'; main()"
 FAULTS = "error=0.05,empty=0.02,repeat=0.02,crash=0.02,seed=9"
-COMMON = dict(engine="simulated", devices="4", shard_size=2, batch_size=1, sim_faults=FAULTS, max_attempts=8,
-              device_max_failures=1000)
+COMMON = dict(engine="simulated", devices="4", shard_size=2, sim_faults=FAULTS, max_attempts=8, device_max_failures=1000)
 
 
 @pytest.fixture(scope="module")
-def address():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def address(ray_cluster):
+    return ray_cluster
 
 
 def _parts(out):
     return sorted(p.name for p in (out / "parts").glob("part-*.parquet")) if (out / "parts").is_dir() else []
 
 
-def _kill_mid_run(manifest, out, address):
+def _kill_mid_run(manifest, out, address, batch_size):
     """Start the CLI, SIGKILL it as soon as it has written a new part file (rows finished, more to do)."""
     before = set(_parts(out))
     args = [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--address", address, "--quiet",
             "--sim-speedup", "30"]
-    for key, value in COMMON.items():
+    for key, value in {**COMMON, "batch_size": batch_size}.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -56,17 +52,18 @@ def _kill_mid_run(manifest, out, address):
     assert not (out / "results.parquet").exists()
 
 
-def test_chaos_run_ends_with_every_row_once(tmp_path, audio_dir, address):
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_chaos_run_ends_with_every_row_once(tmp_path, audio_dir, address, batch_size):
     manifest = tmp_path / "m.jsonl"
     rows = write_manifest(manifest, audio_dir, repeat=4)
     out = tmp_path / "out"
-    _kill_mid_run(manifest, out, address)
-    _kill_mid_run(manifest, out, address)
+    _kill_mid_run(manifest, out, address, batch_size)
+    _kill_mid_run(manifest, out, address, batch_size)
     with open(manifest, "a") as f:  # appended between runs
         extra = [{**r, "id": f"late-{k}"} for k, r in enumerate(rows[:10])]
         f.write("".join(json.dumps(r) + "\n" for r in extra))
     rows += extra
-    final = run_job(build_config(manifest, out, sim_speedup=2000, quiet=True, **COMMON))
+    final = run_job(build_config(manifest, out, sim_speedup=2000, quiet=True, batch_size=batch_size, **COMMON))
     table = pq.read_table(out / "results.parquet").to_pylist()
     assert [r["id"] for r in table] == [r["id"] for r in rows]  # exactly the manifest's rows, in order, once
     assert [r["line"] for r in table] == list(range(1, len(rows) + 1))
