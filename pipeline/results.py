@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transcribe_batch.manifests.reader import id_digests
-from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, to_table
+from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, to_table
 
 PART_RE = re.compile(r"part-(\d{6})(?:-\w+)?\.parquet$")
 
@@ -328,7 +328,7 @@ def merge_results(folder: RunFolder) -> MergeSummary:
             pos = pos[rows]
             by_bucket = np.argsort(pos // bucket_rows, kind="stable")
             pos, rows = pos[by_bucket], rows[by_bucket]
-            table = pq.read_table(f).take(pa.array(rows)).append_column("_pos", pa.array(pos)).cast(bucket_schema)
+            table = conform(pq.read_table(f)).take(pa.array(rows)).append_column("_pos", pa.array(pos)).cast(bucket_schema)
             extra.observe(table["manifest_extra"], pos)
             buckets = pos // bucket_rows
             cuts = np.flatnonzero(np.diff(buckets)) + 1

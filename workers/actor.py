@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 from .audio import AudioError
+from .confidence import confidence_fields
 from .engines import create_engine
 from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
 from .frontend import FrontEnd
@@ -257,6 +258,7 @@ class TranscriptionWorker:
             finished_at=finished_at,
             n_chunks=len(requests),
         )
+        rec.update(confidence_fields(results))
         try:
             text, raw, finish = self._texts(requests, results)
         except RetryableFailure as e:

@@ -38,6 +38,10 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("n_audio_tokens", pa.int32(), "audio tokens (25 per second, summed over pieces)"),
     ("n_new_tokens", pa.int32(), "generated tokens (summed over pieces)"),
     ("finish_reason", pa.string(), "eos | max_tokens | repetition | error"),
+    ("mean_logprob", pa.float64(), "mean log-probability of the generated tokens (all pieces' tokens together; "
+                                   "null when the engine gave none)"),
+    ("min_logprob", pa.float64(), "log-probability of the least likely generated token (over all pieces)"),
+    ("confidence", pa.float64(), "exp(mean_logprob) in [0, 1]: geometric mean of the chosen tokens' probabilities"),
     ("ttft_s", pa.float64(), "time to first token (audio encode + prefill), summed over pieces"),
     ("decode_s", pa.float64(), "time for the tokens after the first, summed over pieces"),
     ("tokens_per_s", pa.float64(), "decode speed: (n_new_tokens - pieces) / decode_s"),
@@ -106,3 +110,12 @@ def failed_record(row: dict, line: int, error: BaseException | str, *, error_cla
 
 def to_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in records], schema=PART_SCHEMA)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A part written by an older version (fewer columns, e.g. no confidence columns) in today's PART_SCHEMA: the
+    missing columns are null."""
+    for name in COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, PART_SCHEMA.field(name).type))
+    return table.select(COLUMNS)

@@ -15,9 +15,9 @@ app = typer.Typer(
     ),
 )
 
-from . import devices, evaluate, manifest, run  # noqa: E402  (each registers its commands)
+from . import devices, evaluate, export, manifest, run  # noqa: E402  (each registers its commands)
 
-for _module in (run, devices, evaluate, manifest):
+for _module in (run, devices, evaluate, manifest, export):
     _module.register(app)
 
 

@@ -89,8 +89,9 @@ def run(
                                                 "DIR/progress.jsonl].", rich_help_panel=_OUT),
     sim_speedup: Optional[float] = typer.Option(None, "--sim-speedup", help="Divide every simulated time by X "
                                                 f"\\[default: {_D['sim_speedup']}].", rich_help_panel=_SIM),
-    sim_faults: Optional[str] = typer.Option(None, "--sim-faults", help="Per-attempt fault probabilities, e.g. "
-                                             "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7.",
+    sim_faults: Optional[str] = typer.Option(None, "--sim-faults", help="Per-attempt fault probabilities "
+                                             "(error, empty, repeat, crash, garble = a wrong answer with low "
+                                             "confidence), e.g. error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7.",
                                              rich_help_panel=_SIM),
     sim_text: Optional[str] = typer.Option(None, "--sim-text", help="Fixed answer instead of the reference text.",
                                            rich_help_panel=_SIM),

@@ -118,3 +118,53 @@ def device_timeline(run: RunReport) -> str | None:
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig)
 
+
+
+def confidence_calibration(report: Report) -> str | None:
+    """Three panels: corpus WER per confidence bucket (one bar per run); per threshold, the share of utterances
+    (solid) and of hours (dashed) kept; per threshold, the WER of what is kept. None when no run has a calibration."""
+    from .calibration import calibration_of
+
+    series = [(run.name, cal) for run in report.runs if (cal := calibration_of(run)).available]
+    if not series:
+        return None
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.4))
+    used = [k for k in range(len(series[0][1].buckets)) if any(cal.buckets[k].n for _, cal in series)]
+    width = 0.8 / len(series)
+    x = np.arange(len(used))
+    for j, (name, cal) in enumerate(series):
+        values = [100 * cal.buckets[k].wer if cal.buckets[k].wer is not None else np.nan for k in used]
+        bars = left.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=name, color=f"C{j}")
+        for bar, k in zip(bars, used):
+            if cal.buckets[k].n:
+                left.annotate(f"{cal.buckets[k].n}", (bar.get_x() + bar.get_width() / 2, np.nan_to_num(bar.get_height())),
+                              ha="center", va="bottom", fontsize=7)
+    left.set_xticks(x, [series[0][1].buckets[k].label for k in used], rotation=30)
+    left.set_xlabel("confidence")
+    left.set_ylabel("WER % (successful rows)")
+    left.set_title("WER by confidence (labels: utterances)")
+    left.grid(axis="y", alpha=0.3)
+    for j, (name, cal) in enumerate(series):
+        t = [row.threshold for row in cal.thresholds]
+        middle.plot(t, [100 * (row.share_kept or 0) for row in cal.thresholds], "-", marker=".", color=f"C{j}",
+                    label=f"{name}: utterances")
+        middle.plot(t, [100 * (row.share_hours_kept or 0) for row in cal.thresholds], "--", color=f"C{j}",
+                    label=f"{name}: hours")
+        right.plot(t, [100 * row.wer_kept if row.wer_kept is not None else np.nan for row in cal.thresholds], "-",
+                   marker=".", color=f"C{j}", label=name)
+    middle.set_xlabel("keep if confidence ≥")
+    middle.set_ylabel("% kept")
+    middle.set_ylim(0, 105)
+    middle.set_title("What a threshold keeps")
+    middle.legend(fontsize=7, loc="lower left")
+    middle.grid(alpha=0.3)
+    right.set_xlabel("keep if confidence ≥")
+    right.set_ylabel("WER % of the kept rows")
+    right.set_ylim(bottom=0)
+    right.set_title("WER of what a threshold keeps")
+    if len(series) > 1:
+        right.legend(fontsize=7)
+        left.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    return _svg(fig)

@@ -76,6 +76,10 @@ def render_html(report: Report, *, title: str | None = None) -> str:
     parts.append(_figure_html("wer-by-duration", plots.wer_by_duration(report),
                               "Corpus WER (all rows, failed = deletions) per utterance-duration bucket.",
                               "WER by duration: no scored rows (no references), nothing to draw."))
+    parts.append(_figure_html("confidence-calibration", plots.confidence_calibration(report),
+                              "Confidence calibration on the successful rows with a reference: WER per confidence "
+                              "bucket, and what `export --min-confidence` keeps at each threshold.",
+                              "Confidence calibration: no run has both confidence values and references."))
     parts.append(_figure_html("latency-histogram", plots.latency_histogram(report),
                               "Per-utterance device latency (total_s) of successful rows.",
                               "Latency histogram: no successful row has a latency."))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .calibration import calibration_of
 from .compare import common_ids, disagreements, reference_conflicts, worst_utterances
 from .metrics import Accuracy, Bucket, UttScore, evaluate_accuracy, wer_by_duration
 from .runs import Run, load_run, unique_names
@@ -70,6 +71,7 @@ class Report:
                         {"bucket": b.label, "n_scored": b.n_scored, "ref_words": b.ref_words, "wer": b.wer}
                         for b in buckets_of(r)
                     ],
+                    "calibration": calibration_of(r).to_dict(),
                 }
                 for r in self.runs
             ],

@@ -190,6 +190,9 @@ def all_tables(report: Report) -> list[Table]:
             tables.append(device_table(run))
         tables.append(failures_table(run))
     tables += [comparison_table(report), worst_table(report)]
+    from .calibration_tables import calibration_tables  # imports this module
+
+    tables += calibration_tables(report)
     return [t for t in tables if t is not None]
 
 
@@ -198,4 +201,6 @@ def statements(report: Report) -> list[str]:
     out = list(report.notes)
     for run in report.runs:
         out += [f"{run.name}: {n}" for n in run.run.notes]
-    return out
+    from .calibration_tables import calibration_notes
+
+    return out + calibration_notes(report)

@@ -67,6 +67,9 @@ class EngineResult:
     text: str | None = None  # raw answer; None means "decode token_ids with the front end's tokenizer"
     encode_s: float = 0.0  # audio encoder share of ttft_s, where the engine can tell
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific counters (e.g. bytes copied)
+    # natural-log probability the model gave each chosen token, aligned with token_ids (stop id excluded); None when
+    # the engine cannot tell. The results' confidence columns come from it (workers/confidence.py).
+    token_logprobs: list[float] | None = None
 
 
 class Engine(ABC):

@@ -3,7 +3,10 @@
 Greedy decoding with `generate`, a batch of similar-length requests at a time (left-padded prompts, one feature
 window each). A no-op stopping criterion stamps the time of every decoding step, so each utterance gets its own
 TTFT (audio encoder + prefill + first token; shared by the batch) and decode time (until its own stop token). The
-audio encoder's share is measured with forward hooks. transformers and torch are imported only here.
+audio encoder's share is measured with forward hooks. A no-op logits processor, last in generate()'s list, records the
+log-softmax of the scores greedy decoding picks its token from: the chosen token's log-probability (with the plain
+greedy settings below no processor changes the logits, so it is the model's own distribution; a test checks it against
+a teacher-forced forward pass). transformers and torch are imported only here.
 """
 
 from __future__ import annotations
@@ -54,6 +57,26 @@ class _StepClock:
         self.sync()
         self.times.append(time.perf_counter())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class _ChosenLogprob:
+    """LogitsProcessor that changes nothing and records, per step, max(log_softmax(scores)) for each row: under greedy
+    decoding (argmax of these very scores) the chosen token's log-probability. One float per row and step stays on
+    the device, never the vocabulary's logits."""
+
+    def __init__(self):
+        self.steps: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self.steps.append(torch.log_softmax(scores.float(), dim=-1).amax(dim=-1))
+        return scores
+
+    def per_row(self) -> list[list[float]]:
+        import torch
+
+        return torch.stack(self.steps, dim=1).tolist() if self.steps else []
 
 
 class HFEngine(Engine):
@@ -145,7 +168,7 @@ class HFEngine(Engine):
 
     def _generate(self, requests: Sequence[Request]) -> list[EngineResult]:
         import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         stop_ids = sorted({i for r in requests for i in r.stop_ids})
         budget = [min(r.max_new_tokens, self.max_new_tokens or r.max_new_tokens) for r in requests]
@@ -155,15 +178,18 @@ class HFEngine(Engine):
                                   pad_token_id=self.pad_id, **NEUTRAL)
         inputs = self.inputs(requests)
         clock = _StepClock(self._sync)
+        chosen = _ChosenLogprob()
         self._encode_s = 0.0
         self._sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(**inputs, generation_config=config, stopping_criteria=StoppingCriteriaList([clock]))
+            out = self.model.generate(**inputs, generation_config=config, stopping_criteria=StoppingCriteriaList([clock]),
+                                      logits_processor=LogitsProcessorList([chosen]))
         new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        logprobs = chosen.per_row() or [[] for _ in requests]
         ttft = clock.times[0] - t0
         results = []
-        for r, tokens, limit in zip(requests, new, budget):
+        for r, tokens, limit, row_logprobs in zip(requests, new, budget, logprobs):
             stops = set(r.stop_ids)
             end = next((k for k, t in enumerate(tokens) if t in stops), None)
             if end is not None and end < limit:
@@ -174,6 +200,7 @@ class HFEngine(Engine):
             results.append(EngineResult(
                 token_ids=kept, finish_reason=reason, ttft_s=ttft, decode_s=clock.times[max(steps, 1) - 1] - clock.times[0],
                 encode_s=self._encode_s, extra={"batch_size": len(requests), "dtype": str(self.dtype).removeprefix("torch.")},
+                token_logprobs=row_logprobs[:len(kept)],
             ))
         return results
 

@@ -6,12 +6,18 @@ per a cost model taken from the existing BM1684X port (notes/bm1684x.md: TTFT �
 on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speedup`. Faults are injected per
 attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
 error raises EngineError, empty returns "", repeat returns a runaway repetition up to max_new_tokens, crash ends
-the whole actor process with os._exit (what a native crash looks like to Ray). The draw depends only on
+the whole actor process with os._exit (what a native crash looks like to Ray), garble returns the text with about a
+third of its words replaced (a plausible but wrong transcript, status ok). The draw depends only on
 (seed, utterance id, attempt), so a run is reproducible and a retry gets a fresh draw. Given a model folder
 (`model_dir`) the actor runs the real front end (audio, features, prompt ids) and this engine encodes its answer
 with the model's tokenizer, so CPU cost and token counts are real; without one it counts ~4 characters a token. The engine option
 `sim_broken_devices` (a list of device ids, via [engine_options] in a config file) makes every request on those
 devices fail, to exercise taking a device out of the pool.
+
+Token log-probabilities (the confidence columns) are drawn from (seed, utterance id, attempt) too: each token's
+-log p is exponential with a per-utterance mean, itself log-normal around a level that depends on the outcome —
+≈0.04 for a clean answer (confidence ≈ 0.96), ≈0.5 for garble, ≈1 for repeat — so low confidence goes with errors,
+with some overlap, as it does for a real model, and `eval`'s calibration tables have something to show.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimi
 DEFAULT_TTFT_S = 24.0
 DEFAULT_S_PER_TOKEN = 0.8
 FALLBACK_TEXT = "simulated output"
-FAULT_KINDS = ("error", "empty", "repeat", "crash")
+FAULT_KINDS = ("error", "empty", "repeat", "crash", "garble")  # new kinds go last: earlier draws stay
 CHARS_PER_TOKEN = 4.0  # rough English BPE ratio: counts generated tokens when no model folder (tokenizer) is given
 # K/V history's share of the bytes a batch-1 decode step reads (Qwen2-Audio-7B w4bf16, SEQLEN 1024: 0.54 of 5.3 GB;
 # benchmarks/runtime.py --projection-only)
@@ -54,6 +60,7 @@ class FaultSpec:
     empty: float = 0.0
     repeat: float = 0.0
     crash: float = 0.0
+    garble: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -84,19 +91,41 @@ class FaultSpec:
             else:
                 raise ValueError(f"--sim-faults: unknown fault {key!r}; known: {', '.join(FAULT_KINDS)}, seed")
         spec_ = cls(**values)
-        if spec_.error + spec_.empty + spec_.repeat + spec_.crash > 1.0:
+        if sum(getattr(spec_, kind) for kind in FAULT_KINDS) > 1.0:
             raise ValueError("--sim-faults: the probabilities add up to more than 1")
         return spec_
 
+    def rng(self, request_id: str, attempt: int, purpose: str = "") -> random.Random:
+        key = f"{self.seed}|{request_id}|{attempt}{purpose}".encode()
+        return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
+
     def draw(self, request_id: str, attempt: int) -> str | None:
-        key = f"{self.seed}|{request_id}|{attempt}".encode()
-        u = random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")).random()
+        u = self.rng(request_id, attempt).random()
         for kind in FAULT_KINDS:
             p = getattr(self, kind)
             if u < p:
                 return kind
             u -= p
         return None
+
+
+LOGPROB_LEVEL = {None: 0.04, "garble": 0.5, "repeat": 1.0, "empty": 0.3}  # mean -log p of a token, per outcome
+GARBLE_WORDS = ("the", "a", "and", "of", "to", "in", "that", "it", "was", "he")
+
+
+def draw_logprobs(rng: random.Random, n: int, fault: str | None) -> list[float]:
+    """n token log-probabilities: -Exp(mean), the mean log-normal around the outcome's level."""
+    mean = LOGPROB_LEVEL.get(fault, LOGPROB_LEVEL[None]) * rng.lognormvariate(0.0, 0.5)
+    return [-rng.expovariate(1.0 / mean) for _ in range(n)]
+
+
+def garble(text: str, rng: random.Random) -> str:
+    """About a third of the words replaced by other common words (never by themselves)."""
+    words = text.split()
+    for i, word in enumerate(words):
+        if rng.random() < 1 / 3:
+            words[i] = rng.choice([w for w in GARBLE_WORDS if w != word.lower()])
+    return " ".join(words)
 
 
 def count_tokens(text: str) -> int:
@@ -140,7 +169,8 @@ class SimulatedEngine(Engine):
 
     def transcribe(self, request: Request) -> EngineResult:
         base_id = request.id.split("#", 1)[0]
-        fault = self.faults.draw(request.id, self._attempt.get(base_id, 1))
+        attempt = self._attempt.get(base_id, 1)
+        fault = self.faults.draw(request.id, attempt)
         if fault == "crash":
             os._exit(77)  # a hard crash of the actor process, as a native fault would do
         text = request.reference if self.text is None else self.text
@@ -152,6 +182,8 @@ class SimulatedEngine(Engine):
             text = " ".join(words[k * len(words) // n:(k + 1) * len(words) // n])
         if fault == "empty":
             text = ""
+        if fault == "garble":
+            text = garble(text, self.faults.rng(request.id, attempt, "|garble"))
         finish = FINISH_EOS
         if fault == "repeat":
             word = (text.split() or ["la"])[0]
@@ -169,7 +201,9 @@ class SimulatedEngine(Engine):
         if fault == "error":
             raise SimulatedFault(f"simulated engine fault on {request.id} (device {self.device})")
         time.sleep(decode)
-        return EngineResult(token_ids=ids, finish_reason=finish, ttft_s=ttft, decode_s=decode, text=text)
+        logprobs = draw_logprobs(self.faults.rng(request.id, attempt, "|logprob"), len(ids), fault)
+        return EngineResult(token_ids=ids, finish_reason=finish, ttft_s=ttft, decode_s=decode, text=text,
+                            token_logprobs=logprobs)
 
 
 def _opt(options: dict, key: str, default: float) -> float:

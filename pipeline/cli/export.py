@@ -1,0 +1,95 @@
+"""`transcribe-batch export RUN [RUN …]`: transcripts as training labels (NeMo manifest, HF dataset, Lhotse cuts)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..evaluate.normalize import NORMALIZERS
+from ..export import FORMATS, ExportError
+from ..export.filters import REASONS, STATUSES, Filters
+from .helptext import reflowed
+
+To = Enum("To", {name: name for name in FORMATS}, type=str)
+Status = Enum("Status", {name: name for name in STATUSES}, type=str)
+Normalizer = Enum("Normalizer", {name: name for name in NORMALIZERS}, type=str)
+
+
+@reflowed
+def export_command(
+    runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run folders (or their results.parquet). Several "
+                                      "runs are concatenated in the order given; an id in two of them is refused."),
+    output: Path = typer.Option(..., "--output", "-o", help="nemo: a .jsonl file; hf: a folder (datasets' "
+                                "save_to_disk); lhotse: a folder with cuts/recordings/supervisions .jsonl.gz."),
+    to: To = typer.Option("nemo", "--to", help="Output format: nemo, hf (Hugging Face datasets) or lhotse "  # type: ignore[valid-type]
+                          "(CutSet)."),
+    status: Status = typer.Option("ok", "--status", help="Keep rows with this status: ok, failed or any."),  # type: ignore[valid-type]
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Keep rows whose confidence "
+                                                   "(exp of the mean token log-probability, 0–1) is at least X; pick X "
+                                                   "from `eval`'s confidence-threshold table."),
+    min_duration: Optional[float] = typer.Option(None, "--min-duration", help="Keep utterances of at least S seconds."),
+    max_duration: Optional[float] = typer.Option(None, "--max-duration", help="Keep utterances of at most S seconds."),
+    agree_with: Optional[Path] = typer.Option(None, "--agree-with", help="A second run over the same ids (another "
+                                              "model or engine): keep a row only if both transcripts agree."),
+    max_disagreement: Optional[float] = typer.Option(None, "--max-disagreement", help="With --agree-with: the "
+                                                     "largest normalized WER between the two transcripts (the "
+                                                     "--agree-with run's as reference) to keep a row, e.g. 0.1."),
+    normalizer: Normalizer = typer.Option("whisper", "--normalizer", help="Text normalization for --agree-with "  # type: ignore[valid-type]
+                                          "(as in eval): whisper, basic or none."),
+    fields: List[str] = typer.Option([], "--field", help="Also carry this result column (repeatable), e.g. "
+                                     "--field confidence --field id --field language; `text` (the reference) "
+                                     "is written as reference_text."),
+    embed_audio: bool = typer.Option(False, "--embed-audio", help="hf only: decode each utterance (16 kHz mono, "
+                                     "its offset/duration) into the dataset's audio column instead of paths."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Export what runs produced as training labels, keeping only the rows that pass the filters.
+
+    The transcript (`pred_text`) becomes the label. Rows are streamed in batches: memory stays flat however big
+    the runs are, and the output appears under its name only when complete. A summary says how many rows were kept
+    and how many were dropped for each reason (status, empty transcript, no/low confidence, duration, agreement).
+
+    Examples:
+
+      transcribe-batch export runs/x --to nemo -o labels.jsonl --min-confidence 0.9
+
+      transcribe-batch export runs/x --to hf -o labels-hf --embed-audio --field confidence
+
+      transcribe-batch export runs/x --to lhotse -o labels-lhotse --agree-with runs/y --max-disagreement 0.1
+    """
+    from ..export.export import export
+
+    err = Console(stderr=True, soft_wrap=True)
+    if agree_with is not None and max_disagreement is None:
+        max_disagreement = 0.1
+    filters = Filters(status=status.value, min_confidence=min_confidence, min_duration=min_duration,
+                      max_duration=max_duration, max_disagreement=max_disagreement)
+    try:
+        summary = export(runs, output, fmt=to.value, filters=filters, fields=fields, agree_with=agree_with,
+                         normalizer=normalizer.value, embed_audio=embed_audio, overwrite=overwrite)
+    except ExportError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    data = summary.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"export → {output} ({to.value})", title_justify="left")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", str(data["n_rows"]))
+    table.add_row("kept", f"{data['n_kept']} ({data['hours_kept']:.3f} h)")
+    for reason, count in data["dropped"].items():
+        table.add_row(f"dropped: {REASONS[reason]}", str(count))
+    err.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_command)

@@ -1,0 +1,150 @@
+"""One export: check everything, compare with the other run (if asked), stream the kept rows into the writer,
+move the output into place, and say what was kept and what was dropped and why."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transcribe_batch.manifests.reader import DigestSet, id_digest
+
+from ..evaluate.normalize import NORMALIZERS
+from . import ExportError, writer_class
+from .filters import REASONS, Filters, keep_mask
+from .source import RunSource, open_run, open_runs
+from .writer import BUILT_IN, ROW_COLUMNS, WriterOptions, field_name
+
+
+@dataclass
+class RunCount:
+    path: str
+    n_rows: int
+    n_kept: int = 0
+
+
+@dataclass
+class Summary:
+    output: str
+    format: str
+    n_rows: int = 0
+    n_kept: int = 0
+    audio_s_kept: float = 0.0
+    dropped: Counter = field(default_factory=Counter)
+    runs: list[RunCount] = field(default_factory=list)
+    agree_with: str | None = None
+    filters: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output,
+            "format": self.format,
+            "n_rows": self.n_rows,
+            "n_kept": self.n_kept,
+            "n_dropped": self.n_rows - self.n_kept,
+            "hours_kept": self.audio_s_kept / 3600,
+            "dropped": {reason: self.dropped.get(reason, 0) for reason in REASONS if self.dropped.get(reason)},
+            "runs": [vars(r) for r in self.runs],
+            "agree_with": self.agree_with,
+            "filters": self.filters,
+        }
+
+
+def _check_fields(sources: Sequence[RunSource], fields: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for name in fields:
+        if name in BUILT_IN:
+            raise ExportError(f"--field {name}: already in every export (audio_filepath, offset, duration, text)")
+        for s in sources:
+            if name not in s.columns:
+                raise ExportError(f"--field {name}: {s.results} has no such column; it has: {', '.join(s.columns)}")
+        if field_name(name) in out:
+            raise ExportError(f"--field {name} given twice")
+        out.append(name)
+    return tuple(out)
+
+
+def _check_unique_ids(sources: Sequence[RunSource]) -> None:
+    """Several runs are concatenated; an id in two of them is refused (which label would be right?)."""
+    if len(sources) < 2:
+        return
+    seen = DigestSet(sum(s.n_rows for s in sources))
+    for source in sources:
+        for batch in source.batches(["id"]):
+            for row_id in batch["id"].to_pylist():
+                if not seen.add(id_digest(row_id)):
+                    first = next((s for s in sources[:sources.index(source) + 1] if _has_id(s, row_id)), source)
+                    raise ExportError(f"id {row_id!r} is in both {first.path} and {source.path}: export runs with "
+                                      "disjoint ids (or only the run whose labels you want)")
+
+
+def _has_id(source: RunSource, row_id: str) -> bool:
+    return any(pc.any(pc.equal(b["id"], row_id)).as_py() for b in source.batches(["id"]))
+
+
+def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo", filters: Filters = Filters(),
+           fields: Sequence[str] = (), agree_with: str | Path | None = None, normalizer: str = "whisper",
+           embed_audio: bool = False, overwrite: bool = False) -> Summary:
+    filters.check()
+    if normalizer not in NORMALIZERS:
+        raise ExportError(f"--normalizer {normalizer!r}: choose from {', '.join(NORMALIZERS)}")
+    if agree_with is None and filters.max_disagreement is not None:
+        raise ExportError("--max-disagreement needs --agree-with RUN")
+    if agree_with is not None and filters.max_disagreement is None:
+        raise ExportError("--agree-with needs --max-disagreement (e.g. 0.1)")
+    sources = open_runs(runs)
+    other = open_run(agree_with) if agree_with is not None else None
+    if other is not None and any(other.results.resolve() == s.results.resolve() for s in sources):
+        raise ExportError(f"--agree-with {agree_with}: is one of the runs exported; compare with another run")
+    if filters.min_confidence is not None:
+        for s in sources:
+            if "confidence" not in s.columns:
+                raise ExportError(f"{s.results}: no confidence column (a run written before confidence existed): "
+                                  "--min-confidence cannot be applied to it")
+    fields = _check_fields(sources, fields)
+    Writer = writer_class(fmt)
+    output = Path(output)
+    options = WriterOptions(fields=fields, embed_audio=embed_audio, overwrite=overwrite)
+    if embed_audio and fmt != "hf":
+        raise ExportError("--embed-audio is for --to hf (NeMo and Lhotse manifests point at the audio files)")
+    _check_unique_ids(sources)
+
+    agreement = None
+    if other is not None:
+        from .agreement import agreement_codes
+        from .filters import pre_agreement
+
+        agreement = agreement_codes(sources, other, pre_agreement(filters), normalizer=normalizer,
+                                    workdir=output.parent if output.parent.exists() else None)
+
+    summary = Summary(str(output), fmt, agree_with=str(agree_with) if agree_with is not None else None,
+                      filters={k: v for k, v in vars(filters).items() if v is not None})
+    columns = list(dict.fromkeys([*ROW_COLUMNS, *filters.columns(), "status", *fields]))
+    writer = Writer(output, options)
+    try:
+        start = 0
+        for source in sources:
+            count = RunCount(str(source.path), source.n_rows)
+            for batch in source.batches(columns):
+                codes = agreement[start:start + batch.num_rows] if agreement is not None else None
+                keep, dropped = keep_mask(batch, filters, codes)
+                start += batch.num_rows
+                kept = batch.filter(pa.array(keep))
+                if kept.num_rows:
+                    writer.write(kept)
+                count.n_kept += kept.num_rows
+                summary.audio_s_kept += float(pc.sum(kept["duration_s"]).as_py() or 0.0)
+                summary.dropped.update(dropped)
+            summary.runs.append(count)
+            summary.n_rows += count.n_rows
+            summary.n_kept += count.n_kept
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return summary

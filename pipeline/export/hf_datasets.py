@@ -1,0 +1,101 @@
+"""Hugging Face dataset (`datasets`, Arrow on disk): `datasets.load_from_disk(OUT)` gives a Dataset with `id`,
+`text` (the transcript), `duration`, and either `audio_filepath` + `offset` (paths; default) or `audio` (with
+--embed-audio: the utterance's own samples, 16 kHz mono FLAC bytes in an `Audio(sampling_rate=16000)` column), then
+the `--field` columns with their Arrow types.
+
+Rows are written batch by batch with datasets' ArrowWriter into a temporary Arrow file (flat memory), which
+`save_to_disk` then lays out as datasets does (shards, dataset_info.json, state.json) under a temporary folder that
+is renamed to OUT when complete.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import soundfile as sf
+from datasets.arrow_writer import ArrowWriter
+
+from transcribe_batch.workers.audio import SAMPLE_RATE, AudioError, load_audio
+
+from . import ExportError
+from .writer import WriterOptions, check_target, field_name, move_into_place, remove, temp_beside
+
+
+def _flac(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+class Writer:
+    kind = "folder"
+
+    def __init__(self, output: Path, options: WriterOptions):
+        check_target(output, options.overwrite)
+        self.output = output
+        self.options = options
+        self.tmp = temp_beside(output)
+        self.tmp.mkdir()
+        self.arrow_path = self.tmp / "rows.arrow"
+        self.writer: ArrowWriter | None = None
+
+    def _features(self, table: pa.Table) -> datasets.Features:
+        spec: dict = {"id": datasets.Value("string")}
+        if self.options.embed_audio:
+            spec["audio"] = datasets.Audio(sampling_rate=SAMPLE_RATE)
+        else:
+            spec["audio_filepath"] = datasets.Value("string")
+            spec["offset"] = datasets.Value("float64")
+        spec["duration"] = datasets.Value("float64")
+        spec["text"] = datasets.Value("string")
+        field_schema = pa.schema([pa.field(field_name(n), table.schema.field(n).type) for n in self.options.fields])
+        spec.update(datasets.Features.from_arrow_schema(field_schema))
+        return datasets.Features(spec)
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = ArrowWriter(features=self._features(table), path=str(self.arrow_path))
+        batch: dict = {"id": table["id"].to_pylist()}
+        if self.options.embed_audio:
+            paths, offsets, durations = (table[c].to_pylist() for c in ("audio_filepath", "offset", "duration_s"))
+            try:
+                batch["audio"] = [{"bytes": _flac(load_audio(p, offset=o or 0.0, duration=d)), "path": None}
+                                  for p, o, d in zip(paths, offsets, durations)]
+            except AudioError as e:
+                raise ExportError(f"--embed-audio: {e}") from None
+        else:
+            batch["audio_filepath"] = table["audio_filepath"].to_pylist()
+            batch["offset"] = [o or 0.0 for o in table["offset"].to_pylist()]
+        batch["duration"] = table["duration_s"].to_pylist()
+        batch["text"] = [t.strip() for t in table["pred_text"].to_pylist()]
+        for name in self.options.fields:
+            batch[field_name(name)] = table[name].to_pylist()
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        if self.writer is None:  # nothing kept: an empty dataset with the base columns
+            self.writer = ArrowWriter(features=self._features(pa.table({n: pa.array([], pa.string())
+                                                                        for n in self.options.fields})),
+                                      path=str(self.arrow_path))
+        self.writer.finalize()
+        self.writer.close()
+        dataset = datasets.Dataset.from_file(str(self.arrow_path))
+        final = self.tmp / "dataset"
+        dataset.save_to_disk(str(final))
+        del dataset
+        staged = temp_beside(self.output)
+        final.rename(staged)
+        remove(self.tmp)
+        move_into_place(staged, self.output)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - removing it anyway
+                pass
+        remove(self.tmp)
