@@ -52,18 +52,21 @@ class Shapes:
     mask_bytes: int  # bytes of one attention-mask element
     audio_input_bytes: int  # the audio net's inputs (log-mel window + our key mask)
     port_audio_input_bytes: int  # the port's audio net inputs (log-mel + a full [frames/2]² mask)
+    up_bytes: int = 8  # per token up: the id (4 B) + its f32 log-probability (4 B) from a logprob head; 4 without
 
 
 def ours_prefill(s: Shapes) -> tuple[int, int]:
-    """(h2d, d2h) of our prefill: audio inputs, ids, positions, causal mask, the decode mask once; one token id up."""
+    """(h2d, d2h) of our prefill: audio inputs, ids, positions, causal mask, the decode mask once; one token id (+ its
+    log-probability) up."""
     S = s.seqlen
-    return s.audio_input_bytes + 4 * S + 4 * S + S * S * s.mask_bytes + (S + 1) * s.mask_bytes, 4
+    return s.audio_input_bytes + 4 * S + 4 * S + S * S * s.mask_bytes + (S + 1) * s.mask_bytes, s.up_bytes
 
 
 def ours_decode(steps: int, s: Shapes) -> tuple[int, int]:
     """(h2d, d2h) of `steps` decode steps: a position (4 B) and, after the first step, one mask slot go down; the
-    chosen token id (4 B) comes up. KV stays on the device; the token goes back into embedding_cache d2d."""
-    return 4 * steps + s.mask_bytes * max(0, steps - 1), 4 * steps
+    chosen token id (4 B) and its log-probability (4 B) come up. KV stays on the device; the token goes back into
+    embedding_cache d2d."""
+    return 4 * steps + s.mask_bytes * max(0, steps - 1), s.up_bytes * steps
 
 
 def port_prefill(s: Shapes) -> tuple[int, int]:
@@ -89,7 +92,7 @@ def shapes_of(rt, name: str) -> Shapes:
     frames = mel["shape"][-1]
     port_audio = int(np.prod(mel["shape"])) * DTYPE_BYTES[mel["dtype"]] + (frames // 2) ** 2 * 4
     return Shapes(name, lay["n_layers"], lay["kv_row_bytes"], lay["seqlen"], DTYPE_BYTES[lay["mask_dtype"]],
-                  audio_bytes, port_audio)
+                  audio_bytes, port_audio, 8 if lay.get("token_logprob") == "head" else 4)
 
 
 def qwen2_audio_7b(seqlen: int, kv_bytes: int) -> Shapes:

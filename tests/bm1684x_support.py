@@ -106,3 +106,21 @@ def assert_tokens_match(got: list[int], clip: dict, *, where: str) -> None:
             print(f"{where}: step {i} differs at a near-tie (margin {margin:.2e}): got {g}, reference {w}")
             return
     assert len(got) == len(want), f"{where}: got {len(got)} tokens {got}, reference {len(want)} {want}"
+
+
+# The fixture is f16 (10-bit mantissa): the card's logits differ from HF fp32's by a few 1e-3 (rounding of the
+# hidden states, the f16 lm_head matmul), and log p(top-1) = -log(sum exp(x - max)) moves by at most the largest
+# logit error; measured max |card - HF| is printed by the tests. bf16 builds would need ~8x this.
+LOGPROB_ATOL_F16 = 2e-2
+
+
+def assert_logprobs_match(got: list[float] | None, clip: dict, *, where: str, atol: float = LOGPROB_ATOL_F16) -> float:
+    """The card's per-token log-probabilities against HF fp32's log-softmax of the chosen tokens (aligned with the
+    tokens it generated, stop id excluded). Returns the largest difference."""
+    assert got is not None, f"{where}: no token log-probabilities"
+    want = clip["token_logprobs"][:len(got)]
+    assert len(got) == len(want), f"{where}: {len(got)} log-probabilities for {len(want)} reference steps"
+    assert all(v <= 1e-3 for v in got), f"{where}: log-probabilities above 0: {got}"
+    worst = max((abs(g - w) for g, w in zip(got, want)), default=0.0)
+    assert worst <= atol, f"{where}: log-probabilities {got} vs HF fp32 {want} (max diff {worst:.2e} > {atol})"
+    return worst

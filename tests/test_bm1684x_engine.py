@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from bm1684x_support import REPO, assert_tokens_match, clip_row, fixture_dir, native, port_bmodel_path, reference
+from bm1684x_support import (REPO, assert_logprobs_match, assert_tokens_match, clip_row, fixture_dir, native,
+                             port_bmodel_path, reference)
 from transcribe_batch.workers.engines import SequenceTooLong, create_engine
 from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS
 
@@ -54,7 +55,8 @@ def test_real_audio_through_front_end_and_engine_matches_hf(engine, frontend, au
     assert_tokens_match(got, clip, where=f"engine {clip['audio_filepath']}")
     assert res.finish_reason == (FINISH_EOS if clip["finish"] == "stop" else FINISH_MAX_TOKENS)
     assert res.ttft_s > res.encode_s > 0 and res.decode_s > 0
-    assert res.extra["decode_h2d_bytes_per_token"] < 8 and res.extra["decode_d2h_bytes_per_token"] == 4
+    assert res.extra["decode_h2d_bytes_per_token"] < 8 and res.extra["decode_d2h_bytes_per_token"] == 8  # id + logprob
+    assert_logprobs_match(res.token_logprobs, clip, where=f"engine {clip['audio_filepath']}")
     assert isinstance(frontend.decode(res.token_ids), str)
 
 
@@ -172,6 +174,8 @@ def test_batched_engine_keeps_its_slots_full_and_fails_requests_alone(engine4, a
         clip, n = plan[i]
         res = out[i]
         assert res.token_ids == clips[clip]["tokens"][:n], (i, res.token_ids)
+        # one log-probability per token, from the card's head (equality with HF: tests/test_native_runtime.py)
+        assert len(res.token_logprobs) == n and all(v <= 1e-3 for v in res.token_logprobs), res.token_logprobs
         assert res.finish_reason == FINISH_MAX_TOKENS
         assert res.extra["batch"] == BATCH and res.extra["decode_steps"] == n - 1
         assert res.ttft_s > res.encode_s > 0
@@ -210,3 +214,24 @@ def test_a_batched_bmodel_sets_the_actors_batch_even_when_batch_size_is_1():
         assert worker.info()["batch_size"] == BATCH
     finally:
         worker.close()
+
+
+def _generation(**kw) -> dict:
+    counters = {"h2d_bytes": 6, "d2h_bytes": 8, "launches": 4}
+    return {"tokens": [5, 7], "finish_reason": "eos", "ttft_s": 0.2, "encode_s": 0.1, "step_s": [0.05],
+            "prompt_len": 30, "prefill_s": 0.1, "slot": 0, "prefill": counters, "decode": counters, **kw}
+
+
+def test_engine_result_carries_the_heads_log_probabilities_or_none_for_an_id_only_head():
+    """A bmodel whose head reports log-probabilities fills the confidence columns; one whose head gives ids only
+    (older builds, the public port's layout: token_logprobs None) leaves them null instead of failing."""
+    from transcribe_batch.workers.confidence import confidence_fields
+    from transcribe_batch.workers.engines.bm1684x import _result
+
+    res = _result(_generation(token_logprobs=[-0.25, -1.5]), wait_s=0.0, batch=1)
+    assert res.token_logprobs == [-0.25, -1.5]
+    fields = confidence_fields([res])
+    assert fields["mean_logprob"] == pytest.approx(-0.875) and fields["min_logprob"] == -1.5
+    old = _result(_generation(token_logprobs=None), wait_s=0.0, batch=1)
+    assert old.token_logprobs is None and old.token_ids == [5, 7]
+    assert confidence_fields([old]) == {"mean_logprob": None, "min_logprob": None, "confidence": None}

@@ -1,8 +1,10 @@
 """The whole pipeline on the BM1684X simulator: `transcribe-batch run ... --engine bm1684x` with the tiny fixture,
-then the raw answers in results.parquet are exactly the HF reference's greedy tokens, decoded."""
+then the raw answers in results.parquet are exactly the HF reference's greedy tokens, decoded, and the confidence
+columns come from the card's per-token log-probabilities."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bm1684x_support import bmodel_path, fixture_dir, native, reference
+from bm1684x_support import LOGPROB_ATOL_F16, bmodel_path, fixture_dir, native, reference
 from manifest_helpers import write_reference_manifest
 
 N_TOKENS = 4  # the simulator is slow; the runtime tests compare all reference steps
@@ -44,6 +46,11 @@ def test_run_with_engine_bm1684x_on_the_simulator(tmp_path, audio_dir):
         assert row["raw_text"] == fe.decode(clip["tokens"][:N_TOKENS])
         assert row["n_audio_tokens"] == clip["n_audio_tokens"]
         assert row["ttft_s"] > 0 and row["decode_s"] > 0
+        # confidence from the card's head: HF fp32's log-probabilities of the same tokens, within f16 rounding
+        want = clip["token_logprobs"][:N_TOKENS]
+        assert row["mean_logprob"] == pytest.approx(sum(want) / N_TOKENS, abs=LOGPROB_ATOL_F16)
+        assert row["min_logprob"] == pytest.approx(min(want), abs=LOGPROB_ATOL_F16)
+        assert 0 < row["confidence"] <= 1 and row["confidence"] == pytest.approx(math.exp(row["mean_logprob"]))
 
 
 @pytest.mark.slow
@@ -72,3 +79,5 @@ def test_run_with_a_batched_bmodel_and_batch_size_4(tmp_path, audio_dir):
         assert row["status"] == "ok", row
         assert row["raw_text"].strip() == fe.decode(clip["tokens"][:3]).strip()  # the record strips whitespace
         assert row["n_new_tokens"] == 3 and row["ttft_s"] > 0 and row["decode_s"] > 0
+        assert row["mean_logprob"] < 0 and row["min_logprob"] <= row["mean_logprob"]  # filled from the card's head
+        assert 0 < row["confidence"] <= 1

@@ -60,6 +60,7 @@ def test_fixture_sidecar_matches_config_and_preprocessor(fixture_sidecar):
     assert s["mel_frames"] == pre["chunk_length"] * pre["sampling_rate"] // pre["hop_length"] == pre["nb_max_frames"]
     assert s["max_audio_tokens"] == audio["max_source_positions"] // 2
     assert s["lm_head"] == "greedy" and s["chip"] == "bm1684x"
+    assert s["token_logprob"] == "head"  # the head returns the chosen token's log-probability too
     assert set(s["nets"]) == {"audio", "embedding", "embedding_cache", "lm_head", "block_0", "block_1",
                               "block_cache_0", "block_cache_1"}
 
@@ -120,6 +121,7 @@ def test_sidecar_float_mode_has_no_group_size(tmp_path):
     ("format_version", 2, "format_version 2"),
     ("nets", _nets(31), "block_31"),
     ("max_audio_tokens", True, "'max_audio_tokens'"),
+    ("token_logprob", "logits", "'token_logprob'"),
 ])
 def test_sidecar_validation_names_the_bad_field(tmp_path, field, value, message):
     _, data = _build(tmp_path)

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from bm1684x_support import (assert_tokens_match, bmodel_path, clip_row, fixture_dir, native, port_bmodel_path, reference,
-                             too_long_prompt)
+from bm1684x_support import (LOGPROB_ATOL_F16, assert_logprobs_match, assert_tokens_match, bmodel_path, clip_row, fixture_dir, native,
+                             port_bmodel_path, reference, too_long_prompt)
 
 pytestmark = [pytest.mark.slow, pytest.mark.simulator]
 
@@ -70,6 +70,9 @@ def test_layout_is_read_from_the_bmodel(rt):
     assert lay["n_mels"] == sidecar["n_mels"] and lay["n_frames"] == sidecar["mel_frames"]
     assert lay["audio_rows"] == sidecar["max_audio_tokens"]
     assert lay["lm_head"].startswith(sidecar["lm_head"])
+    assert lay["token_logprob"] == "head" and sidecar["token_logprob"] == "head"
+    lm_head = next(n for n in rt.nets if n["name"] == "lm_head")
+    assert [(o["dtype"], o["shape"]) for o in lm_head["outputs"]] == [("INT32", [1, 1]), ("F32", [1, 1])]
     kv = config["text_config"]["num_key_value_heads"] * sidecar["head_dim"] * 2  # bf16
     assert lay["kv_row_bytes"] == kv
     names = {n["name"] for n in rt.nets}
@@ -88,21 +91,25 @@ def test_greedy_tokens_match_hf_and_decode_traffic_is_constant(rt, requests):
         assert_tokens_match(got, clip, where=clip["audio_filepath"])
         assert out["finish_reason"] == ("eos" if stopped else "max_tokens")
         assert out["prompt_len"] == len(clip["input_ids"])
+        worst = assert_logprobs_match(out["token_logprobs"], clip, where=clip["audio_filepath"])
+        assert len(out["token_logprobs"]) == len(out["tokens"])
 
         steps = len(out["step_s"])
         assert steps == len(got) - 1  # the first token comes from the prefill
         assert out["ttft_s"] > out["encode_s"] > 0 and all(s > 0 for s in out["step_s"])
         dec = out["decode"]
         # per step: the position (4 B) and one newly visible mask slot (2 B, none on the first step) go down, the
-        # chosen token id (4 B) comes back; the token itself goes back into embedding_cache device-to-device.
+        # chosen token id (4 B) and its log-probability (4 B f32, computed by the head on the device) come back; the
+        # token itself goes back into embedding_cache device-to-device.
         assert dec["h2d_bytes"] == 4 * steps + 2 * (steps - 1), dec
-        assert dec["d2h_bytes"] == 4 * steps, dec
+        assert dec["d2h_bytes"] == 8 * steps, dec
         per_token.add((dec["h2d_bytes"] + 2) / steps)
         # the public port's design copied every layer's K and V (SEQLEN slots) to the host and back per token
         port_bytes = 2 * lay["n_layers"] * lay["seqlen"] * lay["kv_row_bytes"]
         print(f"{clip['audio_filepath']}: prompt {out['prompt_len']} tokens, decode h2d {dec['h2d_bytes'] / steps:.1f} "
               f"B/token, d2h {dec['d2h_bytes'] / steps:.1f} B/token (host-KV design: {port_bytes} B each way); "
-              f"encode {out['encode_s']:.2f}s ttft {out['ttft_s']:.2f}s step {np.mean(out['step_s']):.2f}s")
+              f"encode {out['encode_s']:.2f}s ttft {out['ttft_s']:.2f}s step {np.mean(out['step_s']):.2f}s; "
+              f"logprobs max |card - HF fp32| {worst:.2e}")
         assert dec["h2d_bytes"] / steps < port_bytes / 100
     assert per_token == {6.0}, "bytes per token must not depend on the prompt length"
 
@@ -114,6 +121,7 @@ def test_stops_on_a_stop_id_and_excludes_it(rt, requests):
     out = run(rt, req, max_new_tokens=len(want), stop_ids=[want[k]])
     assert out["finish_reason"] == "eos" and out["stop_id"] == want[k]
     assert out["tokens"] == want[:k]
+    assert_logprobs_match(out["token_logprobs"], clip, where="stopped")  # one per token, the stop id's not included
 
 
 def test_max_new_tokens_one_is_the_prefill_token_and_the_gil_is_free_meanwhile(rt, requests):
@@ -186,6 +194,12 @@ def test_public_port_layout_gives_the_same_tokens(tbn, requests):
     assert_tokens_match(out["tokens"], clip, where=f"port layout {clip['audio_filepath']}")
     steps = len(out["step_s"])
     token_bytes = 4 if rt.layout["lm_head"] == "logits+greedy_head" else 4 * lay["vocab"]  # greed on device, or argmax on host
+    # the port's `greed` gives ids only: no log-probabilities (confidence null), unless the argmax runs on the host,
+    # which then computes the exact log-softmax of the scores it reads anyway
+    if lay["token_logprob"] == "host":
+        assert_logprobs_match(out["token_logprobs"], clip, where="port layout, host argmax")
+    else:
+        assert lay["token_logprob"] == "none" and out["token_logprobs"] is None
     assert out["decode"]["d2h_bytes"] == token_bytes * steps
     assert out["decode"]["h2d_bytes"] == 4 * steps + 2 * (steps - 1) + (0 if token_bytes == 4 else 4 * steps)
 
@@ -206,6 +220,7 @@ def test_batched_layout(rt, rt4):
     lay, lay1 = rt4.layout, rt.layout
     sidecar = json.loads(batched_bmodel_path().with_name(batched_bmodel_path().name + ".json").read_text())
     assert rt4.batch == lay["batch"] == sidecar["batch"] == BATCH
+    assert lay["token_logprob"] == "head" and sidecar["token_logprob"] == "head"
     assert lay1["batch"] == 1 and lay1["decode_kv"] == "concat" and lay1["kv_capacity"] == lay1["seqlen"]
     assert lay["decode_kv"] == "insert" and lay["kv_capacity"] == lay["seqlen"] - 1
     nets = {n["name"]: n for n in rt4.nets}
@@ -214,6 +229,9 @@ def test_batched_layout(rt, rt4):
     assert nets["block_cache_0"]["inputs"][0]["shape"] == [BATCH, 1, lay["hidden"]]
     assert nets["block_0"] == {**next(n for n in rt.nets if n["name"] == "block_0")}  # the prefill is the B=1 one
     assert rt4.free_slots() == BATCH and [rt4.state(i) for i in range(BATCH)] == ["free"] * BATCH
+
+
+_BATCHED: dict = {}  # request name -> (clip index, generation dict) from the batched scenario below
 
 
 def _start(rt, req, *, max_new_tokens, stop_ids=None, prompt_ids=None):
@@ -290,8 +308,25 @@ def test_batched_slots_match_hf_with_staggered_starts_stops_refills_and_an_overr
         assert steps == n - 1 + (finish == "eos")
         dec = out["decode"]
         assert dec["h2d_bytes"] == 4 * steps + 2 * max(steps - 1, 0), (name, dec)  # position + one mask slot
-        assert dec["d2h_bytes"] == 4 * steps, (name, dec)                           # its token id
+        assert dec["d2h_bytes"] == 8 * steps, (name, dec)                           # its token id + log-probability
+        lp = out["token_logprobs"]
+        assert len(lp) == n and all(np.isfinite(lp)) and max(lp) <= 1e-3, (name, lp)
+        # the first token comes from the prefill through this slot's row of the B-row lm_head
+        assert lp[0] == pytest.approx(clips[clip]["token_logprobs"][0], abs=LOGPROB_ATOL_F16), (name, lp)
+        _BATCHED[name] = (clip, out)
         assert dec["launches"] == launches_per_step * steps, (name, dec)
         assert out["ttft_s"] > out["encode_s"] > 0
     assert rt4.free_slots() == rt4.batch
     assert len({results[n]["slot"] for n in "ab"}) == 2
+
+
+@pytest.mark.xfail(strict=True, reason="B=4 decode: from the 3rd decode step on, the log-probabilities differ from HF "
+                   "fp32 by up to ~0.4 while the argmax tokens still match (B=1 matches to 1e-2 at every step): the "
+                   "batched decode nets' hidden states drift; see native/README.md 'Measured'")
+def test_batched_logprobs_match_hf():
+    """Every batched request's per-token log-probabilities equal HF fp32's (uses the scenario's results above)."""
+    if not _BATCHED:
+        pytest.skip("the batched scenario did not run")
+    clips = reference()["clips"]
+    for name, (clip, out) in sorted(_BATCHED.items()):
+        assert_logprobs_match(out["token_logprobs"], clips[clip], where=f"batched request {name}")

@@ -10,7 +10,7 @@ Every engine reports, per generated token, the natural-log probability the model
   token had probability 1). faster-whisper's `avg_logprob` is the same mean, before the exp.
 
 All three are null when no token was generated, or when any piece's engine gave no log-probabilities (the bm1684x
-engine until its head net reports them): an utterance is never scored on part of its tokens.
+engine with a bmodel whose head gives token ids only): an utterance is never scored on part of its tokens.
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ def compile_bmodel(args: argparse.Namespace) -> dict:
         max_input_length=conv.max_input_length, quantization=args.quantize,
         q_group_size=args.q_group_size if args.quantize.startswith("w") else None, lm_head=args.lm_head,
         chip=args.chip, nets=net_names(info), tools=tool_versions(), audio_mask_value=AUDIO_MASK_VALUE,
-        batch=args.batch)
+        batch=args.batch, token_logprob="head")
     sidecar.write_sidecar(output, data)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)

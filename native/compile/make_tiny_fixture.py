@@ -237,7 +237,8 @@ def config_audio_id(model) -> int:
 
 
 def hf_reference(out: Path, shared: Path, ids: dict[str, int]) -> dict:
-    """HF transformers fp32 greedy generate on each clip, with per-step top-1/top-2 logit margins."""
+    """HF transformers fp32 greedy generate on each clip, with per-step top-1/top-2 logit margins and the chosen
+    token's log-probability (log-softmax over the whole vocabulary, fp32: what the bmodel's head reports)."""
     import torch
     import transformers
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
@@ -262,8 +263,10 @@ def hf_reference(out: Path, shared: Path, ids: dict[str, int]) -> dict:
         steps = []
         for t, logits in enumerate(gen.logits):
             top = torch.topk(logits[0].float(), 2)
+            logprob = torch.log_softmax(logits[0].float(), dim=-1)[top.indices[0]]
             steps.append({"top1": int(top.indices[0]), "top2": int(top.indices[1]),
-                          "top1_logit": float(top.values[0]), "margin": float(top.values[0] - top.values[1])})
+                          "top1_logit": float(top.values[0]), "margin": float(top.values[0] - top.values[1]),
+                          "logprob": float(logprob)})
             if steps[-1]["top1"] != tokens[t]:
                 raise RuntimeError("generate() did not pick the top-1 logit: not a plain greedy run")
         finish = "stop" if tokens and tokens[-1] in stop else "length"
@@ -308,6 +311,7 @@ def hf_reference(out: Path, shared: Path, ids: dict[str, int]) -> dict:
             "finish": finish,
             "steps": steps,
             "min_margin": min(s["margin"] for s in steps),
+            "token_logprobs": [s["logprob"] for s in steps],
         })
     return {
         "about": "HF transformers fp32 greedy generate() on the fixture's weights (model.safetensors) for clips of "

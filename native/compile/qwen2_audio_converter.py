@@ -119,9 +119,11 @@ class Qwen2AudioConverter(LlmConverter):
 
     def gen_embedding_lmhead_mlir(self):
         super().gen_embedding_lmhead_mlir()
-        if self.batch > 1:  # replace the batch-1 decode-side nets LlmConverter just wrote
+        if self.batch > 1:  # replace the batch-1 decode-side net LlmConverter just wrote
             self.gen_batched_embedding_cache()
-            self.gen_batched_lm_head()
+        if self.batch > 1 or self.lmhead_with_topk:
+            # our lm_head: B rows; a greedy head also returns the chosen token's log-probability
+            self.gen_lm_head()
 
     def gen_batched_embedding_cache(self):
         name, b = "embedding_cache", self.batch
@@ -135,11 +137,29 @@ class Qwen2AudioConverter(LlmConverter):
         mlir.create_return_op([out])
         self.save_mlir_module(mlir, name)
 
-    def gen_batched_lm_head(self):
+    def greedy_with_logprob(self, mlir, logits, b: int):
+        """TopK(1) over logits [b, vocab] -> (token id [b, 1] int32, its log-softmax [b, 1] f32).
+
+        log p(argmax) = max - logsumexp(logits) = -log(sum(exp(logits - max))): every exp is <= 1 and the sum is
+        in [1, vocab], so nothing overflows; the net's second output is F32 (4 bytes per row), never the logits."""
+        T = mlir.get_tensor_type
+        ip = mlir.insert_point
+        L = lambda s: self.get_loc(s, mlir)  # noqa: E731
+        v = self.vocab_size
+        topk = top.TopKOp(*T([[b, 1], [b, 1]]), logits, axis=1, K=1, loc=L(["token_value", "token_id"]), ip=ip)
+        x = top.SubOp(T([b, v]), [logits, topk.values], loc=L("logprob.sub_max"), ip=ip).output
+        x = top.ExpOp(T([b, v]), x, loc=L("logprob.exp"), ip=ip).output
+        x = top.ReduceOp(T([b, 1]), x, axes=[1], keepdims=True, mode=StringAttr.get("ReduceSum"),
+                         loc=L("logprob.sum"), ip=ip).output
+        x = top.LogOp(T([b, 1]), x, loc=L("logprob.log"), ip=ip).output
+        x = top.MulConstOp(T([b, 1]), x, const_val=-1.0, loc=L("token_logprob"), ip=ip).output
+        return topk.indices, x
+
+    def gen_lm_head(self):
         name, b = "lm_head", self.batch
         lmhead = self.model_info.weights[LlmList.LMHEAD]
         greedy = self.lmhead_with_topk
-        mlir = MLIRImporter([[b, self.hidden_size]], [[b, 1] if greedy else [b, self.vocab_size]], name,
+        mlir = MLIRImporter([[b, self.hidden_size]], [[b, 1], [b, 1]] if greedy else [[b, self.vocab_size]], name,
                             self.platform, weight_file="../lm_head_top_weights.npz")
         T = mlir.get_tensor_type
         ip = mlir.insert_point
@@ -148,21 +168,17 @@ class Qwen2AudioConverter(LlmConverter):
         logits = top.MatMulOp(T([b, self.vocab_size]), x, w, mlir.none_op, do_relu=False, right_transpose=True,
                               loc=self.get_loc(lmhead, mlir), ip=ip).output
         if greedy:
-            topk = top.TopKOp(*T([[b, 1], [b, 1]]), logits, axis=1, K=1,
-                              loc=self.get_loc(["token_value", "token_id"], mlir), ip=ip)
-            mlir.create_return_op([topk.indices])
+            mlir.create_return_op(list(self.greedy_with_logprob(mlir, logits, b)))
         else:
             mlir.create_return_op([logits])
         self.save_mlir_module(mlir, name)
 
-    # ---- logits head: keep a static greedy_head, drop tpu-mlir's dynamic sample_head ----
+    # ---- logits head: keep a static greedy_head (id + log-probability), drop tpu-mlir's dynamic sample_head ----
     def gen_sample_head_mlir(self, max_top_k=50, min_tokens_to_keep=5):
         name, b = "greedy_head", self.batch
-        mlir = MLIRImporter([[b, self.vocab_size]], [[b, 1]], name, self.platform, weight_file=None)
+        mlir = MLIRImporter([[b, self.vocab_size]], [[b, 1], [b, 1]], name, self.platform, weight_file=None)
         in_op = mlir.create_input_op(self.get_loc("m_logits", mlir), 0)
-        topk = top.TopKOp(*mlir.get_tensor_type([[b, 1], [b, 1]]), in_op, axis=1, K=1,
-                          loc=self.get_loc(["token_value", "token_id"], mlir), ip=mlir.insert_point)
-        mlir.create_return_op([topk.indices])
+        mlir.create_return_op(list(self.greedy_with_logprob(mlir, in_op, b)))
         self.save_mlir_module(mlir, name)
 
     def compile_sample_head(self):

@@ -57,6 +57,9 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
 OPTIONAL: dict[str, tuple[tuple[type, ...], str, object]] = {
     "batch": ((int,), "decode rows B: embedding_cache, block_cache_i and lm_head take B sequences at once "
                       "(prefill and audio stay one sequence); 1 = unbatched", 1),
+    "token_logprob": ((str,), "head: the net that picks the token (greedy lm_head, or greedy_head) also returns the "
+                              "chosen token's log-softmax as f32 [B,1] (second output); none: ids only (older builds)",
+                      "none"),
 }
 
 
@@ -85,7 +88,8 @@ def _get(cfg: dict, *keys, default=None):
 
 def build_sidecar(bmodel: str | os.PathLike, config: dict, *, model_id: str, seqlen: int, max_input_length: int,
                   quantization: str, q_group_size: int | None, lm_head: str, chip: str, nets: list[str],
-                  tools: dict, audio_mask_value: float, batch: int = 1, created: str | None = None) -> dict:
+                  tools: dict, audio_mask_value: float, batch: int = 1, token_logprob: str = "none",
+                  created: str | None = None) -> dict:
     """Sidecar for `bmodel` compiled from a Qwen2-Audio `config` (config.json as a dict, defaults filled)."""
     text = config["text_config"]
     audio = config["audio_config"]
@@ -120,6 +124,7 @@ def build_sidecar(bmodel: str | os.PathLike, config: dict, *, model_id: str, seq
         "half_precision": "bf16" if "bf16" in quantization else "f16",
         "lm_head": lm_head,
         "batch": int(batch),
+        "token_logprob": token_logprob,
         "chip": chip,
         "nets": list(nets),
         "tools": dict(tools),
@@ -166,6 +171,8 @@ def validate_sidecar(data: dict, *, where: str = "sidecar") -> dict:
     ]
     if "batch" in data:
         checks.append(("batch", data["batch"] >= 1, "at least 1"))
+    if "token_logprob" in data:
+        checks.append(("token_logprob", data["token_logprob"] in ("head", "none"), "head or none"))
     for field, ok, expect in checks:
         if not ok:
             raise SidecarError(f"{where}: field {field!r} = {data[field]!r} is invalid (expected {expect})")

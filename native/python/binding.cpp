@@ -31,6 +31,7 @@ py::dict layout_dict(const tbn::Layout &l) {
   d["mask_dtype"] = l.mask_dtype;
   d["kv_dtype"] = l.kv_dtype;
   d["lm_head"] = l.lm_head;
+  d["token_logprob"] = l.token_logprob;
   d["vocab"] = l.vocab;
   d["audio_net"] = l.audio_net;
   d["projector_net"] = l.projector_net;
@@ -75,6 +76,11 @@ py::dict generation_dict(const tbn::Generation &g) {
   py::dict d;
   d["slot"] = g.slot;
   d["tokens"] = g.tokens;
+  // natural-log probability of each token (the head's f32 log-softmax), or None when the bmodel's head gives none
+  if (g.has_logprobs)
+    d["token_logprobs"] = g.logprobs;
+  else
+    d["token_logprobs"] = py::none();
   d["finish_reason"] = g.finish_reason;
   d["stop_id"] = g.stop_id;
   d["prompt_len"] = g.prompt_len;

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <sstream>
+#include <utility>
 
 #include "dtype.h"
 
@@ -455,6 +458,7 @@ struct Runtime::Impl {
     L.mask_dtype = dtype_name(mask_dt);
     L.kv_dtype = dtype_name(caches[0]->input_dtypes[3]);
     L.lm_head = greedy ? "greedy" : (greedy_head ? "logits+greedy_head" : "logits+host_argmax");
+    L.token_logprob = logprob_source();
     L.vocab = vocab;
     L.audio_net = audio->name;
     L.projector_net = projector ? projector->name : "";
@@ -501,9 +505,26 @@ struct Runtime::Impl {
     return greedy_head ? &greedy_head->stages[0].output_mems[0] : nullptr;
   }
 
+  // A head net that also returns the chosen token's log-probability: a second output, F32, one value per row.
+  bool has_logprob_output(const bm_net_info_t *net) const {
+    return net && net->output_num >= 2 && net->output_dtypes[1] == BM_FLOAT32 &&
+           elements(out_shape(net, 1)) == static_cast<uint64_t>(batch);
+  }
+
+  // The device memory holding the chosen tokens' log-probabilities (F32, one per row), or nullptr.
+  const bm_device_mem_t *logprob_mem() const {
+    const bm_net_info_t *head = greedy ? lm : greedy_head;
+    return has_logprob_output(head) ? &head->stages[0].output_mems[1] : nullptr;
+  }
+
+  std::string logprob_source() const {
+    if (logprob_mem()) return "head";
+    return !greedy && !greedy_head ? "host" : "none";
+  }
+
   // After lm_head: the chosen ids of every row into tok_buf (on the device when the argmax runs there), and row
   // `row`'s id to the host. With argmax on the host only that row's scores come up and its id goes back down.
-  int take_token(int row, bool all_rows) {
+  std::pair<int, float> take_token(int row, bool all_rows) {
     device_argmax(row, all_rows);
     return read_token(row);
   }
@@ -520,6 +541,7 @@ struct Runtime::Impl {
         // a dynamic greedy_head needs the kernel module, which `model_tool --kernel_remove` strips: argmax on host
         greedy_head = nullptr;
         rt.layout_.lm_head = "logits+host_argmax";
+        rt.layout_.token_logprob = logprob_source();
       }
     }
     const bm_device_mem_t *tm = token_mem();
@@ -529,12 +551,16 @@ struct Runtime::Impl {
     }
   }
 
-  int read_token(int row) {
+  // Row `row`'s chosen id and its log-probability (NaN when the bmodel's head gives none): 4 + 4 bytes up with a
+  // logprob head; with the argmax on the host, the exact log-softmax of the row of scores it reads anyway.
+  std::pair<int, float> read_token(int row) {
     const size_t r = static_cast<size_t>(row);
+    float logprob = std::numeric_limits<float>::quiet_NaN();
+    if (const bm_device_mem_t *lp = logprob_mem()) d2h(&logprob, *lp, r * 4, 4);
     if (token_mem()) {
       int32_t v = 0;
       d2h(&v, tok_buf, r * 4, 4);
-      return v;
+      return {v, logprob};
     }
     const auto &out = lm->stages[0].output_mems[0];
     int best = 0;
@@ -551,10 +577,15 @@ struct Runtime::Impl {
         float v = load_float(lm_out_dt, buf.data(), static_cast<size_t>(i));
         if (v > best_v) { best_v = v; best = i; }  // first maximum, as torch.argmax
       }
+      // log p(best) = -log(sum_i exp(x_i - max)), summed in double
+      double sum = 0;
+      for (int i = 0; i < vocab; ++i)
+        sum += std::exp(static_cast<double>(load_float(lm_out_dt, buf.data(), static_cast<size_t>(i))) - best_v);
+      logprob = static_cast<float>(-std::log(sum));
     }
     int32_t t32 = best;
     h2d(tok_buf, r * 4, &t32, 4);  // the next step feeds it to embedding_cache
-    return best;
+    return {best, logprob};
   }
 
   // Run the audio net (+ projector) and copy its first n rows over the prompt states at row `at`.
@@ -730,7 +761,8 @@ int Runtime::start_locked(const std::vector<float> &features, int n_mels, int n_
     I.d2d(I.lm->stages[0].input_mems[0], row * I.row_bytes, cur, static_cast<size_t>(L - 1) * I.row_bytes,
           I.row_bytes);
     I.launch(I.lm);
-    const int tok = I.take_token(r, false);
+    const auto [tok, logprob] = I.take_token(r, false);
+    g.has_logprobs = I.logprob_source() != "none";  // after the head's first launch (a failing greedy_head -> host)
     g.ttft_s = seconds_since(t0);
     g.prefill_s = g.ttft_s - g.encode_s;
 
@@ -742,7 +774,7 @@ int Runtime::start_locked(const std::vector<float> &features, int n_mels, int n_
       fill_mask_value(I.dmask_dt, dm.data(), static_cast<size_t>(j), j >= L && j < I.mlen - 1);
     I.h2d(I.dmask_buf, row * dm.size(), dm.data(), dm.size());
     g.prefill = minus(counters_, start);
-    accept(r, tok);
+    accept(r, tok, logprob);
   } catch (...) {
     sl = Slot{};
     throw;
@@ -751,7 +783,7 @@ int Runtime::start_locked(const std::vector<float> &features, int n_mels, int n_
 }
 
 // One generated token of slot r: stop, record, or keep decoding (or overrun SEQLEN).
-void Runtime::accept(int r, int tok) {
+void Runtime::accept(int r, int tok, float logprob) {
   Slot &sl = slots_[static_cast<size_t>(r)];
   Generation &g = sl.g;
   if (std::find(sl.stop_ids.begin(), sl.stop_ids.end(), tok) != sl.stop_ids.end()) {
@@ -761,6 +793,7 @@ void Runtime::accept(int r, int tok) {
     return;
   }
   g.tokens.push_back(tok);
+  if (g.has_logprobs) g.logprobs.push_back(logprob);
   if (static_cast<int>(g.tokens.size()) >= sl.max_new_tokens) {
     g.finish_reason = "max_tokens";
     sl.state = SlotState::Done;
@@ -842,7 +875,7 @@ std::vector<int> Runtime::step_locked() {
   I.d2d(I.lm->stages[0].input_mems[0], 0, cur, 0, B * I.row_bytes);
   I.launch(I.lm);
   I.device_argmax(0, true);
-  std::vector<int> toks(B, -1);
+  std::vector<std::pair<int, float>> toks(B, {-1, 0.0f});
   for (int r : rows) row_transfer(r, [&] { toks[static_cast<size_t>(r)] = I.read_token(r); });
   const double dt = seconds_since(ts);
   const Counters shared = minus(minus(counters_, before), own);  // launches and d2d copies serve every row
@@ -851,7 +884,7 @@ std::vector<int> Runtime::step_locked() {
     Slot &sl = slots_[static_cast<size_t>(r)];
     sl.g.step_s.push_back(dt);
     sl.g.decode = plus(sl.g.decode, plus(shared, per_row[static_cast<size_t>(r)]));
-    accept(r, toks[static_cast<size_t>(r)]);
+    accept(r, toks[static_cast<size_t>(r)].first, toks[static_cast<size_t>(r)].second);
     if (sl.state != SlotState::Decoding) finished.push_back(r);
   }
   return finished;

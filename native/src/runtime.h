@@ -57,6 +57,10 @@ struct Layout {
   std::string states_dtype, mask_dtype, kv_dtype;
   std::string lm_head;     // "greedy" (token id on device) or "logits" (argmax on host)
   int vocab = 0;           // logits width (0 for a greedy head)
+  // where each chosen token's log-probability comes from: "head" (the id-picking net's second output, f32 [B,1],
+  // computed on the device), "host" (exact log-softmax over the row of logits the host argmax reads anyway), or
+  // "none" (a head with ids only: older bmodels; Generation::logprobs stays empty)
+  std::string token_logprob;
   std::string audio_net, projector_net;  // projector_net empty when the audio net includes it
   int n_mels = 0, n_frames = 0;  // the audio net's mel window
   int audio_rows = 0;      // audio embeddings it yields (max audio tokens)
@@ -70,6 +74,8 @@ struct Layout {
 struct Generation {
   int slot = 0;                   // the decode row it ran in
   std::vector<int> tokens;        // generated ids, stop id excluded
+  bool has_logprobs = false;      // layout().token_logprob != "none"
+  std::vector<float> logprobs;    // natural-log probability of each of `tokens` (empty without has_logprobs)
   std::string finish_reason;      // "eos" or "max_tokens"
   int stop_id = -1;               // the stop id seen, -1 if none
   int prompt_len = 0;             // merged prompt: text tokens + audio tokens
@@ -138,7 +144,7 @@ class Runtime {
                    const std::vector<int> &stop_ids, int max_new_tokens);
   std::vector<int> step_locked();
   Generation finish_locked(int slot);
-  void accept(int slot, int token);
+  void accept(int slot, int token, float logprob);
 
   struct Impl;
   std::unique_ptr<Impl> impl_;

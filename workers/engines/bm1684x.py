@@ -11,6 +11,11 @@ token. `preferred_batch_size` (= B) tells the actor how many prepared requests t
 Before loading, the bmodel's sidecar JSON (`<bmodel>.json`, written by native/compile/) is checked against the
 model folder's config.json, and what the runtime finds in the bmodel itself (SEQLEN, hidden size, mel window,
 logits width) is checked against both: a bmodel compiled from another checkpoint is refused, not run.
+
+Per generated token the runtime also returns the chosen token's log-probability (`token_logprobs`), computed on the
+card by the head net convert.py builds (4 bytes per token; never the logits), or on the host where the argmax
+already runs there. A bmodel whose head gives ids only (`layout["token_logprob"] == "none"`: older builds, the
+public port's layout) still runs; its results' confidence columns are null.
 """
 
 from __future__ import annotations
@@ -278,6 +283,7 @@ def _result(out: dict, *, wait_s: float, batch: int) -> EngineResult:
     n_steps = max(len(steps), 1)
     return EngineResult(
         token_ids=list(out["tokens"]),
+        token_logprobs=None if out.get("token_logprobs") is None else [float(v) for v in out["token_logprobs"]],
         finish_reason=FINISH_EOS if out["finish_reason"] == "eos" else FINISH_MAX_TOKENS,
         ttft_s=out["ttft_s"],
         decode_s=float(sum(steps)),
