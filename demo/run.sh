@@ -6,7 +6,8 @@
 #      ~1 s per net launch; the answers are nonsense by design: random weights, real code path),
 #   3. run the whole manifest through the simulated engine (Qwen2-Audio's 30 s window, the port's cost model,
 #      injected errors and actor crashes that are retried),
-#   4. score both runs side by side and write an HTML report.
+#   4. score both runs side by side and write an HTML report (with confidence calibration),
+#   5. export the simulated run's confident transcripts as a NeMo training manifest.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -27,7 +28,9 @@ done < "$here/sentences.tsv"
   --bmodel "$fixture/tiny-qwen2-audio.bmodel" --model-dir "$fixture" --devices 0, --max-new-tokens 4
 
 "$tb" run "$here/manifest.jsonl" -o "$runs/demo-simulated" --engine simulated \
-  --devices 4 --sim-speedup 50 --sim-faults error=0.1,crash=0.05,seed=7
+  --devices 4 --sim-speedup 50 --sim-faults error=0.1,crash=0.05,garble=0.15,seed=7
 
 "$tb" eval "$runs/demo-simulated" "$runs/demo-bm1684x-sim" --html "$runs/demo-report.html"
-echo "demo finished: results in $runs/demo-bm1684x-sim and $runs/demo-simulated, report $runs/demo-report.html"
+"$tb" export "$runs/demo-simulated" --to nemo -o "$runs/demo-labels.jsonl" --min-confidence 0.9 --overwrite
+echo "demo finished: results in $runs/demo-bm1684x-sim and $runs/demo-simulated, report $runs/demo-report.html," \
+  "labels $runs/demo-labels.jsonl"
