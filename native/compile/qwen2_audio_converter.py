@@ -4,9 +4,10 @@ Text nets come from LlmConverter (embedding, embedding_cache, block_i, block_cac
 heads a static greedy_head).
 
 Batched decode (`args.batch` = B > 1): tpu-mlir's own batch path builds `block_cache_i` for B rows (states
-[B,1,H], position_ids [B,1], mask [B,1,1,SEQ], history K/V [B,SEQ,KV,D]; the new K/V written in place into history
-slot SEQ-1 of every row by an InsertOp, the runtime then moves each row's entry to that row's position). This class
-adds what that path leaves at batch 1: `embedding_cache` [B,1] and `lm_head` [B,H] -> [B,1] (or [B,vocab] +
+[B,1,H], position_ids [B,1], mask [B,1,1,SEQ], history K/V [B,SEQ,KV,D]; the attention sees the current token at
+history slot SEQ-1). Its InsertOp for that slot does not work on tpu-mlir 1.30.2, so this class replaces it with
+Slice + Concat and also returns the new K/V [B,1,KV,D], which the runtime copies to each row's position (see
+`install_new_kv_outputs`). It also adds what that path leaves at batch 1: `embedding_cache` [B,1] and `lm_head` [B,H] -> [B,1] (or [B,vocab] +
 `greedy_head` [B,vocab] -> [B,1]), so one launch of each net serves the whole batch, and per-row RoPE positions
 (LlmConverter types the gathered cos/sin as one row). The prefill (`embedding`, `block_i`) and `audio` stay one
 sequence, identical to a B=1 build. This class points LlmConverter at the checkpoint's language-model weights and
