@@ -4,9 +4,10 @@ Text nets come from LlmConverter (embedding, embedding_cache, block_i, block_cac
 heads a static greedy_head).
 
 Batched decode (`args.batch` = B > 1): tpu-mlir's own batch path builds `block_cache_i` for B rows (states
-[B,1,H], position_ids [B,1], mask [B,1,1,SEQ], history K/V [B,SEQ,KV,D]; the new K/V written in place into history
-slot SEQ-1 of every row by an InsertOp, the runtime then moves each row's entry to that row's position). This class
-adds what that path leaves at batch 1: `embedding_cache` [B,1] and `lm_head` [B,H] -> [B,1] (or [B,vocab] +
+[B,1,H], position_ids [B,1], mask [B,1,1,SEQ], history K/V [B,SEQ,KV,D]; the attention sees the current token at
+history slot SEQ-1). Its InsertOp for that slot does not work on tpu-mlir 1.30.2, so this class replaces it with
+Slice + Concat and also returns the new K/V [B,1,KV,D], which the runtime copies to each row's position (see
+`install_new_kv_outputs`). It also adds what that path leaves at batch 1: `embedding_cache` [B,1] and `lm_head` [B,H] -> [B,1] (or [B,vocab] +
 `greedy_head` [B,vocab] -> [B,1]), so one launch of each net serves the whole batch, and per-row RoPE positions
 (LlmConverter types the gathered cos/sin as one row). The prefill (`embedding`, `block_i`) and `audio` stay one
 sequence, identical to a B=1 build. This class points LlmConverter at the checkpoint's language-model weights and
@@ -32,6 +33,11 @@ import numpy as np
 
 import mlir.dialects.top as top  # noqa: E402  (tpu-mlir's python path is set up by `import tpu_mlir`)
 from mlir.ir import StringAttr
+import re
+import sys
+import threading
+import types
+
 from llm.LlmConverter import LlmConverter
 from llm.LlmInfo import ActType, LlmList, LlmType, ModelConfig, ModelInfo
 from transform.MLIRImporter import MLIRImporter
@@ -65,6 +71,8 @@ class Qwen2AudioConverter(LlmConverter):
         # would make them [1, 1, SEQ])
         self.position_shape = [1, self.max_input_length]
         self.all_gen_mlirs.append(self.gen_audio_mlir)
+        if self.batch > 1:
+            self.install_new_kv_outputs()
         self.all_compiles.append(self.compile_audio)
 
     def load_pretrained(self, config):
@@ -96,11 +104,57 @@ class Qwen2AudioConverter(LlmConverter):
         self.llm_config.dtype = "bfloat16" if "bf16" in self.quantize else "float16"
         self.audio_config = config.audio_config
 
-    # ---- batched decode: per-row RoPE, embedding_cache and lm_head for B rows ----
+    # ---- batched decode: per-row RoPE, new K/V as outputs, embedding_cache and lm_head for B rows ----
+    def install_new_kv_outputs(self):
+        """tpu-mlir's batched `block_cache_i` writes the new K/V only through an InsertOp at history slot SEQ-1,
+        and that insert does not persist in the history input memory after the launch (probed on the simulator:
+        slot SEQ-1 of the io_alone history reads back unchanged, zeros), so the runtime had nothing to move and
+        the positions it "moved" held zeros. The batched decode nets here also return the new K/V [B,1,KV,D]
+        (after RoPE), which the runtime copies to each row's position; the InsertOp still feeds the attention.
+        LlmConverter builds those nets inside a nested function (from a thread pool), so its module's
+        MLIRImporter is wrapped for this converter's lifetime: `block_cache_*` modules get the two extra outputs
+        and return the K/V that `apply_rotary_pos` recorded for them."""
+        module = sys.modules[LlmConverter.__module__]
+        base, real_top = module.MLIRImporter, module.top
+        batch, kv = self.batch, [self.batch, 1, self.num_key_value_heads, self.head_dim]
+        new_kv = self._new_kv = {}
+        current = threading.local()  # the block_cache module this thread is building
+
+        def importer(input_shapes, output_shapes, name, *args, **kw):
+            cache = batch > 1 and name.startswith("block_cache_")
+            m = base(input_shapes, list(output_shapes) + [kv, kv] if cache else output_shapes, name, *args, **kw)
+            if cache:
+                ret = m.create_return_op
+                m.create_return_op = lambda ops: ret(list(ops) + list(new_kv.pop(id(m))))
+                current.m = m
+            return m
+
+        def insert_op(out_type, lhs, rhs, axis, offset, loc, ip):
+            # history[:, :offset] ++ new along `axis`: the same value InsertOp means, built from ops that the
+            # backend computes (its InsertOp leaves the attention reading the history's own slot SEQ-1)
+            m, shape = current.m, list(out_type.shape)
+            if offset != shape[axis] - 1 or list(rhs.type.shape)[axis] != 1:
+                raise RuntimeError(f"batched block_cache: unexpected InsertOp offset {offset} for {shape}")
+            name = re.search(r'"([^"]+)"', str(loc)).group(1)
+            keep = shape[:axis] + [offset] + shape[axis + 1:]
+            head = real_top.SliceOp(m.get_tensor_type(keep), lhs, m.none_op, m.none_op, m.none_op,
+                                    offset=[0] * len(shape), steps=[1] * len(shape), ends=keep, axes=[],
+                                    loc=self.get_loc(name + ".keep", m), ip=ip).output
+            return types.SimpleNamespace(output=real_top.ConcatOp(out_type, [head, rhs], axis=axis, loc=loc,
+                                                                  ip=ip).output)
+
+        module.MLIRImporter = importer
+        module.top = types.SimpleNamespace(**{k: getattr(real_top, k) for k in dir(real_top) if not k.startswith("__")})
+        module.top.InsertOp = insert_op
+
     def apply_rotary_pos(self, mlir_gen, pos_op, q_op, k_op, rotary_cos: str, rotary_sin: str):
         rows, dim = pos_op.type.shape[0], pos_op.type.shape[-1]
         if rows == 1:
             return super().apply_rotary_pos(mlir_gen, pos_op, q_op, k_op, rotary_cos, rotary_sin)
+        # the V reshape ("v_cache") is the op LlmConverter emitted just before asking for RoPE
+        v_op = list(mlir_gen.insert_point.block.operations)[-1]
+        if "v_cache" not in str(v_op.location):
+            raise RuntimeError(f"batched block_cache: expected the v_cache reshape before RoPE, found {v_op.location}")
         T = mlir_gen.get_tensor_type
         ip = mlir_gen.insert_point
         pos = top.ReshapeOp(T([rows, dim]), pos_op, loc=self.get_loc("position_ids.rows", mlir_gen), ip=ip).output
@@ -115,6 +169,7 @@ class Qwen2AudioConverter(LlmConverter):
             out.append(top.RopeOp(T(op.type.shape), op, sin_op, cos_op,
                                   rope_mode=StringAttr.get("contiguous_halves"), loc=self.get_loc(loc, mlir_gen),
                                   ip=ip).output)
+        self._new_kv[id(mlir_gen)] = (out[1], v_op.result)
         return out[0], out[1]
 
     def gen_embedding_lmhead_mlir(self):

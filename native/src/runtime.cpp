@@ -112,7 +112,7 @@ struct Runtime::Impl {
   KvLayout kv_prefill[2], kv_hist[2], kv_new[2];  // [0] K, [1] V
   int seqlen = 0, hidden = 0, vocab = 0, audio_rows = 0, n_mels = 0, n_frames = 0;
   int batch = 1;      // decode rows (slots)
-  bool insert = false;  // decode nets insert the new K/V into history slot SEQLEN-1 themselves
+  bool insert = false;  // decode nets insert the new K/V at history slot SEQLEN-1 for their own attention (and return it)
   int mlen = 0;       // decode mask slots per row: SEQLEN+1 (concat) or SEQLEN (insert); the last is the current token
   int kv_cap = 0;     // history positions a request may use: SEQLEN (concat) or SEQLEN-1 (insert)
   bool greedy = true, has_audio_mask = false;
@@ -291,16 +291,20 @@ struct Runtime::Impl {
     if (elements(eo) != static_cast<uint64_t>(seqlen) * hidden)
       layout_error("embedding output " + shape_str(eo) + " is not [1," + std::to_string(seqlen) + ",hidden]");
 
-    // decode rows: block_cache states [B,1,H]. Two decode-net styles: "concat" (new K/V returned, history + current
-    // token = SEQLEN+1 mask slots; llm_convert at batch 1) and "insert" (llm_convert -b B: the net writes the new
-    // K/V in place into history slot SEQLEN-1 of every row and returns only the states; mask SEQLEN slots).
+    // decode rows: block_cache states [B,1,H]. Two decode-net styles, both returning the new K/V for the runtime to
+    // copy to each row's position: "concat" (history + current token = SEQLEN+1 mask slots; llm_convert at batch 1)
+    // and "insert" (convert.py --batch B: the net inserts the new K/V at history slot SEQLEN-1 for its attention;
+    // mask SEQLEN slots, the last being the current token). Plain llm_convert -b B nets return only the states and
+    // rely on that insert persisting in the history input, which it does not (tpu-mlir 1.30.2, probed on the
+    // simulator: slot SEQLEN-1 reads back unchanged after the launch), so they are refused.
     {
       const uint64_t ce = elements(in_shape(caches[0], 0));
       if (ce == 0 || ce % static_cast<uint64_t>(hidden))
         layout_error(std::string(caches[0]->name) + " states input " + shape_str(in_shape(caches[0], 0)) +
                      " is not [B,1,hidden]");
       batch = static_cast<int>(ce / static_cast<uint64_t>(hidden));
-      insert = caches[0]->output_num == 1;
+      const auto &ms = in_shape(caches[0], 2);
+      insert = ms.num_dims > 0 && ms.dims[ms.num_dims - 1] == seqlen;
       mlen = insert ? seqlen : seqlen + 1;
       kv_cap = insert ? seqlen - 1 : seqlen;
     }
@@ -309,9 +313,14 @@ struct Runtime::Impl {
       auto *b = blocks[i];
       auto *c = caches[i];
       expect_io(b, 3, 3, "prefill layer: states, position_ids, mask -> states, k, v");
+      if (insert && c->output_num == 1)
+        layout_error("net " + std::string(c->name) + " returns only the states and leaves the new K/V to an "
+                     "in-place insert into history slot SEQLEN-1, which does not persist after the launch "
+                     "(tpu-mlir 1.30.2): recompile with native/compile/convert.py --batch B, whose decode nets "
+                     "also return the new K/V");
       if (insert)
-        expect_io(c, 5, 1, "batched decode layer: states, position_ids, mask, k history, v history -> states, "
-                           "new K/V inserted into the history");
+        expect_io(c, 5, 3, "batched decode layer: states, position_ids, mask, k history, v history -> states, "
+                           "new k, new v");
       else
         expect_io(c, 5, 3, "decode layer: states, position_id, mask, k history, v history -> states, k, v");
       if (b->input_dtypes[1] != BM_INT32 || c->input_dtypes[1] != BM_INT32)
@@ -336,15 +345,15 @@ struct Runtime::Impl {
         const auto &hs = in_shape(c, 2 + k);
         std::string where = std::string(b->name) + " KV output " + shape_str(ks) + " / " + c->name + " history " +
                             shape_str(hs);
-        if (!insert) where += " / new " + shape_str(out_shape(c, k));
+        where += " / new " + shape_str(out_shape(c, k));
         int sd = seq_dim(hs, seqlen);
         if (sd < 0 || seq_dim(ks, seqlen) != sd)
           layout_error(where + ": no common sequence dim of size SEQLEN (" + std::to_string(seqlen) + ")");
         KvLayout pk = kv_layout(ks, sd, b->output_dtypes[k]), hk = kv_layout(hs, sd, c->input_dtypes[2 + k]);
         bool ok = hk.outer % static_cast<size_t>(batch) == 0 && b->output_dtypes[k] == c->input_dtypes[2 + k];
         hk.outer /= static_cast<size_t>(batch);  // per row
-        KvLayout nk = hk;                         // insert: the new K/V lands in the history itself
-        if (!insert) {
+        KvLayout nk = hk;
+        {
           const auto &ns = out_shape(c, k);
           if (sd >= ns.num_dims || ns.dims[sd] != 1)
             layout_error(where + ": the new K/V has no sequence dim of size 1 where the history has SEQLEN");
@@ -863,13 +872,8 @@ std::vector<int> Runtime::step_locked() {
     // each row's new K/V to that row's own position
     for (int r : rows) {
       const int q = qs[static_cast<size_t>(r)];
-      if (I.insert) {
-        I.copy_kv(I.k_store[l], I.kv_hist[0], r, q, I.k_store[l], I.kv_hist[0], r, I.seqlen - 1, 1);
-        I.copy_kv(I.v_store[l], I.kv_hist[1], r, q, I.v_store[l], I.kv_hist[1], r, I.seqlen - 1, 1);
-      } else {
-        I.copy_kv(I.k_store[l], I.kv_hist[0], r, q, st.output_mems[1], I.kv_new[0], r, 0, 1);
-        I.copy_kv(I.v_store[l], I.kv_hist[1], r, q, st.output_mems[2], I.kv_new[1], r, 0, 1);
-      }
+      I.copy_kv(I.k_store[l], I.kv_hist[0], r, q, st.output_mems[1], I.kv_new[0], r, 0, 1);
+      I.copy_kv(I.v_store[l], I.kv_hist[1], r, q, st.output_mems[2], I.kv_new[1], r, 0, 1);
     }
   }
   I.d2d(I.lm->stages[0].input_mems[0], 0, cur, 0, B * I.row_bytes);
