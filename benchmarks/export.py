@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,21 +28,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic import CHARS_PER_S, WORDS, durations  # noqa: E402
+from synthetic import CHARS_PER_S, WORDS, durations, peak_rss_bytes, rss_bytes  # noqa: E402
 
 BLOCK = 50_000
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def write_runs(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
@@ -87,7 +74,7 @@ def child(kind: str, a: Path, b: Path, out: Path) -> dict:
     from transcribe_batch.pipeline.export.agreement import pair_wer
     from transcribe_batch.pipeline.export.source import open_run
 
-    base = _rss_bytes()
+    base = rss_bytes()
     t0 = time.perf_counter()
     filters = Filters(min_confidence=0.5, max_disagreement=0.1)
     if kind == "ours":
@@ -116,7 +103,7 @@ def child(kind: str, a: Path, b: Path, out: Path) -> dict:
             writer.write(rows)
             kept += rows.num_rows
         writer.close()
-    return {"s": time.perf_counter() - t0, "peak_mb": (_peak_rss_bytes() - base) / 2**20, "kept": kept}
+    return {"s": time.perf_counter() - t0, "peak_mb": (peak_rss_bytes() - base) / 2**20, "kept": kept}
 
 
 def measure(kind: str, a: Path, b: Path, out: Path) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,22 +32,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic import CHARS_PER_S, WORDS, durations  # noqa: E402
+from synthetic import CHARS_PER_S, WORDS, durations, peak_rss_bytes, rss_bytes  # noqa: E402
 from transcribe_batch.workers.engines.simulated import CHARS_PER_TOKEN, DEFAULT_S_PER_TOKEN, DEFAULT_TTFT_S  # noqa: E402
 
 PART_ROWS = 512  # PartWriter's flush size
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _texts(lengths: np.ndarray, rng: np.random.Generator) -> list[str]:
@@ -137,7 +124,7 @@ def child(kind: str, manifest: Path, folder: Path | None, trace: bool) -> dict:
         import tracemalloc
 
         tracemalloc.start()
-    base = _rss_bytes()
+    base = rss_bytes()
     out: dict = {}
     t = time.perf_counter()
     if kind == "plan":
@@ -152,8 +139,8 @@ def child(kind: str, manifest: Path, folder: Path | None, trace: bool) -> dict:
         merged = merge_results(RunFolder(folder), build_plan(manifest))
         out.update(rows=merged.n_rows, results_mb=(folder / "results.parquet").stat().st_size / 1e6)
     out["time_s"] = time.perf_counter() - t
-    out["rss_delta_mb"] = (_peak_rss_bytes() - base) / 1e6
-    out["rss_peak_mb"] = _peak_rss_bytes() / 1e6
+    out["rss_delta_mb"] = (peak_rss_bytes() - base) / 1e6
+    out["rss_peak_mb"] = peak_rss_bytes() / 1e6
     if trace:
         out["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 1e6
     return out

@@ -6,6 +6,7 @@ Shared by pipeline.py (small manifests with real audio files) and scale.py (huge
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,20 @@ WORDS = ("the of and to a in that he was it his her you as had with for she not 
          "mister we now more out do are up their your will little than then some into any well much about time "
          "know should man did like upon such never only good how before other see must am own come down say after "
          "think made might being mistress day great long again can over").split()
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def durations(n: int, seed: int = 0) -> np.ndarray:
