@@ -22,7 +22,7 @@ from datasets.arrow_writer import ArrowWriter
 from transcribe_batch.workers.audio import SAMPLE_RATE, AudioError, load_audio
 
 from . import ExportError
-from .writer import WriterOptions, check_target, field_name, move_into_place, remove, temp_beside
+from .writer import WriterOptions, field_name, move_into_place, remove, start_output, temp_beside
 
 
 def _flac(samples: np.ndarray) -> bytes:
@@ -35,11 +35,9 @@ class Writer:
     kind = "folder"
 
     def __init__(self, output: Path, options: WriterOptions):
-        check_target(output, options.overwrite)
+        self.tmp = start_output(output, options.overwrite, folder=True)
         self.output = output
         self.options = options
-        self.tmp = temp_beside(output)
-        self.tmp.mkdir()
         self.arrow_path = self.tmp / "rows.arrow"
         self.writer: ArrowWriter | None = None
 

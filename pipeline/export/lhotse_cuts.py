@@ -24,7 +24,7 @@ from lhotse.serialization import SequentialJsonlWriter
 from transcribe_batch.manifests.reader import DigestSet, id_digest
 
 from . import ExportError
-from .writer import WriterOptions, check_target, field_name, move_into_place, remove, temp_beside
+from .writer import WriterOptions, field_name, move_into_place, remove, start_output
 
 
 def recording_id(path: str) -> str:
@@ -44,11 +44,9 @@ class Writer:
     kind = "folder"
 
     def __init__(self, output: Path, options: WriterOptions):
-        check_target(output, options.overwrite)
+        self.tmp = start_output(output, options.overwrite, folder=True)
         self.output = output
         self.options = options
-        self.tmp = temp_beside(output)
-        self.tmp.mkdir()
         self.cuts = SequentialJsonlWriter(self.tmp / "cuts.jsonl.gz")
         self.recordings = SequentialJsonlWriter(self.tmp / "recordings.jsonl.gz")
         self.supervisions = SequentialJsonlWriter(self.tmp / "supervisions.jsonl.gz")

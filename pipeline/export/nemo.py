@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .writer import WriterOptions, check_target, field_name, fsync_file, move_into_place, remove, temp_beside
+from .writer import WriterOptions, field_name, fsync_file, move_into_place, remove, start_output
 
 
 def _json_value(value):
@@ -22,10 +22,9 @@ class Writer:
     kind = "file"
 
     def __init__(self, output: Path, options: WriterOptions):
-        check_target(output, options.overwrite)
+        self.tmp = start_output(output, options.overwrite, folder=False)
         self.output = output
         self.fields = options.fields
-        self.tmp = temp_beside(output)
         self.fh = open(self.tmp, "w", encoding="utf-8")
 
     def write(self, table: pa.Table) -> None:

@@ -45,6 +45,15 @@ def check_target(target: Path, overwrite: bool) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
 
 
+def start_output(target: Path, overwrite: bool, *, folder: bool) -> Path:
+    """Check the target, then return the hidden temporary path the output is built under (created if a folder)."""
+    check_target(target, overwrite)
+    tmp = temp_beside(target)
+    if folder:
+        tmp.mkdir()
+    return tmp
+
+
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
