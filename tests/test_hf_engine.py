@@ -47,15 +47,9 @@ def tiny_dir(tmp_path_factory, model_dir):
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir):
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        eng = create_engine("hf", {"model_dir": str(tiny_dir), "dtype": "fp32", "batch_size": 4}, None)
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE")
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+    from hf_helpers import offline_hf_engine
+
+    eng = offline_hf_engine(tiny_dir, batch_size=4)
     yield eng
     eng.close()
 

@@ -104,15 +104,9 @@ def test_answer_parsing_in_the_front_end(folder):
 
 @pytest.fixture(scope="module")
 def engine(folder):
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        eng = create_engine("hf", {"model_dir": str(folder), "dtype": "fp32", "batch_size": 3}, None)
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE")
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+    from hf_helpers import offline_hf_engine
+
+    eng = offline_hf_engine(folder, batch_size=3)
     yield eng
     eng.close()
 
