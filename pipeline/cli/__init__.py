@@ -9,9 +9,11 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     help=(
-        "Batch speech transcription with Qwen2-Audio-7B-Instruct on Sophgo BM1684X cards (bmodel) or GPUs.\n\n"
+        "Batch speech transcription and dataset labeling with audio LLMs (Qwen2-Audio, Qwen3-ASR) on Sophgo BM1684X "
+        "cards (bmodel), GPUs or the CPU.\n\n"
         "Typical flow: [bold]manifest[/bold] (build a JSONL manifest) → [bold]run[/bold] (one Ray actor per card, "
-        "Parquet results, resumable) → [bold]eval[/bold] (WER, speed, side-by-side runs)."
+        "Parquet results, resumable) → [bold]eval[/bold] (WER, speed, confidence calibration, side-by-side runs) → "
+        "[bold]export[/bold] (labels for NeMo, Hugging Face datasets, Lhotse)."
     ),
 )
 
