@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Compile a Hugging Face Qwen2-Audio checkpoint folder into ONE BM1684X/BM1688 .bmodel plus its JSON sidecar.
+"""Compile a Hugging Face audio-LLM checkpoint folder (Qwen2-Audio or Qwen3-ASR, picked by config.json
+`model_type`) into ONE BM1684X/BM1688 .bmodel plus its JSON sidecar.
 
 Run with the compile venv's Python (native/compile/setup_venv.sh makes it):
     ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/convert.py \\
         /models/Qwen2-Audio-7B-Instruct -o qwen2-audio-7b_w4bf16_seq1024.bmodel -q w4bf16 --seqlen 1024
+    ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/convert.py \\
+        /models/Qwen3-ASR-1.7B -o qwen3-asr-1.7b_w4bf16_seq1024.bmodel -q w4bf16 --seqlen 1024
 
 Nets: embedding [1,SEQ], embedding_cache [1,1], block_i / block_cache_i per text layer, lm_head (greedy argmax
-fused, or logits + a static greedy_head with --lm-head logits), and audio (encoder + avg-pool + layer_norm +
-projector). All static. With --batch B the decode nets take B rows (see qwen2_audio_converter.py). See
-native/compile/README.md for the I/O of each net.
+fused, or logits + a static greedy_head with --lm-head logits), and audio (the family's encoder: Qwen2-Audio's
+30 s window + pool + projector, or one Qwen3-ASR attention window of chunks). All static. With --batch B the decode
+nets take B rows (see audio_llm_converter.py). See native/compile/README.md for the I/O of each net.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ CHIPS = ("bm1684x", "bm1688")
 _ENV_MARK = "TRANSCRIBE_BATCH_TPU_ENV"
 _WORK_MARK = ".convert-work"
 PROMPT_RESERVE = 128  # chat template + instruction (~50 tokens for the real tokenizer) + answer room
-AUDIO_TOKENS_PER_S = 25
+FAMILIES = {  # config.json model_type -> (converter module, class, audio tokens per second)
+    "qwen2_audio": ("qwen2_audio_converter", "Qwen2AudioConverter", 25),
+    "qwen3_asr": ("qwen3_asr_converter", "Qwen3AsrConverter", 13),
+}
 
 
 class UsageError(ValueError):
@@ -38,7 +44,8 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert.py",
-        description="Compile a Qwen2-Audio checkpoint folder into one .bmodel (+ <name>.bmodel.json sidecar). "
+        description="Compile a Qwen2-Audio or Qwen3-ASR checkpoint folder into one .bmodel (+ <name>.bmodel.json "
+                    "sidecar). "
                     "Run it with the compile venv's python (native/compile/setup_venv.sh).")
     p.add_argument("model_dir", type=Path, help="HF checkpoint folder (config.json + *.safetensors)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .bmodel path")
@@ -94,23 +101,45 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def check_model_dir(model_dir: Path, seqlen: int) -> dict:
-    """Read config.json (defaults filled by transformers) and check it is a Qwen2-Audio that fits seqlen."""
+    """Read config.json and check it is a model family we compile, with weights, that fits seqlen. Qwen2-Audio's
+    config gets transformers' defaults filled in; Qwen3-ASR's is read as plain JSON (the compile venv's transformers
+    does not know `qwen3_asr`, and qwen-asr's layout names every field the converter reads)."""
+    import json
+
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
-        raise UsageError(f"{model_dir}: no config.json (expected a Hugging Face Qwen2-Audio checkpoint folder)")
+        raise UsageError(f"{model_dir}: no config.json (expected a Hugging Face Qwen2-Audio or Qwen3-ASR checkpoint "
+                         "folder)")
     if not any(model_dir.glob("*.safetensors")):
         raise UsageError(f"{model_dir}: no *.safetensors weights")
-    from transformers import AutoConfig
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{cfg_path}: not valid JSON ({e})") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type not in FAMILIES:
+        raise UsageError(f"{cfg_path}: model_type is {model_type!r}, expected one of {', '.join(FAMILIES)}")
+    if model_type == "qwen3_asr":
+        if not isinstance(raw.get("thinker_config"), dict) or "audio_config" not in raw["thinker_config"]:
+            raise UsageError(f"{cfg_path}: no thinker_config.audio_config (expected qwen-asr's Qwen3-ASR layout)")
+        config = raw
+        rows = 0  # no audio window: a request's audio is bounded by SEQLEN only
+    else:
+        from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir).to_dict()
-    if config.get("model_type") != "qwen2_audio":
-        raise UsageError(f"{cfg_path}: model_type is {config.get('model_type')!r}, expected 'qwen2_audio'")
-    rows = config["audio_config"]["max_source_positions"] // 2
-    if seqlen < rows + PROMPT_RESERVE:
-        seconds = max(0, seqlen - PROMPT_RESERVE) / AUDIO_TOKENS_PER_S
-        print(f"warning: --seqlen {seqlen} holds less than one full audio window ({rows} audio tokens + a prompt "
-              f"and answer): requests will be limited to about {seconds:.0f} s of audio and longer clips split",
-              file=sys.stderr)
+        config = AutoConfig.from_pretrained(model_dir).to_dict()
+        rows = config["audio_config"]["max_source_positions"] // 2
+    per_s = FAMILIES[model_type][2]
+    if seqlen < rows + PROMPT_RESERVE or not rows:
+        seconds = max(0, seqlen - PROMPT_RESERVE) / per_s
+        if rows:
+            print(f"warning: --seqlen {seqlen} holds less than one full audio window ({rows} audio tokens + a "
+                  f"prompt and answer): requests will be limited to about {seconds:.0f} s of audio and longer clips "
+                  "split", file=sys.stderr)
+        else:
+            print(f"note: --seqlen {seqlen} holds about {seconds:.0f} s of audio per request ({per_s} audio tokens "
+                  f"per second + {PROMPT_RESERVE} for the prompt and answer); longer clips are split at pauses",
+                  file=sys.stderr)
     return config
 
 
@@ -195,7 +224,9 @@ def compile_bmodel(args: argparse.Namespace) -> dict:
     """Run the conversion; returns the sidecar dict. Assumes the tpu-mlir environment is active."""
     import sidecar
     from llm.transformers_compat import Config
-    from qwen2_audio_converter import AUDIO_MASK_VALUE, Qwen2AudioConverter
+    import importlib
+
+    from audio_llm_converter import AUDIO_MASK_VALUE
     from llm.ModelHandle import SafetensorsModelHandle
 
     config = check_model_dir(args.model_dir, args.seqlen)
@@ -208,8 +239,10 @@ def compile_bmodel(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     (work / _WORK_MARK).write_text("made by native/compile/convert.py; deleted and rebuilt on the next run\n")
     t0 = time.monotonic()
-    conv = Qwen2AudioConverter(converter_args(args, work), Config(config),
-                               loader=SafetensorsModelHandle(str(args.model_dir.resolve())))
+    module, cls, _ = FAMILIES[config["model_type"]]
+    converter = getattr(importlib.import_module(module), cls)
+    conv = converter(converter_args(args, work), Config(config),
+                     loader=SafetensorsModelHandle(str(args.model_dir.resolve())))
     conv.run()
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(conv.out_bmodel, output)

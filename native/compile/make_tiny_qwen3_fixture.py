@@ -15,7 +15,10 @@ so the added ids stay contiguous, and `<asr_text>` (151677) is this fixture's ch
 on these numbers: every id is read from the folder.
 
 Written: config.json (model_type qwen3_asr), generation_config.json, preprocessor_config.json, tokenizer_config.json,
-chat_template.json, model.safetensors (bf16 values), reference.json (README.md and probe-bmodel-nets.json are kept).
+chat_template.json, model.safetensors (bf16 values), reference.json (README.md and probe-bmodel-nets.json are kept),
+and, compiled by native/compile/convert.py with the compile venv's python (`--compile-python`; `--skip-compile` to
+leave them), tiny-qwen3-asr.bmodel (f16, SEQLEN 256) and tiny-qwen3-asr-b4.bmodel (the same with 4 decode rows),
+each with its sidecar.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -174,10 +178,28 @@ def reference(folder: Path, backend, audio_dir: Path) -> dict:
                           "qwen_asr": "0.0.6"}}
 
 
+COMPILE_PYTHON = Path.home() / ".cache" / "transcribe-batch" / "tpu-mlir-venv" / "bin" / "python"
+SEQLEN, BATCH = 256, 4
+
+
+def bmodel_name(batch: int) -> str:
+    return "tiny-qwen3-asr.bmodel" if batch == 1 else f"tiny-qwen3-asr-b{batch}.bmodel"
+
+
+def compile_bmodel(python: Path, folder: Path, out: Path, batch: int) -> None:
+    """convert.py on the assembled folder (it needs the tokenizer-less checkpoint only; the model id is the fixture's)."""
+    subprocess.run([str(python), str(REPO / "native" / "compile" / "convert.py"), str(folder), "-o",
+                    str(out / bmodel_name(batch)), "-q", "f16", "--seqlen", str(SEQLEN), "--batch", str(batch),
+                    "--kernel-remove", "--model-id", "tiny-qwen3-asr"], check=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     ap.add_argument("--out", type=Path, default=FIXTURE)
+    ap.add_argument("--compile-python", type=Path, default=COMPILE_PYTHON,
+                    help="the compile venv's python (native/compile/setup_venv.sh)")
+    ap.add_argument("--skip-compile", action="store_true", help="write the HF folder and reference only")
     args = ap.parse_args(argv)
     shared_model = args.shared / "qwen2-audio-7b-instruct"
     out: Path = args.out
@@ -195,6 +217,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = assemble(out, shared_model, Path(tmp) / "tiny-qwen3-asr")
         ref = reference(folder, backend, args.shared / "audio")
+        if not args.skip_compile:
+            for batch in (1, BATCH):
+                compile_bmodel(args.compile_python, folder, out, batch)
     (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
     sizes = {name: (out / name).stat().st_size for name in (*MODEL_FILES, "reference.json")}
     print(json.dumps(sizes, indent=1), f"total {sum(sizes.values())} bytes")

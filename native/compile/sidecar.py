@@ -35,13 +35,16 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "num_layers": ((int,), "text_config.num_hidden_layers = number of block_i / block_cache_i nets"),
     "num_attention_heads": ((int,), "text_config.num_attention_heads"),
     "num_key_value_heads": ((int,), "text_config.num_key_value_heads"),
-    "head_dim": ((int,), "hidden_size / num_attention_heads"),
-    "audio_token_index": ((int,), "config.audio_token_index (id of <|AUDIO|>)"),
-    "n_mels": ((int,), "audio_config.num_mel_bins = audio net input dim 1"),
-    "mel_frames": ((int,), "mel window frames = 2 * max_source_positions = audio net input dim 2"),
-    "audio_positions": ((int,), "max_source_positions = audio_mask width (post-conv frames)"),
-    "max_audio_tokens": ((int,), "audio net output rows = max <|AUDIO|> tokens per window"),
-    "audio_mask_value": ((float, int), "additive mask value for padded post-conv frames (0 = valid)"),
+    "head_dim": ((int,), "text_config.head_dim (Qwen2-Audio: hidden_size / num_attention_heads)"),
+    "audio_token_index": ((int,), "id of the audio placeholder token (Qwen2-Audio: config.audio_token_index "
+                                  "<|AUDIO|>; Qwen3-ASR: thinker_config.audio_token_id <|audio_pad|>)"),
+    "n_mels": ((int,), "audio_config.num_mel_bins = the audio net's mel bins"),
+    "mel_frames": ((int,), "mel frames one audio-net launch takes (Qwen2-Audio: the window, 2 * max_source_positions; "
+                           "Qwen3-ASR: n_window_infer = audio_chunks_per_window * audio_chunk_frames)"),
+    "audio_positions": ((int,), "audio_mask width (Qwen2-Audio: max_source_positions, post-conv frames; Qwen3-ASR: "
+                                "the window's rows)"),
+    "max_audio_tokens": ((int,), "audio net output rows = max audio tokens per launch"),
+    "audio_mask_value": ((float, int), "additive mask value for padded positions of the audio_mask (0 = valid)"),
     "quantization": ((str,), "one of " + ", ".join(QUANTIZATIONS)),
     "q_group_size": ((int, type(None)), "weight group size for w4/w8 modes, null for float modes"),
     "half_precision": ((str,), "bf16 or f16: dtype of embeddings, hidden states, KV cache, audio output"),
@@ -60,7 +63,13 @@ OPTIONAL: dict[str, tuple[tuple[type, ...], str, object]] = {
     "token_logprob": ((str,), "head: the net that picks the token (greedy lm_head, or greedy_head) also returns the "
                               "chosen token's log-softmax as f32 [B,1] (second output); none: ids only (older builds)",
                       "none"),
+    "model_type": ((str,), "config.json model_type of the checkpoint: qwen2_audio or qwen3_asr", "qwen2_audio"),
+    "audio_chunk_frames": ((int,), "Qwen3-ASR: mel frames per encoder chunk (2 * audio_config.n_window)", None),
+    "audio_chunks_per_window": ((int,), "Qwen3-ASR: chunks per attention window (n_window_infer / chunk frames) = "
+                                        "chunks per audio-net launch", None),
+    "audio_rows_per_chunk": ((int,), "Qwen3-ASR: audio tokens of a full chunk (three stride-2 convolutions)", None),
 }
+MODEL_TYPES = ("qwen2_audio", "qwen3_asr")
 
 
 class SidecarError(ValueError):
@@ -90,12 +99,26 @@ def build_sidecar(bmodel: str | os.PathLike, config: dict, *, model_id: str, seq
                   quantization: str, q_group_size: int | None, lm_head: str, chip: str, nets: list[str],
                   tools: dict, audio_mask_value: float, batch: int = 1, token_logprob: str = "none",
                   created: str | None = None) -> dict:
-    """Sidecar for `bmodel` compiled from a Qwen2-Audio `config` (config.json as a dict, defaults filled)."""
-    text = config["text_config"]
-    audio = config["audio_config"]
+    """Sidecar for `bmodel` compiled from `config` (config.json as a dict: Qwen2-Audio with defaults filled, or
+    Qwen3-ASR's thinker_config layout)."""
+    model_type = config.get("model_type", "qwen2_audio")
+    if model_type == "qwen3_asr":
+        thinker = config["thinker_config"]
+        text, audio = thinker["text_config"], thinker["audio_config"]
+        audio_token = thinker["audio_token_id"]
+        chunk = 2 * int(audio["n_window"])
+        chunks = int(audio["n_window_infer"]) // chunk
+        rows = conv_out_len(conv_out_len(conv_out_len(chunk)))
+        frames, positions, tokens = chunks * chunk, chunks * rows, chunks * rows
+        per_family = {"audio_chunk_frames": chunk, "audio_chunks_per_window": chunks, "audio_rows_per_chunk": rows}
+    else:
+        text, audio = config["text_config"], config["audio_config"]
+        audio_token = _get(config, "audio_token_index", "audio_token_id")
+        positions = int(audio["max_source_positions"])
+        frames, tokens = 2 * positions, positions // 2
+        per_family = {}
     hidden = int(text["hidden_size"])
     heads = int(text["num_attention_heads"])
-    positions = int(audio["max_source_positions"])
     bmodel = Path(bmodel)
     data = {
         "format": FORMAT,
@@ -105,6 +128,7 @@ def build_sidecar(bmodel: str | os.PathLike, config: dict, *, model_id: str, seq
         "bmodel_sha256": sha256_file(bmodel),
         "model_id": model_id,
         "architecture": (config.get("architectures") or ["Qwen2AudioForConditionalGeneration"])[0],
+        "model_type": model_type,
         "seqlen": int(seqlen),
         "max_input_length": int(max_input_length),
         "hidden_size": hidden,
@@ -113,11 +137,12 @@ def build_sidecar(bmodel: str | os.PathLike, config: dict, *, model_id: str, seq
         "num_attention_heads": heads,
         "num_key_value_heads": int(_get(text, "num_key_value_heads", default=heads)),
         "head_dim": int(_get(text, "head_dim", default=hidden // heads)),
-        "audio_token_index": int(_get(config, "audio_token_index", "audio_token_id")),
+        "audio_token_index": int(audio_token),
         "n_mels": int(audio["num_mel_bins"]),
-        "mel_frames": 2 * positions,
+        "mel_frames": frames,
         "audio_positions": positions,
-        "max_audio_tokens": positions // 2,
+        "max_audio_tokens": tokens,
+        **per_family,
         "audio_mask_value": float(audio_mask_value),
         "quantization": quantization,
         "q_group_size": int(q_group_size) if quantization.startswith("w") else None,
@@ -154,6 +179,7 @@ def validate_sidecar(data: dict, *, where: str = "sidecar") -> dict:
     if data["format_version"] != FORMAT_VERSION:
         raise SidecarError(f"{where}: format_version {data['format_version']} is not supported "
                            f"(this reader knows {FORMAT_VERSION})")
+    model_type = data.get("model_type", OPTIONAL["model_type"][2])
     checks = [
         ("quantization", data["quantization"] in QUANTIZATIONS, f"one of {', '.join(QUANTIZATIONS)}"),
         ("lm_head", data["lm_head"] in LM_HEADS, f"one of {', '.join(LM_HEADS)}"),
@@ -162,13 +188,32 @@ def validate_sidecar(data: dict, *, where: str = "sidecar") -> dict:
          "matching the quantization"),
         ("q_group_size", (data["q_group_size"] is None) == (not data["quantization"].startswith("w")),
          "set exactly for w4/w8 modes"),
-        ("mel_frames", data["mel_frames"] == 2 * data["audio_positions"], "2 * audio_positions"),
-        ("max_audio_tokens", data["max_audio_tokens"] == data["audio_positions"] // 2, "audio_positions // 2"),
-        ("head_dim", data["head_dim"] * data["num_attention_heads"] == data["hidden_size"],
-         "hidden_size / num_attention_heads"),
+        ("model_type", model_type in MODEL_TYPES, "one of " + ", ".join(MODEL_TYPES)),
         ("max_input_length", 0 < data["max_input_length"] <= data["seqlen"], "between 1 and seqlen"),
         ("seqlen", data["seqlen"] >= 16, "at least 16"),
     ]
+    if model_type == "qwen3_asr":
+        missing = [k for k in ("audio_chunk_frames", "audio_chunks_per_window", "audio_rows_per_chunk")
+                   if not isinstance(data.get(k), int)]
+        if missing:
+            raise SidecarError(f"{where}: a qwen3_asr sidecar needs field(s) {', '.join(missing)}")
+        chunk, chunks, rows = (data[k] for k in ("audio_chunk_frames", "audio_chunks_per_window",
+                                                 "audio_rows_per_chunk"))
+        checks += [
+            ("audio_rows_per_chunk", rows == conv_out_len(conv_out_len(conv_out_len(chunk))),
+             "three stride-2 convolutions of audio_chunk_frames"),
+            ("mel_frames", data["mel_frames"] == chunk * chunks, "audio_chunk_frames * audio_chunks_per_window"),
+            ("max_audio_tokens", data["max_audio_tokens"] == rows * chunks,
+             "audio_rows_per_chunk * audio_chunks_per_window"),
+            ("audio_positions", data["audio_positions"] == rows * chunks, "the window's rows"),
+        ]
+    else:
+        checks += [
+            ("mel_frames", data["mel_frames"] == 2 * data["audio_positions"], "2 * audio_positions"),
+            ("max_audio_tokens", data["max_audio_tokens"] == data["audio_positions"] // 2, "audio_positions // 2"),
+            ("head_dim", data["head_dim"] * data["num_attention_heads"] == data["hidden_size"],
+             "hidden_size / num_attention_heads"),
+        ]
     if "batch" in data:
         checks.append(("batch", data["batch"] >= 1, "at least 1"))
     if "token_logprob" in data:
@@ -184,6 +229,11 @@ def validate_sidecar(data: dict, *, where: str = "sidecar") -> dict:
     if absent:
         raise SidecarError(f"{where}: field 'nets' lacks {', '.join(absent)}")
     return data
+
+
+def conv_out_len(n: int) -> int:
+    """Frames after one 3x3 stride-2 padding-1 convolution (Qwen3-ASR's audio front end)."""
+    return (n - 1) // 2 + 1
 
 
 def batch_of(data: dict) -> int:
