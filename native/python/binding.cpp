@@ -39,6 +39,9 @@ py::dict layout_dict(const tbn::Layout &l) {
   d["n_frames"] = l.n_frames;
   d["audio_rows"] = l.audio_rows;
   d["audio_mask"] = l.audio_mask;
+  d["audio_kind"] = l.audio_kind;
+  d["audio_chunk_frames"] = l.audio_chunk_frames;
+  d["audio_chunks_per_window"] = l.audio_chunks_per_window;
   d["decode_addr_mode"] = l.decode_addr_mode;
   d["batch"] = l.batch;
   d["decode_kv"] = l.decode_kv;
@@ -148,6 +151,24 @@ PYBIND11_MODULE(_native, m) {
           py::arg("n_audio_tokens"), py::arg("stop_ids"), py::arg("max_new_tokens"),
           "Greedy transcription of one request (start + step until done + finish); returns tokens, finish reason, "
           "timings and traffic counters.")
+      .def(
+          "encode",
+          [](tbn::Runtime &r, Features features, int n_valid_frames, int n_audio_tokens) {
+            int n_mels = 0, n_frames = 0;
+            std::vector<float> f = features_vector(features, n_mels, n_frames);
+            std::vector<float> e;
+            {
+              py::gil_scoped_release release;
+              e = r.encode(f, n_mels, n_frames, n_valid_frames, n_audio_tokens);
+            }
+            const py::ssize_t hidden = r.layout().hidden;
+            py::array_t<float> out({static_cast<py::ssize_t>(n_audio_tokens), hidden});
+            std::copy(e.begin(), e.end(), out.mutable_data());
+            return out;
+          },
+          py::arg("features"), py::arg("n_valid_frames"), py::arg("n_audio_tokens"),
+          "The audio net alone: the n_audio_tokens audio embeddings [n_audio_tokens, hidden] float32 that start() "
+          "would splice into the prompt (for checking the encoder against a reference).")
       .def(
           "start",
           [](tbn::Runtime &r, Features features, int n_valid_frames, std::vector<int> prompt_ids, int audio_token_id,

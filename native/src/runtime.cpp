@@ -94,7 +94,17 @@ KvLayout kv_layout(const bm_shape_t &s, int sd, bm_data_type_t t) {
   return k;
 }
 
+// Frames after one 3x3 stride-2 padding-1 convolution (the chunked audio encoder's front end, three of them).
+int conv_len(int n) { return (n - 1) / 2 + 1; }
+
 }  // namespace
+
+int chunked_audio_tokens(int n_valid_frames, int chunk_frames) {
+  int tokens = 0;
+  for (int start = 0; start < n_valid_frames; start += chunk_frames)
+    tokens += conv_len(conv_len(conv_len(std::min(chunk_frames, n_valid_frames - start))));
+  return tokens;
+}
 
 struct Runtime::Impl {
   Runtime &rt;
@@ -117,6 +127,11 @@ struct Runtime::Impl {
   int kv_cap = 0;     // history positions a request may use: SEQLEN (concat) or SEQLEN-1 (insert)
   bool greedy = true, has_audio_mask = false;
   bm_shape_t amask_shape{};
+  // chunked audio net (Qwen3-ASR): one launch = one attention window of win_chunks chunks of chunk_frames frames;
+  // inputs mel [K,1,n_mels,C], conv1_keep [K,1,1,c1], conv2_keep [K,1,1,c2], mask [1,K*R]; output [1,K*R,hidden]
+  bool chunked = false;
+  int win_chunks = 0, chunk_frames = 0, chunk_c1 = 0, chunk_c2 = 0, chunk_rows = 0;
+  bm_data_type_t keep_dt[2] = {BM_FLOAT32, BM_FLOAT32};
 
   bm_device_mem_t states_buf{}, pos_buf{}, mask_buf{}, dpos_buf{}, dmask_buf{}, tok_buf{};
   std::vector<bm_device_mem_t> k_store, v_store;
@@ -421,17 +436,24 @@ struct Runtime::Impl {
     }
 
     // audio side
-    if (audio->input_num < 1 || audio->input_num > 2 || audio->output_num < 1)
-      layout_error(std::string("audio net ") + audio->name + " must take (features[, mask]) and give embeddings");
     const auto &fs = in_shape(audio, 0);
-    if (fs.num_dims < 2 || elements(fs) != static_cast<uint64_t>(fs.dims[fs.num_dims - 2]) * fs.dims[fs.num_dims - 1])
+    if (fs.num_dims == 4 && audio->input_num == 4) {
+      introspect_chunked_audio();
+    } else if (audio->input_num < 1 || audio->input_num > 2 || audio->output_num < 1) {
+      layout_error(std::string("audio net ") + audio->name + " must take (features[, mask]) and give embeddings, or "
+                   "(chunks [K,1,n_mels,C], conv1_keep, conv2_keep, mask) for a chunked encoder");
+    } else if (fs.num_dims < 2 ||
+               elements(fs) != static_cast<uint64_t>(fs.dims[fs.num_dims - 2]) * fs.dims[fs.num_dims - 1]) {
       layout_error(std::string("audio net input ") + shape_str(fs) + " is not [1,n_mels,n_frames]");
-    n_mels = fs.dims[fs.num_dims - 2];
-    n_frames = fs.dims[fs.num_dims - 1];
-    feat_dt = audio->input_dtypes[0];
-    if (!is_float(feat_dt)) layout_error("audio features dtype " + dtype_name(feat_dt) + " is not float");
-    has_audio_mask = audio->input_num == 2;
-    if (has_audio_mask) {
+    }
+    if (!chunked) {
+      n_mels = fs.dims[fs.num_dims - 2];
+      n_frames = fs.dims[fs.num_dims - 1];
+      feat_dt = audio->input_dtypes[0];
+      if (!is_float(feat_dt)) layout_error("audio features dtype " + dtype_name(feat_dt) + " is not float");
+      has_audio_mask = audio->input_num == 2;
+    }
+    if (has_audio_mask && !chunked) {
       amask_shape = in_shape(audio, 1);
       amask_dt = audio->input_dtypes[1];
       if (!is_float(amask_dt)) layout_error("audio mask dtype " + dtype_name(amask_dt) + " is not float (additive)");
@@ -455,6 +477,9 @@ struct Runtime::Impl {
       layout_error(std::string("audio embeddings ") + shape_str(as) + " from net " + last->name +
                    " do not have the text hidden size " + std::to_string(hidden));
     audio_rows = static_cast<int>(elements(as) / hidden);
+    if (chunked && audio_rows != win_chunks * chunk_rows)
+      layout_error("chunked audio net gives " + std::to_string(audio_rows) + " rows, not " +
+                   std::to_string(win_chunks) + " chunks x " + std::to_string(chunk_rows) + " rows");
     audio_out_dt = last->output_dtypes[0];
     if (!is_float(audio_out_dt)) layout_error("audio embeddings dtype " + dtype_name(audio_out_dt) + " is not float");
 
@@ -475,6 +500,9 @@ struct Runtime::Impl {
     L.n_frames = n_frames;
     L.audio_rows = audio_rows;
     L.audio_mask = has_audio_mask ? shape_str(amask_shape) : "";
+    L.audio_kind = chunked ? "chunked" : "window";
+    L.audio_chunk_frames = chunk_frames;
+    L.audio_chunks_per_window = win_chunks;
     L.decode_addr_mode = caches[0]->addr_mode;
     L.batch = batch;
     L.decode_kv = insert ? "insert" : "concat";
@@ -597,8 +625,98 @@ struct Runtime::Impl {
     return {best, logprob};
   }
 
+  // The chunked encoder's inputs: shapes say K, C, the conv widths and R; every input a float type.
+  void introspect_chunked_audio() {
+    const auto &fs = in_shape(audio, 0);
+    if (fs.dims[1] != 1 || audio->output_num < 1)
+      layout_error("chunked audio net input " + shape_str(fs) + " is not [K,1,n_mels,C]");
+    chunked = has_audio_mask = true;
+    win_chunks = fs.dims[0];
+    n_mels = fs.dims[2];
+    chunk_frames = fs.dims[3];
+    chunk_c1 = conv_len(chunk_frames);
+    chunk_c2 = conv_len(chunk_c1);
+    chunk_rows = conv_len(chunk_c2);
+    n_frames = win_chunks * chunk_frames;
+    feat_dt = audio->input_dtypes[0];
+    const int want[3] = {win_chunks * chunk_c1, win_chunks * chunk_c2, win_chunks * chunk_rows};
+    const char *what[3] = {"conv1_keep", "conv2_keep", "audio_mask"};
+    for (int i = 0; i < 4; ++i)
+      if (!is_float(audio->input_dtypes[i]))
+        layout_error(std::string("chunked audio net input ") + std::to_string(i) + " dtype " +
+                     dtype_name(audio->input_dtypes[i]) + " is not float");
+    for (int i = 0; i < 3; ++i)
+      if (elements(in_shape(audio, i + 1)) != static_cast<uint64_t>(want[i]))
+        layout_error(std::string("chunked audio net ") + what[i] + " " + shape_str(in_shape(audio, i + 1)) +
+                     " does not hold " + std::to_string(want[i]) + " values for " + std::to_string(win_chunks) +
+                     " chunks of " + std::to_string(chunk_frames) + " frames");
+    keep_dt[0] = audio->input_dtypes[1];
+    keep_dt[1] = audio->input_dtypes[2];
+    amask_shape = in_shape(audio, 3);
+    amask_dt = audio->input_dtypes[3];
+  }
+
+  void h2d_floats(bm_device_mem_t dst, bm_data_type_t dt, const std::vector<float> &v) {
+    std::vector<uint8_t> h(v.size() * dtype_size(dt));
+    store_floats(dt, v.data(), v.size(), h.data());
+    h2d(dst, 0, h.data(), h.size());
+  }
+
+  // Copy n rows of the audio embeddings `out` (from row 0) over the prompt states at row `at`.
+  void splice_audio_rows(bm_device_mem_t out, int n, int at) {
+    size_t n_elems = static_cast<size_t>(n) * hidden;
+    if (audio_out_dt == states_dt) {
+      d2d(states_buf, static_cast<size_t>(at) * row_bytes, out, 0, n_elems * dtype_size(states_dt));
+    } else {  // a bmodel whose audio output was not quantized to the text dtype: convert once per request on host
+      std::vector<uint8_t> a(n_elems * dtype_size(audio_out_dt));
+      d2h(a.data(), out, 0, a.size());
+      std::vector<float> f(n_elems);
+      for (size_t i = 0; i < n_elems; ++i) f[i] = load_float(audio_out_dt, a.data(), i);
+      std::vector<uint8_t> s(n_elems * dtype_size(states_dt));
+      store_floats(states_dt, f.data(), n_elems, s.data());
+      h2d(states_buf, static_cast<size_t>(at) * row_bytes, s.data(), s.size());
+    }
+  }
+
+  // Chunked encoder: features [n_mels, width] (valid frames first) cut into chunks of C frames, K chunks per
+  // launch (one attention window of the reference encoder); each window's valid rows go to the next prompt rows.
+  // The convolutions see zero-padded frames past a partial chunk, except in a clip of one chunk, whose conv1/conv2
+  // outputs past its own length are zeroed (the reference pads a clip's chunks only to its longest chunk).
+  void encode_chunked_audio(const std::vector<float> &features, int width, int n_valid_frames, int at) {
+    const auto &st = audio->stages[0];
+    const int K = win_chunks, C = chunk_frames, M = n_mels;
+    const int n_chunks = (n_valid_frames + C - 1) / C;
+    const bool one_chunk = n_chunks == 1;
+    int done = 0;
+    for (int first = 0; first < n_chunks; first += K) {
+      std::vector<float> mel(static_cast<size_t>(K) * M * C, 0.0f);
+      std::vector<float> keep1(static_cast<size_t>(K) * chunk_c1, 0.0f), keep2(static_cast<size_t>(K) * chunk_c2, 0.0f);
+      std::vector<float> mask(static_cast<size_t>(K) * chunk_rows, audio_mask_value);
+      int rows = 0;
+      for (int k = 0; k < K && first + k < n_chunks; ++k) {
+        const int start = (first + k) * C, w = std::min(C, n_valid_frames - start);
+        for (int m = 0; m < M; ++m)
+          std::copy_n(features.data() + static_cast<size_t>(m) * width + start, w,
+                      mel.data() + (static_cast<size_t>(k) * M + m) * C);
+        const int k1 = one_chunk ? conv_len(w) : chunk_c1, k2 = one_chunk ? conv_len(conv_len(w)) : chunk_c2;
+        std::fill_n(keep1.begin() + static_cast<size_t>(k) * chunk_c1, k1, 1.0f);
+        std::fill_n(keep2.begin() + static_cast<size_t>(k) * chunk_c2, k2, 1.0f);
+        rows += conv_len(conv_len(conv_len(w)));  // only the clip's last chunk is partial: the rows are a prefix
+      }
+      std::fill_n(mask.begin(), rows, 0.0f);
+      h2d_floats(st.input_mems[0], feat_dt, mel);
+      h2d_floats(st.input_mems[1], keep_dt[0], keep1);
+      h2d_floats(st.input_mems[2], keep_dt[1], keep2);
+      h2d_floats(st.input_mems[3], amask_dt, mask);
+      launch(audio);
+      splice_audio_rows(st.output_mems[0], rows, at + done);
+      done += rows;
+    }
+  }
+
   // Run the audio net (+ projector) and copy its first n rows over the prompt states at row `at`.
-  void encode_audio(const std::vector<float> &features, int n_valid_frames, int n_audio, int at) {
+  void encode_audio(const std::vector<float> &features, int width, int n_valid_frames, int n_audio, int at) {
+    if (chunked) return encode_chunked_audio(features, width, n_valid_frames, at);
     const auto &st = audio->stages[0];
     size_t n_feat = static_cast<size_t>(n_mels) * n_frames;
     std::vector<uint8_t> host(n_feat * dtype_size(feat_dt));
@@ -621,18 +739,7 @@ struct Runtime::Impl {
       launch(projector);
       out = projector->stages[0].output_mems[0];
     }
-    size_t n_elems = static_cast<size_t>(n_audio) * hidden;
-    if (audio_out_dt == states_dt) {
-      d2d(states_buf, static_cast<size_t>(at) * row_bytes, out, 0, n_elems * dtype_size(states_dt));
-    } else {  // a bmodel whose audio output was not quantized to the text dtype: convert once per request on host
-      std::vector<uint8_t> a(n_elems * dtype_size(audio_out_dt));
-      d2h(a.data(), out, 0, a.size());
-      std::vector<float> f(n_elems);
-      for (size_t i = 0; i < n_elems; ++i) f[i] = load_float(audio_out_dt, a.data(), i);
-      std::vector<uint8_t> s(n_elems * dtype_size(states_dt));
-      store_floats(states_dt, f.data(), n_elems, s.data());
-      h2d(states_buf, static_cast<size_t>(at) * row_bytes, s.data(), s.size());
-    }
+    splice_audio_rows(out, n_audio, at);
   }
 
   float audio_mask_value = -10000.0f;
@@ -666,10 +773,10 @@ void Runtime::check_request(const std::vector<float> &features, int n_mels, int 
                             const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
                             int max_new_tokens) const {
   const auto &I = *impl_;
-  if (n_mels != I.n_mels || n_frames != I.n_frames)
+  if (I.chunked ? n_mels != I.n_mels : (n_mels != I.n_mels || n_frames != I.n_frames))
     throw std::invalid_argument("features are [" + std::to_string(n_mels) + "," + std::to_string(n_frames) +
                                 "]; the audio net takes [" + std::to_string(I.n_mels) + "," +
-                                std::to_string(I.n_frames) + "]");
+                                (I.chunked ? std::string("any number of frames") : std::to_string(I.n_frames)) + "]");
   if (features.size() != static_cast<size_t>(n_mels) * n_frames)
     throw std::invalid_argument("features size does not match n_mels x n_frames");
   if (n_valid_frames < 1 || n_valid_frames > n_frames)
@@ -683,7 +790,12 @@ void Runtime::check_request(const std::vector<float> &features, int n_mels, int 
   for (int id : prompt_ids)
     if (id < 0) throw std::invalid_argument("negative token id " + std::to_string(id) + " in prompt_ids");
   const int L = static_cast<int>(prompt_ids.size()) - 1 + n_audio_tokens;
-  if (n_audio_tokens > I.audio_rows)
+  if (I.chunked && n_audio_tokens != chunked_audio_tokens(n_valid_frames, I.chunk_frames))
+    throw std::invalid_argument("n_audio_tokens " + std::to_string(n_audio_tokens) + " disagrees with " +
+                                std::to_string(n_valid_frames) + " valid frames in chunks of " +
+                                std::to_string(I.chunk_frames) + " (" +
+                                std::to_string(chunked_audio_tokens(n_valid_frames, I.chunk_frames)) + " tokens)");
+  if (!I.chunked && n_audio_tokens > I.audio_rows)
     throw TooLong("audio of " + std::to_string(n_audio_tokens) + " tokens exceeds the audio net's " +
                   std::to_string(I.audio_rows) + " (" + std::to_string(I.n_frames) + " mel frames)");
   if (L + 1 > I.kv_cap)
@@ -740,7 +852,7 @@ int Runtime::start_locked(const std::vector<float> &features, int n_mels, int n_
 
     // 2. audio encoder + projector, spliced over the <|AUDIO|> slots on the device
     const auto ta = Clock::now();
-    I.encode_audio(features, n_valid_frames, n_audio_tokens, at);
+    I.encode_audio(features, static_cast<int>(features.size()) / I.n_mels, n_valid_frames, n_audio_tokens, at);
     g.encode_s = seconds_since(ta);
 
     // 3. causal prefill, positions 0..L-1; prompt K/V into this slot's rows of the decode history
@@ -945,6 +1057,20 @@ Generation Runtime::generate(const std::vector<float> &features, int n_mels, int
                              stop_ids, max_new_tokens);
   while (slots_[static_cast<size_t>(r)].state == SlotState::Decoding) step_locked();
   return finish_locked(r);
+}
+
+std::vector<float> Runtime::encode(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                                   int n_audio_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto &I = *impl_;
+  check_request(features, n_mels, n_frames, n_valid_frames, {0}, 0, n_audio_tokens, 1);
+  I.encode_audio(features, static_cast<int>(features.size()) / I.n_mels, n_valid_frames, n_audio_tokens, 0);
+  const size_t n = static_cast<size_t>(n_audio_tokens) * I.hidden;
+  std::vector<uint8_t> raw(n * dtype_size(I.states_dt));
+  I.d2h(raw.data(), I.states_buf, 0, raw.size());
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = load_float(I.states_dt, raw.data(), i);
+  return out;
 }
 
 }  // namespace tbn

@@ -31,6 +31,10 @@ class DeviceError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Audio tokens a chunked encoder makes of n valid frames: per chunk of chunk_frames (the last one partial), the rows
+// of three 3x3 stride-2 convolutions. Qwen3-ASR: 13 per full 100-frame chunk.
+int chunked_audio_tokens(int n_valid_frames, int chunk_frames);
+
 struct Counters {
   uint64_t h2d_bytes = 0, d2h_bytes = 0, d2d_bytes = 0;
   uint64_t h2d_calls = 0, d2h_calls = 0, d2d_calls = 0, launches = 0;
@@ -65,6 +69,11 @@ struct Layout {
   int n_mels = 0, n_frames = 0;  // the audio net's mel window
   int audio_rows = 0;      // audio embeddings it yields (max audio tokens)
   std::string audio_mask;  // "" (no mask input) or the mask input's shape, e.g. "[1,1,100,100]"
+  // "window": one launch per request over a fixed mel window (Qwen2-Audio; n_frames = the window, audio_rows = its
+  // most tokens); "chunked": one launch per attention window of audio_chunks_per_window chunks of
+  // audio_chunk_frames frames, as many launches as the clip needs (Qwen3-ASR; n_frames / audio_rows per launch)
+  std::string audio_kind;
+  int audio_chunk_frames = 0, audio_chunks_per_window = 0;  // 0 for "window"
   int decode_addr_mode = 0;
   int batch = 1;           // decode rows = slots: requests in flight at once
   std::string decode_kv;   // "concat" (nets return the new K/V) or "insert" (nets write it into history slot SEQLEN-1)
@@ -103,7 +112,8 @@ class Runtime {
   // start: a request into a free slot (audio encode, splice, prefill into that slot's K/V rows, first token);
   //   returns the slot. It may already be done (stop id or max_new_tokens 1). TooLong (nothing occupied) if the
   //   prompt leaves no room; std::logic_error if no slot is free.
-  // features: [n_mels, n_frames] log-mel float32 padded to the audio net's window; n_valid_frames: real frames.
+  // features: [n_mels, n_frames] log-mel float32, padded to the audio net's window ("window" audio_kind), or any
+  // width holding the clip's frames first ("chunked"); n_valid_frames: real frames.
   // prompt_ids holds exactly one audio_token_id, replaced by n_audio_tokens audio embeddings.
   int start(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
             const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
@@ -120,6 +130,11 @@ class Runtime {
   Generation generate(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
                       const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
                       const std::vector<int> &stop_ids, int max_new_tokens);
+
+  // The audio net alone: the n_audio_tokens embeddings [n_audio_tokens x hidden] (as float) that start() would splice
+  // into the prompt, read back from the device (for checking the encoder against a reference; no slot is used).
+  std::vector<float> encode(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
+                            int n_audio_tokens);
 
   const Layout &layout() const { return layout_; }
   const std::vector<NetSummary> &nets() const { return nets_; }
