@@ -250,16 +250,6 @@ def test_mixed_manifest_evaluated_side_by_side_with_qwen2_audio(folder, model_di
         assert run["accuracy"]["n_samples"] == len(rows) and run["accuracy"]["wer_successful"] == 0.0
 
 
-@pytest.mark.simulator
-def test_bm1684x_engine_refuses_qwen3_asr_clearly(folder):
-    """The runtime has no Qwen3-ASR audio path yet (native/compile/README.md §7): a clear refusal, not a crash."""
-    pytest.importorskip("transcribe_batch_native")
-    from transcribe_batch.workers.engines.bm1684x import ModelMismatch
-
-    with pytest.raises(ModelMismatch, match=r"config.json: model_type 'qwen3_asr'.*qwen2_audio bmodels only.*--engine hf"):
-        create_engine("bm1684x", {"model_dir": str(folder), "bmodel": "none.bmodel"}, 0)
-
-
 def test_audio_encoder_attends_within_its_windows(folder, backend):
     """Longer than one window (n_window_infer frames = 8 s here): the encoder's rows equal each window encoded on
     its own — qwen-asr's windowed attention (its vLLM backend; flash-attention 2) also under sdpa on the CPU."""

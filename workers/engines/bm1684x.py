@@ -1,8 +1,12 @@
-"""BM1684X engine: Qwen2-Audio bmodels on a Sophgo card (or the cmodel simulator) through the native runtime.
+"""BM1684X engine: Qwen2-Audio and Qwen3-ASR bmodels on a Sophgo card (or the cmodel simulator) through the native
+runtime.
 
 One runtime per actor, pinned to one device id. The front end (workers/frontend.py) supplies log-mel features,
-the prompt ids with one <|AUDIO|> placeholder and the stop ids; the runtime (native/, `transcribe_batch_native`)
-runs audio encoder, splice, prefill and greedy decode with the KV cache on the device.
+the prompt ids with one audio placeholder and the stop ids; the runtime (native/, `transcribe_batch_native`)
+runs audio encoder, splice, prefill and greedy decode with the KV cache on the device. The model folder's family
+(workers/models/) says what the bmodel must match; the runtime reads from the bmodel's audio net how to feed it: one
+launch over a fixed mel window (Qwen2-Audio: 30 s), or one launch per attention window of chunks for as long as the
+clip (Qwen3-ASR: its own limit, here bounded by SEQLEN).
 
 A bmodel compiled with `convert.py --batch B` has B decode slots: `transcribe_batch` keeps them full, starting the
 next request in a slot as soon as its answer finishes, and decodes all busy slots with one launch per net per
@@ -29,9 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..features import FeatureConfig, audio_token_count
 from ..frontend import model_id_of
-from ..models import model_type_of
+from ..models import ModelFamily, load_family
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
 
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
@@ -42,9 +45,6 @@ BUILD_COMMAND = (
     "  on the simulator: make native     (= bash native/scripts/fetch_sim_sdk.sh " + DEFAULT_SIM_SDK + " && "
     "LIBSOPHON_ROOT=" + DEFAULT_SIM_SDK + " pip install ./native)"
 )
-
-
-RUNTIME_FAMILIES = ("qwen2_audio",)  # model families (config.json model_type) whose bmodels the runtime runs
 
 
 class NativeRuntimeMissing(ImportError):
@@ -87,23 +87,23 @@ def _first(d: dict, *keys: str) -> Any:
     return None
 
 
-def model_facts(model_dir: Path) -> dict[str, Any]:
-    """What the model folder says about the network (config.json + preprocessor_config.json)."""
+def model_facts(model_dir: Path, family: ModelFamily) -> dict[str, Any]:
+    """What the model folder says about the network (its family reads config.json + preprocessor_config.json)."""
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: the bm1684x engine needs the model folder's config.json")
-    cfg = json.loads(cfg_path.read_text())
-    text = cfg.get("text_config") or {}
-    feats = FeatureConfig.from_model_dir(model_dir)
+    f = family.net_facts()
     return {
-        "hidden_size": _first(text, "hidden_size") or cfg.get("hidden_size"),
-        "vocab_size": _first(text, "vocab_size") or cfg.get("vocab_size"),
-        "num_hidden_layers": _first(text, "num_hidden_layers"),
-        "audio_token_id": _first(cfg, "audio_token_index", "audio_token_id"),
-        "n_mels": feats.feature_size,
-        "n_frames": feats.n_frames,
+        "model_type": family.model_type,
+        "hidden_size": f.hidden_size,
+        "vocab_size": f.vocab_size,
+        "num_hidden_layers": f.num_hidden_layers,
+        "audio_token_id": f.audio_token_id,
+        "n_mels": f.n_mels,
+        "n_frames": f.frames_per_launch,
+        "chunk_frames": f.chunk_frames,
         "model_id": model_id_of(model_dir),
-        "features": feats,
+        "features": family.features,
     }
 
 
@@ -116,6 +116,17 @@ def check_pair(bmodel: Path, sidecar: dict | None, facts: dict, layout: dict) ->
             problems.append(f"{what}: {a_name} says {a}, {b_name} says {b}")
 
     sc = sidecar or {}
+    if sc and sc.get("model_type", "qwen2_audio") != facts["model_type"]:
+        problems.append(f"model family: sidecar says {sc.get('model_type', 'qwen2_audio')}, config.json says "
+                        f"{facts['model_type']}")
+    chunked = layout.get("audio_kind") == "chunked"
+    if chunked != (facts["chunk_frames"] is not None):
+        problems.append(f"audio encoder: the bmodel's audio net is {'chunked' if chunked else 'a fixed window'}, "
+                        f"the {facts['model_type']} folder needs {'chunks' if facts['chunk_frames'] else 'a window'}")
+    elif chunked:
+        cmp("audio chunk frames", "bmodel audio net", layout["audio_chunk_frames"], "config.json",
+            facts["chunk_frames"])
+        cmp("audio chunk frames", "sidecar", sc.get("audio_chunk_frames"), "config.json", facts["chunk_frames"])
     if sc.get("bmodel_bytes") is not None and int(sc["bmodel_bytes"]) != bmodel.stat().st_size:
         problems.append(f"size: sidecar describes a {sc['bmodel_bytes']}-byte bmodel, {bmodel.name} has "
                         f"{bmodel.stat().st_size} bytes (the pair was split up)")
@@ -136,7 +147,8 @@ def check_pair(bmodel: Path, sidecar: dict | None, facts: dict, layout: dict) ->
     if "batch" in sc:
         cmp("decode batch", "sidecar", sc.get("batch"), "bmodel nets", layout.get("batch", 1))
     cmp("mel bins", "bmodel audio net", layout["n_mels"], "preprocessor_config.json", facts["n_mels"])
-    cmp("mel frames (window)", "bmodel audio net", layout["n_frames"], "preprocessor_config.json", facts["n_frames"])
+    cmp("mel frames (window)", "bmodel audio net", layout["n_frames"],
+        "config.json" if chunked else "preprocessor_config.json", facts["n_frames"])
     return problems
 
 
@@ -149,14 +161,9 @@ class Bm1684xEngine(Engine):
         self.model_dir = Path(model_dir).expanduser().resolve()
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {self.model_dir}")
-        model_type = model_type_of(self.model_dir)
-        if model_type not in RUNTIME_FAMILIES:
-            raise ModelMismatch(
-                f"{self.model_dir / 'config.json'}: model_type {model_type!r}: the BM1684X runtime runs "
-                f"{', '.join(RUNTIME_FAMILIES)} bmodels only so far (Qwen3-ASR: native/compile/README.md §7 says what "
-                "is missing); use --engine hf for this model")
+        self.family = load_family(self.model_dir)
         self.bmodel = find_bmodel(bmodel, self.model_dir)
-        self.facts = model_facts(self.model_dir)
+        self.facts = model_facts(self.model_dir, self.family)
         sidecar_path = self.bmodel.with_name(self.bmodel.name + ".json")
         self.sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else None
         self.device = int(device)
@@ -173,9 +180,13 @@ class Bm1684xEngine(Engine):
                 f"{sidecar_path.name}), or recompile with native/compile/."
             )
         self.model_id = (self.sidecar or {}).get("model_id") or self.facts["model_id"]
-        feats: FeatureConfig = self.facts["features"]
+        feats = self.family.features
+        self.chunked = self.layout.get("audio_kind") == "chunked"
+        # a fixed window holds that much audio; a chunked encoder takes any length (the family's own limit), and
+        # SEQLEN bounds a request's audio tokens either way (the front end splits longer audio at pauses)
+        window_s = self.layout["n_frames"] * feats.hop_length / feats.sampling_rate
         self.limits = EngineLimits(
-            max_audio_s=self.layout["n_frames"] * feats.hop_length / feats.sampling_rate,
+            max_audio_s=self.family.max_request_s if self.chunked else window_s,
             max_seq_len=self.layout["seqlen"],
         )
 
@@ -189,14 +200,18 @@ class Bm1684xEngine(Engine):
         if request.features is None or not request.prompt_ids:
             raise ValueError(f"{request.id}: the bm1684x engine needs features and prompt ids from the front end")
         features = np.ascontiguousarray(request.features, dtype=np.float32)
-        want = (self.layout["n_mels"], self.layout["n_frames"])
-        if features.shape != want:
-            raise ValueError(f"{request.id}: features {features.shape} do not match the bmodel's mel window {want}")
-        n_valid = int(np.asarray(request.feature_mask).sum()) if request.feature_mask is not None else want[1]
-        if audio_token_count(n_valid) != request.n_audio_tokens:
+        if self.chunked:
+            if features.ndim != 2 or features.shape[0] != self.layout["n_mels"]:
+                raise ValueError(f"{request.id}: features {features.shape} are not [{self.layout['n_mels']}, frames]")
+        elif features.shape != (self.layout["n_mels"], self.layout["n_frames"]):
+            raise ValueError(f"{request.id}: features {features.shape} do not match the bmodel's mel window "
+                             f"{(self.layout['n_mels'], self.layout['n_frames'])}")
+        n_valid = (int(np.asarray(request.feature_mask).sum()) if request.feature_mask is not None
+                   else features.shape[1])
+        if self.family.audio_tokens(n_valid) != request.n_audio_tokens:
             raise ValueError(
                 f"{request.id}: n_audio_tokens {request.n_audio_tokens} disagrees with {n_valid} valid mel frames "
-                f"({audio_token_count(n_valid)} tokens)"
+                f"({self.family.audio_tokens(n_valid)} tokens)"
             )
         audio_id = request.audio_token_id if request.audio_token_id is not None else self.facts["audio_token_id"]
         return (features, n_valid, list(request.prompt_ids), int(audio_id), int(request.n_audio_tokens),
@@ -295,6 +310,7 @@ def _result(out: dict, *, wait_s: float, batch: int) -> EngineResult:
             "slot": out["slot"],
             "batch": batch,
             "slot_wait_s": wait_s,
+            "prefill_launches": out["prefill"]["launches"],
             "prefill_h2d_bytes": out["prefill"]["h2d_bytes"],
             "prefill_d2h_bytes": out["prefill"]["d2h_bytes"],
             "decode_h2d_bytes": out["decode"]["h2d_bytes"],

@@ -10,6 +10,7 @@ engines ask the family; none of them branches on the model.
     feats, mask = family.log_mel(family.fit_audio(piece))
     n = family.n_audio_tokens(piece.size)              # how often the placeholder is repeated (HF form)
     answer = family.parse(raw)                         # Answer(text, language)
+    facts = family.net_facts()                         # what a bmodel compiled from this folder must match
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ class Answer:
 
     text: str
     language: str | None = None  # e.g. "English"; None when the family does not say or the language was forced
+
+
+@dataclass(frozen=True)
+class NetFacts:
+    """What the model folder says a compiled model of it must be (the bm1684x engine checks a bmodel's sidecar and
+    nets against it). None: the folder does not say."""
+
+    hidden_size: int | None
+    vocab_size: int | None
+    num_hidden_layers: int | None
+    audio_token_id: int | None
+    n_mels: int
+    frames_per_launch: int  # mel frames one audio-net launch takes: the fixed window, or one attention window
+    chunk_frames: int | None = None  # chunked encoders (one launch per attention window): frames per chunk
 
 
 @dataclass
@@ -147,6 +162,11 @@ class ModelFamily(ABC):
     def decode(self, token_ids: list[int]) -> str:
         self._need_tokenizer()
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    # -- compiled model ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def net_facts(self) -> NetFacts:
+        """The network sizes and ids in the folder's config.json that a compiled model must match."""
 
     # -- answer --------------------------------------------------------------------------------------------------
     @abstractmethod

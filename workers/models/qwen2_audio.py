@@ -17,7 +17,7 @@ from pathlib import Path
 from ..cleanup import extract_transcript
 from ..features import audio_token_count
 from ..prompts import PromptError, Templates, read_json, token_id
-from .base import Answer, ModelFamily, PromptSpec, ReferenceModel
+from .base import Answer, ModelFamily, NetFacts, PromptSpec, ReferenceModel
 
 
 class Qwen2Audio(ModelFamily):
@@ -75,6 +75,15 @@ class Qwen2Audio(ModelFamily):
             f"<|im_start|>user\nAudio 1: {self.audio_bos}{self.audio_token}{self.audio_eos}\n{spec.text}<|im_end|>\n"
             "<|im_start|>assistant\n"
         )
+
+    def net_facts(self) -> NetFacts:
+        config = read_json(self.model_dir / "config.json") if self.model_dir is not None else {}
+        text = config.get("text_config") or {}
+        audio_id = config.get("audio_token_index", config.get("audio_token_id"))
+        return NetFacts(hidden_size=text.get("hidden_size", config.get("hidden_size")),
+                        vocab_size=text.get("vocab_size", config.get("vocab_size")),
+                        num_hidden_layers=text.get("num_hidden_layers"), audio_token_id=audio_id,
+                        n_mels=self.features.feature_size, frames_per_launch=self.features.n_frames)
 
     def parse(self, raw: str) -> Answer:
         return Answer(extract_transcript(raw))

@@ -28,7 +28,7 @@ import types
 from pathlib import Path
 
 from ..prompts import LANGUAGES, PromptError, Templates, read_json, token_id
-from .base import Answer, ModelFamily, PromptSpec, ReferenceModel
+from .base import Answer, ModelFamily, NetFacts, PromptSpec, ReferenceModel
 
 ASR_TEXT = "<asr_text>"
 LANGUAGE_PREFIX = "language "
@@ -69,6 +69,7 @@ class Qwen3Asr(ModelFamily):
                 "text_config); a folder converted to transformers' own Qwen3-ASR layout (top-level audio_config / "
                 "text_config) is not supported")
         thinker = config.get("thinker_config") or {}
+        self.thinker = thinker
         self.support_languages = tuple(config.get("support_languages") or ())
         mel_bins = (thinker.get("audio_config") or {}).get("num_mel_bins")
         if mel_bins is not None and int(mel_bins) != self.features.feature_size:
@@ -166,6 +167,18 @@ class Qwen3Asr(ModelFamily):
                 value = line[len(LANGUAGE_PREFIX):].strip()
                 return Answer(text, language_name(value) if value else None)
         return Answer(text)
+
+    # -- compiled model ------------------------------------------------------------------------------------------
+    def net_facts(self) -> NetFacts:
+        """The audio encoder works in chunks of 2·n_window frames and attends within windows of n_window_infer
+        frames: one audio-net launch of a compiled model is one such window."""
+        text = self.thinker.get("text_config") or {}
+        audio = self.thinker.get("audio_config") or {}
+        chunk = 2 * int(audio.get("n_window", FRAMES_PER_BLOCK // 2))
+        return NetFacts(hidden_size=text.get("hidden_size"), vocab_size=text.get("vocab_size"),
+                        num_hidden_layers=text.get("num_hidden_layers"),
+                        audio_token_id=self.thinker.get("audio_token_id"), n_mels=self.features.feature_size,
+                        frames_per_launch=int(audio.get("n_window_infer", chunk)), chunk_frames=chunk)
 
     # -- reference engine ----------------------------------------------------------------------------------------
     def load_reference(self, dtype) -> ReferenceModel:
