@@ -73,27 +73,25 @@ def test_devices_json():
 
 
 @pytest.mark.slow
-def test_run_end_to_end_and_resume(tmp_path, audio_dir):
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        m = tmp_path / "m.jsonl"
-        rows = write_manifest(m, audio_dir, repeat=2)
-        cfg = tmp_path / "job.toml"
-        cfg.write_text('engine = "simulated"\nsim_speedup = 2000.0\nshard_size = 3\n')
-        args = ["run", str(m), "-o", str(tmp_path / "out"), "--config", str(cfg), "--devices", "3", "--quiet"]
-        first = runner.invoke(app, args)
-        assert first.exit_code == 0, first.output
-        summary = json.loads(first.stdout.strip().splitlines()[-1])
-        assert summary["status"] == "complete" and summary["n_ok"] == len(rows) and len(summary["devices"]) == 3
-        table = pq.read_table(tmp_path / "out" / "results.parquet")
-        assert table["id"].to_pylist() == [r["id"] for r in rows]
-        second = runner.invoke(app, args)
-        assert second.exit_code == 0
-        assert json.loads(second.stdout.strip().splitlines()[-1])["n_resumed"] == len(rows)
-        refused = runner.invoke(app, [*args, "--sim-text", "x"])
-        assert refused.exit_code == 2 and "--overwrite" in refused.output
-    finally:
-        ray.shutdown()
+def test_run_end_to_end_and_resume(tmp_path, audio_dir, ray_cluster):
+    """The CLI in this process joins the Ray it finds initialised (the shared test cluster, conftest.py)."""
+    assert ray.is_initialized()
+    m = tmp_path / "m.jsonl"
+    rows = write_manifest(m, audio_dir, repeat=2)
+    cfg = tmp_path / "job.toml"
+    cfg.write_text('engine = "simulated"\nsim_speedup = 2000.0\nshard_size = 3\n')
+    args = ["run", str(m), "-o", str(tmp_path / "out"), "--config", str(cfg), "--devices", "3", "--quiet"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "complete" and summary["n_ok"] == len(rows) and len(summary["devices"]) == 3
+    table = pq.read_table(tmp_path / "out" / "results.parquet")
+    assert table["id"].to_pylist() == [r["id"] for r in rows]
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0
+    assert json.loads(second.stdout.strip().splitlines()[-1])["n_resumed"] == len(rows)
+    refused = runner.invoke(app, [*args, "--sim-text", "x"])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
 
 
 def test_device_selection():

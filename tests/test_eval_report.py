@@ -164,8 +164,10 @@ def test_html_report_without_references_or_timings_states_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_of_a_run_folder_written_by_the_runner(tmp_path, audio_dir):
-    """The real flow: `transcribe-batch run` (simulated engine, 2 devices, injected failures, no retries) → eval."""
+def test_eval_of_a_run_folder_written_by_the_runner(tmp_path, audio_dir, ray_cluster):
+    """The real flow: `transcribe-batch run` (simulated engine, 2 devices, injected failures, no retries) → eval.
+    The run joins the tests' shared Ray cluster (--address: no cluster start-up of its own, which
+    test_hf_engine, test_crash_charging and test_bm1684x_pipeline cover); eval runs in this process."""
     import subprocess
     import sys
 
@@ -184,7 +186,7 @@ def test_eval_of_a_run_folder_written_by_the_runner(tmp_path, audio_dir):
     cli = [sys.executable, "-c", "from transcribe_batch.pipeline.cli import main; main()"]
     run = subprocess.run(
         [*cli, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "2", "--sim-speedup", "200",
-         "--sim-faults", "error=0.3,seed=5", "--max-attempts", "1", "-q"],
+         "--sim-faults", "error=0.3,seed=5", "--max-attempts", "1", "-q", "--address", ray_cluster],
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -193,9 +195,8 @@ def test_eval_of_a_run_folder_written_by_the_runner(tmp_path, audio_dir):
     assert 0 < len(failed) < len(results)
 
     html = tmp_path / "report.html"
-    ev = subprocess.run([*cli, "eval", str(out), "--format", "json", "--html", str(html)], capture_output=True,
-                        text=True, timeout=120)
-    assert ev.returncode == 0, ev.stderr[-3000:]
+    ev = CliRunner().invoke(app, ["eval", str(out), "--format", "json", "--html", str(html)])
+    assert ev.exit_code == 0, ev.output[-3000:] + repr(ev.exception)
     data = json.loads(ev.stdout)
     acc, speed = data["runs"][0]["accuracy"], data["runs"][0]["speed"]
     norm = get_normalizer("whisper")

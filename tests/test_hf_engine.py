@@ -181,9 +181,10 @@ def test_tiny_fixture_reference_tokens(audio_dir):
 
 
 @pytest.mark.slow
-def test_run_with_engine_hf_on_the_cpu(tmp_path, audio_dir):
+def test_run_with_engine_hf_on_the_cpu(tmp_path, audio_dir, ray_cluster):
     """`transcribe-batch run --engine hf` end to end on a host without GPUs (the tiny fixture's weights): the raw
-    answers in results.parquet are the HF reference's greedy tokens, decoded."""
+    answers in results.parquet are the HF reference's greedy tokens, decoded. The run joins the tests' shared Ray
+    cluster (--address; a run that starts its own: test_crash_charging, test_resume, test_bm1684x_pipeline)."""
     import subprocess
     import sys
 
@@ -197,7 +198,8 @@ def test_run_with_engine_hf_on_the_cpu(tmp_path, audio_dir):
     out = tmp_path / "run"
     n_tokens = 8
     cmd = [str(Path(sys.executable).with_name("transcribe-batch")), "run", str(manifest), "-o", str(out),
-           "--engine", "hf", "--model-dir", str(fixture), "--max-new-tokens", str(n_tokens), "--quiet"]
+           "--engine", "hf", "--model-dir", str(fixture), "--max-new-tokens", str(n_tokens), "--quiet",
+           "--address", ray_cluster]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -35,7 +35,7 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir):
+def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir, ray_cluster):
     manifest = tmp_path / "sample.jsonl"
     texts = tmp_path / "texts.tsv"  # the labeled sample's human transcripts
     shared = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
@@ -46,7 +46,7 @@ def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir):
 
     run = tmp_path / "runs" / "sample"
     _cli("run", str(manifest), "-o", str(run), "--engine", "simulated", "--devices", "2", "--sim-speedup", "2000",
-         "--sim-faults", "garble=0.5,seed=11", "--quiet")
+         "--sim-faults", "garble=0.5,seed=11", "--quiet", "--address", ray_cluster)  # the tests' shared cluster
     results = pq.read_table(run / "results.parquet").to_pylist()
     assert all(r["status"] == "ok" and 0 < r["confidence"] <= 1 for r in results)
     garbled = [r for r in results if r["pred_text"] != r["text"]]

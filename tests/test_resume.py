@@ -81,10 +81,11 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, audio_dir, ad
     assert run["status"] == "complete" and run["resumed"] and len(run["runs"]) == 2
 
 
-# The signal tests cannot race: the manifest is 72 rows at a simulated speed that keeps 4 devices busy for > 60 s,
-# and the signal goes out as soon as the first part file (rows finished) exists, which is seconds in. A run that
-# received a signal can never end "complete" (runner.StopSignals remembers it even if an exception were swallowed).
-SLOW = 8  # --sim-speedup: ~6 s a row
+# The signal tests cannot race: the manifest is 72 rows at a simulated speed that keeps 4 devices busy for > 25 s,
+# and the signal goes out as soon as the first part file (rows finished) exists, which is seconds in (the test polls
+# every 0.1 s). A run that received a signal can never end "complete" (runner.StopSignals remembers it even if an
+# exception were swallowed).
+SLOW = 20  # --sim-speedup: ~2.5 s a row
 
 
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False)])
