@@ -135,24 +135,31 @@ def run_slots(rt, requests: list, max_new_tokens: int, stop: bool) -> dict:
             "audio_s": sum(r.duration_s for r in requests)}
 
 
-# ---- PROJECTION (not measured): roofline of batched decode for Qwen2-Audio-7B on one BM1684X ----------------------
+# ---- PROJECTION (not measured): roofline of batched decode on one BM1684X, per model family ----------------------
 BM1684X_BYTES_PER_S = 64e9  # LPDDR4X bandwidth
-AUDIO_NET_BYTES = 1.31e9   # the real encoder as one bf16 net (measured compile, native/compile/README.md)
 BM1684X_FLOPS = 16e12       # fp16/bf16 peak (32 TOPS int8); w4/w8 weights are dequantized to bf16 for the matmuls
 
 
 @dataclass(frozen=True)
-class Model7B:
+class Model:
+    """A decoder's shapes from its published config.json, plus its audio encoder (params, rows per request)."""
+
+    name: str = "Qwen2-Audio-7B"
     layers: int = 32
     hidden: int = 4096
+    q_dim: int = 4096       # query heads x head_dim (Qwen3-0.6B: 16 x 128 = 2048 > hidden 1024)
     intermediate: int = 11008
     kv_dim: int = 32 * 128  # 32 KV heads (no GQA) x head_dim 128
     vocab: int = 156032
     seqlen: int = 1024      # static nets attend over every history slot, masked or not
+    audio_params: float = 0.64e9  # encoder weights: read once per request (bf16), run over audio_positions
+    audio_positions: int = 1500   # encoder positions per request (Qwen2-Audio: the 30 s window, whatever the clip)
+    audio_net_bytes: float = 1.31e9  # the encoder as one bf16 net (measured compile, native/compile/README.md)
+    tied: bool = False  # embedding = lm_head (one bf16 copy in the bmodel: convert.py merges them)
 
     @property
     def layer_params(self) -> int:
-        return 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate
+        return 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate
 
     def weight_bytes(self, bits: float) -> float:
         """Bytes read per decode step: the text layers at `bits` per weight (incl. group scales) + the bf16 lm_head
@@ -167,28 +174,52 @@ class Model7B:
     @property
     def flops_per_row(self) -> float:
         """Matmul FLOPs of one row's step: 2 per weight + QK^T and PV over SEQLEN."""
-        return 2 * (self.layers * self.layer_params + self.vocab * self.hidden) + 4 * self.layers * self.seqlen * self.hidden
+        return 2 * (self.layers * self.layer_params + self.vocab * self.hidden) + 4 * self.layers * self.seqlen * self.q_dim
 
 
-def roofline_step_s(m: Model7B, bits: float, batch: int) -> tuple[float, float, float]:
+Model7B = Model  # the defaults are Qwen2-Audio-7B's
+
+
+def qwen3_asr(size: str, audio_s: float = 7.3) -> Model:
+    """Qwen3-ASR-1.7B / -0.6B: Qwen3 decoders (28 layers, 8 KV heads x 128, tied 151936-row embedding) and the AuT
+    encoder (1.7B: 24 layers, d_model 1024, ffn 4096; 0.6B: 18 layers, 896, 3584), which runs over 13 rows per second of
+    the clip only (one launch per 4 s window), not a fixed 30 s window."""
+    rows = int(round(13 * audio_s))
+    if size == "1.7B":
+        enc = 24 * (4 * 1024**2 + 2 * 1024 * 4096)
+        return Model("Qwen3-ASR-1.7B", 28, 2048, 2048, 6144, 8 * 128, 151936, audio_params=enc,
+                     audio_positions=rows, audio_net_bytes=2 * enc, tied=True)
+    enc = 18 * (4 * 896**2 + 2 * 896 * 3584)
+    return Model("Qwen3-ASR-0.6B", 28, 1024, 2048, 3072, 8 * 128, 151936, audio_params=enc, audio_positions=rows,
+                 audio_net_bytes=2 * enc, tied=True)
+
+
+def roofline_step_s(m: Model, bits: float, batch: int) -> tuple[float, float, float]:
     """(memory s, compute s, step s = the larger) for one decode step of `batch` rows."""
     mem = (m.weight_bytes(bits) + batch * m.kv_bytes_per_row) / BM1684X_BYTES_PER_S
     comp = batch * m.flops_per_row / BM1684X_FLOPS
     return mem, comp, max(mem, comp)
 
 
-def prefill_s(m: Model7B, audio_params: float = 0.64e9, audio_positions: int = 1500) -> float:
-    """Per request, not batched: audio encoder over 1500 positions + a SEQLEN-wide prefill, at peak FLOPs (a lower
+def prefill_s(m: Model) -> float:
+    """Per request, not batched: audio encoder over its positions + a SEQLEN-wide prefill, at peak FLOPs (a lower
     bound: real utilisation is lower)."""
-    text = 2 * (m.layers * m.layer_params) * m.seqlen + 4 * m.layers * m.seqlen * m.seqlen * m.hidden
-    audio = 2 * audio_params * audio_positions
+    text = 2 * (m.layers * m.layer_params) * m.seqlen + 4 * m.layers * m.seqlen * m.seqlen * m.q_dim
+    audio = 2 * m.audio_params * m.audio_positions
     return (text + audio) / BM1684X_FLOPS
 
 
 def print_projection(batches=(1, 2, 4, 8, 16), tokens_per_request: float = 25.0, audio_s: float = 7.3) -> dict:
-    m = Model7B()
+    out = {}
+    for m, prefix in ((Model(), "proj"), (qwen3_asr("1.7B", audio_s), "proj_q3_1.7b"),
+                      (qwen3_asr("0.6B", audio_s), "proj_q3_0.6b")):
+        out.update(print_model_projection(m, prefix, batches, tokens_per_request, audio_s))
+    return out
+
+
+def print_model_projection(m: Model, prefix: str, batches, tokens_per_request: float, audio_s: float) -> dict:
     pre = prefill_s(m)
-    print("\n## PROJECTION (roofline, not measured): Qwen2-Audio-7B decode on one BM1684X\n")
+    print(f"\n## PROJECTION (roofline, not measured): {m.name} decode on one BM1684X\n")
     print(f"Per step: weights read once for all rows + each row's K/V history ({fmt_bytes(m.kv_bytes_per_row)} at "
           f"SEQLEN {m.seqlen}); {m.flops_per_row / 1e9:.1f} GFLOP per row; {BM1684X_BYTES_PER_S / 1e9:.0f} GB/s, "
           f"{BM1684X_FLOPS / 1e12:.0f} TFLOPS. Per request a prefill + audio encode of ≥ {pre:.2f} s (peak FLOPs). "
@@ -205,10 +236,10 @@ def print_projection(batches=(1, 2, 4, 8, 16), tokens_per_request: float = 25.0,
             base = base or rate
             per_request = pre + tokens_per_request * step / b  # slots full: a step serves b requests
             audio_h = audio_s / per_request
-            out[f"proj_{name}_b{b}_tokens_per_s"] = f"{rate:.1f}"
+            out[f"{prefix}_{name}_b{b}_tokens_per_s"] = f"{rate:.1f}"
             print(f"| {name} | {b} | {fmt_bytes(m.weight_bytes(bits) + b * m.kv_bytes_per_row)} | {mem * 1e3:.1f} | "
                   f"{comp * 1e3:.1f} | {step * 1e3:.1f} | {rate:.1f} | {rate / base:.2f} | {audio_h:.1f} | "
-                  f"{fmt_bytes(m.weight_bytes(bits) + m.vocab * m.hidden * 2 + AUDIO_NET_BYTES + b * m.kv_bytes_per_row)} |")
+                  f"{fmt_bytes(m.weight_bytes(bits) + (0 if m.tied else m.vocab * m.hidden * 2) + m.audio_net_bytes + b * m.kv_bytes_per_row)} |")
     return out
 
 
@@ -232,12 +263,14 @@ def main() -> None:
     ap.add_argument("--batched-bmodel", type=Path, default=BATCHED_FIXTURE,
                     help="a bmodel compiled with convert.py --batch B, run with the same clips side by side ('' to skip)")
     ap.add_argument("--projection-only", action="store_true",
-                    help="print the roofline PROJECTION for Qwen2-Audio-7B on BM1684X and exit (no runtime needed)")
+                    help="print the roofline PROJECTION for Qwen2-Audio-7B and Qwen3-ASR-1.7B/0.6B on BM1684X and exit "
+                         "(no runtime needed)")
     ap.add_argument("--requests", type=int, default=0,
                     help="requests in the batched comparison (default: the clips repeated to B + 1)")
     args = ap.parse_args()
     if args.projection_only:
-        print_projection()
+        figures = print_projection()
+        print(" ".join(f"{k}={v}" for k, v in figures.items()))
         return
 
     try:

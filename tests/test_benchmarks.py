@@ -35,3 +35,25 @@ def test_pipeline_benchmark_accounts_for_every_row(tmp_path):
     # runs this short are all noise: only check that the figures exist and are sane, not how good they are
     assert float(figures["scaling_efficiency_2"]) > 0 and 0 <= float(figures["idle_fraction_2"]) < 1, out
     assert float(figures["wall_over_ideal_2"]) >= 1 and float(figures["speedup_vs_sequential"]) > 0, out
+
+
+def test_roofline_projection_covers_both_families_with_published_sizes():
+    """benchmarks/runtime.py --projection-only: the decoders' non-embedding parameters are the published ones
+    (Qwen3-1.7B ≈ 1.4 B, Qwen3-0.6B ≈ 0.44 B, Qwen2-Audio-7B's LLM ≈ 6.5 G layer weights), and the smaller model is
+    the faster one at every B (all memory-bound)."""
+    out, line = _run("runtime.py", "--projection-only", timeout=120)
+    BENCH = str(REPO / "benchmarks")
+    sys.path.insert(0, BENCH)
+    try:
+        import runtime as bench
+    finally:
+        sys.path.remove(BENCH)
+    sizes = {m.name: m.layers * m.layer_params for m in (bench.Model(), bench.qwen3_asr("1.7B"), bench.qwen3_asr("0.6B"))}
+    assert sizes["Qwen3-ASR-1.7B"] == pytest.approx(1.41e9, rel=0.02)
+    assert sizes["Qwen3-ASR-0.6B"] == pytest.approx(0.44e9, rel=0.02)
+    assert sizes["Qwen2-Audio-7B"] == pytest.approx(6.48e9, rel=0.02)
+    for name in ("Qwen2-Audio-7B", "Qwen3-ASR-1.7B", "Qwen3-ASR-0.6B"):
+        assert f"PROJECTION (roofline, not measured): {name}" in out
+    for b in (1, 4, 16):
+        rates = [float(line[f"{p}_w4bf16_b{b}_tokens_per_s"]) for p in ("proj", "proj_q3_1.7b", "proj_q3_0.6b")]
+        assert rates == sorted(rates), (b, rates)
