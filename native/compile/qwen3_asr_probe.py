@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Compile a Qwen3-ASR checkpoint with tpu-mlir 1.30.2's own `Qwen3AsrConverter` and report the bmodel's nets.
 
-A probe, not yet the supported path: `convert.py` (and the runtime) handle Qwen2-Audio only; this shows what
-tpu-mlir makes of a Qwen3-ASR checkpoint (net names, shapes, dtypes) so the runtime work can be sized. Run with the
-compile venv's python:
+A probe, not the supported path: `convert.py` compiles Qwen3-ASR with our own converter (qwen3_asr_converter.py:
+a windowed, masked audio net the runtime drives window by window; README §7 says why tpu-mlir's is not token-exact).
+This records what tpu-mlir's own converter makes of a Qwen3-ASR checkpoint (net names, shapes, dtypes), for
+comparison. Run with the compile venv's python:
 
     ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/qwen3_asr_probe.py MODEL_DIR -o out.bmodel \\
         [-q f16] [--seqlen 256]
