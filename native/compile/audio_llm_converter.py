@@ -79,6 +79,41 @@ class AudioLlmConverter(LlmConverter):
     def gen_audio_mlir(self):
         raise NotImplementedError
 
+    # ---- the Whisper-style encoder layers both families' audio nets use (pre-LN, additive key mask) ----
+    def set_encoder_layer_weights(self, prefix: str, layers: int, weights: dict) -> None:
+        for i in range(layers):
+            p = f"{prefix}.layers.{i}"
+            for lin in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1",
+                        "fc2"):
+                self.set_linear_weight(f"{p}.{lin}", weights)
+            self.set_common_weight(f"{p}.self_attn_layer_norm", weights)
+            self.set_common_weight(f"{p}.final_layer_norm", weights)
+
+    def encoder_layers(self, mlir, x, prefix: str, *, layers: int, rows: int, d_model: int, heads: int, ffn: int,
+                       act: str, mask):
+        """x [1, rows, d_model] through `layers` encoder layers; mask [1, 1, rows, rows] additive (keys)."""
+        T = mlir.get_tensor_type
+        ip = mlir.insert_point
+        L = lambda s: self.get_loc(s, mlir)  # noqa: E731
+        n, dm, head_dim = rows, d_model, d_model // heads
+        for i in range(layers):
+            p = f"{prefix}.layers.{i}"
+            h = self.layer_norm(mlir, x, f"{p}.self_attn_layer_norm", eps=1e-5)
+            q, k, v = (top.ReshapeOp(T([1, n, heads, head_dim]),
+                                     self.linear(mlir, f"{p}.self_attn.{w}_proj", h, [dm, dm], [1, n, dm]),
+                                     loc=L(f"{p}.self_attn.{w}_proj.reshape"), ip=ip).output for w in "qkv")
+            h = top.FAttentionOp(T([1, n, dm]), q, k, v, mask, mlir.none_op, scale=head_dim**-0.5, batch=1,
+                                 q_head=heads, kv_head=heads, dim=head_dim, mq=n, mk=n, keep_dims=False,
+                                 loc=L(f"{p}.fattention"), ip=ip).output
+            h = self.linear(mlir, f"{p}.self_attn.out_proj", h, [dm, dm], [1, n, dm])
+            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.attn.add"), ip=ip).output
+            h = self.layer_norm(mlir, x, f"{p}.final_layer_norm", eps=1e-5)
+            h = self.linear(mlir, f"{p}.fc1", h, [dm, ffn], [1, n, ffn])
+            h = self.activate(mlir, h, act, f"{p}.fc1")
+            h = self.linear(mlir, f"{p}.fc2", h, [ffn, dm], [1, n, dm])
+            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.mlp.add"), ip=ip).output
+        return x
+
     def set_text_dtype(self):
         # Checkpoints are bf16; f16 builds are a deliberate choice, so let the requested mode decide.
         self.llm_config.dtype = "bfloat16" if "bf16" in self.quantize else "float16"

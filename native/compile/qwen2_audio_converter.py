@@ -65,7 +65,6 @@ class Qwen2AudioConverter(AudioLlmConverter):
         d = self.audio_dims()
         n_mels, frames, n, rows = d["n_mels"], d["frames"], d["positions"], d["rows"]
         dm, heads, ffn = d["d_model"], d["heads"], d["ffn"]
-        head_dim = dm // heads
         ap = self.layout["audio"]
         proj = self.layout["projector"]
         conv1, conv2 = f"{ap}.conv1", f"{ap}.conv2"
@@ -80,13 +79,7 @@ class Qwen2AudioConverter(AudioLlmConverter):
         weights[pos + ".weight"] = self.model.read(pos + ".weight").reshape(1, n, dm)
         self.set_common_weight(ln_post, weights)
         self.set_linear_weight(proj, weights)
-        for i in range(d["layers"]):
-            p = f"{ap}.layers.{i}"
-            for lin in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1",
-                        "fc2"):
-                self.set_linear_weight(f"{p}.{lin}", weights)
-            self.set_common_weight(f"{p}.self_attn_layer_norm", weights)
-            self.set_common_weight(f"{p}.final_layer_norm", weights)
+        self.set_encoder_layer_weights(ap, d["layers"], weights)
         np.savez(npz, **weights)
         del weights
 
@@ -113,23 +106,8 @@ class Qwen2AudioConverter(AudioLlmConverter):
         x = top.AddOp(T([1, n, dm]), [x, mlir.create_weight_op(pos + ".weight", [1, n, dm])], loc=L(pos),
                       ip=ip).output
 
-        for i in range(d["layers"]):
-            p = f"{ap}.layers.{i}"
-            h = self.layer_norm(mlir, x, f"{p}.self_attn_layer_norm", eps=1e-5)
-            qkv_shape = [1, n, heads, head_dim]
-            q, k, v = (top.ReshapeOp(T(qkv_shape), self.linear(mlir, f"{p}.self_attn.{w}", h, [dm, dm], [1, n, dm]),
-                                     loc=L(f"{p}.self_attn.{w}.reshape"), ip=ip).output
-                       for w in ("q_proj", "k_proj", "v_proj"))
-            h = top.FAttentionOp(T([1, n, dm]), q, k, v, mask, mlir.none_op, scale=head_dim**-0.5, batch=1,
-                                 q_head=heads, kv_head=heads, dim=head_dim, mq=n, mk=n, keep_dims=False,
-                                 loc=L(f"{p}.fattention"), ip=ip).output
-            h = self.linear(mlir, f"{p}.self_attn.out_proj", h, [dm, dm], [1, n, dm])
-            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.attn.add"), ip=ip).output
-            h = self.layer_norm(mlir, x, f"{p}.final_layer_norm", eps=1e-5)
-            h = self.linear(mlir, f"{p}.fc1", h, [dm, ffn], [1, n, ffn])
-            h = self.activate(mlir, h, d["act"], f"{p}.fc1")
-            h = self.linear(mlir, f"{p}.fc2", h, [ffn, dm], [1, n, dm])
-            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.mlp.add"), ip=ip).output
+        x = self.encoder_layers(mlir, x, ap, layers=d["layers"], rows=n, d_model=dm, heads=heads, ffn=ffn,
+                                act=d["act"], mask=mask)
 
         x = top.PermuteOp(T([1, dm, n]), x, order=[0, 2, 1], loc=L(f"{ap}.pool.permute1"), ip=ip).output
         x = top.AvgPoolOp(T([1, dm, rows]), x, kernel_shape=[2], strides=[2], pads=[0, 0], loc=L(f"{ap}.avg_pooler"),

@@ -84,7 +84,6 @@ class Qwen3AsrConverter(AudioLlmConverter):
         g = audio_geometry(a)
         K, C, R, M = g["chunks"], g["chunk"], g["rows"], g["n_mels"]
         ds, dm, heads, ffn = a.downsample_hidden_size, a.d_model, a.encoder_attention_heads, a.encoder_ffn_dim
-        head_dim = dm // heads
         n = K * R
         npz, name = "audio_top_weights.npz", "audio"
         convs = [f"{AUDIO}.conv2d{i}" for i in (1, 2, 3)]
@@ -98,13 +97,7 @@ class Qwen3AsrConverter(AudioLlmConverter):
         for lin in ("proj1", "proj2"):
             self.set_linear_weight(f"{AUDIO}.{lin}", weights)
         self.set_common_weight(f"{AUDIO}.ln_post", weights)
-        for i in range(a.encoder_layers):
-            p = f"{AUDIO}.layers.{i}"
-            for lin in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1",
-                        "fc2"):
-                self.set_linear_weight(f"{p}.{lin}", weights)
-            self.set_common_weight(f"{p}.self_attn_layer_norm", weights)
-            self.set_common_weight(f"{p}.final_layer_norm", weights)
+        self.set_encoder_layer_weights(AUDIO, a.encoder_layers, weights)
         np.savez(npz, **weights)
         del weights
 
@@ -138,22 +131,8 @@ class Qwen3AsrConverter(AudioLlmConverter):
                       ip=ip).output
         x = top.ReshapeOp(T([1, n, dm]), x, loc=L(f"{AUDIO}.window"), ip=ip).output
 
-        for i in range(a.encoder_layers):
-            p = f"{AUDIO}.layers.{i}"
-            h = self.layer_norm(mlir, x, f"{p}.self_attn_layer_norm", eps=1e-5)
-            q, k, v = (top.ReshapeOp(T([1, n, heads, head_dim]),
-                                     self.linear(mlir, f"{p}.self_attn.{w}_proj", h, [dm, dm], [1, n, dm]),
-                                     loc=L(f"{p}.self_attn.{w}_proj.reshape"), ip=ip).output for w in "qkv")
-            h = top.FAttentionOp(T([1, n, dm]), q, k, v, mask, mlir.none_op, scale=head_dim**-0.5, batch=1,
-                                 q_head=heads, kv_head=heads, dim=head_dim, mq=n, mk=n, keep_dims=False,
-                                 loc=L(f"{p}.fattention"), ip=ip).output
-            h = self.linear(mlir, f"{p}.self_attn.out_proj", h, [dm, dm], [1, n, dm])
-            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.attn.add"), ip=ip).output
-            h = self.layer_norm(mlir, x, f"{p}.final_layer_norm", eps=1e-5)
-            h = self.linear(mlir, f"{p}.fc1", h, [dm, ffn], [1, n, ffn])
-            h = self.activate(mlir, h, a.activation_function, f"{p}.fc1")
-            h = self.linear(mlir, f"{p}.fc2", h, [ffn, dm], [1, n, dm])
-            x = top.AddOp(T([1, n, dm]), [x, h], loc=L(f"{p}.mlp.add"), ip=ip).output
+        x = self.encoder_layers(mlir, x, AUDIO, layers=a.encoder_layers, rows=n, d_model=dm, heads=heads, ffn=ffn,
+                                act=a.activation_function, mask=mask)
 
         x = self.layer_norm(mlir, x, f"{AUDIO}.ln_post", eps=1e-5)
         x = self.linear(mlir, f"{AUDIO}.proj1", x, [dm, dm], [1, n, dm])
