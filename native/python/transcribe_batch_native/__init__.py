@@ -1,4 +1,4 @@
-"""BM1684X runtime for Qwen2-Audio bmodels (C++17, KV cache on the device).
+"""BM1684X runtime for Qwen2-Audio and Qwen3-ASR bmodels (C++17, KV cache on the device).
 
     rt = Runtime("model.bmodel", device=0)
     rt.layout            # what the runtime found: SEQLEN, hidden, layers, head kind, mel window, ...
