@@ -187,8 +187,9 @@ CLI = [sys.executable, "-c", "from transcribe_batch.pipeline.cli import main; ma
 
 
 @pytest.mark.slow
-def test_run_with_engine_hf_on_the_cpu(folder, tmp_path, audio_dir):
-    """`transcribe-batch run --engine hf --model-dir <Qwen3-ASR>`: raw answers are the reference greedy tokens."""
+def test_run_with_engine_hf_on_the_cpu(folder, tmp_path, audio_dir, ray_cluster):
+    """`transcribe-batch run --engine hf --model-dir <Qwen3-ASR>`: raw answers are the reference greedy tokens. The
+    run joins the tests' shared Ray cluster (--address)."""
     import pyarrow.parquet as pq
 
     ref = reference()
@@ -199,7 +200,7 @@ def test_run_with_engine_hf_on_the_cpu(folder, tmp_path, audio_dir):
                                 + "\n" for i, c in enumerate(clips)))
     out = tmp_path / "run"
     proc = subprocess.run([*CLI, "run", str(manifest), "-o", str(out), "--engine", "hf", "--model-dir", str(folder),
-                           "--max-new-tokens", str(ref["max_new_tokens"]), "--quiet"],
+                           "--max-new-tokens", str(ref["max_new_tokens"]), "--quiet", "--address", ray_cluster],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = pq.read_table(out / "results.parquet").to_pylist()
@@ -212,9 +213,11 @@ def test_run_with_engine_hf_on_the_cpu(folder, tmp_path, audio_dir):
 
 
 @pytest.mark.slow
-def test_mixed_manifest_evaluated_side_by_side_with_qwen2_audio(folder, model_dir, tmp_path, audio_dir, audio_rows):
+def test_mixed_manifest_evaluated_side_by_side_with_qwen2_audio(folder, model_dir, tmp_path, audio_dir, audio_rows,
+                                                                ray_cluster):
     """One manifest (plain rows, a row with a prompt, forced-language rows, audio longer than 30 s) through both
-    families' front ends (simulated engine, real features and prompts), then `eval` of the two runs together."""
+    families' front ends (simulated engine, real features and prompts; the runs join the tests' shared Ray cluster),
+    then `eval` of the two runs together."""
     import pyarrow.parquet as pq
 
     rows = []
@@ -231,7 +234,8 @@ def test_mixed_manifest_evaluated_side_by_side_with_qwen2_audio(folder, model_di
     for name, mdir in (("qwen2", model_dir), ("qwen3", folder)):
         runs[name] = tmp_path / name
         proc = subprocess.run([*CLI, "run", str(manifest), "-o", str(runs[name]), "--engine", "simulated",
-                               "--model-dir", str(mdir), "--sim-speedup", "1000", "--devices", "1", "-q"],
+                               "--model-dir", str(mdir), "--sim-speedup", "1000", "--devices", "1", "-q",
+                               "--address", ray_cluster],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     q2, q3 = (pq.read_table(runs[k] / "results.parquet").to_pylist() for k in ("qwen2", "qwen3"))
