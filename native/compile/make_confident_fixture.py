@@ -243,43 +243,16 @@ def hf_answer_logits(out: Path, shared: Path, ref: dict) -> list[np.ndarray]:
 def device_logits(rt, spec: dict, input_ids: list[int], mel: np.ndarray, n_valid: int, forced: list[int],
                   mask_value: float) -> list[np.ndarray]:
     """A logits-head bmodel's scores at every answer step on the simulator, teacher-forced on `forced` (the
-    reference tokens), through tpu-mlir's pyruntime (the same host loop as verify_bmodel.greedy)."""
-    from verify_bmodel import MASK_HIDDEN
+    reference tokens), through tpu-mlir's pyruntime (verify_bmodel's host loop)."""
+    from verify_bmodel import decode_step, prefill
 
-    seq, layers = spec["seqlen"], spec["num_layers"]
-    conv_len = (n_valid - 1) // 2 + 1
-    key_mask = np.zeros((spec["audio_positions"],), np.float32)
-    key_mask[conv_len:] = mask_value
-    audio = rt.run("audio", mel, np.broadcast_to(key_mask, spec["audio_mask_shape"]))[0]
-    audio = audio.reshape(-1, audio.shape[-1])
-    n = len(input_ids)
-    ids = np.zeros((1, seq), np.int32)
-    ids[0, :n] = input_ids
-    emb = rt.run("embedding", ids)[0]
-    at = np.flatnonzero(np.asarray(input_ids) == spec["audio_token_index"])
-    emb[0, at] = audio[: at.size]
-    pos = np.arange(seq, dtype=np.int32)[None]
-    mask = np.full((1, 1, seq, seq), MASK_HIDDEN, np.float32)
-    for i in range(n):
-        mask[0, 0, i, : i + 1] = 0.0
-    ks, vs, h = [], [], emb
-    for i in range(layers):
-        h, k, v = rt.run(f"block_{i}", h, pos, mask)
-        ks.append(k)
-        vs.append(v)
-    scores = [rt.run("lm_head", h[0, n - 1: n])[0].reshape(-1).astype(np.float64)]
-    length = n
+    last, ks, vs = prefill(rt, spec, input_ids, mel, n_valid, mask_value)
+    scores = [rt.run("lm_head", last)[0].reshape(-1).astype(np.float64)]
+    length = len(input_ids)
     for token in forced[:-1]:
-        h = rt.run("embedding_cache", np.array([[token]], np.int32))[0]
-        dmask = np.full((1, 1, 1, seq + 1), MASK_HIDDEN, np.float32)
-        dmask[..., :length] = 0.0
-        dmask[..., seq] = 0.0
-        for i in range(layers):
-            h, k, v = rt.run(f"block_cache_{i}", h, np.array([[length]], np.int32), dmask, ks[i], vs[i])
-            ks[i][0, length] = k[0, 0]
-            vs[i][0, length] = v[0, 0]
+        h = decode_step(rt, spec, token, length, ks, vs)
         length += 1
-        scores.append(rt.run("lm_head", h.reshape(1, -1))[0].reshape(-1).astype(np.float64))
+        scores.append(rt.run("lm_head", h)[0].reshape(-1).astype(np.float64))
     return scores
 
 

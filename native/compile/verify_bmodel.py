@@ -84,8 +84,10 @@ def layout(rt: Runner, config: dict) -> dict:
     }
 
 
-def greedy(rt: Runner, spec: dict, input_ids: list[int], mel: np.ndarray, n_valid: int, max_new: int,
-           stop: list[int], mask_value: float = -10000.0) -> list[int]:
+def prefill(rt: Runner, spec: dict, input_ids: list[int], mel: np.ndarray, n_valid: int,
+            mask_value: float = -10000.0) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Audio net (+ projector), splice, causal prefill: (the last prompt row's hidden state [1, hidden], per layer
+    K and V history filled for the prompt's positions)."""
     seq, layers = spec["seqlen"], spec["num_layers"]
     conv_len = (n_valid - 1) // 2 + 1
     key_mask = np.zeros((spec["audio_positions"],), np.float32)
@@ -112,23 +114,37 @@ def greedy(rt: Runner, spec: dict, input_ids: list[int], mel: np.ndarray, n_vali
         h, k, v = rt.run(f"block_{i}", h, pos, mask)
         ks.append(k)
         vs.append(v)
-    token = head(rt, h[0, n - 1 : n])
+    return h[0, n - 1 : n], ks, vs
+
+
+def decode_step(rt: Runner, spec: dict, token: int, length: int, ks: list[np.ndarray],
+                vs: list[np.ndarray]) -> np.ndarray:
+    """One token through embedding_cache and the block_cache nets at position `length` (its K/V written into the
+    history); returns its hidden state [1, hidden]."""
+    seq = spec["seqlen"]
+    h = rt.run("embedding_cache", np.array([[token]], np.int32))[0]
+    dmask = np.full((1, 1, 1, seq + 1), MASK_HIDDEN, np.float32)
+    dmask[..., :length] = 0.0
+    dmask[..., seq] = 0.0
+    for i in range(spec["num_layers"]):
+        h, k, v = rt.run(f"block_cache_{i}", h, np.array([[length]], np.int32), dmask, ks[i], vs[i])
+        if spec["k_head_major"]:
+            ks[i][0, :, length] = k[0, :, 0]
+        else:
+            ks[i][0, length] = k[0, 0]
+        vs[i][0, length] = v[0, 0]
+    return h.reshape(1, -1)
+
+
+def greedy(rt: Runner, spec: dict, input_ids: list[int], mel: np.ndarray, n_valid: int, max_new: int,
+           stop: list[int], mask_value: float = -10000.0) -> list[int]:
+    last, ks, vs = prefill(rt, spec, input_ids, mel, n_valid, mask_value)
+    token = head(rt, last)
     out = [token]
-    length = n
-    while len(out) < max_new and token not in stop and length < seq:
-        h = rt.run("embedding_cache", np.array([[token]], np.int32))[0]
-        dmask = np.full((1, 1, 1, seq + 1), MASK_HIDDEN, np.float32)
-        dmask[..., :length] = 0.0
-        dmask[..., seq] = 0.0
-        for i in range(layers):
-            h, k, v = rt.run(f"block_cache_{i}", h, np.array([[length]], np.int32), dmask, ks[i], vs[i])
-            if spec["k_head_major"]:
-                ks[i][0, :, length] = k[0, :, 0]
-            else:
-                ks[i][0, length] = k[0, 0]
-            vs[i][0, length] = v[0, 0]
+    length = len(input_ids)
+    while len(out) < max_new and token not in stop and length < spec["seqlen"]:
+        token = head(rt, decode_step(rt, spec, token, length, ks, vs))
         length += 1
-        token = head(rt, h.reshape(1, -1))
         out.append(token)
     return out
 
