@@ -87,7 +87,7 @@ def test_layout_sidecar_and_model_folder_agree(card, folder):
     assert card.layout["audio_chunks_per_window"] * chunk == card.layout["n_frames"] == config["n_window_infer"]
     assert card.layout["audio_rows"] == 13 * card.layout["audio_chunks_per_window"]
     assert card.sidecar["model_type"] == "qwen3_asr" and card.sidecar["audio_rows_per_chunk"] == 13
-    assert check_pair(card.bmodel, card.sidecar, card.facts, card.layout) == []
+    assert check_pair(card.bmodel, card.sidecar, card.family.model_type, card.facts, card.layout) == []
     # a chunked encoder takes any length: the family's limit, with SEQLEN bounding a request's tokens
     assert card.limits.max_audio_s == 1200.0 and card.limits.max_seq_len == 256
 

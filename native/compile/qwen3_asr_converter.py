@@ -56,10 +56,8 @@ def audio_geometry(audio_config) -> dict:
     c1 = conv_out_len(chunk)
     c2 = conv_out_len(c1)
     rows = conv_out_len(c2)
-    mels = int(a.num_mel_bins)
-    f3 = conv_out_len(conv_out_len(conv_out_len(mels)))
     return {"chunk": chunk, "chunks": int(a.n_window_infer) // chunk, "c1": c1, "c2": c2, "rows": rows,
-            "n_mels": mels, "f1": conv_out_len(mels), "f2": conv_out_len(conv_out_len(mels)), "f3": f3}
+            "n_mels": int(a.num_mel_bins)}
 
 
 class Qwen3AsrConverter(AudioLlmConverter):

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..frontend import model_id_of
-from ..models import ModelFamily, load_family
+from ..models import NetFacts, load_family
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
 
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
@@ -87,28 +87,9 @@ def _first(d: dict, *keys: str) -> Any:
     return None
 
 
-def model_facts(model_dir: Path, family: ModelFamily) -> dict[str, Any]:
-    """What the model folder says about the network (its family reads config.json + preprocessor_config.json)."""
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: the bm1684x engine needs the model folder's config.json")
-    f = family.net_facts()
-    return {
-        "model_type": family.model_type,
-        "hidden_size": f.hidden_size,
-        "vocab_size": f.vocab_size,
-        "num_hidden_layers": f.num_hidden_layers,
-        "audio_token_id": f.audio_token_id,
-        "n_mels": f.n_mels,
-        "n_frames": f.frames_per_launch,
-        "chunk_frames": f.chunk_frames,
-        "model_id": model_id_of(model_dir),
-        "features": family.features,
-    }
-
-
-def check_pair(bmodel: Path, sidecar: dict | None, facts: dict, layout: dict) -> list[str]:
-    """Every disagreement between the sidecar, the model folder and the bmodel's own nets, as readable lines."""
+def check_pair(bmodel: Path, sidecar: dict | None, model_type: str, facts: NetFacts, layout: dict) -> list[str]:
+    """Every disagreement between the sidecar, the model folder (its family's `model_type` and NetFacts) and the
+    bmodel's own nets, as readable lines."""
     problems = []
 
     def cmp(what: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
@@ -116,39 +97,38 @@ def check_pair(bmodel: Path, sidecar: dict | None, facts: dict, layout: dict) ->
             problems.append(f"{what}: {a_name} says {a}, {b_name} says {b}")
 
     sc = sidecar or {}
-    if sc and sc.get("model_type", "qwen2_audio") != facts["model_type"]:
+    if sc and sc.get("model_type", "qwen2_audio") != model_type:
         problems.append(f"model family: sidecar says {sc.get('model_type', 'qwen2_audio')}, config.json says "
-                        f"{facts['model_type']}")
+                        f"{model_type}")
     chunked = layout.get("audio_kind") == "chunked"
-    if chunked != (facts["chunk_frames"] is not None):
+    if chunked != (facts.chunk_frames is not None):
         problems.append(f"audio encoder: the bmodel's audio net is {'chunked' if chunked else 'a fixed window'}, "
-                        f"the {facts['model_type']} folder needs {'chunks' if facts['chunk_frames'] else 'a window'}")
+                        f"the {model_type} folder needs {'chunks' if facts.chunk_frames else 'a window'}")
     elif chunked:
-        cmp("audio chunk frames", "bmodel audio net", layout["audio_chunk_frames"], "config.json",
-            facts["chunk_frames"])
-        cmp("audio chunk frames", "sidecar", sc.get("audio_chunk_frames"), "config.json", facts["chunk_frames"])
+        cmp("audio chunk frames", "bmodel audio net", layout["audio_chunk_frames"], "config.json", facts.chunk_frames)
+        cmp("audio chunk frames", "sidecar", sc.get("audio_chunk_frames"), "config.json", facts.chunk_frames)
     if sc.get("bmodel_bytes") is not None and int(sc["bmodel_bytes"]) != bmodel.stat().st_size:
         problems.append(f"size: sidecar describes a {sc['bmodel_bytes']}-byte bmodel, {bmodel.name} has "
                         f"{bmodel.stat().st_size} bytes (the pair was split up)")
     cmp("SEQLEN", "sidecar", _first(sc, "seqlen", "seq_length", "max_seq_len"), "bmodel nets", layout["seqlen"])
-    cmp("hidden size", "sidecar", _first(sc, "hidden_size", "hidden"), "config.json", facts["hidden_size"])
-    cmp("hidden size", "bmodel nets", layout["hidden"], "config.json", facts["hidden_size"])
-    cmp("vocabulary", "sidecar", _first(sc, "vocab_size", "vocab"), "config.json", facts["vocab_size"])
+    cmp("hidden size", "sidecar", _first(sc, "hidden_size", "hidden"), "config.json", facts.hidden_size)
+    cmp("hidden size", "bmodel nets", layout["hidden"], "config.json", facts.hidden_size)
+    cmp("vocabulary", "sidecar", _first(sc, "vocab_size", "vocab"), "config.json", facts.vocab_size)
     if layout["vocab"]:
-        cmp("vocabulary", "lm_head logits", layout["vocab"], "config.json", facts["vocab_size"])
+        cmp("vocabulary", "lm_head logits", layout["vocab"], "config.json", facts.vocab_size)
     cmp("audio token id", "sidecar", _first(sc, "audio_token_id", "audio_token_index"), "config.json",
-        facts["audio_token_id"])
+        facts.audio_token_id)
     cmp("text layers", "sidecar", _first(sc, "num_layers", "num_hidden_layers", "n_layers"), "config.json",
-        facts["num_hidden_layers"])
-    cmp("text layers", "bmodel nets", layout["n_layers"], "config.json", facts["num_hidden_layers"])
+        facts.num_hidden_layers)
+    cmp("text layers", "bmodel nets", layout["n_layers"], "config.json", facts.num_hidden_layers)
     cmp("mel bins", "sidecar", sc.get("n_mels"), "bmodel audio net", layout["n_mels"])
     cmp("mel frames (window)", "sidecar", sc.get("mel_frames"), "bmodel audio net", layout["n_frames"])
     cmp("audio tokens per window", "sidecar", sc.get("max_audio_tokens"), "bmodel audio net", layout["audio_rows"])
     if "batch" in sc:
         cmp("decode batch", "sidecar", sc.get("batch"), "bmodel nets", layout.get("batch", 1))
-    cmp("mel bins", "bmodel audio net", layout["n_mels"], "preprocessor_config.json", facts["n_mels"])
+    cmp("mel bins", "bmodel audio net", layout["n_mels"], "preprocessor_config.json", facts.n_mels)
     cmp("mel frames (window)", "bmodel audio net", layout["n_frames"],
-        "config.json" if chunked else "preprocessor_config.json", facts["n_frames"])
+        "config.json" if chunked else "preprocessor_config.json", facts.frames_per_launch)
     return problems
 
 
@@ -161,16 +141,19 @@ class Bm1684xEngine(Engine):
         self.model_dir = Path(model_dir).expanduser().resolve()
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {self.model_dir}")
+        cfg_path = self.model_dir / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: the bm1684x engine needs the model folder's config.json")
         self.family = load_family(self.model_dir)
         self.bmodel = find_bmodel(bmodel, self.model_dir)
-        self.facts = model_facts(self.model_dir, self.family)
+        self.facts = self.family.net_facts()
         sidecar_path = self.bmodel.with_name(self.bmodel.name + ".json")
         self.sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else None
         self.device = int(device)
         mask_value = float((self.sidecar or {}).get("audio_mask_value", -10000.0))
         self.runtime = native.Runtime(str(self.bmodel), self.device, audio_mask_value=mask_value)
         self.layout = dict(self.runtime.layout)
-        problems = check_pair(self.bmodel, self.sidecar, self.facts, self.layout)
+        problems = check_pair(self.bmodel, self.sidecar, self.family.model_type, self.facts, self.layout)
         if problems:
             self.close()
             raise ModelMismatch(
@@ -179,7 +162,7 @@ class Bm1684xEngine(Engine):
                 + "\nUse the tokenizer/config folder the bmodel was compiled from (see its sidecar "
                 f"{sidecar_path.name}), or recompile with native/compile/."
             )
-        self.model_id = (self.sidecar or {}).get("model_id") or self.facts["model_id"]
+        self.model_id = (self.sidecar or {}).get("model_id") or model_id_of(self.model_dir)
         feats = self.family.features
         self.chunked = self.layout.get("audio_kind") == "chunked"
         # a fixed window holds that much audio; a chunked encoder takes any length (the family's own limit), and
@@ -213,7 +196,7 @@ class Bm1684xEngine(Engine):
                 f"{request.id}: n_audio_tokens {request.n_audio_tokens} disagrees with {n_valid} valid mel frames "
                 f"({self.family.audio_tokens(n_valid)} tokens)"
             )
-        audio_id = request.audio_token_id if request.audio_token_id is not None else self.facts["audio_token_id"]
+        audio_id = request.audio_token_id if request.audio_token_id is not None else self.facts.audio_token_id
         return (features, n_valid, list(request.prompt_ids), int(audio_id), int(request.n_audio_tokens),
                 list(request.stop_ids), int(request.max_new_tokens))
 
