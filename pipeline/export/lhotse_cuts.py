@@ -11,7 +11,6 @@ line by line (lhotse's SequentialJsonlWriter); a recording is written once, trac
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from pathlib import Path
 
@@ -24,20 +23,12 @@ from lhotse.serialization import SequentialJsonlWriter
 from transcribe_batch.manifests.reader import DigestSet, id_digest
 
 from . import ExportError
-from .writer import WriterOptions, field_name, move_into_place, remove, start_output
+from .writer import WriterOptions, field_name, json_value, move_into_place, remove, start_output
 
 
 def recording_id(path: str) -> str:
     stem = os.path.splitext(os.path.basename(path))[0][:40] or "rec"
     return f"{stem}-{hashlib.blake2b(path.encode(), digest_size=6).hexdigest()}"
-
-
-def _custom_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 class Writer:
@@ -79,7 +70,7 @@ class Writer:
             channels = rec.channel_ids
             channel = channels[0] if len(channels) == 1 else channels
             custom = {"confidence": cols["confidence"][i]}
-            custom.update({field_name(n): _custom_value(cols[n][i]) for n in self.options.fields})
+            custom.update({field_name(n): json_value(cols[n][i]) for n in self.options.fields})
             language = cols["language"][i] if isinstance(cols["language"][i], str) else None
             text = cols["pred_text"][i].strip()
             row_id = cols["id"][i]

@@ -4,18 +4,11 @@ transcript), then the `--field` columns. NeMo's ASR datasets (and our manifest r
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pyarrow as pa
 
-from .writer import WriterOptions, field_name, fsync_file, move_into_place, remove, start_output
-
-
-def _json_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from .writer import WriterOptions, field_name, fsync_file, json_value, move_into_place, remove, start_output
 
 
 class Writer:
@@ -35,7 +28,7 @@ class Writer:
             row = {"audio_filepath": columns["audio_filepath"][i], "offset": columns["offset"][i] or 0.0,
                    "duration": columns["duration_s"][i], "text": columns["pred_text"][i].strip()}
             for name in self.fields:
-                row[field_name(name)] = _json_value(columns[name][i])
+                row[field_name(name)] = json_value(columns[name][i])
             lines.append(json.dumps(row, ensure_ascii=False, default=str))
         if lines:
             self.fh.write("\n".join(lines) + "\n")

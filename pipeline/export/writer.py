@@ -8,6 +8,7 @@ so a crash or Ctrl-C never leaves a half-written file under the target's name.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import uuid
@@ -32,6 +33,15 @@ class WriterOptions:
     embed_audio: bool = False  # hf: decode each utterance and store its samples (16 kHz mono) in the dataset
     overwrite: bool = False
     extra: dict = field(default_factory=dict)
+
+
+def json_value(value):
+    """A column value as JSON takes it: non-finite floats become null, dates and times ISO 8601 text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 def temp_beside(target: Path) -> Path:
