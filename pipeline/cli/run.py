@@ -43,6 +43,10 @@ One Ray actor per device (BM1684X card, GPU, or simulated device) pulls small sh
       --engine bm1684x --bmodel qwen2-audio-7b.bmodel \\
       --model-dir Qwen2-Audio-7B-Instruct --devices all
 
+  # Qwen3-ASR: the model folder's config.json picks the family
+  transcribe-batch run data/test-clean.jsonl -o runs/q3 \\
+      --engine bm1684x --bmodel qwen3-asr-1.7b.bmodel --model-dir Qwen3-ASR-1.7B
+
   # the same command again after a crash or Ctrl-C: resumes
   transcribe-batch run data/test-clean.jsonl -o runs/test-clean
 
