@@ -214,8 +214,8 @@ class AudioLlmConverter(LlmConverter):
         log p(argmax) = max - logsumexp(logits) = -log(sum(exp(logits - max))): every exp is <= 1 and the sum is
         in [1, vocab], so nothing overflows; the net's second output is F32 (4 bytes per row), never the logits.
         ArgMax, not TopK(1) as tpu-mlir's heads use: TopK compiles to a dynamic net (it needs the kernel module)
-        and takes ~190 s per launch on the cmodel simulator over a 151680-row vocabulary; ArgMax is static and takes
-        well under a second there. Ties go to the first index, as torch.argmax."""
+        and took 188 s per launch on the cmodel simulator over a 151680-row vocabulary; ArgMax is static and takes
+        about 2 s there. Ties go to the first index, as torch.argmax."""
         T = mlir.get_tensor_type
         ip = mlir.insert_point
         L = lambda s: self.get_loc(s, mlir)  # noqa: E731
