@@ -197,6 +197,9 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--shard-size", type=int, default=None, help="rows per shard (default: config default)")
     ap.add_argument("--inflight-per-device", type=int, default=None)
+    ap.add_argument("--device-max-failures", type=int, default=1000,
+                    help="failed attempts in a row that take a device out of the pool (default 1000: with one device, "
+                         "an unlucky streak of injected faults would end the run being measured)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the sequential baseline")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folder here instead of a temp dir")
@@ -219,6 +222,7 @@ def main() -> None:
         ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
         overrides = dict(engine="simulated", sim_speedup=args.sim_speedup, sim_faults=args.sim_faults or None,
                          quiet=True, shard_size=args.shard_size, inflight_per_device=args.inflight_per_device,
+                         device_max_failures=args.device_max_failures,
                          model_dir=args.model_dir if args.frontend == "full" else None)
         results = []
         for n in counts:

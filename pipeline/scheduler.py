@@ -14,9 +14,10 @@
 - Results stream back row by row (a Ray streaming generator per shard): a finished row is on its way to disk
   at once, and a failed row is re-queued at once.
 - An actor whose process dies is restarted by Ray (max_restarts=-1); no work goes to it until it answers again.
-  Only the row that was on the device when it died (the actor writes what it puts on the device into a
-  `DeviceLedger` before each engine call) is charged an attempt; the other rows it held go back to the queue as
-  they were. When a batch was on the device, each of its rows goes back free but marked to run alone next, so
+  Only the row that was on the device when it died (before each engine call the actor writes what it puts on the
+  device into its `DeviceLedger`, a small file on its node that the driver takes after the crash: in its own
+  process, or by a task pinned to that node; workers/ledger.py) is charged an attempt; the other rows it held go
+  back to the queue as they were. When a batch was on the device, each of its rows goes back free but marked to run alone next, so
   that a crash is only ever charged to a row that was on the device by itself.
 - A device leaves the pool on evidence against it, not on bad luck every device shares: after
   `device_max_failures` failed attempts in a row (failed predictions and crashes charged to its rows; a success
@@ -29,16 +30,19 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from transcribe_batch.workers.actor import TranscriptionWorker
 from transcribe_batch.workers.record import failed_record, now
-from transcribe_batch.workers.work import RETRY, DeviceLedger, Outcome, WorkItem
+from transcribe_batch.workers.ledger import remove_ledgers, take_held
+from transcribe_batch.workers.work import RETRY, Outcome, WorkItem
 
 from .devices import DeviceSlot
 from .plan import Plan
@@ -121,7 +125,9 @@ class Scheduler:
         self.batch_size = max(1, int(options.get("batch_size") or 1))
         self.startup_timeout_s = startup_timeout_s
         self.devices: list[Device] = []
-        self.ledger = None
+        self.ledger_run = uuid.uuid4().hex[:16]  # names this run's device ledgers (workers/ledger.py)
+        self.ledgers: dict[str, set] = {}  # node id -> ledger paths of the actors that ran there
+        self.driver_node: str | None = None
         self.retries: deque[Task] = deque()
         self.cursor = 0  # next position in plan.todo to hand out
         self.shard_time_s = 0.0  # moving average of a shard's round trip: how long a retry waits for a new device
@@ -131,11 +137,12 @@ class Scheduler:
 
     # -- start/stop ---------------------------------------------------------------------------------------------
     def start(self) -> list[dict]:
-        self.ledger = ray.remote(DeviceLedger).options(num_cpus=0, max_restarts=-1).remote()
+        self.driver_node = ray.get_runtime_context().get_node_id()
         remote_cls = ray.remote(TranscriptionWorker)
         for slot in self.slots:
             actor = remote_cls.options(**actor_options(slot, self.inflight_per_device)).remote(
-                self.engine, self.options, slot.device, device_kind=slot.kind, label=slot.label, ledger=self.ledger)
+                self.engine, self.options, slot.device, device_kind=slot.kind, label=slot.label,
+                ledger_run=self.ledger_run)
             self.devices.append(Device(slot, actor))
         pending = {d.actor.info.remote(): d for d in self.devices}
         deadline = time.monotonic() + self.startup_timeout_s
@@ -145,7 +152,7 @@ class Scheduler:
             for ref in ready:
                 dev = pending.pop(ref)
                 try:
-                    dev.info = ray.get(ref)
+                    self._answered(dev, ray.get(ref))
                 except RayError as e:
                     errors.append(f"{dev.label}: {_short(e)}")
                     self._remove(dev, f"failed to start its engine: {_short(e)}")
@@ -159,11 +166,42 @@ class Scheduler:
         return [d.info for d in self.alive]
 
     def shutdown(self) -> None:
-        for handle in [d.actor for d in self.devices] + [self.ledger]:
+        for dev in self.devices:
             try:
-                ray.kill(handle, no_restart=True)
+                ray.kill(dev.actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        for node, paths in self.ledgers.items():  # the run's ledger files go with it
+            try:
+                self._on_node(node, remove_ledgers, sorted(paths), timeout=10)
+            except Exception:  # noqa: BLE001 - a node that is gone took its files with it; else a later sweep does
+                pass
+
+    def _answered(self, dev: Device, info: dict) -> None:
+        """An actor answered (started, or back after a restart, maybe on another node): note where its ledger is."""
+        dev.info = info
+        if info.get("ledger"):
+            self.ledgers.setdefault(info.get("node_id"), set()).add(info["ledger"])
+
+    def _on_node(self, node: str | None, fn, *args, timeout: float):
+        """fn(*args) on `node`: here when that is the driver's node, else in a 0-CPU task pinned there."""
+        if node is None or node == self.driver_node:
+            return fn(*args)
+        task = ray.remote(num_cpus=0, max_retries=0)(fn).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False))
+        return ray.get(task.remote(*args), timeout=timeout)
+
+    def _held(self, dev: Device) -> set:
+        """Keys the dead actor had put on its device last (read from its ledger on its node)."""
+        info = dev.info or {}
+        if not info.get("ledger"):
+            return set()
+        try:
+            return {tuple(k) for k in self._on_node(info.get("node_id"), take_held, info["ledger"], timeout=30)}
+        except Exception as e:  # noqa: BLE001 - the node went down with it: the crash is the device's alone
+            self.progress.log(f"device {dev.label}: could not read its ledger after the crash ({_short(e)})",
+                              event="ledger_unreadable", device=dev.label)
+            return set()
 
     @property
     def alive(self) -> list[Device]:
@@ -254,7 +292,7 @@ class Scheduler:
     def _pinged(self, dev: Device) -> None:
         ref, dev.ping = dev.ping, None
         try:
-            dev.info = ray.get(ref)
+            self._answered(dev, ray.get(ref))
             dev.restarting = False
         except RayError as e:  # still restarting
             if time.monotonic() > dev.restart_deadline:
@@ -370,10 +408,7 @@ class Scheduler:
                 return
             lost = [shard] + list(dev.inflight.values())
             dev.inflight.clear()
-            try:
-                held = {tuple(k) for k in ray.get(self.ledger.held.remote(dev.label), timeout=30)}
-            except RayError:
-                held = set()
+            held = self._held(dev)
             dev.restarting, dev.ping, dev.ping_after = True, None, time.monotonic()
             dev.restart_deadline = time.monotonic() + self.startup_timeout_s
         else:  # the call itself raised (a bug, not the device): its rows are the suspects

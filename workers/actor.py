@@ -7,8 +7,8 @@ concurrently (the driver keeps the next shard queued, at least `batch_size` rows
 device the next one's rows are being prepared and the device never waits for the CPU; when it does, `wait_s` says
 for how long. Rows go to the engine one at a time (batch_size 1) or `batch_size` at a time
 (`Engine.transcribe_batch`), and each row's `Outcome` is yielded as soon as its engine call is done. Before each
-engine call the actor tells the driver's `DeviceLedger` which items it puts on the device, so that a crash of this
-process is charged to those rows only.
+engine call the actor writes which items it puts on the device into its `DeviceLedger` (a small file on its own
+node: workers/ledger.py), so that a crash of this process is charged to those rows only.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .confidence import confidence_fields
 from .engines import create_engine
 from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
 from .frontend import FrontEnd
+from .ledger import DeviceLedger
 from .platforms import platform
 from .prompts import PromptError, plausible_answer_tokens
 from .record import base_record, failed_record, node_name, now
@@ -74,11 +75,12 @@ class _Prepared:
 
 class TranscriptionWorker:
     def __init__(self, engine_name: str, options: dict, device: int, *, device_kind: str = "sim",
-                 label: str | None = None, ledger=None):
+                 label: str | None = None, ledger_run: str | None = None):
         self.platform = platform(device_kind)
         self.device, engine_device = self.platform.in_actor(device)
         self.label = label or self.platform.label(device)
-        self.ledger = ledger  # DeviceLedger actor handle (None outside the scheduler)
+        # what is on the device, for the driver to charge a crash to (None outside the scheduler)
+        self.ledger = DeviceLedger(ledger_run, self.label) if ledger_run else None
         self.options = dict(options)
         self.engine = create_engine(engine_name, self.options, engine_device)
         self.frontend = FrontEnd(
@@ -106,7 +108,7 @@ class TranscriptionWorker:
     def info(self) -> dict:
         return {"engine": self.engine.name, "model_id": self.model_id, "device": self.device, "node": self.node,
                 "node_id": self.node_id, "label": self.label, "kind": self.platform.kind, "pid": os.getpid(),
-                "batch_size": self.batch_size,
+                "batch_size": self.batch_size, "ledger": str(self.ledger.path) if self.ledger else None,
                 "limits": {"max_audio_s": self.engine.limits.max_audio_s,
                            "max_seq_len": self.engine.limits.max_seq_len}}
 
@@ -173,13 +175,11 @@ class TranscriptionWorker:
                 self._device_free_at = time.perf_counter()
 
     def _hold(self, keys: list) -> None:
-        """Tell the ledger (synchronously: it must know before a crash can happen) what goes on the device."""
-        import ray
-
+        """Record in the ledger what goes on the device (before it does: a crash can come at any moment)."""
         try:
-            ray.get(self.ledger.hold.remote(self.label, keys), timeout=60)
-        except Exception as e:  # noqa: BLE001 - the ledger restarting: a crash now is blamed on the device alone
-            print(f"{self.label}: could not record {keys} in the device ledger: {e}", flush=True)
+            self.ledger.hold(keys)
+        except OSError as e:  # no record: a crash now is blamed on the device alone
+            print(f"{self.label}: could not record {keys} in the device ledger {self.ledger.path}: {e}", flush=True)
 
     def _run_group(self, group: list[_Prepared], submitted_at: float) -> Iterator[Outcome]:
         if len(group) == 1:
@@ -307,3 +307,5 @@ class TranscriptionWorker:
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
+        if self.ledger is not None:
+            self.ledger.close()

@@ -1,14 +1,12 @@
-"""What the driver hands a device actor and what comes back: typed work items, outcomes, and the ledger of which
-items a device holds right now (so that a crash is charged to the row that was on the device, and no other).
+"""What the driver hands a device actor and what comes back: typed work items and outcomes.
 
 The driver (pipeline/scheduler.py) builds `WorkItem`s, the actor (workers/actor.py) turns each into exactly one
-`Outcome`, in any order, and before it puts items on the device it writes their keys into the `DeviceLedger`
-with a synchronous call: when the actor's process dies, the ledger still says which items it was running.
+`Outcome`, in any order. (Which items are on the device right now, for charging a crash: workers/ledger.py.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 
@@ -61,18 +59,3 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.record.get("status") == "ok"
-
-
-@dataclass
-class DeviceLedger:
-    """Which work items each device holds on the device right now. Run as a small Ray actor owned by the driver:
-    device actors call `hold` synchronously before each engine call, the driver reads it after a crash."""
-
-    holding: dict[str, tuple] = field(default_factory=dict)
-
-    def hold(self, device: str, keys: list) -> None:
-        self.holding[device] = tuple(tuple(k) for k in keys)
-
-    def held(self, device: str) -> tuple:
-        """The keys `device` last put on the device (it may have finished them since)."""
-        return self.holding.pop(device, ())
