@@ -96,3 +96,27 @@ def test_an_actor_starting_sweeps(ledger_dir):
     os.utime(ledger_files(dead.path)[2], (old, old))
     DeviceLedger("run3", "sim:0")
     assert not ledger_files(dead.path)[2].exists()
+
+
+def test_a_hold_after_the_run_ended_leaves_nothing(ledger_dir):
+    """An actor still finishing an engine call when the driver removes the run's ledgers (an interrupted run)
+    writes once more: that record must not outlive the run."""
+    led = DeviceLedger("run1", "sim:0")
+    led.hold([(1, 1)])
+    remove_ledgers([led.path])
+    led.hold([(2, 1)])
+    assert list(ledger_dir.iterdir()) == []
+
+
+def test_a_sweep_removes_old_records_without_a_lock(ledger_dir):
+    led = DeviceLedger("run1", "sim:0")
+    led.hold([(1, 1)])
+    os.close(led._lock)
+    ledger_files(led.path)[2].unlink()  # as a record written after its run's clean-up by an older version
+    fresh = DeviceLedger("run2", "sim:0")
+    fresh.hold([(2, 1)])
+    ledger_files(fresh.path)[2].unlink()
+    old = time.time() - 2 * ledger_mod.STALE_S
+    os.utime(led.path, (old, old))
+    assert sweep_stale(ledger_dir) == [led.path.stem]
+    assert not led.path.exists() and fresh.path.exists()  # a fresh one may be a live actor's: left alone

@@ -88,6 +88,18 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, audio_dir, ad
 SLOW = 20  # --sim-speedup: ~2.5 s a row
 
 
+def _assert_ledgers_removed(run: dict) -> None:
+    """The device ledgers (workers/ledger.py) of an interrupted run are gone with it, even where an actor was still
+    finishing an engine call as the driver ended it (given it a moment to be ended)."""
+    from transcribe_batch.workers.ledger import ledger_files
+
+    files = [f for d in run["devices"] for f in ledger_files(d["ledger"])]
+    deadline = time.monotonic() + 10
+    while any(f.exists() for f in files) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [f for f in files if f.exists()]
+
+
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False)])
 def test_signal_stops_cleanly_and_the_next_run_resumes(tmp_path, audio_dir, address, sig, group):
     manifest = tmp_path / "m.jsonl"
@@ -105,6 +117,7 @@ def test_signal_stops_cleanly_and_the_next_run_resumes(tmp_path, audio_dir, addr
     assert 0 < done < len(rows) and run["counts"]["rows"] == done == run["counts"]["ok"]
     assert json.loads(stdout.strip().splitlines()[-1])["status"] == "interrupted"  # --quiet: JSON outcome
     assert not (out / ".lock").exists()
+    _assert_ledgers_removed(run)
     resumed = run_job(_cfg(manifest, out))
     assert resumed.n_resumed == done and resumed.n_rows == len(rows) == resumed.n_ok
     assert [i for i, _ in _texts(out / "results.parquet")] == [r["id"] for r in rows]

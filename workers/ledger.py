@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 DIR_ENV = "TRANSCRIBE_BATCH_LEDGER_DIR"
-STALE_S = 300.0  # an unheld ledger older than this belongs to a run that is over (the driver reads within seconds)
+STALE_S = 120.0  # an unheld ledger older than this belongs to a run that is over (a driver reads a crashed
+# actor's ledger within seconds; a restarted actor holds it again as soon as it starts)
 
 
 def ledger_dir() -> Path:
@@ -72,7 +73,9 @@ class DeviceLedger:
 
     def hold(self, keys: list[tuple[int, int]]) -> None:
         """Record `keys` ((plan index, attempt) pairs) as what is on the device from now on. If that fails, no
-        earlier record is left behind to be charged for this call's crash."""
+        earlier record is left behind to be charged for this call's crash. Once the run's ledgers were removed (the
+        run is over; an actor still finishing a call as it is ended), nothing is left behind either: the driver
+        removes the lock file first and the record last, and this checks the lock file after writing the record."""
         data = json.dumps([[int(i), int(a)] for i, a in keys]).encode()
         try:
             fd = os.open(self._files[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -84,6 +87,8 @@ class DeviceLedger:
         except OSError:
             self.path.unlink(missing_ok=True)
             raise
+        if not os.path.exists(self._files[2]):
+            self.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """This actor is done for good (not a crash): its ledger goes."""
@@ -107,10 +112,11 @@ def take_held(path: str | Path) -> list[tuple[int, int]]:
 
 
 def remove_ledgers(paths: list[str | Path]) -> int:
-    """Remove ledgers (by `.keys` path) whose actors are done; how many files there were. Run on their node."""
+    """Remove ledgers (by `.keys` path) whose actors are done; how many files there were. Run on their node. The
+    lock file goes first (see DeviceLedger.hold)."""
     n = 0
     for path in paths:
-        for f in ledger_files(path):
+        for f in reversed(ledger_files(path)):
             if f.exists():
                 n += 1
             f.unlink(missing_ok=True)
@@ -118,9 +124,18 @@ def remove_ledgers(paths: list[str | Path]) -> int:
 
 
 def sweep_stale(folder: Path, stale_s: float = STALE_S) -> list[str]:
-    """Remove ledgers no live actor holds and nothing wrote to for `stale_s` (their run's driver is gone); the
-    stems removed."""
+    """Remove ledgers no live actor holds and nothing wrote to for `stale_s` (their run's driver is gone), and
+    records without a lock file as old (an actor ended while writing one); the stems removed."""
     removed, cutoff = [], time.time() - stale_s
+    for pattern in (f"{_prefix()}*.keys", f".{_prefix()}*.keys.tmp"):
+        for orphan in folder.glob(pattern):
+            stem = orphan.name.lstrip(".").removesuffix(".tmp").removesuffix(".keys")
+            try:
+                if not (folder / f"{stem}.lock").exists() and orphan.stat().st_mtime <= cutoff:
+                    orphan.unlink(missing_ok=True)
+                    removed.append(stem)
+            except OSError:
+                continue
     for lock in folder.glob(f"{_prefix()}*.lock"):
         files = ledger_files(lock.with_suffix(".keys"))
         try:
@@ -134,7 +149,7 @@ def sweep_stale(folder: Path, stale_s: float = STALE_S) -> list[str]:
         except OSError:  # a live actor holds it
             os.close(fd)
             continue
-        for path in files:
+        for path in reversed(files):
             path.unlink(missing_ok=True)
         os.close(fd)
         removed.append(lock.name[: -len(".lock")])
