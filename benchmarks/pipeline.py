@@ -110,19 +110,22 @@ def analyse(run_dir: Path, n_devices: int) -> dict:
     }
 
 
-def sequential_baseline(manifest: Path, options: dict) -> dict:
+def sequential_baseline(manifest: Path, config) -> dict:
     """The existing port's loop in this process: per utterance, load → features → infer; no retries, no overlap.
-    A `crash` draw would kill the port's process; here it counts as a failed utterance."""
+    A `crash` draw would kill the port's process; here it counts as a failed utterance. config: the run's
+    WorkerConfig."""
+    from dataclasses import replace
+
     from transcribe_batch.manifests.reader import iter_rows
     from transcribe_batch.workers.engines.base import EngineError
     from transcribe_batch.workers.engines.simulated import FaultSpec, create
     from transcribe_batch.workers.frontend import FrontEnd
 
-    spec = FaultSpec.parse(options.get("sim_faults"))
-    options = dict(options, sim_faults={"error": spec.error + spec.crash, "empty": spec.empty,
-                                        "repeat": spec.repeat, "seed": spec.seed})
-    engine = create(options, 0)
-    frontend = FrontEnd(options.get("model_dir"), limits=engine.limits)
+    spec = FaultSpec.parse(config.sim.faults)
+    no_crash = f"error={spec.error + spec.crash},empty={spec.empty},repeat={spec.repeat},seed={spec.seed}"
+    config = replace(config, sim=replace(config.sim, faults=no_crash))
+    engine = create(config, 0)
+    frontend = FrontEnd.for_worker(config, engine.limits)
     n = failed = 0
     prep = infer = 0.0
     t0 = time.perf_counter()
@@ -130,7 +133,7 @@ def sequential_baseline(manifest: Path, options: dict) -> dict:
         t1 = time.perf_counter()
         requests = frontend.prepare(row)
         t2 = time.perf_counter()
-        engine.begin_attempts({row["id"]: 1})
+        engine.begin_attempts({row.id: 1})
         for request in requests:
             try:
                 engine.transcribe(request)
@@ -150,21 +153,20 @@ def manifest_work(manifest: Path) -> tuple[float, int, int]:
 
     audio_s, rows, tokens = 0.0, 0, 0
     for _, row in iter_rows(manifest):
-        audio_s += float(row.get("duration") or 0.0)
+        audio_s += float(row.duration or 0.0)
         rows += 1
-        tokens += count_tokens(row.get("text") or "")  # + the stop token, - the one the prefill yields
+        tokens += count_tokens(row.text or "")  # + the stop token, - the one the prefill yields
     return audio_s, rows, tokens
 
 
-def project_batches(work: tuple[float, int, int], options: dict, batches=(1, 2, 4, 8, 16)) -> dict:
+def project_batches(work: tuple[float, int, int], config, batches=(1, 2, 4, 8, 16)) -> dict:
     """PROJECTION, not measured: audio-hours per card-hour of this manifest at decode batch B, with the simulated
     engine's cost model (its TTFT and s/token at B = 1) and its batched step model (workers/engines/simulated.py:
     batched_step_s — weights read once per step for all rows, each row's K/V history for itself). Slots are taken
     as always full; prefills (TTFT) are not batched."""
-    from transcribe_batch.workers.engines.simulated import DEFAULT_S_PER_TOKEN, DEFAULT_TTFT_S, batched_step_s
+    from transcribe_batch.workers.engines.simulated import batched_step_s
 
-    ttft = float(options.get("sim_ttft_s") or DEFAULT_TTFT_S)
-    s_tok = float(options.get("sim_s_per_token") or DEFAULT_S_PER_TOKEN)
+    ttft, s_tok = config.sim.ttft_s, config.sim.s_per_token  # the run's WorkerConfig
     audio_s, rows, tokens = work
     prefill_s = rows * ttft
     print(f"\n## PROJECTION (not measured): audio-hours per card-hour by decode batch B — simulated cost model "
@@ -235,7 +237,7 @@ def main() -> None:
         ray.shutdown()
         base = None
         if not args.no_baseline:
-            base = sequential_baseline(manifest, cfg.engine_options_dict())
+            base = sequential_baseline(manifest, cfg.worker_config())
         work_totals = manifest_work(manifest)
     finally:
         if args.keep is None:
@@ -270,7 +272,7 @@ def main() -> None:
             f"overhead_ms_per_utt_{k}": f"{top['overhead_ms']:.1f}"}
     if base:
         line["speedup_vs_sequential"] = f"{base['wall_s'] / top['wall_s']:.2f}"
-    line.update(project_batches(work_totals, cfg.engine_options_dict()))
+    line.update(project_batches(work_totals, cfg.worker_config()))
     print("\n" + " ".join(f"{key}={value}" for key, value in line.items()))
 
 

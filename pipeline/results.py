@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, extra_fields, to_table
+from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, Record, conform, to_table
 
 PART_RE = re.compile(r"part-(\d{6})(?:-\w+)?\.parquet$")
 INPUT_DIGEST = "input_digest"  # parts only: which manifest row (as it read then) a record answers
@@ -351,19 +351,22 @@ def latest_rows(table: pa.Table) -> pa.Table:
 
 
 class PartWriter:
-    """Buffers finished records and writes them as atomic part files (one file per flush). A record's
-    `input_digest` key (set by the runner) goes into the part's INPUT_DIGEST column."""
+    """Buffers finished records and writes them as atomic part files (one file per flush), each with the input
+    digest of the manifest row it answers in the part's INPUT_DIGEST column."""
 
     def __init__(self, folder: RunFolder, next_seq: int, *, flush_rows: int = 512, flush_s: float = 5.0):
         self.folder = folder
         self.seq = next_seq
         self.flush_rows = flush_rows
         self.flush_s = flush_s
-        self.buffer: list[dict] = []
+        self.buffer: list[Record] = []
+        self.digests: list[int | None] = []
         self.last_flush = time.monotonic()
 
-    def add(self, records: list[dict]) -> None:
+    def add(self, records: list[Record], input_digests: list[int | None]) -> None:
+        """`input_digests[k]`: what records[k] answers (manifests.reader.input_digest; None for a bad line)."""
         self.buffer.extend(records)
+        self.digests.extend(input_digests)
         if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()
 
@@ -371,12 +374,11 @@ class PartWriter:
         self.last_flush = time.monotonic()
         if not self.buffer:
             return
-        table = to_table(self.buffer).append_column(
-            INPUT_DIGEST, pa.array([r.get(INPUT_DIGEST) for r in self.buffer], type=pa.int64()))
+        table = to_table(self.buffer).append_column(INPUT_DIGEST, pa.array(self.digests, type=pa.int64()))
         self.folder.parts.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table, self.folder.parts / f"part-{self.seq:06d}-{uuid.uuid4().hex[:8]}.parquet")
         self.seq += 1
-        self.buffer = []
+        self.buffer, self.digests = [], []
 
 
 MERGE_BUCKET_ROWS = 32_768  # rows sorted in memory at once by the merge (at least; see MERGE_MAX_BUCKETS)
@@ -486,11 +488,12 @@ class _ExtraFields:
         return out
 
 
-def _with_current_fields(table: pa.Table, rows: list[dict], lines: np.ndarray) -> pa.Table:
-    """A record answers a row as the manifest says it now: its line number, reference text and other fields."""
+def _with_current_fields(table: pa.Table, rows: list, lines: np.ndarray) -> pa.Table:
+    """A record answers a row (manifests.row.ManifestRow) as the manifest says it now: its line number, reference
+    text and other fields."""
     updates = {"line": pa.array(lines, type=PART_SCHEMA.field("line").type),
-               "text": pa.array([r.get("text") for r in rows], type=pa.string()),
-               "manifest_extra": pa.array([extra_fields(r) for r in rows], type=pa.string())}
+               "text": pa.array([r.text for r in rows], type=pa.string()),
+               "manifest_extra": pa.array([r.extra_json() for r in rows], type=pa.string())}
     for name, column in updates.items():
         table = table.set_column(table.schema.get_field_index(name), name, column)
     return table

@@ -40,6 +40,7 @@ from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from transcribe_batch.workers.actor import TranscriptionWorker
+from transcribe_batch.workers.contracts import ActorInfo, WorkerConfig
 from transcribe_batch.workers.record import failed_record, now
 from transcribe_batch.workers.ledger import remove_ledgers, take_held
 from transcribe_batch.workers.work import RETRY, Outcome, WorkItem
@@ -83,7 +84,7 @@ class Device:
     streak: int = 0  # failed attempts in a row (a success resets it)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))  # recent attempts: True = failed
     alive: bool = True
-    info: dict | None = None
+    info: ActorInfo | None = None
     restarting: bool = False  # its process died; no work until it answers a ping again
     ping: object = None  # ObjectRef of the ping (info call) in flight
     ping_after: float = 0.0  # monotonic time to send the next ping
@@ -110,20 +111,20 @@ def required_streak(max_failures: int, others_failed: int, others_attempts: int,
 
 
 class Scheduler:
-    def __init__(self, plan: Plan, slots: list[DeviceSlot], *, engine: str, options: dict, on_final, progress,
+    def __init__(self, plan: Plan, slots: list[DeviceSlot], config: WorkerConfig, *, on_final, progress,
                  max_attempts: int = 3, device_max_failures: int = 3, inflight_per_device: int = 2,
-                 startup_timeout_s: float = 3600.0):
+                 startup_timeout_s: float = 3600.0, close_timeout_s: float = 30.0):
         self.plan = plan
         self.slots = slots
-        self.engine = engine
-        self.options = options
-        self.on_final = on_final  # callable(list[record]) for rows that are done for good
+        self.config = config  # every actor's (workers/contracts.py)
+        self.on_final = on_final  # callable(list[Outcome]) for rows that are done for good
         self.progress = progress
         self.max_attempts = max_attempts
         self.device_max_failures = device_max_failures
         self.inflight_per_device = inflight_per_device
-        self.batch_size = max(1, int(options.get("batch_size") or 1))
+        self.batch_size = config.batch_size
         self.startup_timeout_s = startup_timeout_s
+        self.close_timeout_s = close_timeout_s  # at shutdown, how long an actor may take to close its engine
         self.devices: list[Device] = []
         self.ledger_run = uuid.uuid4().hex[:16]  # names this run's device ledgers (workers/ledger.py)
         self.ledgers: dict[str, set] = {}  # node id -> ledger paths of the actors that ran there
@@ -133,16 +134,14 @@ class Scheduler:
         self.shard_time_s = 0.0  # moving average of a shard's round trip: how long a retry waits for a new device
         self.stats = {"retried_rows": 0, "actor_crashes": 0, "requeued_unharmed": 0, "devices_removed": [],
                       "retried_busy_s": 0.0}
-        self.last_record: dict = {}
 
     # -- start/stop ---------------------------------------------------------------------------------------------
-    def start(self) -> list[dict]:
+    def start(self) -> list[ActorInfo]:
         self.driver_node = ray.get_runtime_context().get_node_id()
         remote_cls = ray.remote(TranscriptionWorker)
         for slot in self.slots:
             actor = remote_cls.options(**actor_options(slot, self.inflight_per_device)).remote(
-                self.engine, self.options, slot.device, device_kind=slot.kind, label=slot.label,
-                ledger_run=self.ledger_run)
+                self.config, slot.device, device_kind=slot.kind, label=slot.label, ledger_run=self.ledger_run)
             self.devices.append(Device(slot, actor))
         pending = {d.actor.info.remote(): d for d in self.devices}
         deadline = time.monotonic() + self.startup_timeout_s
@@ -162,10 +161,16 @@ class Scheduler:
         if not self.alive:
             raise SchedulerError("no device could start its engine:\n  " + "\n  ".join(errors))
         # shards hold at least one full batch of the batch the actors settled on (a batched bmodel raises it to its B)
-        self.batch_size = max([self.batch_size] + [int(d.info.get("batch_size") or 1) for d in self.alive])
+        self.batch_size = max([self.batch_size] + [d.info.batch_size for d in self.alive])
         return [d.info for d in self.alive]
 
     def shutdown(self) -> None:
+        """Close the engine of every live actor with no work in flight (its device left as it should be: card memory
+        freed, runtime closed), then end the actors and remove the run's device ledgers. An actor still running
+        work (an interrupted run) or that does not close in time (a hung device) is ended as it is."""
+        closing = [d.actor.close.remote() for d in self.devices if d.alive and not d.restarting and not d.inflight]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=self.close_timeout_s)
         for dev in self.devices:
             try:
                 ray.kill(dev.actor, no_restart=True)
@@ -177,11 +182,11 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - a node that is gone took its files with it; else a later sweep does
                 pass
 
-    def _answered(self, dev: Device, info: dict) -> None:
+    def _answered(self, dev: Device, info: ActorInfo) -> None:
         """An actor answered (started, or back after a restart, maybe on another node): note where its ledger is."""
         dev.info = info
-        if info.get("ledger"):
-            self.ledgers.setdefault(info.get("node_id"), set()).add(info["ledger"])
+        if info.ledger:
+            self.ledgers.setdefault(info.node_id, set()).add(info.ledger)
 
     def _on_node(self, node: str | None, fn, *args, timeout: float):
         """fn(*args) on `node`: here when that is the driver's node, else in a 0-CPU task pinned there."""
@@ -193,11 +198,10 @@ class Scheduler:
 
     def _held(self, dev: Device) -> set:
         """Keys the dead actor had put on its device last (read from its ledger on its node)."""
-        info = dev.info or {}
-        if not info.get("ledger"):
+        if dev.info is None or not dev.info.ledger:
             return set()
         try:
-            return {tuple(k) for k in self._on_node(info.get("node_id"), take_held, info["ledger"], timeout=30)}
+            return {tuple(k) for k in self._on_node(dev.info.node_id, take_held, dev.info.ledger, timeout=30)}
         except Exception as e:  # noqa: BLE001 - the node went down with it: the crash is the device's alone
             self.progress.log(f"device {dev.label}: could not read its ledger after the crash ({_short(e)})",
                               event="ledger_unreadable", device=dev.label)
@@ -253,9 +257,10 @@ class Scheduler:
         end = min(end, self.cursor + max(self.batch_size, share))
         indices = todo[self.cursor:end].tolist()
         self.cursor = end
-        durations, lines = self.plan.durations, self.plan.lines
-        return Task([WorkItem(index=i, line=int(lines[i]), duration=None if durations[i] != durations[i]
-                              else float(durations[i])) for i in indices])
+        durations, lines, inputs = self.plan.durations, self.plan.lines, self.plan.inputs
+        return Task([WorkItem(index=i, line=int(lines[i]), input_digest=int(inputs[i]),
+                              duration=None if durations[i] != durations[i] else float(durations[i]))
+                     for i in indices])
 
     def _submit(self, dev: Device, task: Task) -> None:
         rows = self.plan.rows(np.asarray([item.index for item in task.items], dtype=np.int64))
@@ -338,22 +343,21 @@ class Scheduler:
         self._outcome(dev, shard, outcome)
 
     def _outcome(self, dev: Device, shard: Shard, outcome: Outcome) -> None:
-        item = shard.pending.pop(tuple(outcome.key))
+        item = shard.pending.pop(outcome.key)
         rec = outcome.record
-        self.last_record = rec
         if outcome.ok:
             self._evidence(dev, failed=False)
         elif outcome.decision == RETRY and outcome.on_device:
             self._evidence(dev, failed=True)
         if outcome.decision == RETRY and item.attempt < self.max_attempts:
             self._requeue([item.next_attempt(dev.label)])
-            if rec.get("started_at") and rec.get("finished_at"):  # device time spent on the attempt (benchmarks)
-                self.stats["retried_busy_s"] += (rec["finished_at"] - rec["started_at"]).total_seconds()
+            if rec.started_at and rec.finished_at:  # device time spent on the attempt (benchmarks)
+                self.stats["retried_busy_s"] += (rec.finished_at - rec.started_at).total_seconds()
         else:
-            self.on_final([rec])
+            self.on_final([outcome])
         if dev.alive and dev.streak >= self._required_streak(dev):
             self._remove(dev, f"{dev.streak} attempts in a row failed on it while the other devices did better "
-                              f"(last: {rec.get('error_class')}: {rec.get('error_message')})")
+                              f"(last: {rec.error_class}: {rec.error_message})")
 
     def _shard_done(self, shard: Shard) -> None:
         elapsed = time.monotonic() - shard.submitted
@@ -425,12 +429,13 @@ class Scheduler:
                 elif item.attempt < self.max_attempts:
                     charged.append(item.next_attempt(dev.label))
                 else:
-                    finals.append(failed_record(
+                    info = dev.info
+                    finals.append(Outcome.of(item, failed_record(
                         item.row, item.line, f"{kind} on {dev.label} while transcribing ({_short(error)})",
                         error_class="ActorDied" if died else type(error).__name__,
-                        attempts=item.attempt, engine=self.engine, device=dev.slot.device,
-                        node=(dev.info or {}).get("node"), node_id=(dev.info or {}).get("node_id"),
-                        queued_at=item.queued_at, model_id=(dev.info or {}).get("model_id")))
+                        attempts=item.attempt, engine=self.config.engine, device=dev.slot.device,
+                        node=info.node if info else None, node_id=info.node_id if info else None,
+                        queued_at=item.queued_at, model_id=info.model_id if info else None)))
         self._requeue_unharmed(unharmed)
         if charged:
             self._requeue(charged)

@@ -120,3 +120,37 @@ def test_a_sweep_removes_old_records_without_a_lock(ledger_dir):
     os.utime(led.path, (old, old))
     assert sweep_stale(ledger_dir) == [led.path.stem]
     assert not led.path.exists() and fresh.path.exists()  # a fresh one may be a live actor's: left alone
+
+
+@pytest.mark.slow
+def test_shutdown_closes_each_idle_actor(tmp_path, audio_dir, ray_cluster):
+    """The scheduler closes every actor it ends that has no work in flight (engine, device, ledger), rather than
+    only killing its process: with the driver's own clean-up of the ledgers left out, they are gone all the same."""
+    from manifest_helpers import write_manifest
+    from transcribe_batch.pipeline.config import worker_config
+    from transcribe_batch.pipeline.devices import DeviceSlot
+    from transcribe_batch.pipeline.plan import build_plan
+    from transcribe_batch.pipeline.scheduler import Scheduler
+
+    class Progress:
+        def log(self, *a, **k):
+            pass
+
+        def retry(self, n):
+            pass
+
+    write_manifest(tmp_path / "m.jsonl", audio_dir, limit=4)
+    done = []
+    scheduler = Scheduler(build_plan(tmp_path / "m.jsonl"), [DeviceSlot("sim", d) for d in range(2)],
+                          worker_config(engine="simulated", sim_speedup=2000), on_final=done.extend,
+                          progress=Progress())
+    try:
+        infos = scheduler.start()
+        scheduler.run()
+        assert len(done) == 4 and all(o.ok for o in done)
+        paths = [info.ledger for info in infos]
+        assert all(ledger_files(p)[2].exists() for p in paths)  # each actor holds its ledger's lock file
+        scheduler.ledgers = {}  # leave the driver's clean-up out: only the actors' close() can remove them
+    finally:
+        scheduler.shutdown()
+    assert not [f for p in paths for f in ledger_files(p) if f.exists()]

@@ -67,7 +67,7 @@ def test_librispeech_manifest(librispeech, tmp_path):
         assert not os.path.isabs(r["audio_filepath"])
     # The reader resolves the relative paths against the manifest's folder, to the real files.
     read = [row for _, row in iter_rows(out)]
-    assert all(Path(r["audio_filepath"]).is_file() for r in read)
+    assert all(Path(r.audio_filepath).is_file() for r in read)
     assert run_cli("manifest", "validate", out).exit_code == 0
 
 

@@ -51,15 +51,15 @@ def test_one_card_actor_per_node_and_results_name_the_node(tmp_path, audio_dir, 
     # the simulated engine on the bm1684x device kind: card resource, node pinning, card ids: as the real engine
     summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", sim_speedup=2000,
                                    devices="all", shard_size=1, quiet=True,
-                                   engine_options={"device_kind": "bm1684x"}))
+                                   device_kind="bm1684x"))
     assert summary.status == "complete" and summary.n_ok == len(rows)
     infos = summary.devices
-    assert sorted(i["kind"] for i in infos) == ["bm1684x", "bm1684x"]
-    assert {i["node_id"] for i in infos} == nodes  # one actor on each node
-    assert len({i["label"] for i in infos}) == 2 and len({i["node"] for i in infos}) == 1  # same host, two labels
+    assert sorted(i.kind for i in infos) == ["bm1684x", "bm1684x"]
+    assert {i.node_id for i in infos} == nodes  # one actor on each node
+    assert len({i.label for i in infos}) == 2 and len({i.node for i in infos}) == 1  # same host, two labels
     out = pq.read_table(summary.results).to_pylist()
     assert {r["node_id"] for r in out} == nodes  # both nodes did work, and the rows say which
-    assert all(r["device"] == 0 and r["node"] == infos[0]["node"] for r in out)
+    assert all(r["device"] == 0 and r["node"] == infos[0].node for r in out)
 
 
 def test_work_for_a_node_runs_on_that_node(two_nodes):
@@ -82,7 +82,7 @@ def test_crashes_on_either_node_charge_only_the_row_on_the_device(tmp_path, audi
     summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", sim_speedup=2000,
                                    devices="all", shard_size=1, quiet=True, sim_faults=faults, max_attempts=3,
                                    escalate_min_s=1000.0, device_max_failures=1000,
-                                   engine_options={"device_kind": "bm1684x"}))
+                                   device_kind="bm1684x"))
     assert summary.status == "complete" and summary.stats["actor_crashes"] >= 3
     spec = FaultSpec.parse(faults)
     out = {r["id"]: r for r in pq.read_table(summary.results).to_pylist()}
@@ -93,7 +93,7 @@ def test_crashes_on_either_node_charge_only_the_row_on_the_device(tmp_path, audi
             assert rec["status"] == "failed" and rec["error_class"] == "ActorDied" and rec["attempts"] == 3
         else:
             assert rec["status"] == "ok" and rec["attempts"] == crashes.index(False) + 1, (row["id"], crashes, rec)
-    ledgers = [i["ledger"] for i in summary.devices]
+    ledgers = [i.ledger for i in summary.devices]
     assert sorted(str(os.path.dirname(p)) == str(node2_ledgers) for p in ledgers) == [False, True]
     assert not [f for p in ledgers for f in ledger_files(p) if f.exists()]  # the run's ledgers went with it
     events = [json.loads(line) for line in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from transcribe_batch.config.settings import default
 
-from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
+from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, WorkerConfig
 
 DEFAULT_TTFT_S = default("sim_ttft_s")  # config/defaults.toml (one home for settings)
 DEFAULT_S_PER_TOKEN = default("sim_s_per_token")
@@ -149,8 +149,8 @@ class SimulatedEngine(Engine):
     name = "simulated"
     model_id = "simulated"
 
-    def __init__(self, *, ttft_s: float = DEFAULT_TTFT_S, s_per_token: float = DEFAULT_S_PER_TOKEN,
-                 speedup: float = 1.0, faults: FaultSpec = FaultSpec(), text: str | None = None,
+    def __init__(self, *, ttft_s: float, s_per_token: float, speedup: float, faults: FaultSpec = FaultSpec(),
+                 text: str | None = None,
                  max_audio_s: float = 30.0, device: int | None = None, broken: bool = False,
                  model_dir: str | None = None):
         if speedup <= 0:
@@ -215,20 +215,16 @@ class SimulatedEngine(Engine):
                             token_logprobs=logprobs)
 
 
-def _opt(options: dict, key: str, default: float) -> float:
-    value = options.get(key)
-    return default if value is None else float(value)
-
-
-def create(options: dict, device: int | None) -> SimulatedEngine:
+def create(config: WorkerConfig, device: int | None) -> SimulatedEngine:
+    sim, extras = config.sim, config.extras
     return SimulatedEngine(
-        ttft_s=_opt(options, "sim_ttft_s", DEFAULT_TTFT_S),
-        s_per_token=_opt(options, "sim_s_per_token", DEFAULT_S_PER_TOKEN),
-        speedup=_opt(options, "sim_speedup", default("sim_speedup")),
-        faults=FaultSpec.parse(options.get("sim_faults")),
-        text=options.get("sim_text"),
-        max_audio_s=_opt(options, "sim_max_audio_s", 30.0),
+        ttft_s=sim.ttft_s,
+        s_per_token=sim.s_per_token,
+        speedup=sim.speedup,
+        faults=FaultSpec.parse(sim.faults),
+        text=sim.text,
+        max_audio_s=float(extras.get("sim_max_audio_s", 30.0)),
         device=device,
-        broken=device is not None and device in (options.get("sim_broken_devices") or ()),
-        model_dir=options.get("model_dir"),
+        broken=device is not None and device in extras.get("sim_broken_devices", ()),
+        model_dir=config.model_dir,
     )
