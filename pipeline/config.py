@@ -17,7 +17,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text", "device_kind"}  # "" means None
+# "" means None for these
+_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text", "device_kind"}
 _PATHS = {"model_dir", "bmodel", "progress_log"}
 
 

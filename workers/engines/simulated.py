@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from transcribe_batch.config.settings import default
 
-from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, WorkerConfig
+from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request,
+                   WorkerConfig)
 
 DEFAULT_TTFT_S = default("sim_ttft_s")  # config/defaults.toml (one home for settings)
 DEFAULT_S_PER_TOKEN = default("sim_s_per_token")
@@ -150,8 +151,7 @@ class SimulatedEngine(Engine):
     model_id = "simulated"
 
     def __init__(self, *, ttft_s: float, s_per_token: float, speedup: float, faults: FaultSpec = FaultSpec(),
-                 text: str | None = None,
-                 max_audio_s: float = 30.0, device: int | None = None, broken: bool = False,
+                 text: str | None = None, max_audio_s: float = 30.0, device: int | None = None, broken: bool = False,
                  model_dir: str | None = None):
         if speedup <= 0:
             raise ValueError(f"sim_speedup must be > 0, got {speedup}")
