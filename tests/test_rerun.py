@@ -195,8 +195,8 @@ def test_full_disk_is_a_message_and_run_json_does_not_stay_running(tmp_path, aud
 
     from typer.testing import CliRunner
 
-    from transcribe_batch.pipeline import results
     from transcribe_batch.pipeline.cli import app
+    from transcribe_batch.pipeline.results import atomic, parts
 
     m, out = tmp_path / "m.jsonl", tmp_path / "out"
     write_manifest(m, audio_dir, limit=4)
@@ -207,11 +207,11 @@ def test_full_disk_is_a_message_and_run_json_does_not_stay_running(tmp_path, aud
     def no_room(path, data):  # no room for a temporary copy of run.json either
         if path.name == "run.json" and path.exists():
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return atomic(path, data)
+        return real_write(path, data)
 
-    atomic = results.atomic_write_bytes
-    monkeypatch.setattr(results, "write_parquet_atomic", full)
-    monkeypatch.setattr(results, "atomic_write_bytes", no_room)
+    real_write = atomic.atomic_write_bytes
+    monkeypatch.setattr(parts, "write_parquet_atomic", full)
+    monkeypatch.setattr(atomic, "atomic_write_bytes", no_room)
     result = CliRunner().invoke(app, ["run", str(m), "-o", str(out), "--engine", "simulated", "--devices", "2",
                                       "--sim-speedup", "4000", "-q"])
     assert result.exit_code == 1, result.output

@@ -113,7 +113,7 @@ def run(
             typer.echo(json.dumps(_failure_summary(cfg.output, status, message, t_start), default=str))
         return typer.Exit(code)
 
-    # SIGINT and SIGTERM (also to the whole process group) stop the run the same way: run_job handles both.
+    # SIGINT, SIGTERM and SIGHUP (also to the whole process group) stop the run the same way: run_job handles them.
     t_start = time.time()
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Ray prints worker notices to stdout: keep it for the summary
@@ -127,9 +127,12 @@ def run(
         where = f"{e.filename}: " if e.filename else ""
         raise stop(1, f"error: {where}{e.strerror or e}; finished rows are saved in {cfg.output} (what could be "
                    "written): fix this and run the same command again to resume", "failed") from None
-    except KeyboardInterrupt:
-        raise stop(130, f"interrupted: finished rows are saved in {cfg.output}; run the same command again to "
-                   "resume.", "interrupted") from None
+    except KeyboardInterrupt as e:
+        if getattr(e, "started", True):
+            raise stop(130, f"interrupted: finished rows are saved in {cfg.output}; run the same command again to "
+                       "resume.", "interrupted") from None
+        raise stop(130, f"interrupted before the run started: {cfg.output} is as it was (nothing written); run the "
+                   "same command again to start it.", "interrupted") from None
     line = (f"{summary.status}: {summary.n_rows} rows ({summary.n_ok} ok, {summary.n_failed} failed"
             + (f", {summary.n_resumed} from an earlier run" if summary.n_resumed else "")
             + f"), {summary.audio_s / 3600:.2f} h audio in {summary.wall_s:.1f} s -> {summary.results}")
