@@ -396,6 +396,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
         merged = merge_results(folder, plan, files=[f for f in folder.part_files() if f not in unreadable],
                                run_id=run_id)
         if merged.n_rows != plan.n_rows:  # never "complete" with a manifest row missing
+            folder.results.unlink(missing_ok=True)
             raise SchedulerError(f"{plan.n_rows - merged.n_rows} manifest row(s) have no result; run the same "
                                  "command again to redo them")
         signals.check()

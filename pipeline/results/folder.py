@@ -185,8 +185,8 @@ def check_run_folder(folder: RunFolder) -> dict | None:
 
 class RunLock:
     """DIR/.lock held for the whole run so that two runs never write into one folder; the OS drops the lock when the
-    process ends, however it ends. `release()` also removes the lock file and, for a run that was refused before it
-    wrote anything, the folder it created."""
+    process ends, however it ends. `release()` also removes the lock file and, for a run that never claimed the
+    folder (refused or stopped before it started), the folder if the run created it."""
 
     def __init__(self, folder: RunFolder):
         self.folder = folder
@@ -230,7 +230,7 @@ class RunLock:
             _rmdir_if_empty(self.folder.path)
 
     def release(self, *, refused: bool = False) -> None:
-        """Drop the lock (and its file). `refused`: the run wrote nothing; remove the folders it created."""
+        """Drop the lock (and its file). `refused`: the run never claimed the folder; remove it if it made it."""
         if self.released:
             return
         self.released = True
@@ -240,8 +240,6 @@ class RunLock:
             pass
         self.handle.close()
         if refused:
-            for d in (self.folder.parts, self.folder.logs):
-                _rmdir_if_empty(d)
             self._undo_folder()
 
     def close(self) -> None:

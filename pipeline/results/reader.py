@@ -124,17 +124,19 @@ def _open_folder(given: Path, folder_path: Path, allow_unfinished: bool) -> RunR
             return _open_file(given, folder.results, folder.path, {},
                               [f"{unchecked}: results.parquet read as it is, unchecked"])
         return _unfinished(given, folder, {}, allow_unfinished, [unchecked] if folder.run_json.exists() else [])
-    run_id = meta.get("run_id")
-    if meta["status"] == "complete" and has_results:
+    run_id, file_id = meta.get("run_id"), None
+    if has_results:
         out = _open_file(given, folder.results, folder.path, meta, [], COMPLETE)
         file_id = (out.schema.metadata or {}).get(RESULTS_RUN_ID.encode())
-        if (file_id.decode(errors="replace") if file_id else None) == run_id:
+        file_id = file_id.decode(errors="replace") if file_id else None
+        if meta["status"] == "complete" and file_id == run_id:
             out.notes += _manifest_changed(meta, "the results answer it as it was when the run planned it")
             return out
     notes = []
     if has_results:
-        notes.append(f"{folder.results} is an earlier run's results, not the folder's latest run's "
-                     f"({meta['status']}, started {meta['started_at']}): not read")
+        whose = ("the latest run's merge, but that run did not complete" if file_id == run_id
+                 else "an earlier run's results, not the folder's latest run's")
+        notes.append(f"{folder.results} is {whose} ({meta['status']}, started {meta['started_at']}): not read")
     return _unfinished(given, folder, meta, allow_unfinished, notes, stale=has_results)
 
 
@@ -170,7 +172,7 @@ def _unfinished(given: Path, folder: RunFolder, meta: dict, allow: bool, notes: 
     if not allow:
         if not meta and not folder.parts.is_dir():
             raise ResultsError(f"{folder.path}: not a run folder (no results.parquet)")
-        what = ("its results.parquet is an earlier run's (the latest run has not finished)" if stale
+        what = ("its results.parquet is not the results of its latest run (which has not finished)" if stale
                 else "no results.parquet (the run has not finished)")
         raise ResultsError(f"{folder.path}: {what}: {_what_to_do(folder, meta)}")
     if not parts:
