@@ -180,13 +180,22 @@ class _QuietRayThreadWarning(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
+STOP_GRACE_S = 10.0  # how long a run stopped while Ray starts waits for ray.init to return before giving up on it
+
+
+class RayStartAbandoned(KeyboardInterrupt):
+    """A stop signal came while Ray was starting, and ray.init did not return within STOP_GRACE_S: it is still
+    running on its helper thread (Ray's processes go when this process ends)."""
+
+
 def start_ray(cfg: RunConfig, signals: StopSignals) -> bool:
     """`connect_ray` on a helper thread while the main thread waits with signals deferred; True if we connected (the
     caller shuts Ray down). ray.init must not be cut off half way (a half-started cluster, exit codes 15 or 134), and
     from the main thread it would install its own SIGTERM handler (SystemExit(15)); from a helper thread it installs
-    none. A stop signal meanwhile is acted on by the caller once ray.init has returned (`signals.check()`); a signal
-    to the whole process group also kills the new cluster's processes, and ray.init then gives up after its own
-    timeout (about 30 s): that error becomes the stop."""
+    none. After a stop signal the caller acts on it (`signals.check()`) once ray.init has returned, or after
+    STOP_GRACE_S (RayStartAbandoned): a signal to the whole process group (Ctrl-C in a terminal, `timeout`) also
+    kills the new cluster's processes, and ray.init may then wait for them for a long time (its own timeout is 30 s,
+    and a GCS that dies while the driver connects makes Ray end the process, exit 1, after 60 s)."""
     import ray
 
     if ray.is_initialized():
@@ -201,16 +210,19 @@ def start_ray(cfg: RunConfig, signals: StopSignals) -> bool:
 
     quiet = _QuietRayThreadWarning()
     logging.getLogger("ray._private.worker").addFilter(quiet)
-    told = False
+    give_up_at = None
     try:
         with signals.deferred():
             thread = threading.Thread(target=connect, name="ray-start", daemon=True)
             thread.start()
             while thread.is_alive():
                 thread.join(0.2)
-                if signals.received is not None and not told:
-                    told = True
-                    _say("stopping: Ray is starting; the run stops (nothing written) once ray.init returns")
+                if signals.received is not None and give_up_at is None:
+                    give_up_at = time.monotonic() + STOP_GRACE_S
+                    _say(f"stopping: Ray is starting; the run stops (nothing written) once ray.init returns, or in "
+                         f"{STOP_GRACE_S:.0f} s")
+                elif give_up_at is not None and time.monotonic() > give_up_at and thread.is_alive():
+                    raise RayStartAbandoned(signal.Signals(signals.received).name)
     finally:
         logging.getLogger("ray._private.worker").removeFilter(quiet)
     if "error" in outcome:
@@ -231,11 +243,13 @@ def _say(message: str) -> None:
 class RunStopped(KeyboardInterrupt):
     """A stop signal (Ctrl-C, SIGTERM, SIGHUP) ended the run. `started`: whether it had claimed the folder (then
     its run.json says interrupted and what finished is saved); if not, the folder is as it was (a new one is
-    removed)."""
+    removed). `ray_abandoned`: ray.init was still running (RayStartAbandoned); a program should end now (the CLI
+    exits at once), as Ray cannot be shut down cleanly from here."""
 
-    def __init__(self, message: str, *, started: bool):
+    def __init__(self, message: str, *, started: bool, ray_abandoned: bool = False):
         super().__init__(message)
         self.started = started
+        self.ray_abandoned = ray_abandoned
 
 
 @dataclass
@@ -264,7 +278,8 @@ def run_job(cfg: RunConfig) -> RunSummary:
         except _Refused as e:
             raise e.error from None
         except KeyboardInterrupt as e:
-            raise RunStopped(str(e) or "interrupted", started=life.claimed) from None
+            raise RunStopped(str(e) or "interrupted", started=life.claimed,
+                             ray_abandoned=isinstance(e, RayStartAbandoned)) from None
         finally:
             lock.release(refused=not life.claimed)  # before Ray's shutdown: the folder is free for the next run
             if life.started_ray:

@@ -40,8 +40,8 @@ stage, marker = os.environ.get("TB_STAGE", ""), Path(os.environ.get("TB_MARKER",
 released = marker.with_name("released")  # the test writes it once it has sent the signal
 
 def held(real):
-    """The step does not end before the signal has come (nor, for `real`, before it has run): the signal is sure
-    to arrive during it."""
+    # The step does not end before the signal has come (nor, for `real`, before it has run): the signal is sure to
+    # arrive during it.
     def step(*args, **kwargs):
         marker.write_text(stage)
         out = real(*args, **kwargs) if real else None
@@ -54,6 +54,12 @@ if stage == "planning":
     runner.build_plan = held(None)
 elif stage == "ray-startup":
     runner.connect_ray = held(runner.connect_ray)  # ray.init, on the runner's helper thread
+elif stage == "ray-stuck":  # a ray.init that never returns (as when the cluster it starts is killed under it)
+    def stuck(*args, **kwargs):
+        marker.write_text(stage)
+        while True:
+            time.sleep(0.05)
+    runner.connect_ray = stuck
 elif stage == "actors":
     runner.Scheduler.start = held(runner.Scheduler.start)
 elif stage == "merge":
@@ -183,6 +189,16 @@ def test_stop_while_ray_starts(tmp_path, earlier_runs, sig, group):
     _resumes(manifest, rows, out)
 
 
+def test_a_ray_start_that_does_not_return_is_given_up(tmp_path, earlier_runs):
+    """A group signal can kill the cluster ray.init is starting; ray.init may then wait a long time (and Ray ends a
+    process whose GCS died while it connected, exit 1, after 60 s). A stopped run waits STOP_GRACE_S for it, then
+    ends: exit 130, the folder as it was."""
+    manifest, rows, out = _folder_with_an_earlier_run(tmp_path, earlier_runs)
+    before = _snapshot(out)
+    _, stderr = _stop_at("ray-stuck", manifest, out, None, signal.SIGTERM, False, tmp_path)
+    assert "interrupted before the run started" in stderr and _snapshot(out) == before
+
+
 @pytest.mark.parametrize("sig, group", _matrix(2))
 def test_stop_while_actors_start(tmp_path, earlier_runs, ray_cluster, sig, group):
     manifest, rows, out = _folder_with_an_earlier_run(tmp_path, earlier_runs)
@@ -221,6 +237,8 @@ def _stop_at(stage, manifest, out, address, sig, group, tmp_path):
         _wait_for("a new part file", proc, lambda: bool(set(out.glob("parts/part-*.parquet")) - parts_before))
     elif stage == "ray-startup":
         _wait_for("Ray's start-up", proc, lambda: marker.exists() and _gcs_started(proc))
+    elif stage == "ray-stuck":
+        _wait_for("Ray's start-up", proc, marker.exists)
     else:
         _wait_for(stage, proc, marker.exists)
     stdout, stderr = _signal(proc, sig, group, marker.with_name("released"))

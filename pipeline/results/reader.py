@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,7 +38,7 @@ class ResultsError(ValueError):
     """A RUN that cannot be read as results; the message names the path, what is wrong and what to do."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResults:
     path: Path  # the RUN as given (a run folder, or a .parquet file)
     folder: Path  # the run folder (a FILE's own folder)
@@ -47,9 +47,10 @@ class RunResults:
     results: Path  # the results file read (COMPLETE, FILE); for UNFINISHED the folder's parts/
     schema: pa.Schema
     n_rows: int
-    notes: list[str] = field(default_factory=list)  # what was read and why (unfinished, stale file, skipped parts)
-    _file: pq.ParquetFile | None = field(default=None, repr=False)  # opened once: a run starting later cannot
-    _table: pa.Table | None = field(default=None, repr=False)  # swap it (UNFINISHED: the merged rows, in memory)
+    notes: tuple[str, ...] = ()  # what was read and why (unfinished, a results file not read, skipped parts)
+    _file: pq.ParquetFile | None = field(default=None, repr=False)  # opened once (a run starting later deletes
+    # the name, not the open file)
+    _table: pa.Table | None = field(default=None, repr=False)  # UNFINISHED: the merged rows, in memory
 
     @property
     def columns(self) -> list[str]:
@@ -108,7 +109,8 @@ def _open_file(given: Path, results: Path, folder: Path, meta: dict, notes: list
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         again = ("; run the same `run` command again to rewrite it from parts/" if state == COMPLETE else "")
         raise ResultsError(f"{results}: unreadable Parquet ({reason}){again}") from None
-    return RunResults(given, folder, state, meta, results, pf.schema_arrow, pf.metadata.num_rows, notes, _file=pf)
+    return RunResults(given, folder, state, meta, results, pf.schema_arrow, pf.metadata.num_rows, tuple(notes),
+                      _file=pf)
 
 
 def _open_folder(given: Path, folder_path: Path, allow_unfinished: bool) -> RunResults:
@@ -130,8 +132,8 @@ def _open_folder(given: Path, folder_path: Path, allow_unfinished: bool) -> RunR
         file_id = (out.schema.metadata or {}).get(RESULTS_RUN_ID.encode())
         file_id = file_id.decode(errors="replace") if file_id else None
         if meta["status"] == "complete" and file_id == run_id:
-            out.notes += _manifest_changed(meta, "the results answer it as it was when the run planned it")
-            return out
+            return replace(out, notes=tuple(_manifest_changed(meta, "the results answer it as it was when the run "
+                                                                    "planned it")))
     notes = []
     if has_results:
         whose = ("the latest run's merge, but that run did not complete" if file_id == run_id
@@ -183,8 +185,8 @@ def _unfinished(given: Path, folder: RunFolder, meta: dict, allow: bool, notes: 
     table = _merge_unfinished(folder, meta, parts, notes)
     if table is None:
         table = _all_records(folder, parts, notes)
-    return RunResults(given, folder.path, UNFINISHED, meta, folder.parts, table.schema, table.num_rows, notes,
-                      _table=table)
+    return RunResults(given, folder.path, UNFINISHED, meta, folder.parts, table.schema, table.num_rows,
+                      tuple(notes), _table=table)
 
 
 def _merge_unfinished(folder: RunFolder, meta: dict, parts: list[Path], notes: list[str]) -> pa.Table | None:
