@@ -31,7 +31,7 @@ CONTEXT = 64  # samples of the previous frame the model sees with each window
 SPLITTERS = ("vad", "energy")
 
 # The ONNX files we know, by SHA-256: the model is a real component, so a file that is not one of these is refused.
-SILERO_MODELS = {
+SILERO_MODELS = {  # (pyproject pins the package that ships it)
     "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3": "silero_vad.onnx of silero-vad 6.2.x",
 }
 # Packages that ship the model file, in order of preference; looked up without importing them (silero_vad's
