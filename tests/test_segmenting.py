@@ -42,7 +42,7 @@ def test_cuts_fall_in_the_pauses_and_prefer_the_longer_ones():
     # 29.5 s of talk with a 0.6 s pause (between sentences) and a 0.05 s one (between words); max 25 s → two
     # segments, cut in the long pause although the short one would give more even lengths
     regions = _r((0.5, 6.0), (6.6, 17.0), (17.05, 30.0))
-    n, opts = 31 * SR, SegmentOptions(max_s=25.0, min_s=2.0)
+    n, opts = 31 * SR, SegmentOptions(max_s=25.0, min_s=2.0, edge_s=0.2)
     seg = segment_speech(regions, n, opts)
     check(seg, regions, n, opts)
     assert len(seg.segments) == 2
@@ -52,7 +52,7 @@ def test_cuts_fall_in_the_pauses_and_prefer_the_longer_ones():
     assert len(seg.forced) == 0
     # only the short pause can take the cut: the segments share it, in its middle
     regions = _r((0.5, 3.0), (3.6, 17.0), (17.05, 30.0))
-    seg = segment_speech(regions, n, SegmentOptions(max_s=20.0, min_s=2.0))
+    seg = segment_speech(regions, n, SegmentOptions(max_s=20.0, min_s=2.0, edge_s=0.2))
     assert len(seg.segments) == 2 and seg.segments[0, 1] == seg.segments[1, 0] == (17 * SR + int(17.05 * SR)) // 2
 
 
@@ -68,7 +68,7 @@ def test_short_pauses_are_shared_cuts_and_long_pauses_always_cut():
 
 def test_long_pause_is_a_cut_even_when_both_sides_would_fit():
     regions = _r((1.0, 3.0), (8.0, 10.0))
-    n, opts = 12 * SR, SegmentOptions(max_s=20.0, min_s=0.0, long_pause_s=3.0)
+    n, opts = 12 * SR, SegmentOptions(max_s=20.0, min_s=0.0, long_pause_s=3.0, edge_s=0.2)
     seg = segment_speech(regions, n, opts)
     check(seg, regions, n, opts)
     assert len(seg.segments) == 2
@@ -79,7 +79,7 @@ def test_short_utterances_merge_or_take_silence_up_to_min_s():
     # three 0.5 s words with 0.8 s pauses merge into one segment; a lone 0.6 s word between long silences takes
     # silence evenly from both sides to reach min_s
     regions = _r((1.0, 1.5), (2.3, 2.8), (3.6, 4.1), (20.0, 20.6))
-    n, opts = 40 * SR, SegmentOptions(max_s=20.0, min_s=2.0, long_pause_s=3.0)
+    n, opts = 40 * SR, SegmentOptions(max_s=20.0, min_s=2.0, long_pause_s=3.0, edge_s=0.2)
     seg = segment_speech(regions, n, opts)
     check(seg, regions, n, opts)
     assert len(seg.segments) == 2
@@ -165,7 +165,7 @@ def test_real_speech_segments_end_in_pauses(audio_dir):
             around = audio[max(0, b - 800):b + 800].astype(np.float64)
             assert 10 * np.log10(np.mean(around ** 2) + 1e-12) < level - 15, (splitter, b / SR)
         # the 5 s of silence between the recordings is dropped
-        assert any(a <= 44.6 * SR and b >= 49.2 * SR for a, b in seg.dropped.tolist()), splitter
+        assert any(a <= 45.0 * SR and b >= 48.8 * SR for a, b in seg.dropped.tolist()), splitter
     secs = to_seconds(seg.segments, offset_s=100.0)
     assert secs[0][0] >= 100.0 and secs[-1][1] <= 100.0 + audio.size / SR
 
