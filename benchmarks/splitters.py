@@ -150,10 +150,11 @@ def build(clips: list[np.ndarray], masks: list[np.ndarray], minutes: float, gaps
     kinds: dict[str, float] = {}
     at = int(rng.uniform(0.5, 2) * SR)
     while True:
-        k = int(rng.integers(len(clips)))
-        clip, mask = clips[k], masks[k]
-        if at + clip.size > n:
+        fits = [k for k, c in enumerate(clips) if at + c.size <= n]
+        if not fits:
             break
+        k = fits[int(rng.integers(len(fits)))]
+        clip, mask = clips[k], masks[k]
         audio[at:at + clip.size] = at_level(clip, SPEECH_DBFS + db(clip) - active_level_db(clip, mask))
         speech[at:at + clip.size] = mask
         at += clip.size
@@ -177,7 +178,7 @@ def build(clips: list[np.ndarray], masks: list[np.ndarray], minutes: float, gaps
 
 
 # -- running and scoring -------------------------------------------------------------------------------------------
-def run_splitter(long: LongAudio, splitter: str, options) -> dict:
+def run_splitter(long: LongAudio, splitter: str, options, range_every_s: float = 60.0) -> dict:
     from transcribe_batch.workers.ranges import CutOptions, cut_in_window
     from transcribe_batch.workers.segmenting import segment_speech
     from transcribe_batch.workers.vad import speech_probs, speech_regions
@@ -190,7 +191,8 @@ def run_splitter(long: LongAudio, splitter: str, options) -> dict:
     cpu_s = time.process_time() - t0
     window = int(CutOptions().window_s * SR)
     range_cuts = []
-    for nominal in range(60 * SR, audio.size - window // 2, 60 * SR):  # one nominal boundary per minute
+    every = int(range_every_s * SR)
+    for nominal in range(every, audio.size - window // 2, every):  # a nominal range boundary every range_every_s
         w0 = nominal - window // 2
         part = audio[w0:w0 + window]
         range_cuts.append(w0 + cut_in_window(speech_probs(part, splitter), part.size, nominal - w0))
@@ -219,7 +221,7 @@ def run_splitter(long: LongAudio, splitter: str, options) -> dict:
 
 
 def pct(a: float, b: float) -> float:
-    return 100.0 * a / b if b else 0.0
+    return 100.0 * a / b if b else float("nan")
 
 
 def summary(rows: list[dict]) -> dict:
@@ -238,6 +240,7 @@ def main() -> None:
     ap.add_argument("--max-s", type=float, default=SegmentOptions.max_s)
     ap.add_argument("--min-s", type=float, default=SegmentOptions.min_s)
     ap.add_argument("--edge-s", type=float, default=SegmentOptions.edge_s)
+    ap.add_argument("--range-every-s", type=float, default=60.0, help="a nominal range boundary this often (default 60)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -267,7 +270,7 @@ def main() -> None:
         gaps, snr = SCENARIOS[name]
         long = build(clips, masks, args.minutes, gaps, snr, np.random.default_rng(args.seed + k))
         for splitter in splitters:
-            r = run_splitter(long, splitter, options)
+            r = run_splitter(long, splitter, options, args.range_every_s)
             results[splitter].append(r)
             print(f"| {name} | {splitter} | {r['segments']} | {pct(r['cuts_in_gaps'], r['cuts']):.1f}% "
                   f"({r['cuts_in_gaps']}/{r['cuts']}) | {r['words_cut']} | "
@@ -279,7 +282,7 @@ def main() -> None:
         t = summary(results[splitter])
         lengths = np.array(t["seg_len_s"]) if t["seg_len_s"] else np.zeros(1)
         print(f"splitter={splitter} cuts={t['cuts']} cuts_in_gaps_pct={pct(t['cuts_in_gaps'], t['cuts']):.2f} "
-              f"words_cut={t['words_cut']} range_cuts_in_gaps_pct={pct(t['range_cuts_in_gaps'], t['range_cuts']):.1f} "
+              f"words_cut={t['words_cut']} range_cuts={t['range_cuts']} range_cuts_in_gaps_pct={pct(t['range_cuts_in_gaps'], t['range_cuts']):.1f} "
               f"speech_dropped_pct={pct(t['speech_dropped_s'], t['speech_s']):.3f} "
               f"music_noise_kept_pct={pct(t['other_kept_s'], t['other_s']):.1f} "
               f"cpu_s_per_audio_h={3600 * t['cpu_s'] / t['audio_s']:.1f} segments={len(t['seg_len_s'])} "
