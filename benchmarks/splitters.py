@@ -139,6 +139,7 @@ class LongAudio:
     speech: np.ndarray  # bool per sample: ground-truth speech
     other: np.ndarray  # bool per sample: inserted music or noise
     kinds: dict = field(default_factory=dict)  # gap kind -> seconds
+    placed: list = field(default_factory=list)  # (start sample, recording index) of each placed recording
 
 
 def build(clips: list[np.ndarray], masks: list[np.ndarray], minutes: float, gaps: tuple[str, ...],
@@ -148,6 +149,7 @@ def build(clips: list[np.ndarray], masks: list[np.ndarray], minutes: float, gaps
     speech = np.zeros(n, bool)
     other = np.zeros(n, bool)
     kinds: dict[str, float] = {}
+    placed: list[tuple[int, int]] = []
     at = int(rng.uniform(0.5, 2) * SR)
     while True:
         fits = [k for k, c in enumerate(clips) if at + c.size <= n]
@@ -157,6 +159,7 @@ def build(clips: list[np.ndarray], masks: list[np.ndarray], minutes: float, gaps
         clip, mask = clips[k], masks[k]
         audio[at:at + clip.size] = at_level(clip, SPEECH_DBFS + db(clip) - active_level_db(clip, mask))
         speech[at:at + clip.size] = mask
+        placed.append((at, k))
         at += clip.size
         kind = gaps[int(rng.integers(len(gaps)))]
         length = {"silence": rng.choice([rng.uniform(0.3, 3.0), rng.uniform(3.0, 10.0)], p=[0.8, 0.2]),
@@ -174,7 +177,7 @@ def build(clips: list[np.ndarray], masks: list[np.ndarray], minutes: float, gaps
     audio += at_level(rng.standard_normal(n), FLOOR_DBFS)
     if snr_db is not None:
         audio += at_level(colored_noise(n, rng, "pink"), SPEECH_DBFS - snr_db)
-    return LongAudio(audio.astype(np.float32), speech, other, kinds)
+    return LongAudio(audio.astype(np.float32), speech, other, kinds, placed)
 
 
 # -- running and scoring -------------------------------------------------------------------------------------------
@@ -222,6 +225,10 @@ def run_splitter(long: LongAudio, splitter: str, options, range_every_s: float =
 
 def pct(a: float, b: float) -> float:
     return 100.0 * a / b if b else float("nan")
+
+
+def cell(a: float, b: float, digits: int = 1) -> str:
+    return f"{pct(a, b):.{digits}f}%" if b else "–"
 
 
 def summary(rows: list[dict]) -> dict:
@@ -272,10 +279,10 @@ def main() -> None:
         for splitter in splitters:
             r = run_splitter(long, splitter, options, args.range_every_s)
             results[splitter].append(r)
-            print(f"| {name} | {splitter} | {r['segments']} | {pct(r['cuts_in_gaps'], r['cuts']):.1f}% "
+            print(f"| {name} | {splitter} | {r['segments']} | {cell(r['cuts_in_gaps'], r['cuts'])} "
                   f"({r['cuts_in_gaps']}/{r['cuts']}) | {r['words_cut']} | "
-                  f"{pct(r['range_cuts_in_gaps'], r['range_cuts']):.0f}% ({r['range_cuts_in_gaps']}/{r['range_cuts']}) "
-                  f"| {pct(r['speech_dropped_s'], r['speech_s']):.2f}% | {pct(r['other_kept_s'], r['other_s']):.0f}% "
+                  f"{cell(r['range_cuts_in_gaps'], r['range_cuts'], 0)} ({r['range_cuts_in_gaps']}/{r['range_cuts']}) "
+                  f"| {cell(r['speech_dropped_s'], r['speech_s'], 2)} | {cell(r['other_kept_s'], r['other_s'], 0)} "
                   f"| {3600 * r['cpu_s'] / r['audio_s']:.1f} |")
     print()
     for splitter in splitters:
