@@ -181,15 +181,17 @@ def build(clips: list[np.ndarray], masks: list[np.ndarray], minutes: float, gaps
 
 
 # -- running and scoring -------------------------------------------------------------------------------------------
-def run_splitter(long: LongAudio, splitter: str, options, range_every_s: float = 60.0) -> dict:
+def run_splitter(long: LongAudio, splitter: str, options, range_every_s: float = 60.0, vad=None) -> dict:
     from transcribe_batch.workers.ranges import CutOptions, cut_in_window
     from transcribe_batch.workers.segmenting import segment_speech
-    from transcribe_batch.workers.vad import speech_probs, speech_regions
+    from transcribe_batch.workers.vad import VadOptions, speech_probs, speech_regions
+
+    vad = vad or VadOptions()
 
     audio = long.audio
     t0 = time.process_time()
     probs = speech_probs(audio, splitter)
-    regions = speech_regions(probs, audio.size)
+    regions = speech_regions(probs, audio.size, vad)
     seg = segment_speech(regions, audio.size, options, scores=probs)
     cpu_s = time.process_time() - t0
     window = int(CutOptions().window_s * SR)
@@ -198,7 +200,7 @@ def run_splitter(long: LongAudio, splitter: str, options, range_every_s: float =
     for nominal in range(every, audio.size - window // 2, every):  # a nominal range boundary every range_every_s
         w0 = nominal - window // 2
         part = audio[w0:w0 + window]
-        range_cuts.append(w0 + cut_in_window(speech_probs(part, splitter), part.size, nominal - w0))
+        range_cuts.append(w0 + cut_in_window(speech_probs(part, splitter), part.size, nominal - w0, vad))
     cuts = sorted({int(x) for x in seg.segments.ravel()} - {0, audio.size})
     covered = np.zeros(audio.size, bool)
     for a, b in seg.segments.tolist():
@@ -247,13 +249,17 @@ def main() -> None:
     ap.add_argument("--max-s", type=float, default=SegmentOptions.max_s)
     ap.add_argument("--min-s", type=float, default=SegmentOptions.min_s)
     ap.add_argument("--edge-s", type=float, default=SegmentOptions.edge_s)
+    ap.add_argument("--threshold", type=float, default=0.5, help="speech probability threshold (VadOptions)")
     ap.add_argument("--range-every-s", type=float, default=60.0, help="a nominal range boundary this often (default 60)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     from transcribe_batch.workers.audio import load_audio
 
+    from transcribe_batch.workers.vad import VadOptions
+
     options = SegmentOptions(min_s=args.min_s, max_s=args.max_s, edge_s=args.edge_s)
+    vad_options = VadOptions(threshold=args.threshold)
     manifest = args.audio_dir / "manifest.jsonl"
     if not manifest.is_file():
         sys.exit(f"{manifest}: not found (pass --audio-dir, a folder of recordings with a manifest.jsonl)")
@@ -277,7 +283,7 @@ def main() -> None:
         gaps, snr = SCENARIOS[name]
         long = build(clips, masks, args.minutes, gaps, snr, np.random.default_rng(args.seed + k))
         for splitter in splitters:
-            r = run_splitter(long, splitter, options, args.range_every_s)
+            r = run_splitter(long, splitter, options, args.range_every_s, vad_options)
             results[splitter].append(r)
             print(f"| {name} | {splitter} | {r['segments']} | {cell(r['cuts_in_gaps'], r['cuts'])} "
                   f"({r['cuts_in_gaps']}/{r['cuts']}) | {r['words_cut']} | "

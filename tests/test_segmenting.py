@@ -88,6 +88,19 @@ def test_short_utterances_merge_or_take_silence_up_to_min_s():
     assert lone[1] - lone[0] == 2 * SR and lone[0] == int(19.3 * SR)  # 0.7 s each side
 
 
+def test_a_segment_keeps_its_edges_rather_than_fill_up_with_speech():
+    # 9.8 s of speech fits a 10 s segment only with its silent edges trimmed to 0.1 s; cutting at the 0.6 s pause
+    # gives two segments with their full 0.4 s edges (VAD onsets lag, so an edge of 0.1 s risks a word's start)
+    regions = _r((1.0, 5.5), (6.1, 10.8))
+    n, opts = 12 * SR, SegmentOptions(max_s=10.0, min_s=2.0, edge_s=0.4)
+    seg = segment_speech(regions, n, opts)
+    check(seg, regions, n, opts)
+    assert seg.segments.tolist() == [[int(0.6 * SR), int(5.8 * SR)], [int(5.8 * SR), int(11.2 * SR)]]
+    # no pause to cut at: one segment, its edges trimmed to fit
+    one = segment_speech(_r((1.0, 10.8)), n, opts)
+    assert one.segments.tolist() == [[int(0.9 * SR), int(10.9 * SR)]]
+
+
 def test_a_lone_short_word_without_room_stays_short():
     regions = _r((0.0, 0.5))
     n = int(0.5 * SR)

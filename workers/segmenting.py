@@ -8,8 +8,9 @@
 Every speech sample lies in exactly one segment (speech is never dropped). Neighbouring segments share their cut
 where the pause between them is short (≤ 2 × edge_s); from a longer pause each keeps edge_s and the middle is dropped;
 a pause of long_pause_s or more always ends a segment. Where several pauses could take a cut, the choice minimises
-(dynamic programming over the pauses): the number of segments, segments shorter than min_s, and cuts in short
-pauses (a 40 ms gap between words costs ~15× what a 0.5 s pause does). Only a stretch of speech longer than the
+(dynamic programming over the pauses): the number of segments, segments shorter than min_s, segments too full of
+speech to keep their edge_s of silence, and cuts in short pauses (a 40 ms gap between words costs ~15× what a
+0.5 s pause does). Only a stretch of speech longer than the
 limit with no pause at all is cut inside speech, at its least speech-like frame when per-frame `scores` are given;
 those cuts are listed in `forced`.
 """
@@ -28,6 +29,7 @@ SHORT_COST = 4.0  # a segment that stays shorter than min_s even with all the si
 PAUSE_COST = 3.0  # a cut in a pause of length L costs PAUSE_COST × exp(−L / PAUSE_SCALE_S)
 PAUSE_SCALE_S = 0.2
 FORCED_COST = 50.0  # a cut inside speech (only where no pause is in reach)
+TRIM_COST = 2.0  # a segment whose speech leaves no room for its edge_s of silence at both ends
 SEARCH_FROM = 0.5  # a forced cut is searched in the last (1 − SEARCH_FROM) of the longest piece
 
 
@@ -100,6 +102,8 @@ def segment_speech(regions: np.ndarray, n_samples: int, options: SegmentOptions 
     cut_cost[0] = cut_cost[m] = 0.0
     cut_cost[mandatory] = 0.0
 
+    # where a segment starting after break k / ending before break k would begin / end with its full edges
+    start_at, end_at = np.maximum(hi - edge, mid), np.minimum(lo + edge, mid)  # (mid is 0 / n at the file's ends)
     best = np.full(m + 1, np.inf)
     best[0] = 0.0
     back = np.zeros(m + 1, np.int64)
@@ -109,6 +113,8 @@ def segment_speech(regions: np.ndarray, n_samples: int, options: SegmentOptions 
                 break
             reach = mid[j] - mid[i]  # the most this segment may span, all the silence it may take included
             cost = best[i] + SEGMENT_COST + (SHORT_COST if reach < min_len else 0.0) + cut_cost[j]
+            if end_at[j] - start_at[i] > max_len:  # the edges would be trimmed (onsets are where VADs lag)
+                cost += TRIM_COST
             if cost < best[j]:
                 best[j], back[j] = cost, i
             if mandatory[i]:
@@ -120,9 +126,7 @@ def segment_speech(regions: np.ndarray, n_samples: int, options: SegmentOptions 
 
     segments = []
     for i, j in zip(chosen, chosen[1:]):
-        s = max(hi[i] - edge, mid[i]) if i else max(starts[0] - edge, 0)
-        e = min(lo[j] + edge, mid[j]) if j < m else min(ends[-1] + edge, n_samples)
-        s, e = _fit(s, e, starts[i], ends[j - 1], mid[i], mid[j], min_len, max_len)
+        s, e = _fit(int(start_at[i]), int(end_at[j]), starts[i], ends[j - 1], mid[i], mid[j], min_len, max_len)
         segments.append((s, e))
     return Segmentation(_ranges(segments), _ranges(_gaps(segments, n_samples)), forced)
 
