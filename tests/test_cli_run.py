@@ -165,8 +165,6 @@ def test_quiet_prints_json_when_settings_are_refused(tmp_path, args, config_text
 
 def test_progress_log_never_appends_to_an_input(tmp_path, audio_dir):
     """Bug: --progress-log appended to any file: the manifest (corrupted), a wav (changed)."""
-    from transcribe_batch.pipeline.cli.run import check_progress_log
-
     m = tmp_path / "m.jsonl"
     write_manifest(m, audio_dir, limit=1)
     wav = tmp_path / "a.wav"
@@ -185,6 +183,8 @@ def test_progress_log_never_appends_to_an_input(tmp_path, audio_dir):
                                      str(tmp_path / "job.toml"), "--progress-log", str(target)])
         assert result.exit_code == 2 and words in result.output, (target, result.output)
         assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    from transcribe_batch.pipeline.cli.run import check_progress_log
+
     earlier = tmp_path / "progress.jsonl"
     earlier.write_text(json.dumps({"time": "2026-01-01T00:00:00+00:00", "event": "start", "done": 0}) + "\n")
     for fine in (earlier, tmp_path / "new.jsonl", run_dir / "progress.jsonl"):
