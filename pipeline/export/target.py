@@ -183,7 +183,10 @@ def plan_target(output: str | os.PathLike, fmt: str, is_folder: bool, overwrite:
     over or above anything the export reads (`inputs`), a parent that is a file, and an existing path that is not an
     earlier export of the same format (or is one, without `overwrite`). An empty folder counts as free."""
     given = Path(output)
-    path = Path(os.path.abspath(os.path.expanduser(str(output)))).resolve()
+    try:
+        path = Path(os.path.abspath(os.path.expanduser(str(output)))).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise ExportError(f"-o {given}: cannot resolve it ({e})") from None
     if path.parent == path:
         raise ExportError(f"-o {given}: is the file system's root: name a file or folder for the export")
     paths = [path] if is_folder else [path, sidecar_of(path)]
