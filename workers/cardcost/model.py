@@ -68,6 +68,15 @@ class CardModel:
             compute += mm * c.s_per_matmul_flop + att * c.s_per_attention_flop
         return c.step_overhead_s + max(memory, compute)
 
+    def decode_step_rows_s(self, rows: float, kv_len: int) -> float:
+        """A decode step with `rows` busy slots on average (a fraction: a mean occupancy), each attending to kv_len
+        slots. Equal to decode_step_s([kv_len] * rows) for whole rows (both sides are linear in the rows)."""
+        c, d = self.constants, self.arch.decoder
+        memory = self.weight_bytes * c.s_per_weight_byte + rows * d.kv_bytes(kv_len) * c.s_per_kv_byte
+        mm, att = d.step_flops(kv_len)
+        compute = rows * (mm * c.s_per_matmul_flop + att * c.s_per_attention_flop)
+        return c.step_overhead_s + max(memory, compute)
+
     def prefill_s(self, prompt_len: int) -> float:
         """One request's prefill (not batched): static nets run over prefill_len (or SEQLEN) positions whatever the
         prompt; it reads the weights once."""
