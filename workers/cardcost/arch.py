@@ -12,8 +12,8 @@ from pathlib import Path
 
 # transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves these out of its config.json
 QWEN2_DEFAULTS = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "intermediate_size": 22016}
-AUT_FRAMES_PER_S = 100  # Qwen3-ASR's AuT encoder: 100 mel frames per second ...
-AUT_ROWS_PER_S = 13  # ... become 13 rows (conv ×8 per 100-frame chunk: 100 → 50 → 25 → 13)
+MEL_FRAMES_PER_S = 100  # log-mel frames per second (10 ms hop) for both encoders
+AUT_ROWS_PER_S = 13  # Qwen3-ASR's AuT encoder makes 13 rows of each second (conv ×8 per 100-frame chunk: 100 → 50 → 25 → 13)
 PROMPT_TEXT_TOKENS = 30  # chat template and instruction around the audio rows, where no tokenizer counted them
 
 
@@ -123,14 +123,15 @@ class Architecture:
 
 def whisper_encoder(d_model: int, layers: int, ffn: int, mel_bins: int, positions: int = 1500,
                     out_dim: int | None = None) -> Encoder:
-    """Whisper's encoder (also Qwen2-Audio's): conv1 (mel → d, k3) over 2·positions frames, conv2 (d → d, k3, stride 2),
-    `layers` over `positions` (30 s), then for Qwen2-Audio avg-pool ×2 and a d → out_dim projector."""
+    """Whisper's encoder (also Qwen2-Audio's): conv1 (mel → d, k3) over 2·positions frames (100 per second: 1500
+    positions = a 30 s window), conv2 (d → d, k3, stride 2), `layers` over `positions`, then for Qwen2-Audio avg-pool
+    ×2 and a d → out_dim projector."""
     stem = 2.0 * mel_bins * d_model * 3 * 2 * positions + 2.0 * d_model * d_model * 3 * positions
     params = mel_bins * d_model * 3 + d_model * d_model * 3
     if out_dim:
         stem += 2.0 * d_model * out_dim * positions // 2
         params += d_model * out_dim
-    return Encoder(layers, d_model, ffn, 30.0, positions, positions, stem, params)
+    return Encoder(layers, d_model, ffn, 2 * positions / MEL_FRAMES_PER_S, positions, positions, stem, params)
 
 
 def aut_encoder(d_model: int, layers: int, ffn: int, mel_bins: int, downsample: int, out_dim: int,
@@ -138,7 +139,7 @@ def aut_encoder(d_model: int, layers: int, ffn: int, mel_bins: int, downsample: 
     """Qwen3-ASR's AuT encoder (qwen-asr modeling_qwen3_asr.Qwen3ASRAudioEncoder): per 100-frame chunk three 3×3
     stride-2 conv2d (1 → c → c → c channels, c = downsample_hidden_size), a linear c·mel/8 → d, `layers` over 13 rows
     per second attending within one window of `window_frames` (n_window_infer) frames, then d → d and d → out_dim."""
-    window_s = window_frames / AUT_FRAMES_PER_S
+    window_s = window_frames / MEL_FRAMES_PER_S
     rows = int(round(AUT_ROWS_PER_S * window_s))
     chunks = window_s  # one 100-frame chunk per second
     c = downsample
