@@ -156,7 +156,8 @@ def print_projection(utterances: list[Utterance], overhead_ms: float, *, overhea
                      targets=TARGETS, batches=BATCHES) -> dict:
     audio_s = sum(u.duration_s for u in utterances)
     n = len(utterances)
-    print(f"\n## PROJECTION (not measured): per-card RTFx (audio hours per card hour) on one BM1684X — card cost model, "
+    print(f"\n## PROJECTION (not measured): per-card RTFx (audio hours per card hour) on one BM1684X — card cost "
+          f"model, "
           f"{n} utterances ({audio_s / 3600:.2f} h), pipeline overhead {overhead_ms:.1f} ms per utterance "
           f"({overhead_source})\n")
     print("Occupancy: `today` = simulated for the current engine (calls of B requests whose slots drain), "

@@ -16,7 +16,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text", "sim_card_model"}  # "" means None
+_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text",
+             "sim_card_model"}  # "" means None
 _PATHS = {"model_dir", "bmodel", "progress_log"}
 
 

@@ -149,7 +149,8 @@ def test_a_step_reads_the_weights_once_for_all_rows():
     assert four - one == pytest.approx(3 * kv)  # each extra row adds its own K/V history, not the weights
     assert one < four < 4 * one
     assert m.decode_step_rows_s(4, 1024) == pytest.approx(four)
-    assert m.decode_step_rows_s(2.5, 1024) == pytest.approx((m.decode_step_s([1024] * 2) + m.decode_step_s([1024] * 3)) / 2)
+    two, three = m.decode_step_s([1024] * 2), m.decode_step_s([1024] * 3)
+    assert m.decode_step_rows_s(2.5, 1024) == pytest.approx((two + three) / 2)
     w8 = CardModel(preset("qwen2-audio-7b"), "w8bf16", seqlen=1024)
     assert w8.decode_step_s([1024]) > one and w8.weight_bytes > m.weight_bytes
     assert m.decode_step_s([]) == 0.0

@@ -253,7 +253,8 @@ def device_summary(device: int, view: DriverView | None = None) -> dict | None:
         return None
     card, chip = found
     out = {"card": card.card, "board_type": card.board_type, "chip_id": card.chip_id,
-           "chips_on_card": card.chips_on_card, **{k: v for k, v in asdict(chip).items() if k not in ("device", "card")}}
+           "chips_on_card": card.chips_on_card,
+           **{k: v for k, v in asdict(chip).items() if k not in ("device", "card")}}
     problems = [p for p in view.problems if _concerns(p, view.root, card.card, device)]
     if problems:
         out["problems"] = problems

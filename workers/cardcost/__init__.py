@@ -8,5 +8,5 @@ from .model import QUANT_BITS, USABLE_DEVICE_BYTES, CardModel
 from .slots import SlotJob, SlotSchedule, SlotTiming, run_slots
 
 __all__ = ["Architecture", "ArchitectureError", "Calibration", "CalibrationRow", "CardConstants", "CardModel",
-           "Decoder", "Encoder", "PRESETS", "QUANT_BITS", "SlotJob", "SlotSchedule", "SlotTiming", "USABLE_DEVICE_BYTES",
-           "calibration", "fit", "from_config", "from_model_dir", "preset", "run_slots"]
+           "Decoder", "Encoder", "PRESETS", "QUANT_BITS", "SlotJob", "SlotSchedule", "SlotTiming",
+           "USABLE_DEVICE_BYTES", "calibration", "fit", "from_config", "from_model_dir", "preset", "run_slots"]

@@ -13,7 +13,7 @@ from pathlib import Path
 # transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves these out of its config.json
 QWEN2_DEFAULTS = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "intermediate_size": 22016}
 MEL_FRAMES_PER_S = 100  # log-mel frames per second (10 ms hop) for both encoders
-AUT_ROWS_PER_S = 13  # Qwen3-ASR's AuT encoder makes 13 rows of each second (conv ×8 per 100-frame chunk: 100 → 50 → 25 → 13)
+AUT_ROWS_PER_S = 13  # Qwen3-ASR's AuT encoder: 13 rows a second (conv ×8 per 100-frame chunk: 100 → 50 → 25 → 13)
 PROMPT_TEXT_TOKENS = 30  # chat template and instruction around the audio rows, where no tokenizer counted them
 
 
@@ -45,7 +45,8 @@ class Decoder:
     @property
     def layer_params(self) -> int:
         """Matmul weights of one layer: q and o (hidden × heads·head_dim), k and v (hidden × kv_dim), the MLP."""
-        return 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim + self.mlp_matrices * self.hidden * self.intermediate
+        attention = 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim
+        return attention + self.mlp_matrices * self.hidden * self.intermediate
 
     @property
     def params(self) -> int:
@@ -143,7 +144,8 @@ def aut_encoder(d_model: int, layers: int, ffn: int, mel_bins: int, downsample: 
     rows = int(round(AUT_ROWS_PER_S * window_s))
     chunks = window_s  # one 100-frame chunk per second
     c = downsample
-    conv = 2.0 * 9 * c * (mel_bins // 2) * 50 + 2.0 * 9 * c * c * (mel_bins // 4) * 25 + 2.0 * 9 * c * c * (mel_bins // 8) * 13
+    conv = (2.0 * 9 * c * (mel_bins // 2) * 50 + 2.0 * 9 * c * c * (mel_bins // 4) * 25
+            + 2.0 * 9 * c * c * (mel_bins // 8) * 13)
     stem = chunks * conv + 2.0 * rows * (c * (mel_bins // 8) * d_model + d_model * d_model + d_model * out_dim)
     params = 9 * c + 2 * 9 * c * c + c * (mel_bins // 8) * d_model + d_model * d_model + d_model * out_dim
     return Encoder(layers, d_model, ffn, window_s, rows, rows, stem, params)
@@ -188,8 +190,8 @@ def from_config(config: dict, name: str, where: str = "config.json") -> Architec
                       _int(text, "vocab_size", t))
         a = f"{where} thinker_config.audio_config"
         window = _int(audio, "n_window_infer", a, 2 * _int(audio, "n_window", a, 50))
-        enc = aut_encoder(_int(audio, "d_model", a), _int(audio, "encoder_layers", a), _int(audio, "encoder_ffn_dim", a),
-                          _int(audio, "num_mel_bins", a, 128), _int(audio, "downsample_hidden_size", a, 480),
+        enc = aut_encoder(_int(audio, "d_model", a), _int(audio, "encoder_layers", a),
+                          _int(audio, "encoder_ffn_dim", a), _int(audio, "num_mel_bins", a, 128), _int(audio, "downsample_hidden_size", a, 480),
                           _int(audio, "output_dim", a, hidden), window)
         return Architecture(name, dec, enc, tied=bool(text.get("tie_word_embeddings", True)),
                             audio_tokens_per_s=AUT_ROWS_PER_S, max_audio_tokens=None)

@@ -1,8 +1,9 @@
 """Fit the card cost model's constants to Sophgo's published BM1684X figures (published.py), by least squares on
 relative errors with every constant ≥ 0 (scipy nnls), and say how well each point is reproduced.
 
-Decode step (batch 1, memory-bound):   1 / tokens_per_s = weight bytes · a_w + K/V bytes · a_kv + t_step
-First token (prefill over SEQLEN):     first_token_s   = weight bytes · a_w + matmul FLOPs · a_mm + attention FLOPs · a_att + t_call
+Decode step (batch 1, memory-bound):  1 / tokens_per_s = weight bytes · a_w + K/V bytes · a_kv + t_step
+First token (prefill over SEQLEN):    first_token_s = weight bytes · a_w + matmul FLOPs · a_mm
+                                                      + attention FLOPs · a_att + t_call
 a_w (s per weight byte) comes from the decode fit and is held fixed in the prefill fit (the prefill reads the weights
 once too); a constant the data do not support (e.g. a negative per-step cost) comes out 0 and drops out."""
 
