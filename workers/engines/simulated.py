@@ -8,7 +8,8 @@ reference costs no more than the cap. Two cost models (`sim_cost_model`):
   on the SoC): `sim_ttft_s + n_tokens * sim_s_per_token`.
 - `card`: a BM1684X cost model fitted to Sophgo's published figures (workers/cardcost/, benchmarks/README.md): the
   audio encoder and prefill from their FLOPs, each decode step from the bytes it reads, for the model `sim_card_model`
-  (a preset, or "" = the model folder's config.json) at `sim_card_quant`, with static nets of `sim_card_seqlen`.
+  (a preset, or "" = the model folder's config.json) at `sim_card_quant`, with static nets of `sim_card_seqlen`
+  (times only: requests are what the front end makes, ≤ sim_max_audio_s; SEQLEN is not enforced).
 With `sim_batch` B > 1 a call's requests share B decode slots as the bm1684x engine's do (a request starts when a
 slot frees; prefills run alone; one step serves every busy slot; the port's step for B rows is `batched_step_s`).
 Faults are injected per
