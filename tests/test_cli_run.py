@@ -67,7 +67,7 @@ def test_devices_json():
     result = runner.invoke(app, ["devices", "--json"])
     assert result.exit_code == 0
     info = json.loads(result.output)
-    assert set(info["local"]) == {"bm1684x", "gpus", "cpus"}
+    assert set(info["local"]) == {"bm1684x", "bm1684x_driver", "gpus", "cpus"}
     assert info["device_kinds"]["bm1684x"] == {"description": "Sophgo BM1684X card (/dev/bm-sophon<N>)",
                                                "ray_resource": "bm1684x", "engines": ["simulated", "bm1684x"]}
 
