@@ -35,11 +35,20 @@ def devices(
     if address or ray_local:
         import ray
 
+        from transcribe_batch.pipeline.ray_address import probe
+
         resources = {}
         if not address and info["local"]["bm1684x"]:
             resources[BM1684X_RESOURCE] = len(info["local"]["bm1684x"])
-        ray.init(address=address or None, include_dashboard=False, logging_level="ERROR",
-                 **({} if address else {"resources": resources or None}))
+        try:
+            if address:
+                probe(address)
+            ray.init(address=address or None, include_dashboard=False, logging_level="ERROR",
+                     **({} if address else {"resources": resources or None}))
+        except (ConnectionError, RuntimeError) as e:  # ray.init: ConnectionError, or RuntimeError (GCS gone)
+            typer.echo(f"error: --address {address}: {e}" if address else f"error: could not start Ray: {e}",
+                       err=True)
+            raise typer.Exit(2) from None
         try:
             info["ray_nodes"] = [
                 {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"), "alive": n.get("Alive"),
