@@ -12,6 +12,10 @@ compute the same float bit for bit. load_span maps that time to the same file sa
 contiguous. The cut is the middle of the best pause in the window: pauses of `good_pause_s` or longer are all
 equally good and the one nearest the nominal time wins; a window without any pause is cut at its least speech-like
 frame nearest the nominal time.
+
+Bit-for-bit agreement holds for the same onnxruntime/numpy build on the same CPU architecture (tested across
+processes). Hosts of different architectures in one job (x86_64 and aarch64) may differ in the last bits of a
+probability; a frame exactly at a threshold could then move one worker's cut, so a job should record the cuts it used.
 """
 
 from __future__ import annotations
