@@ -188,49 +188,54 @@ class RayStartAbandoned(KeyboardInterrupt):
     running on its helper thread (Ray's processes go when this process ends)."""
 
 
-def start_ray(cfg: RunConfig, signals: StopSignals) -> bool:
-    """`connect_ray` on a helper thread while the main thread waits with signals deferred; True if we connected (the
-    caller shuts Ray down). ray.init must not be cut off half way (a half-started cluster, exit codes 15 or 134), and
-    from the main thread it would install its own SIGTERM handler (SystemExit(15)); from a helper thread it installs
-    none. After a stop signal the caller acts on it (`signals.check()`) once ray.init has returned, or after
-    STOP_GRACE_S (RayStartAbandoned): a signal to the whole process group (Ctrl-C in a terminal, `timeout`) also
-    kills the new cluster's processes, and ray.init may then wait for them for a long time (its own timeout is 30 s,
-    and a GCS that dies while the driver connects makes Ray end the process, exit 1, after 60 s)."""
+def start_ray(cfg: RunConfig, signals: StopSignals) -> threading.Event | None:
+    """`connect_ray` on a helper thread while the main thread waits with signals deferred. Returns None if Ray was
+    already initialised (someone else's to shut down); else an Event: the caller sets it after ray.shutdown() to let
+    the helper thread end. That thread must outlive the run's use of Ray: Ray ties the processes it starts (GCS,
+    raylet) to the thread that started them (PR_SET_PDEATHSIG: killed when that thread ends).
+
+    ray.init must not be cut off half way (a half-started cluster, exit codes 15 or 134), and from the main thread
+    it would install its own SIGTERM handler (SystemExit(15)); from a helper thread it installs none. After a stop
+    signal the caller acts on it (`signals.check()`) once ray.init has returned, or after STOP_GRACE_S
+    (RayStartAbandoned): a signal to the whole process group can kill the new cluster's processes, and ray.init may
+    then wait for them for a long time (its own timeout is 30 s)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     outcome: dict = {}
+    returned, keep = threading.Event(), threading.Event()
 
     def connect() -> None:
         try:
             outcome["connected"] = connect_ray(cfg)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = e
+        returned.set()
+        keep.wait()  # the cluster's processes live as long as this thread
 
     quiet = _QuietRayThreadWarning()
     logging.getLogger("ray._private.worker").addFilter(quiet)
     give_up_at = None
     try:
         with signals.deferred():
-            thread = threading.Thread(target=connect, name="ray-start", daemon=True)
-            thread.start()
-            while thread.is_alive():
-                thread.join(0.2)
+            threading.Thread(target=connect, name="ray-start", daemon=True).start()
+            while not returned.wait(0.2):
                 if signals.received is not None and give_up_at is None:
                     give_up_at = time.monotonic() + STOP_GRACE_S
                     _say(f"stopping: Ray is starting; the run stops (nothing written) once ray.init returns, or in "
                          f"{STOP_GRACE_S:.0f} s")
-                elif give_up_at is not None and time.monotonic() > give_up_at and thread.is_alive():
+                elif give_up_at is not None and time.monotonic() > give_up_at:
                     raise RayStartAbandoned(signal.Signals(signals.received).name)
     finally:
         logging.getLogger("ray._private.worker").removeFilter(quiet)
     if "error" in outcome:
         ray.shutdown()  # whatever a failed ray.init started
+        keep.set()
         if signals.received is not None:
             raise KeyboardInterrupt(signal.Signals(signals.received).name) from None
         raise outcome["error"]
-    return outcome["connected"]
+    return keep
 
 
 def _say(message: str) -> None:
@@ -257,7 +262,8 @@ class _Lifecycle:
     """What a run has done outside itself so far: what its end must release."""
 
     claimed: bool = False  # it wrote its run.json: the folder is this run's
-    started_ray: bool = False  # it connected to (or started) Ray: shut down at the end
+    ray_thread: threading.Event | None = None  # it connected to (or started) Ray: shut it down at the end, then set
+    # this to let the thread that started it (and keeps its processes alive) end
 
 
 def run_job(cfg: RunConfig) -> RunSummary:
@@ -282,11 +288,14 @@ def run_job(cfg: RunConfig) -> RunSummary:
                              ray_abandoned=isinstance(e, RayStartAbandoned)) from None
         finally:
             lock.release(refused=not life.claimed)  # before Ray's shutdown: the folder is free for the next run
-            if life.started_ray:
+            if life.ray_thread is not None:
                 import ray
 
-                with signals.cutting_short():
-                    ray.shutdown()
+                try:
+                    with signals.cutting_short():
+                        ray.shutdown()
+                finally:
+                    life.ray_thread.set()
     finally:
         signals.restore()
 
@@ -320,7 +329,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                           shard_size=cfg.shard_size, shard_max_audio_s=cfg.shard_max_audio_s)
         slots = []
         if plan.n_shards:
-            life.started_ray = start_ray(cfg, signals)
+            life.ray_thread = start_ray(cfg, signals)
             signals.check()
             slots = _device_slots(cfg)
     except KeyboardInterrupt:
@@ -377,7 +386,8 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                 progress.log(note, event="part_set_aside")
             if had_results and not cfg.overwrite:
                 progress.log(f"{folder.results} (an earlier run's results) removed: this run writes the folder's "
-                             "results when it completes (finished rows are reused from parts/)", event="results_removed")
+                             "results when it completes (finished rows are reused from parts/)",
+                             event="results_removed")
             previous_manifest = (state.previous or {}).get("manifest")
             if previous_manifest and previous_manifest != str(cfg.manifest):
                 progress.log(f"{cfg.output} held results of {previous_manifest}; the results will hold exactly the "
