@@ -195,7 +195,8 @@ def start_ray(cfg: RunConfig, signals: StopSignals) -> threading.Event | None:
     raylet) to the thread that started them (PR_SET_PDEATHSIG: killed when that thread ends).
 
     ray.init must not be cut off half way (a half-started cluster, exit codes 15 or 134), and from the main thread
-    it would install its own SIGTERM handler (SystemExit(15)); from a helper thread it installs none. After a stop
+    it would install its own SIGTERM handler (SystemExit(15)); from a helper thread it installs none (its core
+    worker still installs a C++ one, replaced by ours as soon as ray.init returns). After a stop
     signal the caller acts on it (`signals.check()`) once ray.init has returned, or after STOP_GRACE_S
     (RayStartAbandoned): a signal to the whole process group can kill the new cluster's processes, and ray.init may
     then wait for them for a long time (its own timeout is 30 s)."""
@@ -229,6 +230,7 @@ def start_ray(cfg: RunConfig, signals: StopSignals) -> threading.Event | None:
                     raise RayStartAbandoned(signal.Signals(signals.received).name)
     finally:
         logging.getLogger("ray._private.worker").removeFilter(quiet)
+        signals.install()  # Ray's core worker installs its own SIGTERM handler (it logs, then may abort): ours again
     if "error" in outcome:
         ray.shutdown()  # whatever a failed ray.init started
         keep.set()
