@@ -47,6 +47,8 @@ class WindowAudio : public AudioNet {
       nets.expect_float_input(audio, 1, "additive key mask");
       nets.check_mask_value(audio, 1, mask_value);
       w->mask_shape_ = in_shape(audio, 1);
+      if (w->mask_shape_.num_dims < 1 || elements(w->mask_shape_) == 0)
+        nets.fail("audio net key mask " + shape_str(w->mask_shape_) + " has no positions");
       w->keys_ = w->mask_shape_.dims[w->mask_shape_.num_dims - 1];
     }
     const bm_net_info_t *last = audio;

@@ -240,7 +240,7 @@ int Runtime::check_request(const Request &r) const {
     throw std::invalid_argument("features hold " + std::to_string(r.features.size()) + " values, not n_mels " +
                                 str(r.n_mels) + " x width " + str(r.width));
   if (r.audio.empty()) throw std::invalid_argument("no audio chunks");
-  int tokens = 0;
+  long tokens = 0;  // summed before the audio net bounds each chunk's rows
   for (size_t i = 0; i < r.audio.size(); ++i) {
     const AudioChunk &c = r.audio[i];
     if (c.frames < 1 || c.keys < 0 || c.rows < 0)
@@ -255,9 +255,9 @@ int Runtime::check_request(const Request &r) const {
     throw std::invalid_argument("prompt_ids must hold the audio token id " + str(r.audio_token_id) + " exactly once");
   for (int id : r.prompt_ids)
     if (id < 0) throw std::invalid_argument("negative token id " + str(id) + " in prompt_ids");
-  const int L = static_cast<int>(r.prompt_ids.size()) - 1 + tokens;
+  const int L = static_cast<int>(r.prompt_ids.size()) - 1 + static_cast<int>(tokens);
   if (L + 1 > I.text.kv_cap)
-    throw TooLong("prompt of " + str(L) + " tokens (" + str(tokens) + " audio) leaves no room for an answer within "
+    throw TooLong("prompt of " + str(L) + " tokens (" + std::to_string(tokens) + " audio) leaves no room for an answer within "
                   "SEQLEN " + str(I.text.seqlen) +
                   (I.text.kv_cap < I.text.seqlen ? " (" + str(I.text.kv_cap) + " usable: the batched decode nets keep "
                                                    "the last slot for the current token)" : ""));
