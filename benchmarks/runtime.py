@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("TRANSCRIBE_BATCH_SHARED", REPO.parent / "shared"))
 FIXTURE = REPO / "tests" / "fixtures" / "tiny-qwen2-audio"
 BATCHED_FIXTURE = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-b4" / "tiny-qwen2-audio-b4.bmodel"
 BUILD_HINT = ("build it with: make native   (= bash native/scripts/fetch_sim_sdk.sh $SIM_SDK && "
