@@ -18,7 +18,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # "" means None for these
-_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text", "device_kind"}
+_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text", "sim_card_model",
+             "device_kind"}
 _PATHS = {"model_dir", "bmodel", "progress_log"}
 
 
@@ -65,6 +66,11 @@ class RunConfig:
     sim_text: str | None = _d("sim_text")
     sim_ttft_s: float = _d("sim_ttft_s")
     sim_s_per_token: float = _d("sim_s_per_token")
+    sim_cost_model: str = _d("sim_cost_model")
+    sim_card_model: str | None = _d("sim_card_model")
+    sim_card_quant: str = _d("sim_card_quant")
+    sim_card_seqlen: int = _d("sim_card_seqlen")
+    sim_batch: int = _d("sim_batch")
     engine_options: dict = field(default_factory=dict)
     config_file: Path | None = None
 
@@ -76,7 +82,10 @@ class RunConfig:
             bmodel=str(self.bmodel) if self.bmodel else None, dtype=self.dtype, template=self.template,
             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, escalate_min_s=self.escalate_min_s,
             sim=SimulatedOptions(speedup=self.sim_speedup, faults=self.sim_faults, text=self.sim_text,
-                                 ttft_s=self.sim_ttft_s, s_per_token=self.sim_s_per_token),
+                                 ttft_s=self.sim_ttft_s, s_per_token=self.sim_s_per_token,
+                                 cost_model=self.sim_cost_model, card_model=self.sim_card_model,
+                                 card_quant=self.sim_card_quant, card_seqlen=self.sim_card_seqlen,
+                                 batch=self.sim_batch),
             extras=EngineOptions(self.engine_options), log_dir=str(log_dir) if log_dir is not None else None)
 
     def identity(self) -> dict:
@@ -212,7 +221,14 @@ def validate(cfg: RunConfig, *, run: bool = True) -> None:
 
         known = ", ".join(sorted(load_templates().templates))
         raise ConfigError(f"template: unknown template {cfg.template!r}; known (config/prompts.toml): {known}")
-    if cfg.sim_faults:
+    if cfg.engine == "simulated":
+        from transcribe_batch.workers.engines.simulated import check_options
+
+        try:
+            check_options(cfg.worker_config())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif cfg.sim_faults:
         from transcribe_batch.workers.engines.simulated import FaultSpec
 
         try:

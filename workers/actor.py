@@ -105,7 +105,8 @@ class TranscriptionWorker:
         return ActorInfo(engine=self.engine.name, model_id=self.model_id, device=self.device, node=self.node,
                          node_id=self.node_id, label=self.label, kind=self.platform.kind, pid=os.getpid(),
                          batch_size=self.batch_size, limits=self.engine.limits,
-                         ledger=str(self.ledger.path) if self.ledger else None)
+                         ledger=str(self.ledger.path) if self.ledger else None,
+                         driver=self.platform.device_info(self.device))
 
     # -- one shard ----------------------------------------------------------------------------------------------
     def stream_shard(self, items: list[WorkItem]) -> Iterator[Outcome]:

@@ -67,8 +67,13 @@ class SimulatedOptions:
     speedup: float  # every simulated time is divided by this
     faults: str | None  # per-attempt fault probabilities, "error=0.05,crash=0.01,seed=7" (None: none)
     text: str | None  # fixed answer instead of the reference (None: the reference)
-    ttft_s: float  # simulated time to first token, seconds (before the speedup)
-    s_per_token: float  # simulated seconds per generated token (before the speedup)
+    ttft_s: float  # port cost model: simulated time to first token, seconds (before the speedup)
+    s_per_token: float  # port cost model: simulated seconds per generated token (before the speedup)
+    cost_model: str = "port"  # port (ttft_s + s_per_token a token) | card (workers/cardcost/: Sophgo's published speeds)
+    card_model: str | None = None  # card cost model: a preset (qwen2-audio-7b, …); None = the model folder's config
+    card_quant: str = "w4bf16"  # card cost model: weights as compiled (bf16 | w8bf16 | w4bf16)
+    card_seqlen: int = 1024  # card cost model: SEQLEN of the static nets; 0 = dynamic nets
+    batch: int = 1  # decode slots of a simulated device (requests decoded together per step)
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,8 @@ class ActorInfo:
     batch_size: int  # requests per engine call it settled on (max of --batch-size and a batched bmodel's B)
     limits: EngineLimits  # its engine's limits
     ledger: str | None = None  # its device ledger file on its node (workers/ledger.py); None outside a scheduler
+    driver: dict | None = None  # what the host's driver says of the card (board, chips, memory, clock, NPU use);
+    #                             None where it says nothing (workers/platforms.py Platform.device_info)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -1,6 +1,6 @@
 """Front end shared by every engine: manifest row → Requests (audio, features, prompt ids), answer → transcript.
 
-    fe = FrontEnd(model_dir, template="default", limits=engine.limits)
+    fe = FrontEnd.for_worker(config, engine.limits)  # config: the run's WorkerConfig (workers/contracts.py)
     requests = fe.prepare(row)                 # ≥1: long audio is split at silences into pieces that fit
     results = engine.transcribe_batch(requests)
     cleaned = [fe.clean(r.text or fe.decode(r.token_ids), duration_s=q.duration_s) for q, r in ...]

@@ -12,10 +12,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..contracts import DecodeOptions, EngineLimits, Request, WorkerConfig
+from ..contracts import DecodeOptions, EngineLimits, Request, SimulatedOptions, WorkerConfig
 
 __all__ = ["DecodeOptions", "Engine", "EngineError", "EngineLimits", "EngineResult", "Request", "SequenceTooLong",
-           "WorkerConfig", "FINISH_EOS", "FINISH_MAX_TOKENS", "FINISH_REPETITION", "FINISH_ERROR", "FINISH_NO_SPEECH"]
+           "SimulatedOptions", "WorkerConfig", "FINISH_EOS", "FINISH_MAX_TOKENS", "FINISH_REPETITION", "FINISH_ERROR", "FINISH_NO_SPEECH"]
 
 FINISH_EOS = "eos"
 FINISH_MAX_TOKENS = "max_tokens"
