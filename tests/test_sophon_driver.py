@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from transcribe_batch.pipeline.cli import app
 from transcribe_batch.pipeline.progress import ProgressTracker
 from transcribe_batch.workers.platforms import PLATFORMS
+from transcribe_batch.workers.record import Record
 from transcribe_batch.workers.sophon_driver import (DRIVER_ROOT_ENV, NpuUsage, device_summary, parse_npu_usage,
                                                     read_driver_view, read_npu_usage)
 
@@ -134,7 +135,7 @@ def test_progress_log_records_npu_use_where_the_driver_reports_it(tmp_path, monk
         monkeypatch.setenv(DRIVER_ROOT_ENV, str(root))
         log = tmp_path / f"{root.name}.jsonl"
         with ProgressTracker(total=2, audio_s_total=4.0, log_path=log, quiet=True, min_log_interval_s=0) as t:
-            t.update([{"status": "ok", "duration_s": 2.0}])
+            t.update([Record(status="ok", duration_s=2.0)])
             t.log("a note")
         return [json.loads(line) for line in log.read_text().splitlines()]
 
