@@ -91,8 +91,9 @@ def child(kind: str, a: Path, b: Path, out: Path) -> dict:
         texts: dict[str, str] = {}
         for batch in other.batches(["id", "pred_text"]):
             texts.update(zip(batch["id"].to_pylist(), batch["pred_text"].to_pylist()))
-        writer, kept = Writer(out, WriterOptions()), 0
-        for batch in open_run(a).batches(["id", "status", "pred_text", "duration_s", "confidence", "audio_filepath",
+        mine = open_run(a)
+        writer, kept = Writer(out, WriterOptions(), mine.schema), 0
+        for batch in mine.batches(["id", "status", "pred_text", "duration_s", "confidence", "audio_filepath",
                                           "offset"]):
             keep, _ = keep_mask(batch, pre_agreement(filters))
             rows = batch.filter(pa.array(keep))

@@ -2,6 +2,7 @@
 `simulated` engine on 1, 2, 4 and 8 devices, against the physical limit and against the existing port's way of work.
 
 The simulated engine sleeps per the existing BM1684X port's cost model (TTFT ≈ 24 s + ≈ 0.8 s per generated token),
+or with --cost-model card per the card cost model fitted to Sophgo's published BM1684X figures (workers/cardcost/),
 divided by --sim-speedup so that the whole benchmark runs in about a minute. The manifest has LibriSpeech-like
 durations (1–35 s) with real FLAC files synthesized into a temporary folder, reference texts of matching length
 (the simulated engine "generates" them, so token counts follow the audio), and injected faults (--sim-faults) that
@@ -22,6 +23,13 @@ Baseline, same process, same work: the port's loop — one utterance at a time: 
     .venv/bin/python benchmarks/pipeline.py                      # ≈ 1-2 min on 2 cores
     .venv/bin/python benchmarks/pipeline.py --frontend full      # real log-mel + prompt ids in the actors
     .venv/bin/python benchmarks/pipeline.py --utterances 2000 --sim-speedup 200 --devices 1,8,16
+    .venv/bin/python benchmarks/pipeline.py --cost-model card    # + calibration table and per-card RTFx PROJECTION
+    .venv/bin/python benchmarks/pipeline.py --cost-model card --projection-only   # the tables only, no runs (seconds)
+
+With --cost-model card the script also prints the card cost model's calibration (each published figure, the fitted
+value, the error; `calibration_max_error=`) and a PROJECTION of per-card RTFx for Qwen2-Audio-7B w4bf16/w8bf16 and
+Qwen3-ASR-1.7B/0.6B bf16 at B = 1, 4, 8 (`proj_rtfx_<model>_<quant>_b<B>=`), with the overhead per utterance these
+runs measured and the decode slots' occupancy (benchmarks/card_projection.py).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from card_projection import Utterance, measured_occupancy, print_calibration, print_projection  # noqa: E402
 from synthetic import durations, speech_like, text_for, write_manifest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +76,21 @@ def _seconds(column) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False).astype("datetime64[us]").astype(np.int64) / 1e6
 
 
+def busy_union(start: np.ndarray, finish: np.ndarray) -> float:
+    """Seconds covered by the [start, finish] intervals of one device's rows: their sum when rows run one at a time,
+    less where the rows of a batched engine call overlap."""
+    order = np.argsort(start)
+    total, end = 0.0, -np.inf
+    for a, b in zip(start[order], finish[order]):
+        if a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return float(total)
+
+
 def analyse(run_dir: Path, n_devices: int) -> dict:
     table = pq.read_table(run_dir / "results.parquet",
                           columns=["status", "device", "attempts", "queued_at", "started_at", "finished_at",
@@ -81,7 +105,7 @@ def analyse(run_dir: Path, n_devices: int) -> dict:
     wall = float(finish.max()) - t0
     retried_busy = float(stats.get("retried_busy_s", 0.0))
     retried_attempts = int(stats.get("retried_attempts", stats.get("retried_rows", 0)))
-    busy = float((finish - start).sum()) + retried_busy
+    busy = sum(busy_union(start[device == d], finish[device == d]) for d in np.unique(device)) + retried_busy
     attempts = len(ran) + retried_attempts
     last = [float(finish[device == d].max()) for d in np.unique(device)]
     first = np.array([float(start[device == d].min()) - t0 for d in np.unique(device)])
@@ -143,17 +167,31 @@ def sequential_baseline(manifest: Path, options: dict) -> dict:
     return {"wall_s": time.perf_counter() - t0, "rows": n, "failed": failed, "prep_s": prep, "infer_s": infer}
 
 
-def manifest_work(manifest: Path) -> tuple[float, int, int]:
-    """(audio seconds, rows, answer tokens as the simulated engine counts them) of a manifest."""
+def manifest_utterances(manifest: Path) -> list[Utterance]:
+    """Each row's duration and answer tokens as the simulated engine counts them (without a tokenizer)."""
     from transcribe_batch.manifests.reader import iter_rows
     from transcribe_batch.workers.engines.simulated import count_tokens
 
-    audio_s, rows, tokens = 0.0, 0, 0
-    for _, row in iter_rows(manifest):
-        audio_s += float(row.get("duration") or 0.0)
-        rows += 1
-        tokens += count_tokens(row.get("text") or "")  # + the stop token, - the one the prefill yields
-    return audio_s, rows, tokens
+    return [Utterance(float(row.get("duration") or 0.0), count_tokens(row.get("text") or ""))
+            for _, row in iter_rows(manifest)]
+
+
+def synthetic_utterances(n: int, seed: int) -> list[Utterance]:
+    """The utterances make_work would write (same durations and texts), without audio files."""
+    from transcribe_batch.workers.engines.simulated import count_tokens
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for d in durations(n, seed):
+        speech_like(float(d), 16000, rng)  # make_work draws the audio first: the same random stream, the same texts
+        out.append(Utterance(float(d), count_tokens(text_for(float(d), rng))))
+    return out
+
+
+def manifest_work(utterances: list[Utterance]) -> tuple[float, int, int]:
+    """(audio seconds, rows, answer tokens as the simulated engine counts them)."""
+    # + the stop token, - the one the prefill yields
+    return sum(u.duration_s for u in utterances), len(utterances), sum(u.answer_tokens for u in utterances)
 
 
 def project_batches(work: tuple[float, int, int], options: dict, batches=(1, 2, 4, 8, 16)) -> dict:
@@ -188,8 +226,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--utterances", type=int, default=200, help="manifest rows (default 200)")
     ap.add_argument("--devices", default="1,2,4,8", help="simulated device counts to run (default 1,2,4,8)")
-    ap.add_argument("--sim-speedup", type=float, default=500.0,
-                    help="divides the port's cost model (24 s TTFT + 0.8 s/token); default 500")
+    ap.add_argument("--sim-speedup", type=float, default=None,
+                    help="divides the simulated times; default 500 (port: 24 s TTFT + 0.8 s/token), 50 (card)")
+    ap.add_argument("--cost-model", choices=("port", "card"), default="port",
+                    help="the simulated engine's cost model in the runs; card also prints the calibration table and "
+                         "the per-card RTFx PROJECTION")
+    ap.add_argument("--card-model", default="qwen2-audio-7b", help="card cost model of the runs (a preset)")
+    ap.add_argument("--card-quant", default="w4bf16", help="card cost model of the runs: bf16 | w8bf16 | w4bf16")
+    ap.add_argument("--sim-batch", type=int, default=1, help="decode slots per simulated device in the runs")
+    ap.add_argument("--occupancy", type=float, default=None,
+                    help="slot occupancy (0-1] for the projection at B > 1 (default: simulated for today's engine)")
+    ap.add_argument("--occupancy-from", type=Path, default=None,
+                    help="a run folder whose run.json devices carry a measured `slot_occupancy`")
+    ap.add_argument("--overhead-ms", type=float, default=None,
+                    help="pipeline overhead per utterance for the projection (default: measured by these runs; "
+                         "1.1 ms with --projection-only, the README's 1-device figure)")
+    ap.add_argument("--projection-only", action="store_true",
+                    help="no runs: only the card calibration and projection (--cost-model card) or the port's")
     ap.add_argument("--sim-faults", default=DEFAULT_FAULTS, help=f"injected faults per attempt (default {DEFAULT_FAULTS})")
     ap.add_argument("--frontend", choices=("cheap", "full"), default="cheap",
                     help="cheap: actors only load+validate audio (what the simulated engine needs); full: also log-mel "
@@ -201,6 +254,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folder here instead of a temp dir")
     args = ap.parse_args()
+    if args.sim_speedup is None:
+        args.sim_speedup = 50.0 if args.cost_model == "card" else 500.0
+    if args.occupancy is not None and not 0 < args.occupancy <= 1:
+        ap.error(f"--occupancy {args.occupancy}: expected a share in (0, 1]")
+    measured = measured_occupancy(args.occupancy_from) if args.occupancy_from else None
+    if args.projection_only:
+        utterances = synthetic_utterances(args.utterances, args.seed)
+        overhead = 1.1 if args.overhead_ms is None else args.overhead_ms
+        line = project(args, utterances, overhead, "--overhead-ms" if args.overhead_ms is not None else
+                       "README: 1 device, port cost model ÷ 500", measured, {})
+        print("\n" + " ".join(f"{key}={value}" for key, value in line.items()))
+        return
 
     import ray
 
@@ -219,7 +284,9 @@ def main() -> None:
         ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
         overrides = dict(engine="simulated", sim_speedup=args.sim_speedup, sim_faults=args.sim_faults or None,
                          quiet=True, shard_size=args.shard_size, inflight_per_device=args.inflight_per_device,
-                         model_dir=args.model_dir if args.frontend == "full" else None)
+                         model_dir=args.model_dir if args.frontend == "full" else None,
+                         sim_cost_model=args.cost_model, sim_card_model=args.card_model,
+                         sim_card_quant=args.card_quant, sim_batch=args.sim_batch)
         results = []
         for n in counts:
             cfg = build_config(manifest, work / f"run-{n}", devices=str(n), overwrite=True, **overrides)
@@ -232,13 +299,15 @@ def main() -> None:
         base = None
         if not args.no_baseline:
             base = sequential_baseline(manifest, cfg.engine_options_dict())
-        work_totals = manifest_work(manifest)
+        utterances = manifest_utterances(manifest)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
     one = next((r for r in results if r["devices"] == 1), None)
-    print(f"\n## Scheduler vs physical limit — simulated BM1684X port cost model ÷ {args.sim_speedup:g}, "
+    model = ("BM1684X port cost model" if args.cost_model == "port" else
+             f"card cost model ({args.card_model} {args.card_quant}, B={args.sim_batch})")
+    print(f"\n## Scheduler vs physical limit — simulated {model} ÷ {args.sim_speedup:g}, "
           f"{args.utterances} utterances ({audio_s / 3600:.2f} h), front end: {args.frontend}\n")
     print("| devices | rows ok/failed | retried | wall s | ideal s | wall/ideal | device idle | steady idle | start s | "
           "scaling eff. | overhead ms/utt | tail s | mean utt s | job wall s (incl. Ray/actor start-up) |")
@@ -266,8 +335,22 @@ def main() -> None:
             f"overhead_ms_per_utt_{k}": f"{top['overhead_ms']:.1f}"}
     if base:
         line["speedup_vs_sequential"] = f"{base['wall_s'] / top['wall_s']:.2f}"
-    line.update(project_batches(work_totals, cfg.engine_options_dict()))
+    fewest = min(results, key=lambda r: r["devices"])
+    overhead = fewest["overhead_ms"] if args.overhead_ms is None else args.overhead_ms
+    source = (f"measured here: {fewest['devices']} device(s), ÷ {args.sim_speedup:g}" if args.overhead_ms is None
+              else "--overhead-ms")
+    line.update(project(args, utterances, overhead, source, measured, cfg.engine_options_dict()))
     print("\n" + " ".join(f"{key}={value}" for key, value in line.items()))
+
+
+def project(args, utterances: list[Utterance], overhead_ms: float, source: str, measured, options: dict) -> dict:
+    """The PROJECTION block of the chosen cost model."""
+    if args.cost_model == "card":
+        line = print_calibration()
+        line.update(print_projection(utterances, max(0.0, overhead_ms), overhead_source=source, measured=measured,
+                                     given=args.occupancy))
+        return line
+    return project_batches(manifest_work(utterances), options)
 
 
 if __name__ == "__main__":

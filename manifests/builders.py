@@ -11,6 +11,7 @@ import csv
 import fnmatch
 import json
 import os
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -217,8 +218,47 @@ def dir_rows(root: str | os.PathLike, *, pattern: str | None = None, transcripts
         report(f"{len(unused)} transcript keys match no audio file, e.g. {', '.join(unused[:5])}")
 
 
-def write_jsonl(rows: Iterable[dict], out: str | os.PathLike | None) -> int:
-    """Stream rows to `out` (written to a temporary file, then renamed) or to stdout when out is None/'-'."""
+def _is_manifest(path: Path) -> bool:
+    """Whether an existing file reads as a JSONL manifest: empty, or its first non-blank line a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    return isinstance(json.loads(line), dict)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check_output(out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Where a manifest may be written (BuildError otherwise): not over an input (`inputs`: e.g. the transcripts
+    file), a folder or something under a file; an existing file only with `overwrite`, and only if it is a JSONL
+    manifest itself (never an audio file or other data). Returns the path, resolved."""
+    given = Path(out)
+    path = Path(os.path.abspath(given)).resolve()
+    for inp in inputs:
+        if inp is not None and Path(inp).is_file() and path == Path(inp).resolve():
+            raise BuildError(f"-o {given}: is an input of this manifest ({inp}): choose another path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BuildError(f"-o {given}: {parent} is a file, not a folder")
+            break
+    if path.is_dir():
+        raise BuildError(f"-o {given}: is a folder; give a file name (e.g. {given / 'manifest.jsonl'})")
+    if path.exists():
+        if not path.is_file() or not _is_manifest(path):
+            raise BuildError(f"-o {given}: exists and is not a JSONL manifest: not replacing it, even with "
+                             "--overwrite: choose another path")
+        if not overwrite:
+            raise BuildError(f"-o {given}: already exists (use --overwrite to replace it)")
+    return path
+
+
+def write_jsonl(rows: Iterable[dict], out: str | os.PathLike | None, *, overwrite: bool = False,
+                inputs: Iterable[str | os.PathLike] = ()) -> int:
+    """Stream rows to `out` or to stdout when out is None/'-'. A file is checked first (`check_output`), written
+    to a temporary file beside it, then renamed: it appears complete or not at all (missing folders are created)."""
     if out is None or str(out) == "-":
         import sys
 
@@ -227,15 +267,17 @@ def write_jsonl(rows: Iterable[dict], out: str | os.PathLike | None) -> int:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
         return n
-    out = Path(out)
+    out = check_output(out, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     n = 0
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "x", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n += 1
+        if out.exists() and not overwrite:  # appeared while the rows were made
+            raise BuildError(f"-o {out}: appeared while the manifest was built; not replacing it")
         tmp.replace(out)
     finally:
         if tmp.exists():

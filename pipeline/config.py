@@ -16,7 +16,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text"}  # "" means None
+_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text",
+             "sim_card_model"}  # "" means None
 _PATHS = {"model_dir", "bmodel", "progress_log"}
 
 
@@ -62,6 +63,11 @@ class RunConfig:
     sim_text: str | None = _d("sim_text")
     sim_ttft_s: float = _d("sim_ttft_s")
     sim_s_per_token: float = _d("sim_s_per_token")
+    sim_cost_model: str = _d("sim_cost_model")
+    sim_card_model: str | None = _d("sim_card_model")
+    sim_card_quant: str = _d("sim_card_quant")
+    sim_card_seqlen: int = _d("sim_card_seqlen")
+    sim_batch: int = _d("sim_batch")
     engine_options: dict = field(default_factory=dict)
     config_file: Path | None = None
 
@@ -69,7 +75,8 @@ class RunConfig:
         """What the engines' `create(options, device)` and the front end receive (contract 1)."""
         opts = dict(self.engine_options)
         for key in ("dtype", "template", "max_new_tokens", "batch_size", "escalate_min_s", "sim_speedup",
-                    "sim_faults", "sim_text", "sim_ttft_s", "sim_s_per_token"):
+                    "sim_faults", "sim_text", "sim_ttft_s", "sim_s_per_token", "sim_cost_model", "sim_card_model",
+                    "sim_card_quant", "sim_card_seqlen", "sim_batch"):
             opts[key] = getattr(self, key)
         opts["model_dir"] = str(self.model_dir) if self.model_dir else None
         opts["bmodel"] = str(self.bmodel) if self.bmodel else None
@@ -186,7 +193,14 @@ def validate(cfg: RunConfig) -> None:
 
         known = ", ".join(sorted(load_templates().templates))
         raise ConfigError(f"template: unknown template {cfg.template!r}; known (config/prompts.toml): {known}")
-    if cfg.sim_faults:
+    if cfg.engine == "simulated":
+        from transcribe_batch.workers.engines.simulated import check_options
+
+        try:
+            check_options(cfg.engine_options_dict())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif cfg.sim_faults:
         from transcribe_batch.workers.engines.simulated import FaultSpec
 
         try:

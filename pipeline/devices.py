@@ -120,5 +120,7 @@ def cluster_slots(kind: str, spec: str | None) -> list[DeviceSlot]:
 
 
 def describe_local() -> dict:
-    """What this host has, without starting Ray."""
-    return {"bm1684x": local_sophon_cards(), "gpus": local_gpus(), "cpus": os.cpu_count()}
+    """What this host has, without starting Ray; `bm1684x_driver` is what the Sophgo driver says of its cards
+    (workers/sophon_driver.py: `present` false where /proc/bmsophon does not exist)."""
+    return {"bm1684x": local_sophon_cards(), "bm1684x_driver": PLATFORMS["bm1684x"].driver_view().to_json(),
+            "gpus": local_gpus(), "cpus": os.cpu_count()}

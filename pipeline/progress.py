@@ -1,5 +1,7 @@
 """Progress: a rich bar (utterances and audio hours done/total, failures, audio-s/s, ETA), clear log lines, and a
-machine-readable JSONL log (one object per update/event) for unattended runs."""
+machine-readable JSONL log (one object per update/event) for unattended runs. Where this host's Sophgo driver reports
+NPU use (/sys/class/bm-sophon/bm-sophon<N>/device/npu_usage), the log's `start`, `progress` and `end` objects carry
+`npu_usage`: {device id: % busy in the driver's last window, null while its statistics are off}."""
 
 from __future__ import annotations
 
@@ -7,11 +9,14 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
+
+from transcribe_batch.workers.platforms import PLATFORMS
 
 
 def _hms(seconds: float | None) -> str:
@@ -39,7 +44,8 @@ class _StatsColumn(ProgressColumn):
 
 class ProgressTracker:
     def __init__(self, *, total: int, audio_s_total: float, done: int = 0, failed: int = 0, audio_s_done: float = 0.0,
-                 log_path: Path | None = None, quiet: bool = False, min_log_interval_s: float = 1.0):
+                 log_path: Path | None = None, quiet: bool = False, min_log_interval_s: float = 1.0,
+                 npu_usage: Callable[[], dict[int, int | None]] | None = None):
         self.total = total
         self.audio_s_total = audio_s_total
         self.done = done
@@ -55,6 +61,7 @@ class ProgressTracker:
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
         self._bar: Progress | None = None
         self._task = None
+        self._npu_usage = npu_usage or PLATFORMS["bm1684x"].usage  # the local cards' driver; {} without one
 
     def __enter__(self) -> "ProgressTracker":
         if not self.quiet:
@@ -111,5 +118,9 @@ class ProgressTracker:
         self._last_log = time.monotonic()
         line = {"time": datetime.now(timezone.utc).isoformat(), **obj, **self.snapshot()}
         line.pop("audio_h_done"), line.pop("audio_h_total")
+        if obj.get("event") in ("start", "progress", "end"):
+            usage = self._npu_usage()
+            if usage:
+                line["npu_usage"] = {str(d): u for d, u in sorted(usage.items())}
         self._log.write(json.dumps(line) + "\n")
         self._log.flush()

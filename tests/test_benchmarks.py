@@ -37,6 +37,15 @@ def test_pipeline_benchmark_accounts_for_every_row(tmp_path):
     assert float(figures["wall_over_ideal_2"]) >= 1 and float(figures["speedup_vs_sequential"]) > 0, out
 
 
+def test_pipeline_benchmark_with_the_card_cost_model_and_decode_slots(tmp_path):
+    """The runs themselves use the card cost model with B = 2 slots; the projection uses their measured overhead."""
+    out, figures = _run("pipeline.py", "--cost-model", "card", "--sim-batch", "2", "--utterances", "16", "--devices",
+                        "1", "--sim-speedup", "400", "--no-baseline", "--sim-faults", "", "--keep", str(tmp_path))
+    assert "| 1 | 16/0 |" in out and "card cost model (qwen2-audio-7b w4bf16, B=2)" in out, out
+    assert "measured here: 1 device(s)" in out and float(figures["calibration_max_error"]) < 0.3
+    assert float(figures["proj_rtfx_qwen2-audio-7b_w4bf16_b4"]) > float(figures["proj_rtfx_qwen2-audio-7b_w4bf16_b1"])
+
+
 def test_roofline_projection_covers_both_families_with_published_sizes():
     """benchmarks/runtime.py --projection-only: the decoders' non-embedding parameters are the published ones
     (Qwen3-1.7B ≈ 1.4 B, Qwen3-0.6B ≈ 0.44 B, Qwen2-Audio-7B's LLM ≈ 6.5 G layer weights), and the smaller model is

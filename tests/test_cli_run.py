@@ -67,7 +67,7 @@ def test_devices_json():
     result = runner.invoke(app, ["devices", "--json"])
     assert result.exit_code == 0
     info = json.loads(result.output)
-    assert set(info["local"]) == {"bm1684x", "gpus", "cpus"}
+    assert set(info["local"]) == {"bm1684x", "bm1684x_driver", "gpus", "cpus"}
     assert info["device_kinds"]["bm1684x"] == {"description": "Sophgo BM1684X card (/dev/bm-sophon<N>)",
                                                "ray_resource": "bm1684x", "engines": ["simulated", "bm1684x"]}
 
@@ -119,3 +119,99 @@ def test_card_actors_request_the_custom_resource_and_pin_to_their_node():
     assert opts["scheduling_strategy"].soft is False
     assert actor_options(DeviceSlot("gpu", 0), 2)["num_gpus"] == 1
     assert "resources" not in actor_options(DeviceSlot("sim", 0), 2)
+
+
+def test_a_manifest_as_first_argument_means_run(tmp_path, monkeypatch):
+    """Bug: `transcribe-batch m.jsonl -o out` (the form the README promised) said "No such command"."""
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"audio_filepath": "x.wav", "duration": "ten"}) + "\n")
+    result = runner.invoke(app, [str(m), "-o", str(tmp_path / "out"), "--engine", "simulated"])
+    assert result.exit_code == 2 and f"error: {m}:1: field 'duration'" in result.output, result.output
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval").write_text("")  # a file named like a command: the command wins
+    result = runner.invoke(app, ["eval", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "nope" in result.output and "field" not in result.output
+    result = runner.invoke(app, ["m.jsonl", "-o", "out", "--engine", "simulated"])  # relative, in the cwd
+    assert result.exit_code == 2 and "field 'duration'" in result.output
+    result = runner.invoke(app, ["evl"])
+    assert result.exit_code == 2 and "No such command 'evl'" in result.output
+    result = runner.invoke(app, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for command in ("run", "eval", "export", "manifest", "devices"):
+        assert f" {command} " in result.output
+    assert "transcribe-batch m.jsonl -o runs/x" in result.output
+
+
+@pytest.mark.parametrize("args, config_text, words", [
+    (["--batch-size", "0", "--quiet"], None, "batch_size must be >= 1"),
+    (["--batch-size", "0"], "quiet = true\n", "batch_size must be >= 1"),
+    (["--quiet", "--config", "{tmp}"], None, "is a folder; give a TOML file"),
+])
+def test_quiet_prints_json_when_settings_are_refused(tmp_path, args, config_text, words):
+    """Bug: --quiet printed no JSON on a config error (--batch-size 0); `--config <a folder>` was a traceback."""
+    m = tmp_path / "m.jsonl"
+    m.write_text("")
+    if config_text is not None:
+        (tmp_path / "job.toml").write_text(config_text)
+        args = [*args, "--config", str(tmp_path / "job.toml")]
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = runner.invoke(app, ["run", str(m), "-o", str(tmp_path / "out"), "--engine", "simulated", *args])
+    assert result.exit_code == 2 and words in result.stderr, result.output
+    assert "Traceback" not in result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "refused" and words in summary["error"]
+    assert summary["output"] == str(tmp_path / "out") and not (tmp_path / "out").exists()
+
+
+def test_progress_log_never_appends_to_an_input(tmp_path, audio_dir):
+    """Bug: --progress-log appended to any file: the manifest (corrupted), a wav (changed)."""
+    m = tmp_path / "m.jsonl"
+    write_manifest(m, audio_dir, limit=1)
+    wav = tmp_path / "a.wav"
+    wav.write_bytes((audio_dir / "001.wav").read_bytes())
+    (tmp_path / "job.toml").write_text('engine = "simulated"\n')
+    run_dir = tmp_path / "out"
+    run_dir.mkdir()
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    for target, words in [(m, "is the manifest"), (wav, "is not a progress log"),
+                          (tmp_path / "notes.txt", "is not a progress log"),
+                          (tmp_path / "job.toml", "is the --config file"), (tmp_path, "is a folder"),
+                          (run_dir / "other.log", "inside the run folder"),
+                          (tmp_path / "no" / "such" / "p.jsonl", "does not exist")]:
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        result = runner.invoke(app, ["run", str(m), "-o", str(run_dir), "--engine", "simulated", "--config",
+                                     str(tmp_path / "job.toml"), "--progress-log", str(target)])
+        assert result.exit_code == 2 and words in result.output, (target, result.output)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    from transcribe_batch.pipeline.cli.run import check_progress_log
+
+    earlier = tmp_path / "progress.jsonl"
+    earlier.write_text(json.dumps({"time": "2026-01-01T00:00:00+00:00", "event": "start", "done": 0}) + "\n")
+    for fine in (earlier, tmp_path / "new.jsonl", run_dir / "progress.jsonl"):
+        check_progress_log(build_config(m, run_dir, engine="simulated", progress_log=fine))
+
+
+def _dead_address() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+@pytest.mark.timeout(60)  # ray.init retried a dead address for ~10 minutes
+def test_a_dead_cluster_address_is_a_message(tmp_path):
+    address = _dead_address()
+    for args in (["devices", "--address", address], ["devices", "--address", f"ray://{address}"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "no Ray cluster answers there (Connection refused)" in result.output, \
+            result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    m = tmp_path / "m.jsonl"
+    m.write_text("")
+    result = runner.invoke(app, ["run", str(m), "-o", str(tmp_path / "out"), "--engine", "simulated", "--address",
+                                 address, "-q"])
+    assert result.exit_code == 2 and "no Ray cluster answers there" in result.stderr, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "refused"
+    assert not (tmp_path / "out").exists()

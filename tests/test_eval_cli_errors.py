@@ -62,3 +62,71 @@ def test_runs_table_fits_80_columns(tmp_path):
     assert all(len(line) <= 80 for line in result.output.splitlines())
     header = next(line for line in runs_block if "run-one" in line)
     assert "folder" not in header  # one column per run: the header names the runs, not attributes
+
+
+def test_markup_in_ids_texts_and_paths_is_shown_as_text(tmp_path):
+    """Bug: an id or transcript holding `[/noise]` or `[/]` crashed `eval` (read as rich markup), and a transcript
+    holding `[bold red]` restyled the report."""
+    rows = [result_row(f"u{i}[/]", "the [/noise] cat", "the [/noise] cat [bold red]sat", device=i % 2, start=i)
+            for i in range(4)]
+    rows[1].update(status="failed", pred_text=None, error_message="EngineError: [/x] gone")
+    run = write_run(tmp_path / "runs" / "[red]odd", rows)
+    result = runner.invoke(app, ["eval", str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for literal in ("u0[/]", "the [/noise] cat [bold red]sat", "[/x] gone", "Per device — [red]odd"):
+        assert literal in result.output, literal
+    md = runner.invoke(app, ["eval", str(run), "-f", "markdown"]).output
+    assert r"the \[/noise\] cat \[bold red\]sat" in md and r"u0\[/\]" in md
+    missing = runner.invoke(app, ["eval", str(tmp_path / "runs" / "[red]nope")])
+    assert missing.exit_code == 2 and "[red]nope" in missing.output, missing.output
+    assert missing.exception is None or isinstance(missing.exception, SystemExit)
+
+
+def test_header_words_are_never_split_at_80_columns(tmp_path):
+    """Bug: at 80 columns the per-device table printed "latenc/y" and "p50/p9/0/p99" over two lines."""
+    import io
+
+    from rich.console import Console
+
+    from transcribe_batch.pipeline.evaluate.render_text import print_rich
+    from transcribe_batch.pipeline.evaluate.report import evaluate_paths
+    from transcribe_batch.pipeline.evaluate.tables import all_tables
+
+    rows = [result_row(f"u{i}", "the cat sat on the mat", "the cat sat on a mat", device=i % 3, start=i,
+                       total=12.345 + i) for i in range(9)]
+    a = write_run(tmp_path / "runs" / "a", rows)
+    b = write_run(tmp_path / "runs" / "b", rows)
+    report = evaluate_paths([a, b])
+    buffer = io.StringIO()
+    print_rich(report, Console(file=buffer, width=80, no_color=True))
+    text = buffer.getvalue()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    tables = all_tables(report)
+    assert any(t.key.startswith("devices-") for t in tables)
+    for t in tables:
+        start = text.index(t.title + " ")  # the title line, padded to the width
+        section = text[start:text.index("\n\n", start)]
+        for word in {w for h in t.headers for w in h.split()}:
+            assert word in section, (t.title, word, section)
+
+
+def test_a_failed_write_names_the_target_not_its_temporary_file(tmp_path, monkeypatch):
+    """Bug: `eval -o` on a full disk said "cannot write …/.tmp-<hex>-m.json"."""
+    import builtins
+    import errno
+
+    run, _ = _run(tmp_path)
+    real_open = builtins.open
+
+    def full_disk(file, mode="r", *args, **kw):
+        if "w" in mode and ".tmp-" in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kw)
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    for args, target in [(["-f", "json", "-o", str(tmp_path / "m.json")], tmp_path / "m.json"),
+                         (["--html", str(tmp_path / "r.html")], tmp_path / "r.html")]:
+        result = runner.invoke(app, ["eval", str(run), *args])
+        assert result.exit_code == 2, result.output
+        assert f"cannot write {target}: No space left on device" in result.output and ".tmp-" not in result.output
+        assert not target.exists()

@@ -182,11 +182,16 @@ def test_atomic_output_on_failure(tmp_path, clips):
         export([run], out, fmt="hf", embed_audio=True)
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
     old = tmp_path / "old.jsonl"
-    old.write_text("previous\n")
+    export([run], old, filters=Filters(status="failed"))  # an earlier export (of no rows)
     with pytest.raises(ExportError, match="already exists"):
         export([run], old)
     export([run], old, overwrite=True)
     assert len(old.read_text().splitlines()) == 2
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("previous\n")
+    with pytest.raises(ExportError, match="is not an earlier export"):  # not an export: never replaced
+        export([run], mine, overwrite=True)
+    assert mine.read_text() == "previous\n"
 
 
 @pytest.mark.parametrize("args, words", [

@@ -82,7 +82,7 @@ def test_librispeech_reports_missing_audio_and_strict_fails(librispeech, tmp_pat
     assert f"no audio file {victim}.flac" in result.output
     assert "1089-134686-0099.flac: no line in" in result.output
     assert len(out.read_text().splitlines()) == 5
-    run_cli("manifest", "librispeech", split, "-o", out, "--strict", code=1)
+    run_cli("manifest", "librispeech", split, "-o", out, "--strict", "--overwrite", code=1)
     bad = run_cli("manifest", "librispeech", tmp_path / "nowhere", code=2)
     assert "no such folder" in bad.output
     empty = tmp_path / "empty"
@@ -248,3 +248,30 @@ def test_run_and_validate_agree_on_a_duration_past_the_end(tmp_path, audio_dir):
     (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
     with pytest.raises(AudioNotFound, match="symbolic link loop"):
         load_audio(tmp_path / "loop.wav")
+
+
+def test_output_never_replaces_audio_inputs_or_other_files(tmp_path):
+    """Bug: `manifest dir md -o md/001.wav` replaced an audio file with JSONL (no existence check, no --overwrite)."""
+    md = tmp_path / "md"
+    md.mkdir()
+    sf.write(md / "001.wav", [0.0, 0.1, -0.1] * 4000, 16000)
+    sf.write(md / "002.wav", [0.0, 0.2, -0.2] * 4000, 16000)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"id": "001", "text": "one"}) + "\n")
+    (tmp_path / "a-file").write_text("x")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for args, words in [(["-o", md / "001.wav"], "exists and is not a JSONL manifest"),
+                        (["-o", md / "001.wav", "--overwrite"], "exists and is not a JSONL manifest"),
+                        (["-t", texts, "-o", texts, "--overwrite"], "is an input of this manifest"),
+                        (["-o", md], "is a folder"),
+                        (["-o", tmp_path / "a-file" / "m.jsonl"], "a-file is a file, not a folder")]:
+        result = run_cli("manifest", "dir", md, *args, code=2)
+        assert words in result.output and "Traceback" not in result.output, (args, result.output)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    out = tmp_path / "m.jsonl"
+    run_cli("manifest", "dir", md, "-o", out)
+    result = run_cli("manifest", "dir", md, "-o", out, code=2)
+    assert "already exists (use --overwrite to replace it)" in result.output
+    run_cli("manifest", "dir", md, "--glob", "001.wav", "-o", out, "--overwrite")
+    assert [r["id"] for _, r in iter_rows(out)] == ["001"]
+    assert not list(tmp_path.rglob(".*.tmp-*"))

@@ -295,3 +295,95 @@ def test_batched_step_cost_model_is_memory_bound_projection():
     assert 4 * 0.8 / batched_step_s(0.8, 4) > 3
     with pytest.raises(ValueError, match="batch"):
         batched_step_s(0.8, 0)
+
+
+# -- the card cost model and decode slots (issue 19) -----------------------------------------------------------------
+def _card(**options):
+    return create_engine("simulated", {"sim_speedup": 1000, "sim_cost_model": "card",
+                                       "sim_card_model": "qwen2-audio-7b", **options}, 0)
+
+
+def test_card_cost_model_times_a_request_as_the_card_model_does():
+    from transcribe_batch.workers.cardcost import CardModel, preset
+
+    eng = _card(sim_card_quant="w8bf16")
+    req = _request(text="the quick brown fox jumps over the lazy dog")
+    res = eng.transcribe(req)
+    model = CardModel(preset("qwen2-audio-7b"), "w8bf16", seqlen=1024)
+    prompt = model.arch.prompt_len(req.duration_s)  # no tokenized prompt: the architecture's estimate
+    n_decode = len(res.token_ids)  # + the stop token - the first token
+    assert res.ttft_s == pytest.approx(model.first_token_s(req.duration_s, prompt) / 1000)
+    assert res.decode_s == pytest.approx(n_decode * model.decode_step_s([1024]) / 1000)
+    assert res.extra["cost_model"] == "card" and res.extra["prompt_len"] == prompt
+    assert res.text == req.reference
+    port = create_engine("simulated", {"sim_speedup": 1000}, 0).transcribe(req)
+    assert res.ttft_s < port.ttft_s / 10 and res.decode_s < port.decode_s  # the chip, not the port's host copies
+
+
+def test_decode_slots_share_steps_and_keep_answers():
+    """sim_batch B: the actor hands B requests per call (preferred_batch_size); their decode steps are shared, so
+    the call takes less than the same requests one at a time, and every answer is the same."""
+    reqs = [Request(id=f"u{i}", duration_s=5.0, reference=" ".join(["word"] * (3 + 4 * i)), max_new_tokens=100)
+            for i in range(6)]
+    one, four = _card(), _card(sim_batch=4)
+    assert (one.preferred_batch_size, four.preferred_batch_size) == (1, 4)
+    a, b = one.transcribe_batch(reqs), four.transcribe_batch(reqs)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b] and [r.text for r in a] == [r.text for r in b]
+    assert [r.ttft_s for r in a] == pytest.approx([r.ttft_s for r in b])  # a prefill is a prefill
+    assert sum(r.decode_s for r in b) > sum(r.decode_s for r in a)  # each row pays shared (longer) steps ...
+    wall_one = sum(r.ttft_s + r.decode_s for r in a)
+    wall_four = max(r.extra["slot_wait_s"] + r.ttft_s + r.decode_s for r in b)
+    assert wall_four < 0.8 * wall_one  # ... but the card finishes sooner
+    assert {r.extra["slot"] for r in b} == {0, 1, 2, 3} and 0.5 < b[0].extra["slot_occupancy"] <= 1.0
+    assert [r.extra["decode_steps"] for r in b] == [len(r.token_ids) for r in b]
+
+
+def test_port_cost_model_with_slots_uses_its_batched_step():
+    from transcribe_batch.workers.engines.simulated import batched_step_s
+
+    eng = create_engine("simulated", {"sim_speedup": 1000, "sim_batch": 2}, 0)
+    reqs = [Request(id=f"u{i}", duration_s=2.0, reference="a b c d e f g h", max_new_tokens=40) for i in range(2)]
+    a, b = eng.transcribe_batch(reqs)
+    steps = len(a.token_ids)  # both answers equal: every step has both rows
+    assert a.decode_s == pytest.approx(steps * batched_step_s(0.8, 2) / 1000)
+    assert a.extra["cost_model"] == "port" and a.extra["slot_occupancy"] == 1.0
+
+
+def test_a_failing_request_fails_alone_in_a_batched_call():
+    spec = FaultSpec.parse("error=0.5,seed=11")
+    ids = [f"u{i}" for i in range(8)]
+    failing = {i for i in ids if spec.draw(i, 1) == "error"}
+    assert 0 < len(failing) < len(ids)
+    eng = _card(sim_batch=4, sim_faults="error=0.5,seed=11")
+    out = eng.transcribe_batch([Request(id=i, duration_s=3.0, reference="hello there", max_new_tokens=20) for i in ids])
+    assert {i for i, r in zip(ids, out) if isinstance(r, SimulatedFault)} == failing
+    assert all(r.text == "hello there" for r in out if not isinstance(r, BaseException))
+
+
+def test_card_model_from_the_model_folder():
+    from pathlib import Path
+
+    tiny = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
+    eng = create_engine("simulated", {"sim_speedup": 1000, "sim_cost_model": "card", "model_dir": str(tiny)}, 0)
+    assert eng.cost.model.arch.name == "tiny-qwen2-audio" and eng.cost.model.arch.decoder.hidden == 64
+
+
+def test_simulated_settings_are_checked_before_a_run(tmp_path):
+    from transcribe_batch.pipeline.config import ConfigError, build_config
+
+    ok = build_config("m.jsonl", tmp_path, engine="simulated", sim_cost_model="card", sim_card_model="qwen3-asr-0.6b",
+                      sim_card_quant="bf16", sim_card_seqlen=512, sim_batch=4)
+    opts = ok.engine_options_dict()
+    assert (opts["sim_cost_model"], opts["sim_card_model"], opts["sim_card_seqlen"], opts["sim_batch"]) == \
+        ("card", "qwen3-asr-0.6b", 512, 4)
+    for overrides, words in [
+        (dict(sim_cost_model="roofline"), "sim_cost_model: 'roofline' is not one of port, card"),
+        (dict(sim_cost_model="card"), "needs a model: set sim_card_model"),
+        (dict(sim_cost_model="card", sim_card_model="qwen9"), "sim_card_model: unknown card model 'qwen9'"),
+        (dict(sim_cost_model="card", sim_card_model="qwen2-audio-7b", sim_card_quant="w3"), "sim_card_quant: 'w3'"),
+        (dict(sim_cost_model="card", sim_card_model="qwen2-audio-7b", sim_card_seqlen=-1), "sim_card_seqlen: -1"),
+        (dict(sim_batch=0), "sim_batch: 0 is not a whole number >= 1"),
+        (dict(sim_cost_model="card", model_dir=tmp_path), "config.json: not found"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            build_config("m.jsonl", tmp_path / "out", engine="simulated", **overrides)

@@ -63,6 +63,13 @@ def ray_node_id() -> str | None:
         return None
 
 
+def _driver_info(plat, device: int) -> dict:
+    """`driver`: what the host's driver says of this card (board, chips on the card, memory, clock, NPU use), where
+    it says anything."""
+    info = plat.device_info(device)
+    return {"driver": info} if info else {}
+
+
 class _Prepared:
     """A work item whose front end is done: its requests, CPU seconds, and when it was ready (perf_counter)."""
 
@@ -108,7 +115,8 @@ class TranscriptionWorker:
                 "node_id": self.node_id, "label": self.label, "kind": self.platform.kind, "pid": os.getpid(),
                 "batch_size": self.batch_size,
                 "limits": {"max_audio_s": self.engine.limits.max_audio_s,
-                           "max_seq_len": self.engine.limits.max_seq_len}}
+                           "max_seq_len": self.engine.limits.max_seq_len},
+                **_driver_info(self.platform, self.device)}
 
     # -- one shard ----------------------------------------------------------------------------------------------
     def stream_shard(self, items: list[WorkItem]) -> Iterator[Outcome]:

@@ -3,6 +3,9 @@
 soundfile (libsndfile: wav, flac, ogg, mp3, …) seeks to the offset and reads only the requested frames; anything it
 cannot open goes through librosa/audioread (ffmpeg: m4a, aac, …). Resampling is soxr's high-quality mode, which is
 what `librosa.load(sr=16000)` uses, so the features equal those of the usual Qwen2-Audio recipe.
+
+`load_span(path, start_s, end_s)` reads a time range of a long file for long-form work: spans meeting at the same
+time are contiguous in the file's own samples, and memory is proportional to the span, never to the file.
 """
 
 from __future__ import annotations
@@ -94,8 +97,10 @@ def _riff_truncated(path: Path) -> str | None:
     return None
 
 
-def _read_soundfile(path: Path, offset: float, duration: float | None) -> tuple[np.ndarray, int] | None:
-    """Partial read through libsndfile; None when libsndfile does not know the format."""
+def _read_soundfile(path: Path, offset: float, duration: float | None,
+                    end: float | None = None) -> tuple[np.ndarray, int] | None:
+    """Partial read through libsndfile; None when libsndfile does not know the format. With `end` (seconds) instead
+    of `duration`, the window is the file's samples round(offset × rate) … round(end × rate)."""
     try:
         f = sf.SoundFile(str(path))
     except sf.LibsndfileError as e:
@@ -112,9 +117,14 @@ def _read_soundfile(path: Path, offset: float, duration: float | None) -> tuple[
         start = int(round(offset * sr))
         if start >= total:
             raise AudioRangeError(path, f"offset {offset:g} s is at or past the end of the audio ({total / sr:.3f} s)")
+        if end is not None:
+            duration = end - offset
         if duration is not None and offset + duration > total / sr + DURATION_TOLERANCE_S:
             raise _past_end(path, offset, duration, total / sr)
-        want = total - start if duration is None else min(int(round(duration * sr)), total - start)
+        if end is not None:
+            want = min(int(round(end * sr)), total) - start
+        else:
+            want = total - start if duration is None else min(int(round(duration * sr)), total - start)
         try:
             if start:
                 f.seek(start)
@@ -147,6 +157,43 @@ def _read_fallback(path: Path, offset: float, duration: float | None) -> tuple[n
     if duration is not None and data.size / sr < duration - DURATION_TOLERANCE_S:
         raise _past_end(path, offset, duration, offset + data.size / sr)
     return data, int(sr)
+
+
+def _read_stream_span(path: Path, start_s: float, end_s: float | None) -> tuple[np.ndarray, int]:
+    """The file's samples round(start_s × rate) … round(end_s × rate) through audioread (ffmpeg), for formats
+    libsndfile lacks: decoded from the start and discarded up to the span, so memory stays proportional to the span
+    (time grows with end_s). Samples equal librosa.load's of the whole file (int16 / 32768, channel mean). ffmpeg's
+    own input seek is not used: it is not sample-exact for every codec (WMA: off by 576–1024 samples)."""
+    import audioread
+
+    try:
+        reader = audioread.audio_open(str(path))
+    except Exception as e:  # noqa: BLE001 - audioread raises a zoo of types (NoBackendError, EOFError, …)
+        raise AudioDecodeError(path, f"not a decodable audio file or unsupported codec ({type(e).__name__}: {e})") from e
+    with reader:
+        sr, channels = int(reader.samplerate), int(reader.channels)
+        start = int(round(start_s * sr))
+        stop = None if end_s is None else int(round(end_s * sr))
+        parts, at = [], 0  # at: frames decoded so far
+        try:
+            for block in reader:
+                frames = np.frombuffer(block, "<i2").reshape(-1, channels)
+                lo, hi = max(start - at, 0), len(frames) if stop is None else min(stop - at, len(frames))
+                if hi > lo:
+                    parts.append(frames[lo:hi].astype(np.float32) / 32768.0)
+                at += len(frames)
+                if stop is not None and at >= stop:
+                    break
+        except Exception as e:  # noqa: BLE001
+            raise AudioDecodeError(path, f"decoding failed ({type(e).__name__}: {e})") from e
+    if at <= start:
+        raise AudioRangeError(path, f"offset {start_s:g} s is at or past the end of the audio ({at / sr:.3f} s)")
+    if stop is not None and at < stop and end_s > at / sr + DURATION_TOLERANCE_S:
+        raise _past_end(path, start_s, end_s - start_s, at / sr)
+    if not parts:
+        raise AudioEmpty(path, f"no audio samples in {start_s:g}–{end_s:g} s")
+    data = np.concatenate(parts)
+    return (data.mean(axis=1) if channels > 1 else data[:, 0]), sr
 
 
 def _past_end(path: Path, offset: float, duration: float, length: float) -> AudioRangeError:
@@ -186,6 +233,35 @@ def load_audio(
     if audio.size == 0:
         raise AudioEmpty(path, "window is shorter than one sample at 16 kHz")
     return audio
+
+
+def load_span(path: str | os.PathLike, start_s: float, end_s: float | None = None,
+              sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Samples of `path` in [start_s, end_s) (None: to the end) as mono float32 at `sr`, reading only that span.
+
+    Both ends map to the file's own sample index as round(t × file rate), so two spans that meet at t are
+    contiguous in the file: no sample is read twice or skipped. Memory is proportional to the span, whatever the
+    file's length (libsndfile seeks; other formats are decoded from their start, see _read_stream_span). Each span is
+    resampled on its own: within a few ms of its ends (soxr's filter) the samples may differ slightly from the whole
+    file's resampled, which is why long files are cut in pauses. Raises an AudioError subclass naming the file.
+    """
+    path = Path(path)
+    start_s = float(start_s)
+    _check_path(path)
+    _check_window(path, start_s, None)
+    if end_s is not None:
+        end_s = float(end_s)
+        if not np.isfinite(end_s) or end_s <= start_s:
+            raise AudioRangeError(path, f"span end must be a finite number after its start ({start_s:g} s), "
+                                        f"got {end_s!r}")
+    read = _read_soundfile(path, start_s, None, end=end_s)
+    data, file_sr = read if read is not None else _read_stream_span(path, start_s, end_s)
+    if data.size == 0:
+        raise AudioEmpty(path, f"no audio samples in {start_s:g}–{end_s if end_s is not None else 'end'} s")
+    if not np.isfinite(data).all():
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise AudioInvalidSamples(path, f"{bad} NaN/Inf samples in the audio")
+    return resample(data, file_sr, sr)
 
 
 def audio_duration(path: str | os.PathLike) -> float:

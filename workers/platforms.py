@@ -4,7 +4,8 @@ to find the local ones. The driver (pipeline/devices.py, pipeline/scheduler.py) 
 nothing else; engines declare which kinds they run on in workers/engines/__init__.py.
 
 - `bm1684x`: a Sophgo card, /dev/bm-sophon<N>. Ray knows nothing of them, so every card host advertises the
-  custom resource `bm1684x: N`; each actor asks for 1 of it, is pinned to its node and told its card id.
+  custom resource `bm1684x: N`; each actor asks for 1 of it, is pinned to its node and told its card id. What the
+  driver says of the cards (/proc/bmsophon, npu_usage) is read by workers/sophon_driver.py.
 - `gpu`: Ray's own `num_gpus=1`; Ray sets CUDA_VISIBLE_DEVICES for the actor, so the engine uses cuda:0 and the
   results record the real GPU id.
 - `cpu`: no accelerator; the number only names the slot.
@@ -18,6 +19,8 @@ import os
 import re
 import shutil
 import subprocess
+
+from .sophon_driver import DriverView, device_summary, read_driver_view, read_npu_usage
 
 SOPHON_GLOB = "/dev/bm-sophon*"
 
@@ -61,6 +64,14 @@ class Platform:
     def label(self, device: int, node_ip: str | None = None) -> str:
         return f"{self.kind}:{device}" + (f"@{node_ip}" if node_ip else "")
 
+    def device_info(self, device: int) -> dict | None:
+        """What this host's driver says of the device (run.json's devices carry it); None where it says nothing."""
+        return None
+
+    def usage(self) -> dict[int, int | None]:
+        """Busy % per local device from the driver, where it reports one (the progress log records it)."""
+        return {}
+
 
 class Bm1684xPlatform(Platform):
     kind = "bm1684x"
@@ -81,6 +92,17 @@ class Bm1684xPlatform(Platform):
             if ids:
                 return {self.resource: max(ids) + 1}
         return {}
+
+    def driver_view(self, root: str | os.PathLike | None = None) -> DriverView:
+        """Cards, chips per card, board type, memory, TPU clock and NPU use as /proc/bmsophon and sysfs say."""
+        return read_driver_view(root)
+
+    def device_info(self, device: int, root: str | os.PathLike | None = None) -> dict | None:
+        return device_summary(device, read_driver_view(root))
+
+    def usage(self, root: str | os.PathLike | None = None) -> dict[int, int | None]:
+        """npu_usage's last-window % per chip (None where the driver's statistics are off)."""
+        return {d: (u.usage if u.enabled else None) for d, u in read_npu_usage(root).items()}
 
 
 class GpuPlatform(Platform):

@@ -9,6 +9,8 @@ import typer
 
 HELP = """Show the devices a run can use: BM1684X cards (/dev/bm-sophon*), GPUs (nvidia-smi), and, with --address or --ray, the resources of the Ray cluster per node (custom resource 'bm1684x', GPU, CPU).
 
+For BM1684X cards it also shows what the driver says (/proc/bmsophon, /sys/class/bm-sophon/*/device/npu_usage): cards, chips per card (one /dev/bm-sophon<N> each), board type, memory, TPU clock, temperature and NPU use. Set TRANSCRIBE_BATCH_DRIVER_ROOT where the host's /proc and /sys are mounted elsewhere (containers).
+
 On a multi-node cluster, start every card host with  ray start --address HEAD:6379 --resources='{"bm1684x": N}' (N = its number of cards) and run jobs with  --address auto.
 """
 
@@ -33,11 +35,20 @@ def devices(
     if address or ray_local:
         import ray
 
+        from transcribe_batch.pipeline.ray_address import probe
+
         resources = {}
         if not address and info["local"]["bm1684x"]:
             resources[BM1684X_RESOURCE] = len(info["local"]["bm1684x"])
-        ray.init(address=address or None, include_dashboard=False, logging_level="ERROR",
-                 **({} if address else {"resources": resources or None}))
+        try:
+            if address:
+                probe(address)
+            ray.init(address=address or None, include_dashboard=False, logging_level="ERROR",
+                     **({} if address else {"resources": resources or None}))
+        except (ConnectionError, RuntimeError) as e:  # ray.init: ConnectionError, or RuntimeError (GCS gone)
+            typer.echo(f"error: --address {address}: {e}" if address else f"error: could not start Ray: {e}",
+                       err=True)
+            raise typer.Exit(2) from None
         try:
             info["ray_nodes"] = [
                 {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"), "alive": n.get("Alive"),
@@ -54,6 +65,7 @@ def devices(
     cards = local["bm1684x"]
     console.print(f"[bold]BM1684X cards[/bold] ({SOPHON_GLOB}): "
                   + (", ".join(str(c) for c in cards) if cards else "none"))
+    _print_driver(console, local["bm1684x_driver"], bool(cards))
     if local["gpus"]:
         table = Table("GPU", "name", "memory", title="GPUs", title_justify="left")
         for g in local["gpus"]:
@@ -76,6 +88,42 @@ def devices(
     console.print(kinds)
     if not cards and not local["gpus"]:
         console.print("No accelerator here: use --engine hf (CPU, slow) or --engine simulated --devices N.")
+
+
+def _print_driver(console, view: dict, have_cards: bool) -> None:
+    """The driver's view of the cards: one row per chip; what could not be read underneath."""
+    from rich.table import Table
+
+    if not view["present"]:
+        if have_cards:
+            console.print(f"[yellow]no /proc/bmsophon under {view['root']}: the driver's card details are unknown[/]")
+        return
+
+    def known(value, unit: str = "") -> str:
+        return "?" if value is None else f"{value:g}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+    title = (f"BM1684X cards as the driver sees them: {known(view['card_num'])} card(s), {known(view['chip_num'])} "
+             f"chip(s); driver {known(view['driver_version'])}")
+    table = Table("card", "board", "chips on card", "device", "status", "TPU MHz", "memory", "heaps", "temp",
+                  "NPU use (avg)", title=title, title_justify="left")
+    for card in view["cards"]:
+        chips = card["chips"] or [None]
+        for chip in chips:
+            if chip is None:
+                table.add_row(str(card["card"]), known(card["board_type"]), known(card["chips_on_card"]), "-", "", "",
+                              "", "", "", "")
+                continue
+            npu = chip["npu_usage"]
+            use = ("?" if npu is None else "off" if not npu["enabled"] else f"{npu['usage']}% ({npu['avusage']}%)")
+            table.add_row(str(card["card"]), known(card["board_type"]), known(card["chips_on_card"]),
+                          f"bm-sophon{chip['device']}", known(chip["status"]),
+                          f"{known(chip['tpu_freq_mhz'])} / {known(card['tpu_max_mhz'])}",
+                          known(chip["memory_gib"], " GiB"),
+                          "?" if chip["heap_mib"] is None else f"{chip['heap_mib']:,.0f} MiB",
+                          known(chip["chip_temp_c"], " C"), use)
+    console.print(table)
+    for problem in view["problems"]:
+        console.print(f"[yellow]driver file {problem}[/]", markup=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

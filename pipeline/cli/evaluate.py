@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..evaluate.normalize import NORMALIZERS
 from ..evaluate.report import evaluate_paths
@@ -69,8 +70,9 @@ def eval_command(
                 _check_target(target, flag, runs)
         report = evaluate_paths(runs, normalizer=normalizer.value, top=top)
     except RunError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
+    writing = output or "the terminal"
     try:
         if fmt == Format.table:
             from ..evaluate.render_text import print_rich
@@ -90,15 +92,16 @@ def eval_command(
             else:
                 typer.echo(text)
         if output:
-            err.print(f"wrote {output}", highlight=False)
+            err.print(f"wrote {escape(str(output))}", highlight=False)
         if html:
             from ..evaluate.render_html import write_html
 
+            writing = html
             write_html(report, html)
-            err.print(f"wrote {html}", highlight=False)
-    except OSError as exc:
-        where = exc.filename or output or html
-        err.print(f"[red]error:[/red] cannot write {where}: {exc.strerror or exc}", highlight=False)
+            err.print(f"wrote {escape(str(html))}", highlight=False)
+    except OSError as exc:  # a full disk, a folder without write permission: named as given, not its temporary file
+        err.print(f"[red]error:[/red] cannot write {escape(str(writing))}: {escape(exc.strerror or str(exc))}; "
+                  "nothing was written under that name", highlight=False)
         raise typer.Exit(2) from None
 
 

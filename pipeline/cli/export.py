@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..evaluate.normalize import NORMALIZERS
@@ -25,8 +26,10 @@ Normalizer = Enum("Normalizer", {name: name for name in NORMALIZERS}, type=str)
 def export_command(
     runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run folders (or their results.parquet). Several "
                                       "runs are concatenated in the order given; an id in two of them is refused."),
-    output: Path = typer.Option(..., "--output", "-o", help="nemo: a .jsonl file; hf: a folder (datasets' "
-                                "save_to_disk); lhotse: a folder with cuts/recordings/supervisions .jsonl.gz."),
+    output: Path = typer.Option(..., "--output", "-o", help="nemo: a .jsonl file (and NAME.export.json beside it); "
+                                "hf: a folder (datasets' save_to_disk); lhotse: a folder with "
+                                "cuts/recordings/supervisions .jsonl.gz. Folders get an export.json: what was "
+                                "exported. Never inside a run folder it reads."),
     to: To = typer.Option("nemo", "--to", help="Output format: nemo, hf (Hugging Face datasets) or lhotse "  # type: ignore[valid-type]
                           "(CutSet)."),
     status: Status = typer.Option("ok", "--status", help="Keep rows with this status: ok, failed or any."),  # type: ignore[valid-type]
@@ -47,7 +50,9 @@ def export_command(
                                      "is written as reference_text."),
     embed_audio: bool = typer.Option(False, "--embed-audio", help="hf only: decode each utterance (16 kHz mono, "
                                      "its offset/duration) into the dataset's audio column instead of paths."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export of the same format at -o "
+                                   "(one this command wrote, unchanged since). Nothing else is ever replaced: not a "
+                                   "run folder or anything in it, an input, or other files and folders."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Export what runs produced as training labels, keeping only the rows that pass the filters.
@@ -75,13 +80,16 @@ def export_command(
         summary = export(runs, output, fmt=to.value, filters=filters, fields=fields, agree_with=agree_with,
                          normalizer=normalizer.value, embed_audio=embed_audio, overwrite=overwrite)
     except ExportError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     data = summary.to_dict()
+    if not data["n_kept"]:
+        err.print(f"[yellow]note[/yellow] no row was kept: {escape(str(output))} is an empty {to.value} export",
+                  highlight=False)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    table = Table(title=f"export → {output} ({to.value})", title_justify="left")
+    table = Table(title=f"export → {escape(str(output))} ({to.value})", title_justify="left")
     table.add_column("rows")
     table.add_column("count", justify="right")
     table.add_row("read", str(data["n_rows"]))

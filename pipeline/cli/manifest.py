@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ...manifests.builders import BuildError, dir_rows, librispeech_rows, write_jsonl
 from ...manifests.reader import ManifestError
@@ -19,7 +21,9 @@ manifest_app = typer.Typer(
     help="Build JSONL manifests (NeMo fields: audio_filepath, duration, text, id) from folders, and validate them.",
 )
 
-OUTPUT_HELP = "Manifest to write (JSONL; written to a temporary file, then renamed). Default: stdout."
+OUTPUT_HELP = ("Manifest to write (JSONL; written to a temporary file, then renamed; an existing file only with "
+               "--overwrite). Default: stdout.")
+OVERWRITE_HELP = "Replace an existing manifest at --output (only a JSONL manifest; never audio or other files)."
 RELATIVE_HELP = ("Write audio paths relative to the output manifest's folder (portable: move both together). "
                  "Default: absolute paths.")
 
@@ -32,7 +36,8 @@ def _reporter(err: Console, problems: list[int]):
     return report
 
 
-def _build(rows_of, output: Optional[Path], relative: bool, strict: bool) -> None:
+def _build(rows_of, output: Optional[Path], relative: bool, strict: bool, overwrite: bool,
+           inputs: tuple = ()) -> None:
     err = Console(stderr=True, soft_wrap=True)
     if relative and output is None:
         err.print("[red]error:[/red] --relative needs --output (paths are relative to the manifest's folder)")
@@ -40,9 +45,15 @@ def _build(rows_of, output: Optional[Path], relative: bool, strict: bool) -> Non
     problems = [0]
     relative_to = output.parent if relative and output is not None else None
     try:
-        n = write_jsonl(rows_of(relative_to=relative_to, report=_reporter(err, problems)), output)
+        n = write_jsonl(rows_of(relative_to=relative_to, report=_reporter(err, problems)), output,
+                        overwrite=overwrite, inputs=inputs)
     except BuildError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a full disk, a read-only folder: nothing was written under the name
+        where = exc.filename if exc.filename and ".tmp-" not in os.path.basename(str(exc.filename)) else output
+        err.print(f"[red]error:[/red] -o {escape(str(output))}: cannot write {escape(str(where))} "
+                  f"({escape(exc.strerror or str(exc))}); nothing was written", highlight=False)
         raise typer.Exit(2) from None
     where = f" to {output}" if output else ""
     err.print(f"wrote {n} rows{where}" + (f"; {problems[0]} warning(s) above" if problems[0] else ""), highlight=False)
@@ -58,13 +69,14 @@ def librispeech(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP),
     relative: bool = typer.Option(False, "--relative", help=RELATIVE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if anything was reported (missing audio …)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Manifest of a LibriSpeech split: one row per utterance, id = utterance id (e.g. 1089-134686-0000),
     duration from the flac header, text = the transcript line, plus speaker and chapter.
 
     Example: transcribe-batch manifest librispeech LibriSpeech/test-clean -o data/test-clean.jsonl
     """
-    _build(lambda **kw: librispeech_rows(directory, **kw), output, relative, strict)
+    _build(lambda **kw: librispeech_rows(directory, **kw), output, relative, strict, overwrite)
 
 
 @manifest_app.command("dir")
@@ -87,6 +99,7 @@ def directory_manifest(
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Leave out files whose header is "
                                          "corrupt (default: keep them; the run records them as failed)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if anything was reported."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Manifest of every audio file under a folder (labeling jobs): id = path relative to DIR without extension,
     duration from the header where libsndfile can read it, text from --transcripts if given.
@@ -94,7 +107,8 @@ def directory_manifest(
     Example: transcribe-batch manifest dir recordings/ --glob '*.wav' -o jobs/recordings.jsonl
     """
     _build(lambda **kw: dir_rows(directory, pattern=glob, transcripts=transcripts,
-                                 skip_unreadable=skip_unreadable, **kw), output, relative, strict)
+                                 skip_unreadable=skip_unreadable, **kw), output, relative, strict, overwrite,
+           inputs=(transcripts,) if transcripts not in (None, "sidecar") else ())
 
 
 @manifest_app.command("validate")
@@ -122,7 +136,7 @@ def validate(
                 out.print(str(problem), highlight=False, markup=False)
             printed += 1
     except ManifestError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     if printed > max_print:
         out.print(f"… {printed - max_print} more problems not printed", highlight=False)

@@ -100,11 +100,21 @@ def run(
                      max_attempts=max_attempts, device_max_failures=device_max_failures, shard_size=shard_size,
                      skip_bad_lines=skip_bad_lines, overwrite=overwrite, retry_failed=retry_failed, quiet=quiet,
                      progress_log=progress_log, sim_speedup=sim_speedup, sim_faults=sim_faults, sim_text=sim_text)
+    from transcribe_batch.pipeline.ray_address import probe
+
     err = typer.echo
+    t_start = time.time()
     try:
+        if config is not None and config.is_dir():
+            raise ConfigError(f"--config {config}: is a folder; give a TOML file (keys as in config/defaults.toml)")
         cfg = build_config(manifest, output, config_file=config, **overrides)
-    except ConfigError as e:
-        err(f"error: {e}", err=True)
+        check_progress_log(cfg)
+    except (ConfigError, OSError) as e:
+        message = f"error: {e}" if isinstance(e, ConfigError) else f"error: --config {config}: cannot read it " \
+                                                                   f"({e.strerror or e})"
+        err(message, err=True)
+        if quiet if quiet is not None else _quiet_in(config):  # unattended: the outcome as JSON, whatever it is
+            typer.echo(json.dumps({"output": str(output), "status": "refused", "error": message}))
         raise typer.Exit(2) from None
 
     def stop(code: int, message: str, status: str) -> typer.Exit:
@@ -114,8 +124,9 @@ def run(
         return typer.Exit(code)
 
     # SIGINT and SIGTERM (also to the whole process group) stop the run the same way: run_job handles both.
-    t_start = time.time()
     try:
+        if cfg.address:
+            probe(cfg.address)
         with contextlib.redirect_stdout(sys.stderr):  # Ray prints worker notices to stdout: keep it for the summary
             summary = run_job(cfg)
     except (ManifestError, ResumeError, DeviceError, SchedulerError) as e:
@@ -136,6 +147,54 @@ def run(
     err(line, err=True)
     if cfg.quiet:  # unattended: the summary as JSON on stdout
         typer.echo(json.dumps(summary.to_json(), default=str))
+
+
+def _quiet_in(config: Path | None) -> bool:
+    """--quiet from the config file (or the defaults) when the settings could not be built: best effort."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8")) if config is not None else {}
+        value = data.get("run", {}).get("quiet", data.get("quiet")) if isinstance(data.get("run"), dict) \
+            else data.get("quiet")
+    except (OSError, ValueError, UnicodeDecodeError):
+        value = None
+    return value if isinstance(value, bool) else bool(default("quiet"))
+
+
+def check_progress_log(cfg) -> None:
+    """--progress-log appends JSON lines: refuse a path where that would damage something (ConfigError). Allowed: a
+    new file in an existing folder, an empty file, an earlier progress log (its first line is a progress event), or
+    not a regular file at all (/dev/stderr, a named pipe); in the run folder only the run's own progress.jsonl (written anyway). Never the manifest or the config file."""
+    from transcribe_batch.pipeline.config import ConfigError
+
+    if cfg.progress_log is None:
+        return
+    given = cfg.progress_log
+    path = given.resolve()
+    output = cfg.output.resolve()
+    for other, what in ((cfg.manifest, "the manifest"), (cfg.config_file, "the --config file")):
+        if other is not None and path == Path(other).resolve():
+            raise ConfigError(f"--progress-log {given}: is {what}; give a new file (e.g. {output.name}.progress.jsonl)")
+    if path.is_dir():
+        raise ConfigError(f"--progress-log {given}: is a folder; give a file name")
+    if output in path.parents and path != output / "progress.jsonl":
+        raise ConfigError(f"--progress-log {given}: is inside the run folder, which keeps its own log "
+                          f"({output / 'progress.jsonl'}, always written); give a path outside it")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--progress-log {given}: its folder {path.parent} does not exist")
+    if path.is_file() and path.stat().st_size:
+        try:
+            with open(path, "rb") as f:
+                first = json.loads(f.readline(1 << 20))
+            ours = isinstance(first, dict) and {"time", "event"} <= first.keys()
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--progress-log {given}: exists and is not a progress log (its first line is not a "
+                              "progress event); it would be appended to: give a new file or an earlier progress log")
 
 
 def _failure_summary(output: Path, status: str, message: str, t_start: float) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .calibration import Calibration, calibration_of
 from .report import Report
-from .tables import Table, hours, num, pct
+from .table import Table, hours, num, pct
 
 
 def calibration_tables(report: Report) -> list[Table]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from ..results import atomic_write_bytes
 from . import plots
 from .report import Report
-from .tables import Table, all_tables, numeric_columns, statements
+from .table import Table, numeric_columns
+from .tables import all_tables, statements
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;

@@ -1,41 +1,12 @@
-"""The report as plain tables (title, headers, rows of strings): one layout shared by terminal, markdown and HTML."""
+"""The report as plain tables (`table.Table`: title, headers, rows of strings): one layout shared by terminal,
+markdown and HTML. The calibration's tables come from calibration_tables.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import re
-
+from .calibration_tables import calibration_notes, calibration_tables
 from .report import Report, RunReport, buckets_of
 from .speed import DeviceSpeed
-
-NA = "—"
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-    key: str = ""  # stable identifier (HTML id, tests)
-    notes: list[str] = field(default_factory=list)
-
-
-def pct(x: float | None) -> str:
-    return NA if x is None else f"{100 * x:.2f}"
-
-
-def num(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return NA
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{max(1, digits - len(str(int(abs(x)))))}f}"
-
-
-def hours(seconds: float | None) -> str:
-    return NA if seconds is None else f"{seconds / 3600:.3f}"
+from .table import NA, Table, hours, num, pct
 
 
 def runs_table(report: Report) -> Table:
@@ -175,16 +146,6 @@ def worst_table(report: Report) -> Table | None:
                                                           "WER %"], rows, "", "worst")
 
 
-_NUMERIC = re.compile(r"^(—|-?[\d,.]+( \(\d+\))?|[\d.]+( / [\d.—]+)+)$")
-
-
-def numeric_columns(t: Table) -> list[bool]:
-    """Columns whose every cell is a number (or n/a): right-aligned by the renderers."""
-    if t.key in ("accuracy", "speed"):  # metric name, then one column of figures per run
-        return [i > 0 for i in range(len(t.headers))]
-    return [i > 0 and bool(t.rows) and all(_NUMERIC.match(row[i]) for row in t.rows) for i in range(len(t.headers))]
-
-
 def all_tables(report: Report) -> list[Table]:
     tables: list[Table | None] = [runs_table(report), accuracy_table(report), duration_table(report),
                                   speed_table(report)]
@@ -193,8 +154,6 @@ def all_tables(report: Report) -> list[Table]:
             tables.append(device_table(run))
         tables.append(failures_table(run))
     tables += [comparison_table(report), worst_table(report)]
-    from .calibration_tables import calibration_tables  # imports this module
-
     tables += calibration_tables(report)
     return [t for t in tables if t is not None]
 
@@ -204,6 +163,4 @@ def statements(report: Report) -> list[str]:
     out = list(report.notes)
     for run in report.runs:
         out += [f"{run.name}: {n}" for n in run.run.notes]
-    from .calibration_tables import calibration_notes
-
     return out + calibration_notes(report)

@@ -1,9 +1,10 @@
 """`transcribe-batch export`: a run's transcripts as training labels, filtered, in the formats training code reads.
 
-Modules, in data-flow order: `source` (open run folders, check columns, stream record batches) → `agreement`
-(normalized WER against a second run, joined by id through hash buckets on disk) → `filters` (keep/drop each row,
-counting why) → one writer module per format → `export` (the passes, atomic output, the summary).
-A new format is one module with a `Writer` class (see `writer.Writer`) plus one line in `FORMATS`.
+Modules, in data-flow order: `source` (open run folders, check columns, stream record batches) → `target` (where
+the export may go; build it aside, mark it as an export, move it into place) → `agreement` (normalized WER against a
+second run, joined by id through hash buckets on disk) → `filters` (keep/drop each row, counting why) → one writer
+module per format → `export` (the passes, the summary).
+A new format is one module with a subclass of `writer.Writer` named `Writer`, its tests, and one line in `FORMATS`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class ExportError(ValueError):
     """Bad export input (missing run, unknown field, bad threshold, existing output): the message says which."""
 
 
-def writer_class(fmt: str):
+def writer_class(fmt: str) -> type:
+    """The `writer.Writer` subclass of format `fmt` (its module is imported now: hf and lhotse need extras)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     try:

@@ -1,14 +1,16 @@
-"""One export: check everything, compare with the other run (if asked), stream the kept rows into the writer,
-move the output into place, and say what was kept and what was dropped and why."""
+"""One export: check everything (the target first: `target.py`), compare with the other run (if asked), stream the
+kept rows into the format's writer, move the output into place, and say what was kept and what was dropped and why.
+Any failure (a full disk, a folder without write permission, Ctrl-C) leaves nothing behind and an earlier export
+unchanged; an OSError becomes an ExportError naming the target."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -18,6 +20,7 @@ from ..evaluate.normalize import NORMALIZERS
 from . import ExportError, writer_class
 from .filters import REASONS, Filters, keep_mask
 from .source import RunSource, open_run, open_runs
+from .target import Target, commit, discard, make_parents, plan_target, remove_parents, run_inputs, staging_path
 from .writer import BUILT_IN, ROW_COLUMNS, WriterOptions, field_name
 
 
@@ -87,6 +90,24 @@ def _has_id(source: RunSource, row_id: str) -> bool:
     return any(pc.any(pc.equal(b["id"], row_id)).as_py() for b in source.batches(["id"]))
 
 
+def _schema(sources: Sequence[RunSource], columns: Sequence[str]) -> pa.Schema:
+    """The columns a writer gets, typed as in the first run that has each (a column no run has: nulls)."""
+    out = []
+    for name in columns:
+        have = [s.schema.field(name) for s in sources if name in s.schema.names]
+        out.append(have[0] if have else pa.field(name, pa.float64()))
+    return pa.schema(out)
+
+
+def _os_failure(e: OSError, target: Target, tmp: Path | None) -> ExportError:
+    where = e.filename
+    if where is not None and tmp is not None and os.path.basename(str(where)).startswith(".tmp-"):
+        where = None  # our own temporary files: the target is what the user knows
+    detail = e.strerror or str(e)
+    return ExportError(f"-o {target.given}: the export failed: " + (f"{where}: " if where else "") + detail
+                       + "; nothing was written" + (" (the earlier export is unchanged)" if target.replaces else ""))
+
+
 def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo", filters: Filters = Filters(),
            fields: Sequence[str] = (), agree_with: str | Path | None = None, normalizer: str = "whisper",
            embed_audio: bool = False, overwrite: bool = False) -> Summary:
@@ -97,36 +118,41 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
         raise ExportError("--max-disagreement needs --agree-with RUN")
     if agree_with is not None and filters.max_disagreement is None:
         raise ExportError("--agree-with needs --max-disagreement (e.g. 0.1)")
+    Writer = writer_class(fmt)
+    if embed_audio and fmt != "hf":
+        raise ExportError("--embed-audio is for --to hf (NeMo and Lhotse manifests point at the audio files)")
     sources = open_runs(runs)
     other = open_run(agree_with) if agree_with is not None else None
     if other is not None and any(other.results.resolve() == s.results.resolve() for s in sources):
         raise ExportError(f"--agree-with {agree_with}: is one of the runs exported; compare with another run")
+    inputs = [i for s in [*sources, *([other] if other else [])] for i in run_inputs(s.path, s.results)]
+    target = plan_target(output, fmt, Writer.is_folder, overwrite, inputs)
     if filters.min_confidence is not None:
         for s in sources:
             if "confidence" not in s.columns:
                 raise ExportError(f"{s.results}: no confidence column (a run written before confidence existed): "
                                   "--min-confidence cannot be applied to it")
     fields = _check_fields(sources, fields)
-    Writer = writer_class(fmt)
-    output = Path(output)
-    options = WriterOptions(fields=fields, embed_audio=embed_audio, overwrite=overwrite)
-    if embed_audio and fmt != "hf":
-        raise ExportError("--embed-audio is for --to hf (NeMo and Lhotse manifests point at the audio files)")
     _check_unique_ids(sources)
-
-    agreement = None
-    if other is not None:
-        from .agreement import agreement_codes
-        from .filters import pre_agreement
-
-        agreement = agreement_codes(sources, other, pre_agreement(filters), normalizer=normalizer,
-                                    workdir=output.parent if output.parent.exists() else None)
 
     summary = Summary(str(output), fmt, agree_with=str(agree_with) if agree_with is not None else None,
                       filters={k: v for k, v in vars(filters).items() if v is not None})
     columns = list(dict.fromkeys([*ROW_COLUMNS, *filters.columns(), "status", *fields]))
-    writer = Writer(output, options)
+    write_columns = list(dict.fromkeys([*ROW_COLUMNS, *fields]))
+    created: list[Path] = []
+    tmp: Path | None = None
+    writer = None
     try:
+        created = make_parents(target)
+        tmp = staging_path(target)
+        agreement = None
+        if other is not None:
+            from .agreement import agreement_codes
+            from .filters import pre_agreement
+
+            agreement = agreement_codes(sources, other, pre_agreement(filters), normalizer=normalizer,
+                                        workdir=target.path.parent)
+        writer = Writer(tmp, WriterOptions(fields=fields, embed_audio=embed_audio), _schema(sources, write_columns))
         start = 0
         for source in sources:
             count = RunCount(str(source.path), source.n_rows)
@@ -136,7 +162,7 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
                 start += batch.num_rows
                 kept = batch.filter(pa.array(keep))
                 if kept.num_rows:
-                    writer.write(kept)
+                    writer.write(kept.select(write_columns))
                 count.n_kept += kept.num_rows
                 summary.audio_s_kept += float(pc.sum(kept["duration_s"]).as_py() or 0.0)
                 summary.dropped.update(dropped)
@@ -144,7 +170,16 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
             summary.n_rows += count.n_rows
             summary.n_kept += count.n_kept
         writer.close()
-    except BaseException:
-        writer.abort()
+        writer = None
+        record = {k: v for k, v in summary.to_dict().items() if k not in ("output", "format")}
+        commit(target, tmp, record)
+    except BaseException as e:
+        if writer is not None:
+            writer.abort()
+        if tmp is not None:
+            discard(tmp)
+        remove_parents(created)
+        if isinstance(e, OSError):
+            raise _os_failure(e, target, tmp) from None
         raise
     return summary

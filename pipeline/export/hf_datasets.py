@@ -3,14 +3,16 @@
 --embed-audio: the utterance's own samples, 16 kHz mono FLAC bytes in an `Audio(sampling_rate=16000)` column), then
 the `--field` columns with their Arrow types.
 
-Rows are written batch by batch with datasets' ArrowWriter into a temporary Arrow file (flat memory), which
-`save_to_disk` then lays out as datasets does (shards, dataset_info.json, state.json) under a temporary folder that
-is renamed to OUT when complete.
+Rows are written batch by batch with datasets' ArrowWriter into a scratch Arrow file (flat memory), which
+`save_to_disk` then lays out as datasets does (shards, dataset_info.json, state.json). An export that keeps no rows
+is a dataset of one empty shard with the same columns (`save_to_disk` would write no shard, which
+`load_from_disk` cannot read).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import datasets
@@ -22,7 +24,10 @@ from datasets.arrow_writer import ArrowWriter
 from transcribe_batch.workers.audio import SAMPLE_RATE, AudioError, load_audio
 
 from . import ExportError
-from .writer import WriterOptions, field_name, move_into_place, remove, start_output, temp_beside
+from . import writer
+from .writer import WriterOptions, field_name
+
+SCRATCH = ".rows.arrow"  # the rows as written, inside the folder being built; gone when it is complete
 
 
 def _flac(samples: np.ndarray) -> bytes:
@@ -31,17 +36,15 @@ def _flac(samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class Writer:
-    kind = "folder"
+class Writer(writer.Writer):
+    is_folder = True
 
-    def __init__(self, output: Path, options: WriterOptions):
-        self.tmp = start_output(output, options.overwrite, folder=True)
-        self.output = output
-        self.options = options
-        self.arrow_path = self.tmp / "rows.arrow"
-        self.writer: ArrowWriter | None = None
+    def __init__(self, path: Path, options: WriterOptions, schema: pa.Schema):
+        super().__init__(path, options, schema)
+        self.arrow_path = path / SCRATCH
+        self.writer = ArrowWriter(features=self._features(), path=str(self.arrow_path))
 
-    def _features(self, table: pa.Table) -> datasets.Features:
+    def _features(self) -> datasets.Features:
         spec: dict = {"id": datasets.Value("string")}
         if self.options.embed_audio:
             spec["audio"] = datasets.Audio(sampling_rate=SAMPLE_RATE)
@@ -50,13 +53,11 @@ class Writer:
             spec["offset"] = datasets.Value("float64")
         spec["duration"] = datasets.Value("float64")
         spec["text"] = datasets.Value("string")
-        field_schema = pa.schema([pa.field(field_name(n), table.schema.field(n).type) for n in self.options.fields])
+        field_schema = pa.schema([pa.field(field_name(n), self.schema.field(n).type) for n in self.options.fields])
         spec.update(datasets.Features.from_arrow_schema(field_schema))
         return datasets.Features(spec)
 
     def write(self, table: pa.Table) -> None:
-        if self.writer is None:
-            self.writer = ArrowWriter(features=self._features(table), path=str(self.arrow_path))
         batch: dict = {"id": table["id"].to_pylist()}
         if self.options.embed_audio:
             paths, offsets, durations = (table[c].to_pylist() for c in ("audio_filepath", "offset", "duration_s"))
@@ -75,25 +76,19 @@ class Writer:
         self.writer.write_batch(batch)
 
     def close(self) -> None:
-        if self.writer is None:  # nothing kept: an empty dataset with the base columns
-            self.writer = ArrowWriter(features=self._features(pa.table({n: pa.array([], pa.string())
-                                                                        for n in self.options.fields})),
-                                      path=str(self.arrow_path))
-        self.writer.finalize()
+        n_rows, _ = self.writer.finalize()
         self.writer.close()
         dataset = datasets.Dataset.from_file(str(self.arrow_path))
-        final = self.tmp / "dataset"
-        dataset.save_to_disk(str(final))
-        del dataset
-        staged = temp_beside(self.output)
-        final.rename(staged)
-        remove(self.tmp)
-        move_into_place(staged, self.output)
+        built = self.path / ".dataset"
+        dataset.save_to_disk(str(built), **({} if n_rows else {"num_shards": 1}))
+        del dataset  # it maps the scratch file
+        self.arrow_path.unlink()
+        for name in os.listdir(built):
+            os.replace(built / name, self.path / name)
+        built.rmdir()
 
     def abort(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.close()
-            except Exception:  # noqa: BLE001 - removing it anyway
-                pass
-        remove(self.tmp)
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - removed anyway
+            pass

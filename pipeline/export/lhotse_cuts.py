@@ -5,11 +5,14 @@ supervision carrying the transcript), plus `recordings.jsonl.gz` (each audio fil
 A recording's id is the file's stem and a digest of its absolute path (stable, unique); its header is read with
 soundfile (no decoding). Mono files give MonoCuts on channel 0; multi-channel files give MultiCuts over all channels
 (the model heard their mix). Supervision `custom` holds `confidence` and the `--field` columns. Files are written
-line by line (lhotse's SequentialJsonlWriter); a recording is written once, tracked in a flat digest table.
+line by line (lhotse's SequentialJsonlWriter); a recording is written once, tracked in a flat digest table. An export
+that keeps no rows still has the three files, empty (what lhotse writes for an empty set; `lhotse.load_manifest`
+gives an empty CutSet, `RecordingSet.from_jsonl` / `SupervisionSet.from_jsonl` empty sets).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from pathlib import Path
@@ -23,7 +26,10 @@ from lhotse.serialization import SequentialJsonlWriter
 from transcribe_batch.manifests.reader import DigestSet, id_digest
 
 from . import ExportError
-from .writer import WriterOptions, field_name, json_value, move_into_place, remove, start_output
+from . import writer
+from .writer import WriterOptions, field_name, json_value
+
+FILES = ("cuts.jsonl.gz", "recordings.jsonl.gz", "supervisions.jsonl.gz")
 
 
 def recording_id(path: str) -> str:
@@ -31,16 +37,12 @@ def recording_id(path: str) -> str:
     return f"{stem}-{hashlib.blake2b(path.encode(), digest_size=6).hexdigest()}"
 
 
-class Writer:
-    kind = "folder"
+class Writer(writer.Writer):
+    is_folder = True
 
-    def __init__(self, output: Path, options: WriterOptions):
-        self.tmp = start_output(output, options.overwrite, folder=True)
-        self.output = output
-        self.options = options
-        self.cuts = SequentialJsonlWriter(self.tmp / "cuts.jsonl.gz")
-        self.recordings = SequentialJsonlWriter(self.tmp / "recordings.jsonl.gz")
-        self.supervisions = SequentialJsonlWriter(self.tmp / "supervisions.jsonl.gz")
+    def __init__(self, path: Path, options: WriterOptions, schema: pa.Schema):
+        super().__init__(path, options, schema)
+        self.cuts, self.recordings, self.supervisions = (SequentialJsonlWriter(path / name) for name in FILES)
         self.written = DigestSet()
         self._last: tuple[str, Recording] | None = None
 
@@ -86,12 +88,13 @@ class Writer:
     def close(self) -> None:
         for w in (self.cuts, self.recordings, self.supervisions):
             w.close()
-        move_into_place(self.tmp, self.output)
+        for name in FILES:  # the writers open their file at the first row
+            if not (self.path / name).exists():
+                gzip.open(self.path / name, "wb").close()
 
     def abort(self) -> None:
         for w in (self.cuts, self.recordings, self.supervisions):
             try:
                 w.close()
-            except Exception:  # noqa: BLE001 - removing it anyway
+            except Exception:  # noqa: BLE001 - removed anyway
                 pass
-        remove(self.tmp)

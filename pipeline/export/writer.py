@@ -1,21 +1,19 @@
-"""What every format module provides, and the atomic-output helpers they share.
+"""The base class of every export format, and what the formats share: the row columns, --field names, JSON values.
 
-A format module defines `Writer(output, options)`: `write(table)` is called with the kept rows of each batch (the
-columns of `ROW_COLUMNS` plus the `--field` columns), `close()` finishes and moves the output into place, `abort()`
-removes everything written. Output is built under a hidden `.tmp-…` name beside the target and renamed at the end,
-so a crash or Ctrl-C never leaves a half-written file under the target's name.
+A format is one module with a `Writer` subclass plus one line in `FORMATS` (export/__init__.py). The subclass only
+turns rows into its files: it is handed a private place to build in (`path`), and `target.py` decides where the
+export may go, builds it there, marks it as an export and moves it into place when complete.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import uuid
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from . import ExportError
+import pyarrow as pa
 
 ROW_COLUMNS = ("id", "audio_filepath", "offset", "duration_s", "pred_text", "language", "confidence")
 BUILT_IN = ("audio_filepath", "offset", "duration_s", "pred_text")  # in every format already: not a --field
@@ -29,10 +27,35 @@ def field_name(column: str) -> str:
 
 @dataclass(frozen=True)
 class WriterOptions:
-    fields: tuple[str, ...] = ()  # extra result columns to carry (--field)
+    fields: tuple[str, ...] = ()  # extra result columns to carry (--field), in the order given
     embed_audio: bool = False  # hf: decode each utterance and store its samples (16 kHz mono) in the dataset
-    overwrite: bool = False
-    extra: dict = field(default_factory=dict)
+
+
+class Writer(ABC):
+    """One export format. Life cycle: `Writer(path, options, schema)`, `write(table)` for each batch of kept rows,
+    then `close()`; after a failure `abort()` instead (the caller then removes `path`)."""
+
+    is_folder: ClassVar[bool]  # the output is a folder (True) or one file (False)
+
+    def __init__(self, path: Path, options: WriterOptions, schema: pa.Schema):
+        """path: where to build the output: an empty folder that exists (`is_folder`), else a file name not yet
+        created. schema: the columns of every table `write` gets (`ROW_COLUMNS` plus the --field columns), with
+        the types of the runs' results (a column a run lacks: nulls)."""
+        self.path = path
+        self.options = options
+        self.schema = schema
+
+    @abstractmethod
+    def write(self, table: pa.Table) -> None:
+        """Add rows: `table` has the columns of `schema` and at least one row."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish: afterwards `path` holds the complete output and nothing else, however many rows were written
+        (none: still a valid dataset its readers load, with no rows)."""
+
+    def abort(self) -> None:
+        """Release open files after a failure; `path` is removed by the caller."""
 
 
 def json_value(value):
@@ -42,49 +65,3 @@ def json_value(value):
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
-
-
-def temp_beside(target: Path) -> Path:
-    return target.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{target.name}")
-
-
-def check_target(target: Path, overwrite: bool) -> None:
-    if target.exists() and not overwrite:
-        raise ExportError(f"{target}: already exists (use --overwrite to replace it)")
-    if not target.parent.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-
-
-def start_output(target: Path, overwrite: bool, *, folder: bool) -> Path:
-    """Check the target, then return the hidden temporary path the output is built under (created if a folder)."""
-    check_target(target, overwrite)
-    tmp = temp_beside(target)
-    if folder:
-        tmp.mkdir()
-    return tmp
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def move_into_place(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target`. A file replaces a file atomically; an existing folder is first moved aside and
-    removed after the rename (the target name never holds a partial export)."""
-    if tmp.is_dir() and target.exists():
-        old = temp_beside(target)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    else:
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -1,10 +1,18 @@
 """The `simulated` engine: no model, for tests and scheduler benchmarks. Its rows say engine="simulated".
 
 It "transcribes" by returning the reference text (or `sim_text`, or a fixed marker when neither exists; a piece of
-split audio returns its share of the words) and sleeps
-per a cost model taken from the existing BM1684X port (notes/bm1684x.md: TTFT ≈ 24 s, ≈ 0.8 s per generated token
-on the SoC): `ttft_s + n_tokens * s_per_token`, every time divided by `sim_speedup`; like a model it stops at the
-request's max_new_tokens (finish reason max_tokens), so a huge reference costs no more than the cap. Faults are injected per
+split audio returns its share of the words) and sleeps for what the request would cost on a card, every time divided
+by `sim_speedup`; like a model it stops at the request's max_new_tokens (finish reason max_tokens), so a huge
+reference costs no more than the cap. Two cost models (`sim_cost_model`):
+- `port` (default): the existing BM1684X port's figures (notes/bm1684x.md: TTFT ≈ 24 s, ≈ 0.8 s per generated token
+  on the SoC): `sim_ttft_s + n_tokens * sim_s_per_token`.
+- `card`: a BM1684X cost model fitted to Sophgo's published figures (workers/cardcost/, benchmarks/README.md): the
+  audio encoder and prefill from their FLOPs, each decode step from the bytes it reads, for the model `sim_card_model`
+  (a preset, or "" = the model folder's config.json) at `sim_card_quant`, with static nets of `sim_card_seqlen`
+  (times only: requests are what the front end makes, ≤ sim_max_audio_s; SEQLEN is not enforced).
+With `sim_batch` B > 1 a call's requests share B decode slots as the bm1684x engine's do (a request starts when a
+slot frees; prefills run alone; one step serves every busy slot; the port's step for B rows is `batched_step_s`).
+Faults are injected per
 attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
 error raises EngineError, empty returns "", repeat returns a runaway repetition up to max_new_tokens, crash ends
 the whole actor process with os._exit (what a native crash looks like to Ray), garble returns the text with about a
@@ -28,14 +36,18 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transcribe_batch.config.settings import default
 
+from ..cardcost import ArchitectureError, CardModel, SlotJob, from_model_dir, preset, run_slots
+from ..cardcost.model import QUANT_BITS
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
 
 DEFAULT_TTFT_S = default("sim_ttft_s")  # config/defaults.toml (one home for settings)
 DEFAULT_S_PER_TOKEN = default("sim_s_per_token")
+COST_MODELS = ("port", "card")
 FALLBACK_TEXT = "simulated output"
 FAULT_KINDS = ("error", "empty", "repeat", "crash", "garble")  # new kinds go last: earlier draws stay
 CHARS_PER_TOKEN = 4.0  # rough English BPE ratio: counts generated tokens when no model folder (tokenizer) is given
@@ -51,6 +63,49 @@ def batched_step_s(s_per_token: float, batch: int, kv_share: float = DEFAULT_KV_
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     return s_per_token * ((1.0 - kv_share) + kv_share * batch)
+
+
+class PortCost:
+    """The existing port's figures: a fixed time to first token, a fixed time per token at B = 1."""
+
+    name = "port"
+
+    def __init__(self, ttft_s: float, s_per_token: float):
+        self.ttft_s, self.s_per_token = ttft_s, s_per_token
+
+    def first_token_s(self, request: Request) -> float:
+        return self.ttft_s
+
+    def prompt_len(self, request: Request) -> int:
+        return request.n_prompt_tokens
+
+    def step_s(self, kv_lens: list[int]) -> float:
+        return batched_step_s(self.s_per_token, len(kv_lens))
+
+    def kv_len(self, job: SlotJob, generated: int) -> int:
+        return 0
+
+
+class CardCost:
+    """The card cost model (workers/cardcost/) for one model, quantization and net shape."""
+
+    name = "card"
+
+    def __init__(self, model: CardModel):
+        self.model = model
+
+    def prompt_len(self, request: Request) -> int:
+        """The front end's count when it tokenized the prompt, else the architecture's estimate for the audio."""
+        return request.n_prompt_tokens or self.model.arch.prompt_len(request.duration_s)
+
+    def first_token_s(self, request: Request) -> float:
+        return self.model.first_token_s(request.duration_s, self.prompt_len(request))
+
+    def step_s(self, kv_lens: list[int]) -> float:
+        return self.model.decode_step_s(kv_lens)
+
+    def kv_len(self, job: SlotJob, generated: int) -> int:
+        return self.model.kv_len(job.prompt_len, generated + 1)
 
 
 class SimulatedFault(EngineError):
@@ -145,6 +200,22 @@ def _tokenize(model_dir):
     return lambda text: tok.encode(text, add_special_tokens=False).ids if text else []
 
 
+@dataclass
+class _Answer:
+    """What the engine says to one request, before any timing."""
+
+    ids: list[int]
+    text: str | None
+    finish: str
+    fault: str | None
+    attempt: int
+
+    @property
+    def decode_tokens(self) -> int:
+        """Tokens after the first (which the prefill yields): the answer's plus the stop token, less one."""
+        return max(0, len(self.ids) + (self.finish == FINISH_EOS) - 1)
+
+
 class SimulatedEngine(Engine):
     name = "simulated"
     model_id = "simulated"
@@ -152,11 +223,15 @@ class SimulatedEngine(Engine):
     def __init__(self, *, ttft_s: float = DEFAULT_TTFT_S, s_per_token: float = DEFAULT_S_PER_TOKEN,
                  speedup: float = 1.0, faults: FaultSpec = FaultSpec(), text: str | None = None,
                  max_audio_s: float = 30.0, device: int | None = None, broken: bool = False,
-                 model_dir: str | None = None):
+                 model_dir: str | None = None, cost: PortCost | CardCost | None = None, batch: int = 1):
         if speedup <= 0:
             raise ValueError(f"sim_speedup must be > 0, got {speedup}")
+        if batch < 1:
+            raise ValueError(f"sim_batch must be >= 1, got {batch}")
         self.ttft_s = ttft_s
         self.s_per_token = s_per_token
+        self.cost = cost or PortCost(ttft_s, s_per_token)
+        self.batch = batch  # decode slots
         self.speedup = speedup
         self.faults = faults
         self.text = text
@@ -166,16 +241,18 @@ class SimulatedEngine(Engine):
         self.tokenize = _tokenize(model_dir)
         self._attempt: dict[str, int] = {}
 
+    @property
+    def preferred_batch_size(self) -> int:
+        return self.batch
+
     def begin_attempts(self, attempts) -> None:
         """Fault draws are per (id, attempt): the actor says which attempt each row of the next call is."""
         self._attempt = dict(attempts)
 
-    def transcribe(self, request: Request) -> EngineResult:
+    def _answer(self, request: Request) -> _Answer:
         base_id = request.id.split("#", 1)[0]
         attempt = self._attempt.get(base_id, 1)
         fault = self.faults.draw(request.id, attempt)
-        if fault == "crash":
-            os._exit(77)  # a hard crash of the actor process, as a native fault would do
         text = request.reference if self.text is None else self.text
         if text is None:
             text = FALLBACK_TEXT
@@ -201,18 +278,42 @@ class SimulatedEngine(Engine):
         elif len(ids) >= cap:  # cut off: the answer is what the first `cap` tokens say
             ids, finish = ids[:cap], FINISH_MAX_TOKENS
             text = None if self.tokenize else text[:int(cap * CHARS_PER_TOKEN)]
-        n_tokens = len(ids) + (finish == FINISH_EOS)  # + the stop token, which is generated but not returned
-        ttft = self.ttft_s / self.speedup
-        decode = max(0, n_tokens - 1) * self.s_per_token / self.speedup
-        time.sleep(ttft)
-        if self.broken:
-            raise SimulatedFault(f"device {self.device} is broken (sim_broken_devices)")
-        if fault == "error":
-            raise SimulatedFault(f"simulated engine fault on {request.id} (device {self.device})")
-        time.sleep(decode)
-        logprobs = draw_logprobs(self.faults.rng(request.id, attempt, "|logprob"), len(ids), fault)
-        return EngineResult(token_ids=ids, finish_reason=finish, ttft_s=ttft, decode_s=decode, text=text,
-                            token_logprobs=logprobs)
+        return _Answer(ids, text, finish, fault, attempt)
+
+    def transcribe(self, request: Request) -> EngineResult:
+        out = self.transcribe_batch([request])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def transcribe_batch(self, requests: Sequence[Request]) -> list[EngineResult | BaseException]:
+        """The requests through the engine's decode slots (one slot unless sim_batch > 1), timed by the cost model;
+        the call sleeps the schedule's length ÷ sim_speedup once. A failing request costs its prefill."""
+        answers = [self._answer(r) for r in requests]
+        if any(a.fault == "crash" for a in answers):
+            os._exit(77)  # a hard crash of the actor process, as a native fault would do
+        fails = [self.broken or a.fault == "error" for a in answers]
+        jobs = [SlotJob(self.cost.first_token_s(r), 0 if failed else a.decode_tokens, self.cost.prompt_len(r))
+                for r, a, failed in zip(requests, answers, fails)]
+        schedule = run_slots(jobs, self.batch, self.cost.step_s, self.cost.kv_len)
+        time.sleep(schedule.total_s / self.speedup)
+        occupancy = schedule.occupancy(self.batch)
+        out: list[EngineResult | BaseException] = []
+        for r, a, failed, job, t in zip(requests, answers, fails, jobs, schedule.timings):
+            if self.broken:
+                out.append(SimulatedFault(f"device {self.device} is broken (sim_broken_devices)"))
+                continue
+            if failed:
+                out.append(SimulatedFault(f"simulated engine fault on {r.id} (device {self.device})"))
+                continue
+            logprobs = draw_logprobs(self.faults.rng(r.id, a.attempt, "|logprob"), len(a.ids), a.fault)
+            out.append(EngineResult(
+                token_ids=a.ids, finish_reason=a.finish, ttft_s=t.first_token_s / self.speedup,
+                decode_s=t.decode_s / self.speedup, text=a.text, token_logprobs=logprobs,
+                extra={"cost_model": self.cost.name, "batch": self.batch, "slot": t.slot,
+                       "slot_wait_s": t.wait_s / self.speedup, "decode_steps": t.steps, "prompt_len": job.prompt_len,
+                       "slot_occupancy": occupancy}))
+        return out
 
 
 def _opt(options: dict, key: str, default: float) -> float:
@@ -220,10 +321,59 @@ def _opt(options: dict, key: str, default: float) -> float:
     return default if value is None else float(value)
 
 
+def card_model(options: dict) -> CardModel:
+    """The card cost model the options describe: sim_card_model (a preset) or the model folder's config.json, at
+    sim_card_quant with static nets of sim_card_seqlen (0 = dynamic). ValueError naming the setting when they don't."""
+    name = options.get("sim_card_model") or default("sim_card_model")
+    quant = options.get("sim_card_quant") or default("sim_card_quant")
+    seqlen = options.get("sim_card_seqlen")
+    seqlen = default("sim_card_seqlen") if seqlen is None else seqlen
+    if quant not in QUANT_BITS:
+        raise ValueError(f"sim_card_quant: {quant!r} is not one of {', '.join(QUANT_BITS)}")
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 0:
+        raise ValueError(f"sim_card_seqlen: {seqlen!r} is not a whole number >= 0 (0 = dynamic nets)")
+    try:
+        if name:
+            arch = preset(name)
+        elif options.get("model_dir"):
+            arch = from_model_dir(options["model_dir"])
+        else:
+            raise ValueError("sim_cost_model card needs a model: set sim_card_model (qwen2-audio-7b, qwen3-asr-1.7b, "
+                             "qwen3-asr-0.6b) or give --model-dir")
+    except ArchitectureError as e:
+        raise ValueError(f"sim_card_model: {e}") from None
+    return CardModel(arch, quant, seqlen=seqlen)
+
+
+def check_options(options: dict) -> None:
+    """The simulated engine's settings, checked before a run starts (ValueError naming the setting)."""
+    FaultSpec.parse(options.get("sim_faults"))
+    kind = options.get("sim_cost_model") or default("sim_cost_model")
+    if kind not in COST_MODELS:
+        raise ValueError(f"sim_cost_model: {kind!r} is not one of {', '.join(COST_MODELS)}")
+    _batch(options)
+    if kind == "card":
+        card_model(options)
+
+
+def _batch(options: dict) -> int:
+    batch = options.get("sim_batch")
+    batch = default("sim_batch") if batch is None else batch
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"sim_batch: {batch!r} is not a whole number >= 1")
+    return batch
+
+
 def create(options: dict, device: int | None) -> SimulatedEngine:
+    ttft = _opt(options, "sim_ttft_s", DEFAULT_TTFT_S)
+    s_tok = _opt(options, "sim_s_per_token", DEFAULT_S_PER_TOKEN)
+    kind = options.get("sim_cost_model") or default("sim_cost_model")
+    if kind not in COST_MODELS:
+        raise ValueError(f"sim_cost_model: {kind!r} is not one of {', '.join(COST_MODELS)}")
+    cost = CardCost(card_model(options)) if kind == "card" else PortCost(ttft, s_tok)
     return SimulatedEngine(
-        ttft_s=_opt(options, "sim_ttft_s", DEFAULT_TTFT_S),
-        s_per_token=_opt(options, "sim_s_per_token", DEFAULT_S_PER_TOKEN),
+        ttft_s=ttft,
+        s_per_token=s_tok,
         speedup=_opt(options, "sim_speedup", default("sim_speedup")),
         faults=FaultSpec.parse(options.get("sim_faults")),
         text=options.get("sim_text"),
@@ -231,4 +381,6 @@ def create(options: dict, device: int | None) -> SimulatedEngine:
         device=device,
         broken=device is not None and device in (options.get("sim_broken_devices") or ()),
         model_dir=options.get("model_dir"),
+        cost=cost,
+        batch=_batch(options),
     )
