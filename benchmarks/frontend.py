@@ -66,14 +66,14 @@ def main() -> None:
     from transformers import AutoProcessor, WhisperFeatureExtractor
 
     from transcribe_batch.workers.audio import load_audio
-    from transcribe_batch.workers.features import FeatureConfig, log_mel, n_audio_tokens
+    from transcribe_batch.workers.features import log_mel
     from transcribe_batch.workers.frontend import FrontEnd
 
     warnings.filterwarnings("ignore")
     rows = clips(args.audio_dir, 30.0)
     audio_s = sum(r["duration"] for r in rows)
     ours = FrontEnd(args.model_dir)
-    cfg = FeatureConfig.from_model_dir(args.model_dir)
+    cfg = ours.family.features
     instruction = ours.templates.instruction({}, "default")
     extractor = WhisperFeatureExtractor.from_pretrained(args.model_dir)
     processor = AutoProcessor.from_pretrained(args.model_dir)
@@ -107,10 +107,10 @@ def main() -> None:
         "decode + resample": (lambda r: our_load(r), lambda r: ref_load(r)),
         "log-mel": (lambda r: log_mel(loaded[r["id"]], cfg), lambda r: ref_features(loaded[r["id"]])),
         "prompt ids": (lambda r: ours.family.expand(ours.family.prompt_ids(ours.family.prompt_spec({"prompt": instruction}, "default")),
-                                                    n_audio_tokens(len(loaded[r["id"]]), cfg)),
+                                                    ours.family.n_audio_tokens(len(loaded[r["id"]]))),
                        lambda r: processor.tokenizer(processor.apply_chat_template(conversation, add_generation_prompt=True,
                                                                                   tokenize=False).replace(
-                           "<|AUDIO|>", "<|AUDIO|>" * n_audio_tokens(len(loaded[r["id"]]), cfg)))["input_ids"]),
+                           "<|AUDIO|>", "<|AUDIO|>" * ours.family.n_audio_tokens(len(loaded[r["id"]]))))["input_ids"]),
         "all (FrontEnd.prepare vs librosa + processor)": (lambda r: ours.prepare(r), ref_all),
     }
     totals = {name: [[0.0, 0.0], [0.0, 0.0]] for name in stages}  # [ours, ref] x [wall, cpu]

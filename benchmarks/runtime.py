@@ -86,13 +86,13 @@ def port_decode(steps: int, s: Shapes) -> tuple[int, int]:
 
 def shapes_of(rt, name: str) -> Shapes:
     lay = rt.layout
-    audio = next(n for n in rt.nets if n["name"] == lay["audio_net"])
-    audio_bytes = sum(int(np.prod(t["shape"])) * DTYPE_BYTES[t["dtype"]] for t in audio["inputs"])
-    mel = next(t for t in audio["inputs"] if len(t["shape"]) == 3)
-    frames = mel["shape"][-1]
-    port_audio = int(np.prod(mel["shape"])) * DTYPE_BYTES[mel["dtype"]] + (frames // 2) ** 2 * 4
-    return Shapes(name, lay["n_layers"], lay["kv_row_bytes"], lay["seqlen"], DTYPE_BYTES[lay["mask_dtype"]],
-                  audio_bytes, port_audio, 8 if lay.get("token_logprob") == "head" else 4)
+    audio = next(n for n in rt.nets if n.name == lay.audio_net)
+    audio_bytes = sum(int(np.prod(t.shape)) * DTYPE_BYTES[t.dtype] for t in audio.inputs)
+    mel = next(t for t in audio.inputs if len(t.shape) == 3)
+    frames = mel.shape[-1]
+    port_audio = int(np.prod(mel.shape)) * DTYPE_BYTES[mel.dtype] + (frames // 2) ** 2 * 4
+    return Shapes(name, lay.n_layers, lay.kv_row_bytes, lay.seqlen, DTYPE_BYTES[lay.mask_dtype],
+                  audio_bytes, port_audio, 8 if lay.token_logprob == "head" else 4)
 
 
 def qwen2_audio_7b(seqlen: int, kv_bytes: int) -> Shapes:
@@ -101,7 +101,7 @@ def qwen2_audio_7b(seqlen: int, kv_bytes: int) -> Shapes:
                   seqlen, 2, mel + 1500 * 4, mel + 1500 * 1500 * 4)
 
 
-def run_slots(rt, requests: list, max_new_tokens: int, stop: bool) -> dict:
+def run_slots(rt, audio_of, requests: list, max_new_tokens: int, stop: bool) -> dict:
     """All requests through the runtime's slots (refilled as answers finish); counters and wall time of the run."""
     before = rt.counters()
     pending = list(requests)
@@ -111,27 +111,27 @@ def run_slots(rt, requests: list, max_new_tokens: int, stop: bool) -> dict:
     while pending or busy:
         while pending and rt.free_slots():
             req = pending.pop(0)
-            slot = rt.start(req.features, int(req.feature_mask.sum()), list(req.prompt_ids), req.audio_token_id,
-                            req.n_audio_tokens, list(req.stop_ids) if stop else [], max_new_tokens)
+            slot = rt.start(req.features, audio_of(req), list(req.prompt_ids), req.audio_token_id,
+                            list(req.stop_ids) if stop else [], max_new_tokens)
             busy[slot] = req
             if rt.state(slot) != "decoding":
                 busy.pop(slot)
                 outs.append(rt.finish(slot))
         if busy:
-            c = rt.counters()["launches"]
+            c = rt.counters().launches
             done = rt.step()
-            decode_launches += rt.counters()["launches"] - c
+            decode_launches += rt.counters().launches - c
             steps += 1
             for slot in done:
                 busy.pop(slot)
                 outs.append(rt.finish(slot))
     wall = time.perf_counter() - t0
-    total = {k: rt.counters()[k] - before[k] for k in before}
-    decode_tokens = sum(len(o["step_s"]) for o in outs)  # tokens that came from decode steps (not the prefill)
+    total = rt.counters() - before
+    decode_tokens = sum(len(o.step_s) for o in outs)  # tokens that came from decode steps (not the prefill)
     return {"outs": outs, "steps": steps, "decode_launches": decode_launches, "total": total, "wall_s": wall,
-            "decode_tokens": decode_tokens, "tokens": sum(len(o["tokens"]) for o in outs),
-            "decode_h2d": sum(o["decode"]["h2d_bytes"] for o in outs),
-            "decode_d2h": sum(o["decode"]["d2h_bytes"] for o in outs),
+            "decode_tokens": decode_tokens, "tokens": sum(len(o.tokens) for o in outs),
+            "decode_h2d": sum(o.decode.h2d_bytes for o in outs),
+            "decode_d2h": sum(o.decode.d2h_bytes for o in outs),
             "audio_s": sum(r.duration_s for r in requests)}
 
 
@@ -279,6 +279,7 @@ def main() -> None:
         sys.exit(f"transcribe_batch_native is not installed ({e}); {BUILD_HINT}")
     if not args.bmodel.is_file():
         sys.exit(f"{args.bmodel}: bmodel not found (the tiny fixture is made by native/compile/make_tiny_fixture.py)")
+    from transcribe_batch.workers.engines.bm1684x import native_audio
     from transcribe_batch.workers.frontend import FrontEnd
 
     # The SDK (and the simulator) chat on stdout, also at exit: send fd 1 to stderr, print our tables to the real stdout.
@@ -291,6 +292,10 @@ def main() -> None:
     rt = tbn.Runtime(str(args.bmodel), args.device)
     fe = FrontEnd(args.model_dir)
     shapes = shapes_of(rt, f"{args.bmodel.name} (measured)")
+
+    def audio_of(req):  # the model family's chunks of the request's valid frames, as the engine passes them
+        return native_audio(tbn, fe.family, int(req.feature_mask.sum()))
+
     runs = []
     for clip in [c.strip() for c in args.clips.split(",") if c.strip()]:
         name, _, seconds = clip.partition(":")
@@ -299,9 +304,9 @@ def main() -> None:
                "language": None}
         req = fe.prepare(row)[0]  # the first piece: a window the bmodel takes
         before = rt.counters()
-        out = rt.generate(req.features, int(req.feature_mask.sum()), list(req.prompt_ids), req.audio_token_id,
-                          req.n_audio_tokens, [] if not on_card else list(req.stop_ids), args.max_new_tokens)
-        total = {k: rt.counters()[k] - before[k] for k in before}
+        out = rt.generate(req.features, audio_of(req), list(req.prompt_ids), req.audio_token_id,
+                          [] if not on_card else list(req.stop_ids), args.max_new_tokens)
+        total = rt.counters() - before
         runs.append((clip, req, out, total))
 
     print(f"\n## Host↔device traffic — {args.bmodel.name}: {shapes.layers} layers, SEQLEN {shapes.seqlen}, "
@@ -313,24 +318,24 @@ def main() -> None:
     ratio = 0.0
     all_match = True
     for clip, req, out, total in runs:
-        steps = len(out["step_s"])
-        pre, dec = out["prefill"], out["decode"]
+        steps = len(out.step_s)
+        pre, dec = out.prefill, out.decode
         f_pre, f_dec = ours_prefill(shapes), ours_decode(steps, shapes)
-        match = (pre["h2d_bytes"], pre["d2h_bytes"]) == f_pre and (dec["h2d_bytes"], dec["d2h_bytes"]) == f_dec
-        match &= total["h2d_bytes"] == pre["h2d_bytes"] + dec["h2d_bytes"]
+        match = (pre.h2d_bytes, pre.d2h_bytes) == f_pre and (dec.h2d_bytes, dec.d2h_bytes) == f_dec
+        match &= total.h2d_bytes == pre.h2d_bytes + dec.h2d_bytes
         all_match &= match
         p_pre, p_dec = port_prefill(shapes), port_decode(steps, shapes)
-        ours_tok = (dec["h2d_bytes"] + dec["d2h_bytes"]) / max(1, steps)
+        ours_tok = (dec.h2d_bytes + dec.d2h_bytes) / max(1, steps)
         port_tok = (p_dec[0] + p_dec[1]) / max(1, steps)
-        per_token.add((dec["h2d_bytes"] + shapes.mask_bytes) / max(1, steps))
+        per_token.add((dec.h2d_bytes + shapes.mask_bytes) / max(1, steps))
         ratio = port_tok / ours_tok if ours_tok else float("nan")
-        print(f"| {clip} | {out['prompt_len']} | {steps} | {fmt_bytes(pre['h2d_bytes'])} / {fmt_bytes(pre['d2h_bytes'])} | "
-              f"{dec['h2d_bytes'] / max(1, steps):.1f} B / {dec['d2h_bytes'] / max(1, steps):.1f} B | "
+        print(f"| {clip} | {out.prompt_len} | {steps} | {fmt_bytes(pre.h2d_bytes)} / {fmt_bytes(pre.d2h_bytes)} | "
+              f"{dec.h2d_bytes / max(1, steps):.1f} B / {dec.d2h_bytes / max(1, steps):.1f} B | "
               f"{'yes' if match else 'NO'} | {fmt_bytes(p_pre[0])} / {fmt_bytes(p_pre[1])} | "
               f"{fmt_bytes(p_dec[0] / max(1, steps))} / {fmt_bytes(p_dec[1] / max(1, steps))} | {ratio:,.0f}× |")
     same = len(per_token) == 1
     print(f"\nBytes per token are {'the same' if same else 'NOT the same'} for prompts of "
-          f"{', '.join(str(o['prompt_len']) for _, _, o, _ in runs)} tokens (KV stays on the device; only a position, "
+          f"{', '.join(str(o.prompt_len) for _, _, o, _ in runs)} tokens (KV stays on the device; only a position, "
           "one mask slot and the token id cross per step).")
 
     print("\n## How the traffic scales (ours: the formula above, checked against the counters; port: its design)\n")
@@ -351,16 +356,16 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     ttfts, rates = [], []
     for clip, req, out, _ in runs:
-        steps = out["step_s"]
+        steps = list(out.step_s)
         rate = len(steps) / sum(steps) if steps else float("nan")
-        ttfts.append(out["ttft_s"])
+        ttfts.append(out.ttft_s)
         rates.append(rate)
-        print(f"| {clip} | {req.duration_s:.2f} | {out['encode_s']:.3f} | {out['prefill_s']:.3f} | {out['ttft_s']:.3f} | "
-              f"{rate:.2f} | {len(out['tokens'])} |")
+        print(f"| {clip} | {req.duration_s:.2f} | {out.encode_s:.3f} | {out.prefill_s:.3f} | {out.ttft_s:.3f} | "
+              f"{rate:.2f} | {len(out.tokens)} |")
 
     batched = {}
     if str(args.batched_bmodel) not in ("", ".") and args.batched_bmodel.is_file():
-        batched = compare_batches(tbn, args, rt, [req for _, req, _, _ in runs], on_card)
+        batched = compare_batches(tbn, args, rt, audio_of, [req for _, req, _, _ in runs], on_card)
 
     s599 = qwen2_audio_7b(599, 4)
     line = {
@@ -379,7 +384,7 @@ def main() -> None:
     print("\n" + " ".join(f"{k}={v}" for k, v in line.items()))
 
 
-def compare_batches(tbn, args, rt1, reqs: list, on_card: bool) -> dict:
+def compare_batches(tbn, args, rt1, audio_of, reqs: list, on_card: bool) -> dict:
     """The same requests through the B=1 runtime and the batched one, one after the other in this process."""
     rtb = tbn.Runtime(str(args.batched_bmodel), args.device)
     B = rtb.batch
@@ -392,7 +397,7 @@ def compare_batches(tbn, args, rt1, reqs: list, on_card: bool) -> dict:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     figures = {}
     for b, rt in ((1, rt1), (B, rtb)):
-        r = run_slots(rt, work, args.max_new_tokens, stop=on_card)
+        r = run_slots(rt, audio_of, work, args.max_new_tokens, stop=on_card)
         dt = max(1, r["decode_tokens"])
         per_launch = r["decode_launches"] / dt
         rate = r["tokens"] / r["wall_s"]

@@ -66,6 +66,14 @@ def batched_bmodel_path() -> Path:
     return path
 
 
+def runtime_audio(tbn, family, req) -> list:
+    """The request's audio as the runtime takes it: the model family's chunks of its valid frames (as the engine
+    passes them)."""
+    from transcribe_batch.workers.engines.bm1684x import native_audio
+
+    return native_audio(tbn, family, int(req.feature_mask.sum()))
+
+
 def too_long_prompt(req, kv_capacity: int, answer_room: int) -> list[int]:
     """req's prompt padded with copies of its last id so the merged prompt leaves `answer_room` positions of the
     runtime's kv_capacity: the request starts, then overruns SEQLEN in its answer_room-th decode step."""

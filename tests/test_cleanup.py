@@ -34,12 +34,23 @@ def test_extract_transcript(raw, text):
 
 
 def test_runaway_repetition():
-    assert clean("and then " * 20, duration_s=5.0) == Cleaned("and then " * 19 + "and then", True, "repetition")
+    assert clean("and then " * 20, duration_s=5.0, extract=extract_transcript) == Cleaned(
+        "and then " * 19 + "and then", True, "repetition")
     assert check_degenerate("the cat sat on the mat " * 6, 30.0) == "repetition"  # 6-gram looped, long clip
     assert check_degenerate("no no no no", 2.0) is None  # genuine short repetition
     assert check_degenerate("five five", 1.5) is None
     assert check_degenerate("啊" * 40, 10.0) == "repetition"
     assert check_degenerate('{"content": "a b"}' * 10, 60.0) == "repetition"
+
+
+def test_clean_takes_the_familys_parser():
+    """No family's answer format is built in: the caller passes the model family's `parse`."""
+    from transcribe_batch.workers.models import Answer
+
+    with pytest.raises(TypeError, match="extract"):
+        clean("ten of clubs", duration_s=1.0)
+    cleaned = clean(" ten  of clubs ", duration_s=1.0, extract=lambda raw: Answer(" ".join(raw.split()), "English"))
+    assert cleaned == Cleaned("ten of clubs", language="English")
 
 
 def test_far_too_many_words():
@@ -52,7 +63,8 @@ def test_far_too_many_words():
 def test_normal_answers_are_not_degenerate(audio_rows):
     for row in audio_rows:
         if row.get("text"):
-            assert clean(row["text"], duration_s=row["duration"]) == Cleaned(row["text"], False, None)
+            cleaned = clean(row["text"], duration_s=row["duration"], extract=extract_transcript)
+            assert cleaned == Cleaned(row["text"], False, None)
 
 
 def test_join():

@@ -1,5 +1,6 @@
 """The model-family seam: chosen from config.json `model_type`, clear errors for unknown ones, ids read from the
-folder, and each family's own rules (Qwen3-ASR's answer format, audio-token count, templates) held to qwen-asr."""
+folder, and each family's own rules (Qwen3-ASR's answer format, audio-token count, templates) held to qwen-asr;
+each family's encoder geometry per chunk (what the bm1684x runtime fills the audio net's masks from)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 
 from qwen3_fixture import FIXTURE
-from transcribe_batch.workers.models import FAMILIES, ModelFamilyError, PromptSpec, load_family, model_type_of
+from transcribe_batch.workers.features import FeatureConfig
+from transcribe_batch.workers.models import (FAMILIES, AudioChunk, ModelFamilyError, PromptSpec, load_family,
+                                             model_type_of)
+from transcribe_batch.workers.models import qwen2_audio
 from transcribe_batch.workers.models.qwen2_audio import Qwen2Audio
 from transcribe_batch.workers.models.qwen3_asr import Qwen3Asr, audio_token_count, import_qwen_asr_backend
 from transcribe_batch.workers.prompts import PromptError, load_templates
@@ -151,3 +155,35 @@ def test_qwen3_short_audio_is_padded_to_half_a_second(qwen3):
     assert qwen3.n_audio_tokens(1000) == audio_token_count(50)
     feats, mask = qwen3.log_mel(padded)
     assert feats.shape == (128, 50) and mask.sum() == 50
+
+
+def test_qwen2_audio_token_count_and_window():
+    count = qwen2_audio.audio_token_count
+    assert count(3000) == 750 and count(100) == 25  # 25 tokens per second, 750 per 30 s window
+    assert count(1) == 0 and count(3) == 1
+    family = Qwen2Audio(None, load_templates())  # no folder: the family's own window (30 s) and mel bins
+    assert family.features == FeatureConfig(feature_size=128, fixed_window=True, chunk_length=30)
+    assert family.n_audio_tokens(16000) == 25 and family.n_audio_tokens(16000 + 4 * 160) == 26
+    assert family.n_audio_tokens(10 * 480000) == 750  # capped at the window
+
+
+def test_qwen2_audio_chunks_are_one_window_with_its_conv_positions():
+    family = Qwen2Audio(None, load_templates())
+    assert family.audio_chunks(3000) == (AudioChunk(frames=3000, keep=(), keys=1500, rows=750),)
+    assert family.audio_chunks(151) == (AudioChunk(frames=151, keep=(), keys=76, rows=38),)  # HF's feat lengths
+    for n in range(1, 3001):
+        (chunk,) = family.audio_chunks(n)
+        assert chunk.rows == family.audio_tokens(n) and chunk.keys == (n - 1) // 2 + 1
+
+
+def test_qwen3_audio_chunks_sum_to_the_processors_count(qwen3):
+    """Chunks of 2 * n_window frames, three stride-2 convolutions each; only a clip of ONE chunk masks its
+    convolutions short (the reference pads a clip's chunks to its longest one)."""
+    assert qwen3.chunk_frames == 100
+    for n in range(1, 2500):
+        chunks = qwen3.audio_chunks(n)
+        assert sum(c.rows for c in chunks) == audio_token_count(n), n
+        assert sum(c.frames for c in chunks) == n and all(c.frames == 100 for c in chunks[:-1])
+        assert all(c.keys == c.rows for c in chunks)
+    assert qwen3.audio_chunks(70) == (AudioChunk(frames=70, keep=(35, 18), keys=9, rows=9),)
+    assert qwen3.audio_chunks(170) == (AudioChunk(100, (50, 25), 13, 13), AudioChunk(70, (50, 25), 9, 9))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bm1684x_support import REPO, _missing, clip_row, native
+from bm1684x_support import REPO, _missing, clip_row, native, runtime_audio
 
 FIXTURE = Path(os.environ.get("TRANSCRIBE_BATCH_CONFIDENT_FIXTURE",
                               REPO / "tests" / "fixtures" / "tiny-qwen2-audio-confident"))
@@ -46,6 +46,12 @@ def bmodel(q: str) -> Path:
     if not path.is_file():
         _missing(f"confident fixture incomplete: {path} missing (regenerate: {REGENERATE})")
     return path
+
+
+def family():
+    from transcribe_batch.workers.models import load_family
+
+    return load_family(FIXTURE)
 
 
 def describe(clip: dict) -> str:
@@ -117,19 +123,19 @@ def test_quantized_bmodel_gives_the_hf_tokens_at_every_step(tbn, requests, q):
     path = bmodel(q)
     side = json.loads(path.with_name(path.name + ".json").read_text())
     assert side["quantization"] == q and side["half_precision"] == "bf16"
-    rt = tbn.Runtime(str(path), 0)
-    assert rt.layout["states_dtype"].lower() == "bf16", rt.layout
+    rt = tbn.Runtime(str(path), 0, mask_value=side["audio_mask_value"])
+    assert rt.layout.states_dtype.lower() == "bf16", rt.layout
     for clip, req in (requests[name] for name in TEST_CLIPS[q]):
-        out = rt.generate(req.features, int(req.feature_mask.sum()), list(req.prompt_ids), req.audio_token_id,
-                          req.n_audio_tokens, list(req.stop_ids), reference()["max_new_tokens"])
-        got = out["tokens"] + ([out["stop_id"]] if out["finish_reason"] == "eos" else [])
+        out = rt.generate(req.features, runtime_audio(tbn, family(), req), list(req.prompt_ids), req.audio_token_id,
+                          list(req.stop_ids), reference()["max_new_tokens"])
+        got = out.tokens + ([out.stop_id] if out.finish_reason == "eos" else [])
         want = clip["tokens"]
         for i, (g, w) in enumerate(zip(got, want)):
             s = clip["steps"][i]
             assert g == w, (f"{q} {clip['audio_filepath']}: step {i}: got {g}, HF fp32 {w} (top-2 {s['top2']}, "
                             f"margin {s['margin']:.3f}); got {got}, reference {want}; margins: {describe(clip)}")
         assert len(got) == len(want), f"{q} {clip['audio_filepath']}: got {got}, reference {want}"
-        assert out["finish_reason"] == "eos"
+        assert out.finish_reason == "eos"
         print(f"{q} {clip['audio_filepath']}: {got} = HF; margins {[round(s['margin'], 2) for s in clip['steps']]}")
 
 
@@ -162,8 +168,8 @@ def test_batched_quantized_bmodel_gives_the_hf_tokens_in_every_slot(tbn, request
 
     def start(name):
         _, req = requests[name]
-        return rt.start(req.features, int(req.feature_mask.sum()), list(req.prompt_ids), req.audio_token_id,
-                        req.n_audio_tokens, list(req.stop_ids), max_new)
+        return rt.start(req.features, runtime_audio(tbn, family(), req), list(req.prompt_ids), req.audio_token_id,
+                        list(req.stop_ids), max_new)
 
     slots = {names[0]: start(names[0])}
     done = set(rt.step())
@@ -179,12 +185,12 @@ def test_batched_quantized_bmodel_gives_the_hf_tokens_in_every_slot(tbn, request
     for name in names:
         clip, _ = requests[name]
         out = results[name]
-        got = out["tokens"] + ([out["stop_id"]] if out["finish_reason"] == "eos" else [])
+        got = out.tokens + ([out.stop_id] if out.finish_reason == "eos" else [])
         want = clip["tokens"]
         for i, (g, w) in enumerate(zip(got, want)):
             s = clip["steps"][i]
             assert g == w, (f"{q} B={batch} {name} (slot {slots[name]}): step {i}: got {g}, HF fp32 {w} (top-2 "
                             f"{s['top2']}, margin {s['margin']:.3f}); got {got}, reference {want}; "
                             f"margins: {describe(clip)}")
-        assert len(got) == len(want) and out["finish_reason"] == "eos", f"{q} B={batch} {name}: got {got}, want {want}"
+        assert len(got) == len(want) and out.finish_reason == "eos", f"{q} B={batch} {name}: got {got}, want {want}"
     assert rt.free_slots() == batch

@@ -84,11 +84,14 @@ def test_layout_sidecar_and_model_folder_agree(card, folder):
 
     config = json.loads((folder / "config.json").read_text())["thinker_config"]["audio_config"]
     chunk = 2 * config["n_window"]
-    assert card.layout["audio_kind"] == "chunked" and card.layout["audio_chunk_frames"] == chunk
-    assert card.layout["audio_chunks_per_window"] * chunk == card.layout["n_frames"] == config["n_window_infer"]
-    assert card.layout["audio_rows"] == 13 * card.layout["audio_chunks_per_window"]
+    lay = card.layout
+    assert lay.audio_kind == "chunked" and lay.audio_chunk_frames == chunk
+    assert lay.audio_chunks_per_window * chunk == lay.n_frames == config["n_window_infer"]
+    assert lay.audio_rows == 13 * lay.audio_chunks_per_window
+    # the net's own shapes: rows per chunk (its key mask) and the outputs of its two masked convolutions
+    assert lay.audio_keys == 13 and lay.audio_keep == [50, 25]
     assert card.sidecar["model_type"] == "qwen3_asr" and card.sidecar["audio_rows_per_chunk"] == 13
-    assert check_pair(card.bmodel, card.sidecar, card.family.model_type, card.facts, card.layout) == []
+    assert check_pair(card.bmodel, card.sidecar, card.family, lay) == []
     # a chunked encoder takes any length: the family's limit, with SEQLEN bounding a request's tokens
     assert card.limits.max_audio_s == 1200.0 and card.limits.max_seq_len == 256
 
@@ -122,10 +125,13 @@ def test_audio_embeddings_equal_qwen_asr_encoder(card, folder, audio_dir):
 
     reqs = _requests(folder, audio_dir, [{"audio_filepath": "001.wav", "duration": 0.7}, {"audio_filepath": "001.wav"},
                                          {"audio_filepath": "beckett.wav"}])
-    encoder = load_family(folder).load_reference(torch.float32).generator
+    from bm1684x_support import runtime_audio
+
+    family = load_family(folder)
+    encoder = family.load_reference(torch.float32).generator
     for r in reqs:
         n = int(r.feature_mask.sum())
-        got = card.runtime.encode(r.features, n, r.n_audio_tokens)
+        got = card.runtime.encode(r.features, runtime_audio(native(), family, r))
         with torch.inference_mode():
             want = encoder.get_audio_features(torch.from_numpy(r.features)[None],
                                               feature_attention_mask=torch.ones(1, n, dtype=torch.long)).numpy()

@@ -7,11 +7,18 @@ import pytest
 
 from transcribe_batch.workers.audio import load_audio
 from transcribe_batch.workers.engines.base import EngineLimits
-from transcribe_batch.workers.features import FeatureConfig, n_audio_tokens
-from transcribe_batch.workers.prompts import answer_budget
+from transcribe_batch.workers.models.qwen2_audio import Qwen2Audio
+from transcribe_batch.workers.prompts import answer_budget, load_templates
 from transcribe_batch.workers.segment import max_piece_seconds, split_points
 
 SR = 16000
+QWEN2 = Qwen2Audio(None, load_templates())  # its 30 s window and 25 audio tokens per second
+
+
+def piece_s(limits, n_text_tokens=0, budget=None):
+    """max_piece_seconds with Qwen2-Audio's geometry, as the front end passes it."""
+    return max_piece_seconds(limits, QWEN2.features, n_text_tokens, budget, audio_tokens=QWEN2.n_audio_tokens,
+                             step_samples=QWEN2.token_step_samples)
 
 
 def _check_cover(pieces, total, max_s):
@@ -26,7 +33,7 @@ def _db(x):
 
 def test_44s_clip_split_at_silences_for_a_30s_engine(audio_dir):
     audio = load_audio(audio_dir / "two_cities.wav")
-    max_s = max_piece_seconds(EngineLimits(max_audio_s=30.0), FeatureConfig())
+    max_s = piece_s(EngineLimits(max_audio_s=30.0))
     assert max_s == 30.0
     pieces = split_points(audio, max_s)
     assert len(pieces) == 2
@@ -40,13 +47,13 @@ def test_sequence_limit_of_a_bmodel(audio_dir):
     limits = EngineLimits(max_audio_s=30.0, max_seq_len=599)
     n_text = 43
     budget = answer_budget
-    max_s = max_piece_seconds(limits, FeatureConfig(), n_text, budget)
+    max_s = piece_s(limits, n_text, budget)
     n = int(max_s * SR)
-    assert n_text + n_audio_tokens(n) + budget(max_s) <= 599
+    assert n_text + QWEN2.n_audio_tokens(n) + budget(max_s) <= 599
     more = n + 640  # one audio token more no longer fits
-    assert n_text + n_audio_tokens(more) + budget(more / SR) > 599
+    assert n_text + QWEN2.n_audio_tokens(more) + budget(more / SR) > 599
     assert 15.0 < max_s < 22.2  # without an answer budget it would be (599 - 43) / 25 = 22.24 s
-    assert max_piece_seconds(limits, FeatureConfig(), n_text) == pytest.approx(22.24)
+    assert piece_s(limits, n_text) == pytest.approx(22.24)
     audio = load_audio(audio_dir / "two_cities.wav")
     pieces = split_points(audio, max_s)
     assert len(pieces) == 3
@@ -86,11 +93,12 @@ def test_short_audio_is_one_piece():
 
 
 def test_limits():
-    window = FeatureConfig()
-    assert max_piece_seconds(None, window) == 30.0
-    assert max_piece_seconds(EngineLimits(max_audio_s=60.0), window) == 30.0  # the feature window bounds it
-    assert max_piece_seconds(EngineLimits(max_audio_s=10.0, max_seq_len=None), window) == 10.0
+    assert piece_s(None) == 30.0
+    assert piece_s(EngineLimits(max_audio_s=60.0)) == 30.0  # the feature window bounds it
+    assert piece_s(EngineLimits(max_audio_s=10.0, max_seq_len=None)) == 10.0
     with pytest.raises(ValueError, match="no room"):
-        max_piece_seconds(EngineLimits(max_audio_s=30.0, max_seq_len=50), window, 60)
+        piece_s(EngineLimits(max_audio_s=30.0, max_seq_len=50), 60)
+    with pytest.raises(TypeError, match="audio_tokens"):  # no family's token count is built in
+        max_piece_seconds(EngineLimits(max_audio_s=30.0, max_seq_len=599), QWEN2.features, 43)
     with pytest.raises(ValueError):
         split_points(np.zeros(SR, np.float32), 0.0)

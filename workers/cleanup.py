@@ -12,6 +12,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any, Callable
 
 # Lead-ins the model puts before the words ("The original content of this audio is: ...").
 _LEAD_IN = re.compile(
@@ -136,8 +137,9 @@ def check_degenerate(text: str, duration_s: float) -> str | None:
     return "too_long" if len(units) > limit else None
 
 
-def clean(raw: str, *, duration_s: float, extract=extract_transcript) -> Cleaned:
-    """`extract(raw)` gives the transcript (str) or an answer with `.text` and `.language` (a family's parse)."""
+def clean(raw: str, *, duration_s: float, extract: Callable[[str], Any]) -> Cleaned:
+    """`extract(raw)` - the model family's `parse` - gives the transcript (str) or an answer with `.text` and
+    `.language`."""
     answer = extract(raw)
     text, language = (answer, None) if isinstance(answer, str) else (answer.text, answer.language)
     reason = check_degenerate(text, duration_s)

@@ -1,9 +1,11 @@
 """Whisper-style log-mel features exactly as transformers' WhisperFeatureExtractor makes them, in numpy.
 
-The geometry (chunk_length, feature_size, n_fft, hop_length) is read from the model folder's preprocessor_config.json.
-Two ways of calling the extractor exist, and the model family says which one its processor uses (`fixed_window`):
-- padded to a fixed window (Qwen2-Audio: `padding="max_length"`, 30 s → 3000 frames; a tiny test model 2 s → 200);
+The geometry (chunk_length, feature_size, n_fft, hop_length) is read from the model folder's preprocessor_config.json;
+what the folder does not say comes from the model family (workers/models/), which also says which of the two ways of
+calling the extractor its processor uses (`fixed_window`):
+- padded to a fixed window of chunk_length seconds (Qwen2-Audio: `padding="max_length"`);
 - unpadded (Qwen3-ASR: `padding=True, truncation=False`): one frame per hop of the clip itself, any length.
+How many audio tokens the frames make is the family's business, not this module's.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ import scipy.fft  # float32 transforms in float32 (numpy's rfft is slower in flo
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    feature_size: int = 128  # mel bins
-    sampling_rate: int = 16000
-    hop_length: int = 160
-    n_fft: int = 400
-    chunk_length: int = 30  # seconds in the encoder's fixed window (fixed_window only)
+    """The extractor's settings (WhisperFeatureExtractor's defaults where noted)."""
+
+    feature_size: int  # mel bins
+    fixed_window: bool  # pad every clip to chunk_length seconds; False: frames = samples // hop
+    chunk_length: int | None = None  # seconds in the fixed window (required with fixed_window)
+    sampling_rate: int = 16000  # Whisper's
+    hop_length: int = 160  # Whisper's
+    n_fft: int = 400  # Whisper's
     padding_value: float = 0.0
-    fixed_window: bool = True  # pad every clip to chunk_length (Qwen2-Audio); False: frames = samples // hop
+
+    def __post_init__(self):
+        if self.fixed_window and not self.chunk_length:
+            raise ValueError("a fixed-window feature config needs chunk_length (seconds of the window)")
 
     def frames_of(self, n_samples: int) -> int:
         """Feature frames `log_mel` returns for a clip of n_samples."""
@@ -34,10 +42,14 @@ class FeatureConfig:
 
     @property
     def n_samples(self) -> int:
+        """Samples in the fixed window."""
+        if self.chunk_length is None:
+            raise ValueError("this feature config has no fixed window")
         return self.chunk_length * self.sampling_rate
 
     @property
     def n_frames(self) -> int:
+        """Frames of the fixed window."""
         return self.n_samples // self.hop_length
 
     @property
@@ -45,16 +57,12 @@ class FeatureConfig:
         """Longest clip the features can hold (the window; unbounded without one)."""
         return float(self.chunk_length) if self.fixed_window else float("inf")
 
-    @property
-    def max_audio_tokens(self) -> int:
-        return audio_token_count(self.n_frames)
-
     @classmethod
-    def from_model_dir(cls, model_dir: str | os.PathLike | None, *, fixed_window: bool = True,
-                       feature_size: int | None = None) -> "FeatureConfig":
-        """The folder's preprocessor_config.json; Qwen2-Audio's values (or `feature_size`, the family's default mel
-        bins) for what it does not say, and when there is no folder or no such file in it."""
-        defaults = {"fixed_window": fixed_window, **({"feature_size": feature_size} if feature_size else {})}
+    def from_model_dir(cls, model_dir: str | os.PathLike | None, *, fixed_window: bool, feature_size: int,
+                       chunk_length: int | None = None) -> "FeatureConfig":
+        """The folder's preprocessor_config.json; the family's values (`feature_size` mel bins, a window of
+        `chunk_length` seconds) for what it does not say, and when there is no folder or no such file in it."""
+        defaults = {"fixed_window": fixed_window, "feature_size": feature_size, "chunk_length": chunk_length}
         if model_dir is None:
             return cls(**defaults)
         path = Path(model_dir) / "preprocessor_config.json"
@@ -67,24 +75,12 @@ class FeatureConfig:
         return cls(**{**defaults, **fields})
 
 
-def audio_token_count(n_valid_frames: int) -> int:
-    """Qwen2-Audio's audio tokens after the encoder's conv (stride 2) and avg-pool (stride 2), as Qwen2AudioProcessor
-    counts them. (The model family owns this count — workers/models/qwen2_audio.py uses this function; it stays here
-    for the bm1684x engine's load check, whose bmodels are Qwen2-Audio's.)"""
-    conv = (n_valid_frames - 1) // 2 + 1
-    return max(0, (conv - 2) // 2 + 1)
-
-
-def valid_frames(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
+def valid_frames(n_samples: int, cfg: FeatureConfig) -> int:
     """Frames marked real in the attention mask (the mask is the sample mask taken every hop, capped at the window;
     without a window the extractor trims it to the n_samples // hop frames it returns)."""
     if not cfg.fixed_window:
         return n_samples // cfg.hop_length
     return min(-(-n_samples // cfg.hop_length), cfg.n_frames)
-
-
-def n_audio_tokens(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
-    return audio_token_count(valid_frames(n_samples, cfg))
 
 
 @lru_cache(maxsize=8)
@@ -106,7 +102,7 @@ def _hann(n_fft: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic, as torch.hann_window
 
 
-def live_frames(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
+def live_frames(n_samples: int, cfg: FeatureConfig) -> int:
     """Frames whose window (centred, n_fft wide) reaches a sample of the audio; the rest see only zero padding."""
     n_frames = cfg.frames_of(n_samples)
     if cfg.padding_value != 0 or not cfg.fixed_window:
@@ -114,7 +110,7 @@ def live_frames(n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
     return min(n_frames, -(-(n_samples + cfg.n_fft // 2) // cfg.hop_length))
 
 
-def log_mel(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, np.ndarray]:
+def log_mel(audio: np.ndarray, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
     """(features [feature_size, n_frames] float32, mask [n_frames] int32) for 16 kHz mono audio no longer than the window
     (without a fixed window: n_frames = n_samples // hop_length, every frame real).
 

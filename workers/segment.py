@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .engines.base import EngineLimits
-from .features import FeatureConfig, n_audio_tokens
+from .features import FeatureConfig
 
 FRAME_S = 0.025  # energy frame
 HOP_S = 0.010
@@ -28,8 +28,8 @@ def max_piece_seconds(
     n_text_tokens: int = 0,
     answer_budget: Callable[[float], int] | None = None,
     *,
-    audio_tokens: Callable[[int], int] | None = None,
-    step_samples: int | None = None,
+    audio_tokens: Callable[[int], int],
+    step_samples: int,
     max_audio_s: float | None = None,
 ) -> float:
     """Longest audio (seconds) one request may carry.
@@ -37,25 +37,23 @@ def max_piece_seconds(
     Bounded by the engine's max_audio_s, the model's (`max_audio_s`; default the feature window), and, when the
     engine has a sequence limit, by prompt text tokens + audio tokens + the answer budget ≤ max_seq_len.
     `n_text_tokens` counts the prompt without the audio placeholder; `audio_tokens(n_samples)` is the model family's
-    count and `step_samples` its samples per audio token (defaults: Qwen2-Audio's, 25 tokens/s).
+    count (`ModelFamily.n_audio_tokens`) and `step_samples` its samples per audio token (`token_step_samples`).
     """
     model_s = features.max_audio_s if max_audio_s is None else max_audio_s
     longest = model_s if limits is None else min(limits.max_audio_s, model_s)
     if limits is None or limits.max_seq_len is None:
         return longest
     sr = features.sampling_rate
-    per_token = step_samples or 2 * 2 * features.hop_length  # Qwen2-Audio: conv stride 2, pool stride 2
-    count = audio_tokens or (lambda n: n_audio_tokens(n, features))
 
     def fits(n_samples: int) -> bool:
         budget = answer_budget(n_samples / sr) if answer_budget else 0
-        return n_text_tokens + count(n_samples) + budget <= limits.max_seq_len
+        return n_text_tokens + audio_tokens(n_samples) + budget <= limits.max_seq_len
 
-    hi = int(longest * sr) // per_token if math.isfinite(longest) else limits.max_seq_len * 2
-    lo = 0  # largest k with fits(k * per_token): token count and budget grow with length, so bisect
+    hi = int(longest * sr) // step_samples if math.isfinite(longest) else limits.max_seq_len * 2
+    lo = 0  # largest k with fits(k * step_samples): token count and budget grow with length, so bisect
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fits(mid * per_token):
+        if fits(mid * step_samples):
             lo = mid
         else:
             hi = mid - 1
@@ -63,7 +61,7 @@ def max_piece_seconds(
         raise ValueError(
             f"the prompt ({n_text_tokens} tokens) leaves no room for audio within max_seq_len {limits.max_seq_len}"
         )
-    return lo * per_token / sr
+    return lo * step_samples / sr
 
 
 def _smoothed_energy_db(audio: np.ndarray, sr: int) -> np.ndarray:

@@ -44,7 +44,9 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "audio_positions": ((int,), "audio_mask width (Qwen2-Audio: max_source_positions, post-conv frames; Qwen3-ASR: "
                                 "the window's rows)"),
     "max_audio_tokens": ((int,), "audio net output rows = max audio tokens per launch"),
-    "audio_mask_value": ((float, int), "additive mask value for padded positions of the audio_mask (0 = valid)"),
+    "audio_mask_value": ((float, int), "additive value of a hidden mask position (0 = visible): the runtime fills the "
+                                       "audio net's key mask and the text nets' prefill/decode masks with it, stored "
+                                       "in each mask's dtype (-10000, tpu-mlir's convention; bf16 -9984)"),
     "quantization": ((str,), "one of " + ", ".join(QUANTIZATIONS)),
     "q_group_size": ((int, type(None)), "weight group size for w4/w8 modes, null for float modes"),
     "half_precision": ((str,), "bf16 or f16: dtype of embeddings, hidden states, KV cache, audio output"),
@@ -63,6 +65,8 @@ OPTIONAL: dict[str, tuple[tuple[type, ...], str, object]] = {
     "token_logprob": ((str,), "head: the net that picks the token (greedy lm_head, or greedy_head) also returns the "
                               "chosen token's log-softmax as f32 [B,1] (second output); none: ids only (older builds)",
                       "none"),
+    # absent in sidecars written before qwen3_asr support, all by the Qwen2-Audio converter (the format's checks
+    # below assume that); the bm1684x engine does not: it judges such a bmodel by its audio net's geometry
     "model_type": ((str,), "config.json model_type of the checkpoint: qwen2_audio or qwen3_asr", "qwen2_audio"),
     "audio_chunk_frames": ((int,), "Qwen3-ASR: mel frames per encoder chunk (2 * audio_config.n_window)", None),
     "audio_chunks_per_window": ((int,), "Qwen3-ASR: chunks per attention window (n_window_infer / chunk frames) = "

@@ -1,5 +1,9 @@
-// Qwen2-Audio on a BM1684X bmodel: audio encoder + projector, on-device splice of the audio embeddings, causal
-// prefill, and greedy decoding with the KV cache kept on the device.
+// Audio LLMs (Qwen2-Audio, Qwen3-ASR) on a BM1684X bmodel: audio encoder, on-device splice of the audio embeddings,
+// causal prefill, and greedy decoding with the KV cache kept on the device.
+//
+// The runtime recognises the bmodel's nets by their structure (text_nets.h, audio_net.h) and drives them; the model
+// family's arithmetic (how many audio tokens a clip makes, how long each mask's valid part is) comes with each
+// request as AudioChunk lengths computed in Python (workers/models/), and is only checked against the nets here.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +12,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include "transcribe_batch_native/bmrt_api.h"
 
 namespace tbn {
 
@@ -31,13 +33,40 @@ class DeviceError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Audio tokens a chunked encoder makes of n valid frames: per chunk of chunk_frames (the last one partial), the rows
-// of three 3x3 stride-2 convolutions. Qwen3-ASR: 13 per full 100-frame chunk.
-int chunked_audio_tokens(int n_valid_frames, int chunk_frames);
+// The additive value of a hidden position in every mask the runtime fills (the prefill and decode masks, the audio
+// net's key mask), stored in each mask's dtype (bf16 rounds it to -9984). Callers pass the bmodel sidecar's
+// audio_mask_value (written by native/compile/sidecar.py); this is the one fallback for a bmodel without one:
+// tpu-mlir's LLM convention, which native/compile also compiles for.
+constexpr float kDefaultMaskValue = -10000.0f;
 
 struct Counters {
   uint64_t h2d_bytes = 0, d2h_bytes = 0, d2d_bytes = 0;
   uint64_t h2d_calls = 0, d2h_calls = 0, d2d_calls = 0, launches = 0;
+};
+Counters operator+(const Counters &a, const Counters &b);
+Counters operator-(const Counters &a, const Counters &b);
+bool operator==(const Counters &a, const Counters &b);
+
+// One chunk of a request's audio as the model family measures it (workers/models/*.py `audio_chunks`). The runtime
+// fills the audio net's masks from these lengths and checks them against the net's shapes; it derives none of them.
+// A fixed-window encoder (Qwen2-Audio) takes one chunk for the whole clip; a chunked encoder (Qwen3-ASR) one chunk
+// per C frames: consecutive, every one but the last full.
+struct AudioChunk {
+  int frames = 0;         // valid mel frames of this chunk (taken from the features in order)
+  std::vector<int> keep;  // valid outputs of each convolution the net masks (chunked nets: conv1, conv2); else empty
+  int keys = 0;           // valid key positions of the encoder's attention in this chunk (0 for a net without mask)
+  int rows = 0;           // audio embeddings it yields: placeholder slots it fills, in order
+};
+
+// One request, as start()/generate() take it.
+struct Request {
+  std::vector<float> features;  // [n_mels, width] float32 log-mel, row-major, the clip's frames first
+  int n_mels = 0, width = 0;
+  std::vector<AudioChunk> audio;  // the clip's chunks (their rows sum to the audio tokens)
+  std::vector<int> prompt_ids;    // chat prompt with exactly one audio_token_id, replaced by the audio embeddings
+  int audio_token_id = 0;
+  std::vector<int> stop_ids;
+  int max_new_tokens = 0;
 };
 
 struct TensorSummary {
@@ -59,25 +88,29 @@ struct Layout {
   int n_layers = 0;
   int kv_row_bytes = 0;    // one position's K (or V) in one layer
   std::string states_dtype, mask_dtype, kv_dtype;
-  std::string lm_head;     // "greedy" (token id on device) or "logits" (argmax on host)
+  // "greedy" (token id from lm_head), "logits+greedy_head" (argmax net on the device) or "logits+host_argmax"
+  std::string lm_head;
   int vocab = 0;           // logits width (0 for a greedy head)
   // where each chosen token's log-probability comes from: "head" (the id-picking net's second output, f32 [B,1],
   // computed on the device), "host" (exact log-softmax over the row of logits the host argmax reads anyway), or
   // "none" (a head with ids only: older bmodels; Generation::logprobs stays empty)
   std::string token_logprob;
   std::string audio_net, projector_net;  // projector_net empty when the audio net includes it
-  int n_mels = 0, n_frames = 0;  // the audio net's mel window
-  int audio_rows = 0;      // audio embeddings it yields (max audio tokens)
-  std::string audio_mask;  // "" (no mask input) or the mask input's shape, e.g. "[1,1,100,100]"
+  int n_mels = 0, n_frames = 0;  // mel frames one audio-net launch takes
+  int audio_rows = 0;      // audio embeddings one launch yields
+  std::string audio_mask;  // "" (no key-mask input) or the key mask's shape, e.g. "[1,1,100,100]"
   // "window": one launch per request over a fixed mel window (Qwen2-Audio; n_frames = the window, audio_rows = its
   // most tokens); "chunked": one launch per attention window of audio_chunks_per_window chunks of
   // audio_chunk_frames frames, as many launches as the clip needs (Qwen3-ASR; n_frames / audio_rows per launch)
   std::string audio_kind;
   int audio_chunk_frames = 0, audio_chunks_per_window = 0;  // 0 for "window"
+  int audio_keys = 0;           // key-mask positions per chunk ("chunked") or of the window; 0 without a key mask
+  std::vector<int> audio_keep;  // "chunked": outputs of each masked convolution per chunk; empty for "window"
   int decode_addr_mode = 0;
   int batch = 1;           // decode rows = slots: requests in flight at once
   std::string decode_kv;   // "concat" (nets return the new K/V) or "insert" (nets write it into history slot SEQLEN-1)
   int kv_capacity = 0;     // positions a request may fill (prompt + answer): SEQLEN, or SEQLEN-1 for "insert"
+  float mask_value = kDefaultMaskValue;  // the hidden value the masks are filled with (before dtype rounding)
 };
 
 struct Generation {
@@ -96,8 +129,8 @@ struct Generation {
 };
 
 struct RuntimeOptions {
-  bool share_mem = true;       // bmruntime BM_RUNTIME_SHARE_MEM (nets share neuron memory)
-  float audio_mask_value = -10000.0f;
+  bool share_mem = true;                 // bmruntime BM_RUNTIME_SHARE_MEM (nets share neuron memory)
+  float mask_value = kDefaultMaskValue;  // see kDefaultMaskValue; must be finite, negative, and fit every mask dtype
 };
 
 class Runtime {
@@ -111,13 +144,8 @@ class Runtime {
   //
   // start: a request into a free slot (audio encode, splice, prefill into that slot's K/V rows, first token);
   //   returns the slot. It may already be done (stop id or max_new_tokens 1). TooLong (nothing occupied) if the
-  //   prompt leaves no room; std::logic_error if no slot is free.
-  // features: [n_mels, n_frames] log-mel float32, padded to the audio net's window ("window" audio_kind), or any
-  // width holding the clip's frames first ("chunked"); n_valid_frames: real frames.
-  // prompt_ids holds exactly one audio_token_id, replaced by n_audio_tokens audio embeddings.
-  int start(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
-            const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
-            const std::vector<int> &stop_ids, int max_new_tokens);
+  //   prompt leaves no room; std::invalid_argument for a malformed request; std::logic_error if no slot is free.
+  int start(const Request &request);
   // step: one token for every decoding slot, one launch per net for the whole batch; returns the slots that
   //   stopped decoding in it (done, or too_long: the answer reached SEQLEN).
   std::vector<int> step();
@@ -127,19 +155,17 @@ class Runtime {
   std::string state(int slot) const;     // "free" | "decoding" | "done" | "too_long"
   int free_slots() const;
   // start + step until that slot is done + finish (batch 1 is this special case of the steps)
-  Generation generate(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
-                      const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
-                      const std::vector<int> &stop_ids, int max_new_tokens);
+  Generation generate(const Request &request);
 
-  // The audio net alone: the n_audio_tokens embeddings [n_audio_tokens x hidden] (as float) that start() would splice
+  // The audio net alone: the request's audio embeddings [audio tokens x hidden] (as float) that start() would splice
   // into the prompt, read back from the device (for checking the encoder against a reference; no slot is used).
-  std::vector<float> encode(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
-                            int n_audio_tokens);
+  std::vector<float> encode(const std::vector<float> &features, int n_mels, int width,
+                            const std::vector<AudioChunk> &audio);
 
   const Layout &layout() const { return layout_; }
   const std::vector<NetSummary> &nets() const { return nets_; }
   int batch() const { return layout_.batch; }
-  Counters counters() const { return counters_; }
+  Counters counters() const;
   int device_id() const { return device_id_; }
 
  private:
@@ -151,12 +177,8 @@ class Runtime {
     Generation g;
     std::string error;
   };
-  void check_request(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
-                     const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
-                     int max_new_tokens) const;
-  int start_locked(const std::vector<float> &features, int n_mels, int n_frames, int n_valid_frames,
-                   const std::vector<int> &prompt_ids, int audio_token_id, int n_audio_tokens,
-                   const std::vector<int> &stop_ids, int max_new_tokens);
+  int check_request(const Request &r) const;  // returns the merged prompt length
+  int start_locked(const Request &r);
   std::vector<int> step_locked();
   Generation finish_locked(int slot);
   void accept(int slot, int token, float logprob);
@@ -166,10 +188,8 @@ class Runtime {
   std::vector<Slot> slots_;
   Layout layout_;
   std::vector<NetSummary> nets_;
-  Counters counters_;
   int device_id_;
   std::mutex mu_;
-  friend struct Impl;
 };
 
 }  // namespace tbn

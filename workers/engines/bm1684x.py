@@ -14,17 +14,21 @@ token. `preferred_batch_size` (= B) tells the actor how many prepared requests t
 
 Before loading, the bmodel's sidecar JSON (`<bmodel>.json`, written by native/compile/) is checked against the
 model folder's config.json, and what the runtime finds in the bmodel itself (SEQLEN, hidden size, mel window,
-logits width) is checked against both: a bmodel compiled from another checkpoint is refused, not run.
+logits width, the audio net's chunk and mask geometry) is checked against both: a bmodel compiled from another
+checkpoint is refused, not run. The family computes each request's audio geometry (`audio_chunks`: valid frames,
+conv and key mask lengths, rows per chunk); the runtime fills the audio net's inputs from it, and its masks with the
+sidecar's `audio_mask_value`.
 
 Per generated token the runtime also returns the chosen token's log-probability (`token_logprobs`), computed on the
 card by the head net convert.py builds (4 bytes per token; never the logits), or on the host where the argmax
-already runs there. A bmodel whose head gives ids only (`layout["token_logprob"] == "none"`: older builds, the
+already runs there. A bmodel whose head gives ids only (`layout.token_logprob == "none"`: older builds, the
 public port's layout) still runs; its results' confidence columns are null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
@@ -34,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..frontend import model_id_of
-from ..models import NetFacts, load_family
+from ..models import ModelFamily, load_family
 from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
 
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
@@ -87,47 +91,111 @@ def _first(d: dict, *keys: str) -> Any:
     return None
 
 
-def check_pair(bmodel: Path, sidecar: dict | None, model_type: str, facts: NetFacts, layout: dict) -> list[str]:
-    """Every disagreement between the sidecar, the model folder (its family's `model_type` and NetFacts) and the
-    bmodel's own nets, as readable lines."""
+def read_sidecar(path: Path) -> dict | None:
+    """`<bmodel>.json` as a dict, None when there is none (Sophgo's own bmodels come without); ModelMismatch naming
+    the file when it is not a JSON object."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelMismatch(f"{path}: not a valid bmodel sidecar ({e})") from e
+    if not isinstance(data, dict):
+        raise ModelMismatch(f"{path}: not a valid bmodel sidecar (expected a JSON object)")
+    return data
+
+
+def mask_value_of(sidecar: dict | None, path: Path) -> float | None:
+    """The masks' hidden value the sidecar records (`audio_mask_value`), None when it records none (the runtime then
+    uses its documented default, transcribe_batch_native.DEFAULT_MASK_VALUE)."""
+    value = (sidecar or {}).get("audio_mask_value")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value >= 0:
+        raise ModelMismatch(f"{path}: audio_mask_value {value!r} is not a finite negative number (the additive value "
+                            "of a hidden mask position)")
+    return float(value)
+
+
+def native_audio(native, family: ModelFamily, n_valid_frames: int) -> list:
+    """The family's chunks of a clip (`audio_chunks`) as the runtime's AudioChunk structs."""
+    return [native.AudioChunk(frames=c.frames, keep=list(c.keep), keys=c.keys, rows=c.rows)
+            for c in family.audio_chunks(n_valid_frames)]
+
+
+def audio_geometry_problems(family: ModelFamily, layout) -> list[str]:
+    """The family's chunks of one full audio-net launch (layout.n_frames frames) against the net's own shapes: chunk
+    length and count, the masked convolutions' outputs, the key positions, the embedding rows per launch."""
+    n = layout.n_frames
+    chunks = family.audio_chunks(n)
+    name = family.model_type
+    if layout.audio_kind == "chunked":
+        frames = sorted({c.frames for c in chunks})
+        if len(chunks) != layout.audio_chunks_per_window or frames != [layout.audio_chunk_frames]:
+            return [f"audio chunks: the bmodel's audio net takes {layout.audio_chunks_per_window} chunks of "
+                    f"{layout.audio_chunk_frames} frames per launch, the {name} folder makes {len(chunks)} chunks of "
+                    f"{frames} frames of {n}"]
     problems = []
+    keep = {tuple(c.keep) for c in chunks}
+    if keep != {tuple(layout.audio_keep)}:
+        problems.append(f"audio conv masks: the bmodel's audio net masks {list(layout.audio_keep)} outputs per chunk, "
+                        f"the {name} folder's encoder {[list(k) for k in sorted(keep)]}")
+    keys = {c.keys for c in chunks}
+    if layout.audio_keys and keys != {layout.audio_keys}:
+        problems.append(f"audio key positions: the bmodel's audio net has {layout.audio_keys} per "
+                        f"{'chunk' if layout.audio_kind == 'chunked' else 'window'}, the {name} folder's encoder "
+                        f"{sorted(keys)} of {n} frames")
+    rows = sum(c.rows for c in chunks)
+    if rows != layout.audio_rows:
+        problems.append(f"audio tokens per launch: the bmodel's audio net gives {layout.audio_rows}, the {name} folder's "
+                        f"encoder makes {rows} of {n} frames")
+    return problems
+
+
+def check_pair(bmodel: Path, sidecar: dict | None, family: ModelFamily, layout) -> list[str]:
+    """Every disagreement between the sidecar, the model folder (its family: model_type, NetFacts, audio geometry)
+    and the bmodel's own nets (the runtime's Layout), as readable lines. A sidecar without `model_type` (written
+    before the field existed) names no family: the audio net's geometry against the folder's family decides."""
+    problems = []
+    facts = family.net_facts()
+    model_type = family.model_type
 
     def cmp(what: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
         if a is not None and b is not None and int(a) != int(b):
             problems.append(f"{what}: {a_name} says {a}, {b_name} says {b}")
 
     sc = sidecar or {}
-    if sc and sc.get("model_type", "qwen2_audio") != model_type:
-        problems.append(f"model family: sidecar says {sc.get('model_type', 'qwen2_audio')}, config.json says "
-                        f"{model_type}")
-    chunked = layout.get("audio_kind") == "chunked"
+    if sc.get("model_type") is not None and sc["model_type"] != model_type:
+        problems.append(f"model family: sidecar says {sc['model_type']}, config.json says {model_type}")
+    chunked = layout.audio_kind == "chunked"
     if chunked != (facts.chunk_frames is not None):
         problems.append(f"audio encoder: the bmodel's audio net is {'chunked' if chunked else 'a fixed window'}, "
                         f"the {model_type} folder needs {'chunks' if facts.chunk_frames else 'a window'}")
-    elif chunked:
-        cmp("audio chunk frames", "bmodel audio net", layout["audio_chunk_frames"], "config.json", facts.chunk_frames)
-        cmp("audio chunk frames", "sidecar", sc.get("audio_chunk_frames"), "config.json", facts.chunk_frames)
+    else:
+        problems += audio_geometry_problems(family, layout)
+        if chunked:
+            cmp("audio chunk frames", "sidecar", sc.get("audio_chunk_frames"), "config.json", facts.chunk_frames)
     if sc.get("bmodel_bytes") is not None and int(sc["bmodel_bytes"]) != bmodel.stat().st_size:
         problems.append(f"size: sidecar describes a {sc['bmodel_bytes']}-byte bmodel, {bmodel.name} has "
                         f"{bmodel.stat().st_size} bytes (the pair was split up)")
-    cmp("SEQLEN", "sidecar", _first(sc, "seqlen", "seq_length", "max_seq_len"), "bmodel nets", layout["seqlen"])
+    cmp("SEQLEN", "sidecar", _first(sc, "seqlen", "seq_length", "max_seq_len"), "bmodel nets", layout.seqlen)
     cmp("hidden size", "sidecar", _first(sc, "hidden_size", "hidden"), "config.json", facts.hidden_size)
-    cmp("hidden size", "bmodel nets", layout["hidden"], "config.json", facts.hidden_size)
+    cmp("hidden size", "bmodel nets", layout.hidden, "config.json", facts.hidden_size)
     cmp("vocabulary", "sidecar", _first(sc, "vocab_size", "vocab"), "config.json", facts.vocab_size)
-    if layout["vocab"]:
-        cmp("vocabulary", "lm_head logits", layout["vocab"], "config.json", facts.vocab_size)
+    if layout.vocab:
+        cmp("vocabulary", "lm_head logits", layout.vocab, "config.json", facts.vocab_size)
     cmp("audio token id", "sidecar", _first(sc, "audio_token_id", "audio_token_index"), "config.json",
         facts.audio_token_id)
     cmp("text layers", "sidecar", _first(sc, "num_layers", "num_hidden_layers", "n_layers"), "config.json",
         facts.num_hidden_layers)
-    cmp("text layers", "bmodel nets", layout["n_layers"], "config.json", facts.num_hidden_layers)
-    cmp("mel bins", "sidecar", sc.get("n_mels"), "bmodel audio net", layout["n_mels"])
-    cmp("mel frames (window)", "sidecar", sc.get("mel_frames"), "bmodel audio net", layout["n_frames"])
-    cmp("audio tokens per window", "sidecar", sc.get("max_audio_tokens"), "bmodel audio net", layout["audio_rows"])
+    cmp("text layers", "bmodel nets", layout.n_layers, "config.json", facts.num_hidden_layers)
+    cmp("mel bins", "sidecar", sc.get("n_mels"), "bmodel audio net", layout.n_mels)
+    cmp("mel frames (window)", "sidecar", sc.get("mel_frames"), "bmodel audio net", layout.n_frames)
+    cmp("audio tokens per window", "sidecar", sc.get("max_audio_tokens"), "bmodel audio net", layout.audio_rows)
     if "batch" in sc:
-        cmp("decode batch", "sidecar", sc.get("batch"), "bmodel nets", layout.get("batch", 1))
-    cmp("mel bins", "bmodel audio net", layout["n_mels"], "preprocessor_config.json", facts.n_mels)
-    cmp("mel frames (window)", "bmodel audio net", layout["n_frames"],
+        cmp("decode batch", "sidecar", sc.get("batch"), "bmodel nets", layout.batch)
+    cmp("mel bins", "bmodel audio net", layout.n_mels, "preprocessor_config.json", facts.n_mels)
+    cmp("mel frames (window)", "bmodel audio net", layout.n_frames,
         "config.json" if chunked else "preprocessor_config.json", facts.frames_per_launch)
     return problems
 
@@ -148,12 +216,13 @@ class Bm1684xEngine(Engine):
         self.bmodel = find_bmodel(bmodel, self.model_dir)
         self.facts = self.family.net_facts()
         sidecar_path = self.bmodel.with_name(self.bmodel.name + ".json")
-        self.sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else None
+        self.sidecar = read_sidecar(sidecar_path)
+        mask_value = mask_value_of(self.sidecar, sidecar_path)
         self.device = int(device)
-        mask_value = float((self.sidecar or {}).get("audio_mask_value", -10000.0))
-        self.runtime = native.Runtime(str(self.bmodel), self.device, audio_mask_value=mask_value)
-        self.layout = dict(self.runtime.layout)
-        problems = check_pair(self.bmodel, self.sidecar, self.family.model_type, self.facts, self.layout)
+        self.runtime = native.Runtime(str(self.bmodel), self.device,
+                                      **({} if mask_value is None else {"mask_value": mask_value}))
+        self.layout = self.runtime.layout  # a copy: what the runtime found in the bmodel's nets
+        problems = check_pair(self.bmodel, self.sidecar, self.family, self.layout)
         if problems:
             self.close()
             raise ModelMismatch(
@@ -164,41 +233,42 @@ class Bm1684xEngine(Engine):
             )
         self.model_id = (self.sidecar or {}).get("model_id") or model_id_of(self.model_dir)
         feats = self.family.features
-        self.chunked = self.layout.get("audio_kind") == "chunked"
+        self.chunked = self.layout.audio_kind == "chunked"
         # a fixed window holds that much audio; a chunked encoder takes any length (the family's own limit), and
         # SEQLEN bounds a request's audio tokens either way (the front end splits longer audio at pauses)
-        window_s = self.layout["n_frames"] * feats.hop_length / feats.sampling_rate
+        window_s = self.layout.n_frames * feats.hop_length / feats.sampling_rate
         self.limits = EngineLimits(
             max_audio_s=self.family.max_request_s if self.chunked else window_s,
-            max_seq_len=self.layout["seqlen"],
+            max_seq_len=self.layout.seqlen,
         )
 
     @property
     def preferred_batch_size(self) -> int:
         """Decode slots of the bmodel: hand transcribe_batch at least this many requests to keep them all busy."""
-        return int(self.layout.get("batch", 1))
+        return int(self.layout.batch)
 
     def _call_args(self, request: Request) -> tuple:
         """The runtime's arguments for one request; ValueError naming the request when it is malformed."""
         if request.features is None or not request.prompt_ids:
             raise ValueError(f"{request.id}: the bm1684x engine needs features and prompt ids from the front end")
         features = np.ascontiguousarray(request.features, dtype=np.float32)
+        n_mels, n_frames = self.layout.n_mels, self.layout.n_frames
         if self.chunked:
-            if features.ndim != 2 or features.shape[0] != self.layout["n_mels"]:
-                raise ValueError(f"{request.id}: features {features.shape} are not [{self.layout['n_mels']}, frames]")
-        elif features.shape != (self.layout["n_mels"], self.layout["n_frames"]):
+            if features.ndim != 2 or features.shape[0] != n_mels:
+                raise ValueError(f"{request.id}: features {features.shape} are not [{n_mels}, frames]")
+        elif features.shape != (n_mels, n_frames):
             raise ValueError(f"{request.id}: features {features.shape} do not match the bmodel's mel window "
-                             f"{(self.layout['n_mels'], self.layout['n_frames'])}")
+                             f"{(n_mels, n_frames)}")
         n_valid = (int(np.asarray(request.feature_mask).sum()) if request.feature_mask is not None
                    else features.shape[1])
-        if self.family.audio_tokens(n_valid) != request.n_audio_tokens:
-            raise ValueError(
-                f"{request.id}: n_audio_tokens {request.n_audio_tokens} disagrees with {n_valid} valid mel frames "
-                f"({self.family.audio_tokens(n_valid)} tokens)"
-            )
+        audio = native_audio(self._native, self.family, n_valid)
+        tokens = sum(c.rows for c in audio)
+        if tokens != request.n_audio_tokens:
+            raise ValueError(f"{request.id}: n_audio_tokens {request.n_audio_tokens} disagrees with {n_valid} valid mel "
+                             f"frames ({self.family.name}'s encoder makes {tokens} audio tokens of them)")
         audio_id = request.audio_token_id if request.audio_token_id is not None else self.facts.audio_token_id
-        return (features, n_valid, list(request.prompt_ids), int(audio_id), int(request.n_audio_tokens),
-                list(request.stop_ids), int(request.max_new_tokens))
+        return (features, audio, list(request.prompt_ids), int(audio_id), list(request.stop_ids),
+                int(request.max_new_tokens))
 
     def _error(self, request: Request, e: BaseException) -> BaseException:
         """The engine's exception for a runtime error of one request."""
@@ -274,33 +344,35 @@ class Bm1684xEngine(Engine):
         self.runtime = None  # frees the device memory and the device handle
 
 
-def _result(out: dict, *, wait_s: float, batch: int) -> EngineResult:
-    """An EngineResult from the runtime's generation dict. decode_s is the wall time of the steps the request took
-    part in (shared with the other slots of each step); slot_wait_s the time it waited for a free slot."""
-    steps = out["step_s"]
+def _result(out, *, wait_s: float, batch: int) -> EngineResult:
+    """An EngineResult from the runtime's Generation. decode_s is the wall time of the steps the request took part
+    in (shared with the other slots of each step); slot_wait_s the time it waited for a free slot."""
+    steps = list(out.step_s)
     n_steps = max(len(steps), 1)
+    logprobs = out.token_logprobs
+    pre, dec = out.prefill, out.decode
     return EngineResult(
-        token_ids=list(out["tokens"]),
-        token_logprobs=None if out.get("token_logprobs") is None else [float(v) for v in out["token_logprobs"]],
-        finish_reason=FINISH_EOS if out["finish_reason"] == "eos" else FINISH_MAX_TOKENS,
-        ttft_s=out["ttft_s"],
+        token_ids=list(out.tokens),
+        token_logprobs=None if logprobs is None else [float(v) for v in logprobs],
+        finish_reason=FINISH_EOS if out.finish_reason == "eos" else FINISH_MAX_TOKENS,
+        ttft_s=out.ttft_s,
         decode_s=float(sum(steps)),
-        encode_s=out["encode_s"],
+        encode_s=out.encode_s,
         extra={
-            "prompt_len": out["prompt_len"],
-            "prefill_s": out["prefill_s"],
+            "prompt_len": out.prompt_len,
+            "prefill_s": out.prefill_s,
             "decode_steps": len(steps),
-            "slot": out["slot"],
+            "slot": out.slot,
             "batch": batch,
             "slot_wait_s": wait_s,
-            "prefill_launches": out["prefill"]["launches"],
-            "prefill_h2d_bytes": out["prefill"]["h2d_bytes"],
-            "prefill_d2h_bytes": out["prefill"]["d2h_bytes"],
-            "decode_h2d_bytes": out["decode"]["h2d_bytes"],
-            "decode_d2h_bytes": out["decode"]["d2h_bytes"],
-            "decode_h2d_bytes_per_token": out["decode"]["h2d_bytes"] / n_steps,
-            "decode_d2h_bytes_per_token": out["decode"]["d2h_bytes"] / n_steps,
-            "decode_launches": out["decode"]["launches"],
+            "prefill_launches": pre.launches,
+            "prefill_h2d_bytes": pre.h2d_bytes,
+            "prefill_d2h_bytes": pre.d2h_bytes,
+            "decode_h2d_bytes": dec.h2d_bytes,
+            "decode_d2h_bytes": dec.d2h_bytes,
+            "decode_h2d_bytes_per_token": dec.h2d_bytes / n_steps,
+            "decode_d2h_bytes_per_token": dec.d2h_bytes / n_steps,
+            "decode_launches": dec.launches,
         },
     )
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ..prompts import PromptError, Templates, load_templates
-from .base import Answer, ModelFamily, NetFacts, PromptSpec, ReferenceModel
+from .base import Answer, AudioChunk, ModelFamily, NetFacts, PromptSpec, ReferenceModel
 
 FAMILIES = {
     "qwen2_audio": "transcribe_batch.workers.models.qwen2_audio:Qwen2Audio",
@@ -57,5 +57,5 @@ def load_family(model_dir: str | os.PathLike | None, templates: Templates | None
     return family_class(model_type_of(d))(d, templates or load_templates())
 
 
-__all__ = ["Answer", "DEFAULT", "FAMILIES", "ModelFamily", "ModelFamilyError", "NetFacts", "PromptSpec", "ReferenceModel",
-           "family_class", "load_family", "model_type_of"]
+__all__ = ["Answer", "AudioChunk", "DEFAULT", "FAMILIES", "ModelFamily", "ModelFamilyError", "NetFacts", "PromptSpec",
+           "ReferenceModel", "family_class", "load_family", "model_type_of"]

@@ -9,6 +9,7 @@ engines ask the family; none of them branches on the model.
     ids = family.prompt_ids(spec)                      # chat prompt ids with ONE audio placeholder
     feats, mask = family.log_mel(family.fit_audio(piece))
     n = family.n_audio_tokens(piece.size)              # how often the placeholder is repeated (HF form)
+    chunks = family.audio_chunks(int(mask.sum()))      # the encoder's geometry per chunk (the bm1684x runtime's masks)
     answer = family.parse(raw)                         # Answer(text, language)
     facts = family.net_facts()                         # what a bmodel compiled from this folder must match
 """
@@ -43,6 +44,18 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class AudioChunk:
+    """One chunk of a clip as the family's audio encoder sees it: the lengths the compiled audio net's masks need.
+    The bm1684x runtime fills its inputs from these and only checks them against the net's shapes; the family is
+    the one place that knows the encoder's arithmetic. A fixed-window encoder has one chunk for the whole clip."""
+
+    frames: int  # valid mel frames in the chunk (chunks are consecutive; every one but the last is full)
+    keep: tuple[int, ...]  # valid outputs of each convolution the compiled net masks (chunked encoders), else ()
+    keys: int  # valid key positions of the encoder's attention in this chunk
+    rows: int  # audio embeddings it yields = audio placeholder slots it fills, in order
+
+
+@dataclass(frozen=True)
 class NetFacts:
     """What the model folder says a compiled model of it must be (the bm1684x engine checks a bmodel's sidecar and
     nets against it). None: the folder does not say."""
@@ -72,6 +85,7 @@ class ModelFamily(ABC):
     name: ClassVar[str]  # human name for messages and the README
     fixed_window: ClassVar[bool]  # features padded to the extractor's chunk_length (see workers/features.py)
     default_mel_bins: ClassVar[int] = 128
+    default_window_s: ClassVar[int | None] = None  # fixed_window families: the window when the folder does not say
     max_request_s: ClassVar[float]  # longest audio one request may carry (the family's own limit)
     min_request_s: ClassVar[float] = 0.0  # shorter pieces are zero-padded to this length (as the reference does)
 
@@ -79,7 +93,8 @@ class ModelFamily(ABC):
         self.model_dir = model_dir
         self.templates = templates
         self.features = FeatureConfig.from_model_dir(model_dir, fixed_window=self.fixed_window,
-                                                     feature_size=self.default_mel_bins)
+                                                     feature_size=self.default_mel_bins,
+                                                     chunk_length=self.default_window_s)
         self.tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
         self._cache: dict[PromptSpec, list[int]] = {}
         if self.tokenizer is not None:
@@ -101,6 +116,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def audio_tokens(self, n_valid_frames: int) -> int:
         """Audio tokens the encoder makes from this many valid feature frames (the processor's count)."""
+
+    @abstractmethod
+    def audio_chunks(self, n_valid_frames: int) -> tuple[AudioChunk, ...]:
+        """The encoder's view of a clip of this many valid frames, chunk by chunk; the rows sum to audio_tokens."""
 
     def fit_audio(self, audio: np.ndarray) -> np.ndarray:
         """The piece as the model gets it (zero-padded to min_request_s where the reference does so)."""

@@ -1,7 +1,9 @@
 """Qwen2-Audio-7B-Instruct (config.json `model_type` "qwen2_audio").
 
-- Features: Whisper log-mel, 128 bins, padded to the extractor's 30 s window (3000 frames) — `padding="max_length"`.
-- Audio tokens: the encoder's conv (stride 2) then avg-pool (stride 2): 25 per second, 750 per window.
+- Features: Whisper log-mel, 128 bins, padded to the extractor's window (`chunk_length`, 30 s = 3000 frames when
+  preprocessor_config.json does not say) — `padding="max_length"`.
+- Audio tokens: the encoder's conv (stride 2) then avg-pool (stride 2): 25 per second, 750 per window. The encoder
+  attends over the conv's output positions, the valid ones marked by a key mask (audio_chunks: one chunk).
 - Prompt: Qwen2AudioProcessor's chat template — system turn (config/prompts.toml `system`), user turn
   "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\\n" + the instruction, generation prompt.
 - Ids: `<|AUDIO|>` from config.json `audio_token_index` (else tokenizer_config.json's `audio_token`), the audio
@@ -15,15 +17,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cleanup import extract_transcript
-from ..features import audio_token_count
 from ..prompts import PromptError, Templates, read_json, token_id
-from .base import Answer, ModelFamily, NetFacts, PromptSpec, ReferenceModel
+from .base import Answer, AudioChunk, ModelFamily, NetFacts, PromptSpec, ReferenceModel
+
+
+def conv_frames(n_valid_frames: int) -> int:
+    """Encoder positions after conv2 (kernel 3, stride 2, padding 1): the key positions the encoder attends over."""
+    return (n_valid_frames - 1) // 2 + 1
+
+
+def audio_token_count(n_valid_frames: int) -> int:
+    """Audio tokens after the encoder's conv (stride 2) and avg-pool (stride 2), as Qwen2AudioProcessor counts them."""
+    return max(0, (conv_frames(n_valid_frames) - 2) // 2 + 1)
 
 
 class Qwen2Audio(ModelFamily):
     model_type = "qwen2_audio"
     name = "Qwen2-Audio"
     fixed_window = True
+    default_window_s = 30  # WhisperFeatureExtractor's chunk_length in the released preprocessor_config.json
     max_request_s = 30.0
 
     def __init__(self, model_dir: Path | None, templates: Templates):
@@ -61,6 +73,12 @@ class Qwen2Audio(ModelFamily):
 
     def audio_tokens(self, n_valid_frames: int) -> int:
         return audio_token_count(n_valid_frames)
+
+    def audio_chunks(self, n_valid_frames: int) -> tuple[AudioChunk, ...]:
+        """One chunk: the window's valid frames; the key mask marks the conv positions they reach (HF's
+        `audio_feat_lengths`); the first audio_tokens rows of the pooled output are the clip's."""
+        return (AudioChunk(frames=n_valid_frames, keep=(), keys=conv_frames(n_valid_frames),
+                           rows=audio_token_count(n_valid_frames)),)
 
     def check_template(self, template: str) -> None:
         if template not in self.templates.templates:

@@ -3,7 +3,8 @@
 - Features: Whisper log-mel (bins, hop, FFT from preprocessor_config.json; 128 bins), NOT padded to a window — the
   processor calls the extractor with `padding=True, truncation=False`: n_samples // 160 frames, all real.
 - Audio tokens from the frame count n (qwen-asr `_get_feat_extract_output_lengths`): 13 per full 100 frames plus
-  the conv (×8) count of the rest — 13 per second.
+  the conv (×8) count of the rest — 13 per second. The encoder works in chunks of 2·n_window frames (three 3×3
+  stride-2 convolutions each; `audio_chunks` gives each chunk's lengths, which a compiled audio net's masks need).
 - Longest request: 1200 s (`MAX_ASR_INPUT_SECONDS` of the reference package); pieces shorter than 0.5 s are
   zero-padded to 0.5 s, as the package does. Longer audio is split at pauses by the front end.
 - Prompt (the checkpoint's chat template as the package renders it): system turn = optional context text, user turn
@@ -28,13 +29,18 @@ import types
 from pathlib import Path
 
 from ..prompts import LANGUAGES, PromptError, Templates, read_json, token_id
-from .base import Answer, ModelFamily, NetFacts, PromptSpec, ReferenceModel
+from .base import Answer, AudioChunk, ModelFamily, NetFacts, PromptSpec, ReferenceModel
 
 ASR_TEXT = "<asr_text>"
 LANGUAGE_PREFIX = "language "
 FRAMES_PER_BLOCK = 100  # the processor's encoder-window bookkeeping: 13 tokens per full 100 frames
 TOKENS_PER_BLOCK = 13
 AUTO, FORCED = "default", "language"  # the two templates this family understands
+
+
+def conv_out(n: int) -> int:
+    """Frames after one of the encoder's 3x3 stride-2 padding-1 convolutions."""
+    return (n - 1) // 2 + 1
 
 
 def audio_token_count(n_frames: int) -> int:
@@ -70,6 +76,7 @@ class Qwen3Asr(ModelFamily):
                 "text_config) is not supported")
         thinker = config.get("thinker_config") or {}
         self.thinker = thinker
+        self.chunk_frames = 2 * int((thinker.get("audio_config") or {}).get("n_window", FRAMES_PER_BLOCK // 2))
         self.support_languages = tuple(config.get("support_languages") or ())
         mel_bins = (thinker.get("audio_config") or {}).get("num_mel_bins")
         if mel_bins is not None and int(mel_bins) != self.features.feature_size:
@@ -106,6 +113,21 @@ class Qwen3Asr(ModelFamily):
 
     def audio_tokens(self, n_valid_frames: int) -> int:
         return audio_token_count(n_valid_frames)
+
+    def audio_chunks(self, n_valid_frames: int) -> tuple[AudioChunk, ...]:
+        """Chunks of chunk_frames frames (the last partial), each giving the rows of its three convolutions. The
+        reference pads a clip's chunks to its longest chunk, so the convolutions of a partial last chunk see zero
+        frames after it (keep: every conv output) - except in a clip of ONE chunk, whose convolutions end with it
+        (keep: the conv outputs of its own frames)."""
+        c = self.chunk_frames
+        widths = [min(c, n_valid_frames - start) for start in range(0, n_valid_frames, c)]
+        full = (conv_out(c), conv_out(conv_out(c)))
+        out = []
+        for w in widths:
+            c1, c2 = conv_out(w), conv_out(conv_out(w))
+            rows = conv_out(c2)
+            out.append(AudioChunk(frames=w, keep=(c1, c2) if len(widths) == 1 else full, keys=rows, rows=rows))
+        return tuple(out)
 
     # -- prompt --------------------------------------------------------------------------------------------------
     @property
@@ -174,7 +196,7 @@ class Qwen3Asr(ModelFamily):
         frames: one audio-net launch of a compiled model is one such window."""
         text = self.thinker.get("text_config") or {}
         audio = self.thinker.get("audio_config") or {}
-        chunk = 2 * int(audio.get("n_window", FRAMES_PER_BLOCK // 2))
+        chunk = self.chunk_frames
         return NetFacts(hidden_size=text.get("hidden_size"), vocab_size=text.get("vocab_size"),
                         num_hidden_layers=text.get("num_hidden_layers"),
                         audio_token_id=self.thinker.get("audio_token_id"), n_mels=self.features.feature_size,
