@@ -95,6 +95,11 @@ class RuntimeCache:
         self.requests = 0  # runtimes asked for
         self.loads = 0  # bmodels loaded
 
+    def __getattr__(self, name):  # the class's own attributes (methods, docs): `hasattr(tbn.Runtime, "start")`
+        if name == "runtime_class":
+            raise AttributeError(name)
+        return getattr(self.runtime_class, name)
+
     def __call__(self, bmodel, device=0, *args, **kwargs):
         self.requests += 1
         path = Path(bmodel)
