@@ -135,9 +135,11 @@ _CHANGED = "the manifest changed during the run"
 _AGAIN = "; what finished is saved: run the same command again to plan against the manifest as it is now"
 
 
-def _duration(row: dict) -> float:
+def _duration(row: dict, read_headers: bool = True) -> float:
     if row["duration"] is not None:
         return row["duration"]
+    if not read_headers:
+        return math.nan
     # The manifest didn't say: the file header (no decoding on the driver), minus the offset. Unknown (foreign
     # format, missing or broken file) is NaN: planned last; the actor decodes it or reports it as a failed row.
     duration = read_header(row["audio_filepath"]).duration
@@ -169,9 +171,11 @@ def shard_bounds(durations: np.ndarray, shard_size: int, max_audio_s: float) -> 
 
 
 def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, done_inputs: np.ndarray | None = None,
-               shard_size: int = 4, shard_max_audio_s: float = 120.0) -> Plan:
+               shard_size: int = 4, shard_max_audio_s: float = 120.0, read_headers: bool = True) -> Plan:
     """Stream the manifest (ManifestError on the first bad line unless skip_bad_lines) and plan what's left to do.
-    `done_inputs`: input digests whose results are already in the output folder (resume)."""
+    `done_inputs`: input digests whose results are already in the output folder (resume). `read_headers=False`:
+    durations the manifest does not give stay unknown (NaN) instead of being read from the audio files' headers
+    (readers of a run folder need the rows, not the work's order)."""
     manifest = Path(manifest)
     try:
         before = Fingerprint.of(manifest, content=True) if manifest.is_file() else None
@@ -186,7 +190,7 @@ def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, don
             continue
         lines.append(line_no)
         offsets.append(start)
-        durations.append(_duration(row))
+        durations.append(_duration(row, read_headers))
         digests.append(id_digest(row["id"]))
         inputs.append(input_digest(row))
     lines_a, offsets_a, durations_a, digests_a, inputs_a = (

@@ -13,9 +13,10 @@ from eval_helpers import result_row, write_run
 from manifest_helpers import shared_rows
 from transcribe_batch.manifests.reader import iter_rows
 from transcribe_batch.pipeline.cli import app
-from transcribe_batch.pipeline.export import ExportError, agreement, source
+from transcribe_batch.pipeline.export import ExportError, agreement
 from transcribe_batch.pipeline.export.export import export
 from transcribe_batch.pipeline.export.filters import Filters
+from transcribe_batch.pipeline.results import reader
 
 runner = CliRunner()
 
@@ -88,7 +89,7 @@ def test_status_any_and_failed(tmp_path, clips):
 
 def test_agreement_across_two_runs(tmp_path, clips, monkeypatch):
     monkeypatch.setattr(agreement, "BUCKET_ROWS", 2)  # several hash buckets on this small run
-    monkeypatch.setattr(source, "BATCH_ROWS", 3)
+    monkeypatch.setattr(reader, "BATCH_ROWS", 3)
     mine = _run(tmp_path / "a", clips, [
         ("The cat sat on the mat.", "ok", 0.9),           # u0: same after normalization -> 0
         ("the cat sat on a mat", "ok", 0.9),               # u1: 1/6 -> dropped at 0.1, kept at 0.2

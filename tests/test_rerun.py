@@ -195,8 +195,8 @@ def test_full_disk_is_a_message_and_run_json_does_not_stay_running(tmp_path, aud
 
     from typer.testing import CliRunner
 
-    from transcribe_batch.pipeline import results
     from transcribe_batch.pipeline.cli import app
+    from transcribe_batch.pipeline.results import atomic, parts
 
     m, out = tmp_path / "m.jsonl", tmp_path / "out"
     write_manifest(m, audio_dir, limit=4)
@@ -207,11 +207,11 @@ def test_full_disk_is_a_message_and_run_json_does_not_stay_running(tmp_path, aud
     def no_room(path, data):  # no room for a temporary copy of run.json either
         if path.name == "run.json" and path.exists():
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return atomic(path, data)
+        return real_write(path, data)
 
-    atomic = results.atomic_write_bytes
-    monkeypatch.setattr(results, "write_parquet_atomic", full)
-    monkeypatch.setattr(results, "atomic_write_bytes", no_room)
+    real_write = atomic.atomic_write_bytes
+    monkeypatch.setattr(parts, "write_parquet_atomic", full)
+    monkeypatch.setattr(atomic, "atomic_write_bytes", no_room)
     result = CliRunner().invoke(app, ["run", str(m), "-o", str(out), "--engine", "simulated", "--devices", "2",
                                       "--sim-speedup", "4000", "-q"])
     assert result.exit_code == 1, result.output
@@ -222,3 +222,85 @@ def test_full_disk_is_a_message_and_run_json_does_not_stay_running(tmp_path, aud
     assert not list(out.glob(".tmp-*")) and not list((out / "parts").glob(".tmp-*") if (out / "parts").exists() else [])
     monkeypatch.undo()
     assert _run(m, out).status == "complete"
+
+
+def test_results_of_an_earlier_run_are_never_read_as_current(tmp_path, audio_dir, monkeypatch):
+    """Issue 16 item 2: a finished run, then the manifest changes (rows removed, rows added) and the rerun is
+    interrupted: eval must not score the old results.parquet (removed rows included) and export must not export it."""
+    from typer.testing import CliRunner
+
+    from transcribe_batch.pipeline.cli import app
+
+    m, out = tmp_path / "m.jsonl", tmp_path / "out"
+    rows = write_manifest(m, audio_dir, limit=8)
+    assert _run(m, out).n_ok == 8
+    new = rows[3:] + [{**rows[0], "id": "added-1"}, {**rows[1], "id": "added-2"}]  # 3 removed, 2 added
+    _write(m, new)
+
+    def stopped(self):
+        raise KeyboardInterrupt("SIGTERM")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner_module.Scheduler, "run", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            _run(m, out)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    cli = CliRunner()
+    ev = cli.invoke(app, ["eval", str(out), "-f", "json"])
+    assert ev.exit_code == 0, ev.output
+    data = json.loads(ev.stdout)["runs"][0]
+    assert data["accuracy"]["n_samples"] == 5 and data["n_rows"] == 5  # the current rows that have a result
+    assert any("unfinished run" in n for n in data["notes"])
+    ex = cli.invoke(app, ["export", str(out), "-o", str(tmp_path / "labels.jsonl")])
+    assert ex.exit_code == 2 and "has not finished" in ex.output and not (tmp_path / "labels.jsonl").exists()
+    assert _run(m, out).n_rows == 7
+    ex = cli.invoke(app, ["export", str(out), "-o", str(tmp_path / "labels.jsonl")])
+    assert ex.exit_code == 0, ex.output
+    exported = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(exported) == 7
+
+
+def _damage(part, column: str, at: str) -> None:
+    """Overwrite 200 bytes of `part` inside `column`'s chunk: at its page header ("header": the file can no longer be
+    parsed there), or in its page data ("data")."""
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    chunk = next(meta.column(j) for j in range(meta.num_columns) if meta.column(j).path_in_schema == column)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    offset = start if at == "header" else start + chunk.total_compressed_size // 2
+    data = bytearray(part.read_bytes())
+    size = min(200, chunk.total_compressed_size // 3) if at == "data" else 200
+    data[offset:offset + size] = bytes((b + 1) % 256 for b in data[offset:offset + size])
+    part.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("at", ["header", "data"])
+def test_part_damaged_in_its_middle_is_set_aside_and_its_rows_redone(tmp_path, audio_dir, at):
+    """Issue 16 item 3: 200 bytes overwritten inside a part (its input-digest and status columns still read): the
+    next run must find it (it reads every page, with checksums), set it aside and redo its rows, not fail at the
+    merge for ever, nor merge changed values."""
+    m, out = tmp_path / "m.jsonl", tmp_path / "out"
+    rows = write_manifest(m, audio_dir, limit=6)
+    _run(m, out)
+    reference = {r["id"]: r["pred_text"] for r in _results(out)}
+    part = sorted((out / "parts").glob("part-*.parquet"))[0]
+    n_lost = pq.read_metadata(part).num_rows
+    _damage(part, "raw_text", at)
+    again = _run(m, out)
+    assert again.status == "complete" and again.n_resumed == len(rows) - n_lost and again.n_ok == len(rows)
+    assert (part.parent / (part.name + ".unreadable")).exists() and not part.exists()
+    assert {r["id"]: r["pred_text"] for r in _results(out)} == reference
+    assert "renamed to" in (out / "progress.jsonl").read_text()
+
+
+def test_bad_devices_in_a_new_folder_leave_nothing(tmp_path, audio_dir, ray_cluster):
+    """Issue 16 item 10: --devices is checked against the cluster before the run claims the folder."""
+    from typer.testing import CliRunner
+
+    from transcribe_batch.pipeline.cli import app
+
+    m = tmp_path / "m.jsonl"
+    write_manifest(m, audio_dir, limit=2)
+    result = CliRunner().invoke(app, ["run", str(m), "-o", str(tmp_path / "new"), "--engine", "simulated",
+                                      "--devices", "0", "--address", ray_cluster])
+    assert result.exit_code == 2 and "need at least one device" in result.output, result.output
+    assert not (tmp_path / "new").exists()

@@ -6,7 +6,8 @@ import pytest
 from transcribe_batch.manifests.reader import input_digest, parse_line
 from transcribe_batch.pipeline.plan import build_plan
 from transcribe_batch.pipeline.results import (INPUT_DIGEST, RUN_PART_SCHEMA, PartWriter, ResumeError, RunFolder,
-                                               lock_run_folder, merge_results, open_run_folder, write_json)
+                                               claim_run_folder, lock_run_folder, merge_results, open_run_folder,
+                                               write_json)
 from transcribe_batch.workers.record import COLUMNS, base_record, failed_record, now
 
 IDENTITY = {"engine": "simulated", "model_dir": None, "template": "default"}
@@ -36,6 +37,11 @@ def _failed(i: int, **extra) -> dict:
 def _folder(tmp_path) -> RunFolder:
     (tmp_path / "run").mkdir()  # (a run creates it when it takes the lock)
     return RunFolder(tmp_path / "run")
+
+
+def _run_json(identity=IDENTITY, **fields) -> dict:
+    """The keys and types every run.json has (results/run_json.py)."""
+    return {"status": "complete", "started_at": "2026-01-01T00:00:00+00:00", "identity": identity, **fields}
 
 
 def _manifest(path, lines: list) -> "Plan":  # noqa: F821
@@ -85,19 +91,23 @@ def test_manifest_fields_become_columns(tmp_path):
     assert t.column_names[: len(COLUMNS) - 1] == [c for c in COLUMNS if c != "manifest_extra"]
 
 
-def test_resume_reads_done_ids_and_cleans_temp_files(tmp_path):
+def test_resume_reads_done_ids_and_claiming_cleans_only_run_temp_files(tmp_path):
     folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
-    write_json(folder.run_json, {"identity": IDENTITY})
+    write_json(folder.run_json, _run_json())
     w = PartWriter(folder, 0)
     w.add([_ok(0), _ok(1), _failed(9)])
     w.flush()
-    (folder.parts / ".tmp-deadbeef-part-000009.parquet").write_bytes(b"half a file")
+    leftover = folder.parts / f".tmp-{'ab' * 16}-part-000009-c0ffee00.parquet"  # a write cut off by a crash
+    leftover.write_bytes(b"half a file")
+    (folder.parts / ".tmp-mine").write_text("a user's")
     state = open_run_folder(folder, IDENTITY)
-    assert not list(folder.parts.glob(".tmp-*"))
+    assert leftover.exists()  # checking changes nothing
     assert state.next_seq == 1
     assert set(state.done_inputs.tolist()) == {input_digest(_row(i)) for i in (0, 1, 9)}
     assert state.failed_inputs.tolist() == [input_digest(_row(9))]
+    claim_run_folder(folder, state, _run_json(status="running"))
+    assert not leftover.exists() and (folder.parts / ".tmp-mine").read_text() == "a user's"
     again = open_run_folder(folder, IDENTITY, retry_failed=True)
     assert set(again.done_inputs.tolist()) == {input_digest(_row(i)) for i in (0, 1)}
     # a redone row replaces its failed record in the merge
@@ -113,7 +123,7 @@ def test_resume_reads_done_ids_and_cleans_temp_files(tmp_path):
 def test_identity_change_refused_unless_overwrite(tmp_path):
     folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
-    write_json(folder.run_json, {"identity": IDENTITY})
+    write_json(folder.run_json, _run_json())
     w = PartWriter(folder, 0)
     w.add([_ok(0)])
     w.flush()
@@ -121,7 +131,9 @@ def test_identity_change_refused_unless_overwrite(tmp_path):
     with pytest.raises(ResumeError, match=r"engine: 'simulated' -> 'hf'.*template: 'default' -> 'verbatim'.*--overwrite"):
         open_run_folder(folder, other)
     state = open_run_folder(folder, other, overwrite=True)
-    assert len(state.done_inputs) == 0 and folder.part_files() == [] and not folder.run_json.exists()
+    assert len(state.done_inputs) == 0 and len(folder.part_files()) == 1  # nothing deleted before the run starts
+    claim_run_folder(folder, state, _run_json(other, status="running"), overwrite=True)
+    assert folder.part_files() == [] and folder.read_run_json()["identity"] == other
 
 
 def test_empty_run_merges_to_an_empty_table(tmp_path):
@@ -150,9 +162,9 @@ def test_streaming_merge_matches_the_whole_table_in_memory(tmp_path, monkeypatch
     import json
     import random
 
-    from transcribe_batch.pipeline import results
+    from transcribe_batch.pipeline.results import merge
 
-    monkeypatch.setattr(results, "MERGE_BUCKET_ROWS", 7)
+    monkeypatch.setattr(merge, "MERGE_BUCKET_ROWS", 7)
     folder = _folder(tmp_path)
     open_run_folder(folder, IDENTITY)
     order = list(range(60))

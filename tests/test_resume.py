@@ -84,30 +84,8 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, audio_dir, ad
 # The signal tests cannot race: the manifest is 72 rows at a simulated speed that keeps 4 devices busy for > 25 s,
 # and the signal goes out as soon as the first part file (rows finished) exists, which is seconds in (the test polls
 # every 0.1 s). A run that received a signal can never end "complete" (runner.StopSignals remembers it even if an
-# exception were swallowed).
+# exception were swallowed). test_signals.py covers each signal at each stage of a run.
 SLOW = 20  # --sim-speedup: ~2.5 s a row
-
-
-@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False)])
-def test_signal_stops_cleanly_and_the_next_run_resumes(tmp_path, audio_dir, address, sig, group):
-    manifest = tmp_path / "m.jsonl"
-    rows = write_manifest(manifest, audio_dir, repeat=4)
-    out = tmp_path / "out"
-    proc = _start_driver(manifest, out, address, speedup=SLOW)
-    _wait_for_parts(out, proc)
-    (os.killpg if group else os.kill)(proc.pid, sig)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "run the same command again to resume" in stderr
-    run = json.loads((out / "run.json").read_text())
-    done = sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
-    assert run["status"] == "interrupted" and run["signal"] == signal.Signals(sig).name
-    assert 0 < done < len(rows) and run["counts"]["rows"] == done == run["counts"]["ok"]
-    assert json.loads(stdout.strip().splitlines()[-1])["status"] == "interrupted"  # --quiet: JSON outcome
-    assert not (out / ".lock").exists()
-    resumed = run_job(_cfg(manifest, out))
-    assert resumed.n_resumed == done and resumed.n_rows == len(rows) == resumed.n_ok
-    assert [i for i, _ in _texts(out / "results.parquet")] == [r["id"] for r in rows]
 
 
 def test_sigterm_to_the_process_group_of_a_driver_with_its_own_ray(tmp_path, audio_dir):

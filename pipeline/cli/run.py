@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -123,7 +124,7 @@ def run(
             typer.echo(json.dumps(_failure_summary(cfg.output, status, message, t_start), default=str))
         return typer.Exit(code)
 
-    # SIGINT and SIGTERM (also to the whole process group) stop the run the same way: run_job handles both.
+    # SIGINT, SIGTERM and SIGHUP (also to the whole process group) stop the run the same way: run_job handles them.
     try:
         if cfg.address:
             probe(cfg.address)
@@ -138,9 +139,17 @@ def run(
         where = f"{e.filename}: " if e.filename else ""
         raise stop(1, f"error: {where}{e.strerror or e}; finished rows are saved in {cfg.output} (what could be "
                    "written): fix this and run the same command again to resume", "failed") from None
-    except KeyboardInterrupt:
-        raise stop(130, f"interrupted: finished rows are saved in {cfg.output}; run the same command again to "
-                   "resume.", "interrupted") from None
+    except KeyboardInterrupt as e:
+        if getattr(e, "started", True):
+            raise stop(130, f"interrupted: finished rows are saved in {cfg.output}; run the same command again to "
+                       "resume.", "interrupted") from None
+        stopped = stop(130, f"interrupted before the run started: {cfg.output} is as it was (nothing written); run "
+                       "the same command again to start it.", "interrupted")
+        if getattr(e, "ray_abandoned", False):  # ray.init still runs on a thread: end now (Ray's processes go too)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise stopped from None
     line = (f"{summary.status}: {summary.n_rows} rows ({summary.n_ok} ok, {summary.n_failed} failed"
             + (f", {summary.n_resumed} from an earlier run" if summary.n_resumed else "")
             + f"), {summary.audio_s / 3600:.2f} h audio in {summary.wall_s:.1f} s -> {summary.results}")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..results import INPUT_DIGEST, RunFolder, latest_rows, read_parts
+from ..results import ResultsError, open_results
 
 REQUIRED_COLUMNS = ("id", "status")
 
@@ -70,62 +68,24 @@ def _to_seconds(array: pa.ChunkedArray) -> list[float | None]:
 TIME_COLUMNS = ("queued_at", "started_at", "finished_at")
 
 
-def _read_parquet(path: Path) -> pa.Table:
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{path}: unreadable ({reason}); if it is a run's results.parquet, run the same `run` command "
-                       "again to rewrite it from parts/") from None
-
-
-def _read_table(path: Path, notes: list[str]) -> pa.Table:
-    results = path / "results.parquet"
-    if results.is_file():
-        return _read_parquet(results)
-    parts = RunFolder(path).part_files()  # finished parts only, in write order (not a crash's .tmp- leftovers)
-    if not parts:
-        raise RunError(f"{path}: not a run folder (no results.parquet and no parts/*.parquet)")
-    notes.append(f"no results.parquet (run unfinished?): read {len(parts)} part files from {path / 'parts'}")
-    table, skipped = read_parts(parts)
-    notes.extend(skipped)  # e.g. a truncated part: named, skipped (the next `run` of that folder redoes its rows)
-    if table is None:
-        raise RunError(f"{path}: no readable part file in {path / 'parts'} ({'; '.join(skipped)})")
-    table = table.drop_columns([c for c in ("_part", INPUT_DIGEST) if c in table.column_names])
-    deduped = latest_rows(table)  # a row redone after a crash or --retry-failed: its latest record counts
-    if deduped.num_rows != table.num_rows:
-        notes.append(f"{table.num_rows - deduped.num_rows} duplicate id rows dropped (kept the latest result per id)")
-    return deduped
-
-
 def load_run(path: str | Path, name: str | None = None) -> Run:
-    """Read a run folder (or a results .parquet file directly)."""
+    """Read a run folder (or a results .parquet file) with the run-folder reader (results.reader.open_results): a
+    complete run's results.parquet, or, for a run that has not finished, the rows that have a result so far (the
+    notes say so); never an earlier run's results as the folder's."""
     path = Path(path)
-    notes: list[str] = []
-    if path.is_file() and path.suffix == ".parquet":
-        table, folder = _read_parquet(path), path.parent
-    elif path.is_dir():
-        table, folder = _read_table(path, notes), path
-    else:
-        raise RunError(f"{path}: no such run folder or .parquet file")
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise RunError(f"{path}: results lack column(s) {', '.join(missing)} (not a transcribe-batch run?)")
-
+    try:
+        results = open_results(path, allow_unfinished=True)
+        results.require(REQUIRED_COLUMNS)
+        table = results.read()
+    except ResultsError as e:
+        raise RunError(str(e)) from None
     columns: dict[str, list[Any]] = {}
     for column_name in table.column_names:
         array = table.column(column_name)
         columns[column_name] = _to_seconds(array) if column_name in TIME_COLUMNS else array.to_pylist()
     columns["id"] = [str(v) for v in columns["id"]]
-
-    meta: dict[str, Any] = {}
-    run_json = folder / "run.json"
-    if run_json.is_file():
-        try:
-            meta = json.loads(run_json.read_text())
-        except json.JSONDecodeError as exc:
-            notes.append(f"{run_json}: unreadable ({exc}); run metadata left out")
-    return Run(name or folder.name or str(folder), folder, columns, meta, notes)
+    folder = results.folder
+    return Run(name or folder.name or str(folder), folder, columns, results.meta, list(results.notes))
 
 
 def unique_names(paths: list[str | Path]) -> list[str]:
