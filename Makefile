@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh Debian/Ubuntu machine:
 #   make demo   - installs what it needs, then runs a real job end to end on the demo manifest
 #   make test   - installs what it needs (apt, pip, the BM1684X simulator SDK, the native extension), runs pytest
+#                 on what the repository carries (tests/data, tests/fixtures); the checks against the released
+#                 models' tokenizer files also read $TRANSCRIBE_BATCH_SHARED (.ci/run: ../shared) and skip without it
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv

@@ -2,8 +2,8 @@
 
 Ours (workers/audio.py, workers/features.py, workers/prompts.py, as FrontEnd.prepare runs them) against the usual
 Qwen2-Audio recipe with transformers (librosa.load(sr=16000), WhisperFeatureExtractor, Qwen2AudioProcessor with
-the chat template), on the same recordings (../shared/audio, windows of at most 30 s, one 48 kHz file among them),
-with the real tokenizer and configs (../shared/qwen2-audio-7b-instruct). Both sides run in this process, interleaved
+the chat template), on the same recordings (tests/data/audio, windows of at most 30 s, one 48 kHz file among them),
+with the real tokenizer and configs (tests/data/qwen2-audio-7b-instruct). Both sides run in this process, interleaved
 round by round, and are charged the process CPU time they use (torch may use more than one thread; numpy's FFT uses
 one), so "audio-s per CPU-s" is what a core buys. The last column compares with what 8 cards running the existing
 port consume (its cost model: TTFT 24 s + 0.8 s per generated token on LibriSpeech-like utterances).
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import CHARS_PER_S, durations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATA = REPO / "tests" / "data"  # the recordings and the released Qwen2-Audio tokenizer the repository carries
 N_CARDS = 8
 
 
@@ -57,8 +57,8 @@ def timed(fn, *args) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--audio-dir", type=Path, default=SHARED / "audio")
-    ap.add_argument("--model-dir", type=Path, default=SHARED / "qwen2-audio-7b-instruct")
+    ap.add_argument("--audio-dir", type=Path, default=DATA / "audio")
+    ap.add_argument("--model-dir", type=Path, default=DATA / "qwen2-audio-7b-instruct")
     ap.add_argument("--rounds", type=int, default=4, help="passes over the recordings per side (default 4)")
     args = ap.parse_args()
 

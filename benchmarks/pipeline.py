@@ -52,7 +52,7 @@ from card_projection import Utterance, measured_occupancy, print_calibration, pr
 from synthetic import durations, speech_like, text_for, write_manifest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = REPO.parent / "shared" / "qwen2-audio-7b-instruct"
+DEFAULT_MODEL_DIR = REPO / "tests" / "data" / "qwen2-audio-7b-instruct"
 DEFAULT_FAULTS = "error=0.02,empty=0.01,repeat=0.01,seed=7"
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("TRANSCRIBE_BATCH_SHARED", REPO.parent / "shared"))
+DATA = REPO / "tests" / "data"  # the recordings and the released Qwen2-Audio tokenizer the repository carries
 FIXTURE = REPO / "tests" / "fixtures" / "tiny-qwen2-audio"
 BATCHED_FIXTURE = REPO / "tests" / "fixtures" / "tiny-qwen2-audio-b4" / "tiny-qwen2-audio-b4.bmodel"
 BUILD_HINT = ("build it with: make native   (= bash native/scripts/fetch_sim_sdk.sh $SIM_SDK && "
@@ -254,7 +254,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bmodel", type=Path, default=FIXTURE / "tiny-qwen2-audio.bmodel")
     ap.add_argument("--model-dir", type=Path, default=FIXTURE, help="tokenizer/configs for the front end")
-    ap.add_argument("--audio-dir", type=Path, default=SHARED / "audio")
+    ap.add_argument("--audio-dir", type=Path, default=DATA / "audio")
     ap.add_argument("--clips", default="001.wav,beckett.wav:2",
                     help="recordings in --audio-dir, NAME or NAME:SECONDS (the first SECONDS of it); give prompts of "
                          "different lengths (default 001.wav,beckett.wav:2)")

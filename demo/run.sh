@@ -7,8 +7,7 @@
 #   3. run the whole manifest through the simulated engine (Qwen2-Audio's 30 s window, the port's cost model,
 #      injected errors and actor crashes that are retried),
 #   4. the same two utterances through the bm1684x engine with the tiny random Qwen3-ASR fixture (the second model
-#      family: its chunked audio net on the simulator), when the project's shared folder (../shared) is there to
-#      complete the fixture's tokenizer,
+#      family: its chunked audio net on the simulator),
 #   5. score the runs side by side and write an HTML report (with confidence calibration),
 #   6. export the simulated run's confident transcripts as a NeMo training manifest.
 set -euo pipefail
@@ -19,7 +18,6 @@ tb="$venv/bin/transcribe-batch"
 runs="${RUNS:-$repo/runs}"
 fixture="$repo/tests/fixtures/tiny-qwen2-audio"
 q3_fixture="$repo/tests/fixtures/tiny-qwen3-asr"
-shared_model="${TRANSCRIBE_BATCH_SHARED:-$(dirname "$repo")/shared}/qwen2-audio-7b-instruct"
 
 mkdir -p "$here/audio"
 while IFS=$'\t' read -r id voice text; do
@@ -35,18 +33,10 @@ done < "$here/sentences.tsv"
 "$tb" run "$here/manifest.jsonl" -o "$runs/demo-simulated" --engine simulated \
   --devices 4 --sim-speedup 50 --sim-faults error=0.1,crash=0.05,garble=0.15,seed=7
 
-compared=("$runs/demo-simulated" "$runs/demo-bm1684x-sim")
-if [[ -f "$shared_model/vocab.json" ]]; then
-  # the fixture's committed files + the real Qwen2 BPE (vocab.json, merges.txt: too big to commit)
-  "$venv/bin/python" -c "import sys; from pathlib import Path; sys.path.insert(0, '$repo/tests'); \
-from qwen3_fixture import assemble; assemble(Path('$shared_model'), Path('$runs/tiny-qwen3-asr'))"
-  "$tb" run "$here/simulator.jsonl" -o "$runs/demo-qwen3-bm1684x-sim" --engine bm1684x \
-    --bmodel "$q3_fixture/tiny-qwen3-asr.bmodel" --model-dir "$runs/tiny-qwen3-asr" --devices 0, --max-new-tokens 4
-  compared+=("$runs/demo-qwen3-bm1684x-sim")
-else
-  echo "skipping the Qwen3-ASR step: $shared_model/vocab.json not found (set TRANSCRIBE_BATCH_SHARED)"
-fi
+"$tb" run "$here/simulator.jsonl" -o "$runs/demo-qwen3-bm1684x-sim" --engine bm1684x \
+  --bmodel "$q3_fixture/tiny-qwen3-asr.bmodel" --model-dir "$q3_fixture" --devices 0, --max-new-tokens 4
 
+compared=("$runs/demo-simulated" "$runs/demo-bm1684x-sim" "$runs/demo-qwen3-bm1684x-sim")
 "$tb" eval "${compared[@]}" --html "$runs/demo-report.html"
 "$tb" export "$runs/demo-simulated" --to nemo -o "$runs/demo-labels.jsonl" --min-confidence 0.9 --overwrite
 echo "demo finished: results in ${compared[*]}, report $runs/demo-report.html," \

@@ -1,7 +1,10 @@
-"""Shared test fixtures: the project's shared data (real recordings, the real model's tokenizer/configs)."""
+"""Shared test fixtures: the data the repository carries (tests/data: real recordings, the released Qwen2-Audio
+tokenizer and configs), the released models' files outside the repository for the checks that compare against them,
+and the in-process Ray cluster."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,19 +12,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("TRANSCRIBE_BATCH_SHARED", REPO.parent / "shared")).resolve()
+DATA = REPO / "tests" / "data"  # the same layout as the project's shared folder: audio/, qwen2-audio-7b-instruct/
+RELEASED_ENV = "TRANSCRIBE_BATCH_SHARED"  # a folder holding the released models' own files (CI: ../shared)
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared data not found at {SHARED} (set TRANSCRIBE_BATCH_SHARED)")
-    return SHARED
+def data_dir() -> Path:
+    """tests/data: the recordings (audio/, with manifest.jsonl) and the released Qwen2-Audio-7B-Instruct tokenizer and
+    configs (qwen2-audio-7b-instruct/), copied with their provenance (tests/data/README.md)."""
+    return DATA
 
 
 @pytest.fixture(scope="session")
-def audio_dir(shared_dir: Path) -> Path:
-    return shared_dir / "audio"
+def shared_dir(data_dir: Path) -> Path:
+    """The old name of data_dir (the data used to be read from ../shared; tests/data has the same layout)."""
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def audio_dir(data_dir: Path) -> Path:
+    return data_dir / "audio"
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +45,104 @@ def audio_rows(audio_manifest: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def model_dir(shared_dir: Path) -> Path:
-    """The real Qwen2-Audio-7B-Instruct tokenizer and configs (no weights)."""
-    return shared_dir / "qwen2-audio-7b-instruct"
+def model_dir(data_dir: Path) -> Path:
+    """The real Qwen2-Audio-7B-Instruct tokenizer and configs (no weights), as released."""
+    return data_dir / "qwen2-audio-7b-instruct"
+
+
+def released_folder(name: str, *needed: str) -> Path:
+    """The released model's own folder `name` (e.g. qwen3-asr-0.6b) under $TRANSCRIBE_BATCH_SHARED, for the checks
+    that compare against the released files; skips, naming what it needs, where it is absent (fails in CI, which sets
+    the variable only where the folder exists). The only tests that may read outside the repository."""
+    root = os.environ.get(RELEASED_ENV)
+    what = f"the released {name} tokenizer and configs"
+    if not root:
+        pytest.skip(f"needs {what}: set {RELEASED_ENV} to a folder holding {name}/ (CI uses ../shared)")
+    folder = Path(root).expanduser().resolve() / name
+    missing = [n for n in needed if not (folder / n).is_file()]
+    if missing:
+        reason = f"needs {what}: {', '.join(missing)} not in {folder} ({RELEASED_ENV}={root})"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)  # CI set the variable because the folder is there: a missing file is an error
+        pytest.skip(reason)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def released_qwen3_asr() -> Path:
+    """The released Qwen3-ASR-0.6B config, chat template and tokenizer (no weights)."""
+    return released_folder("qwen3-asr-0.6b", "config.json", "preprocessor_config.json", "tokenizer_config.json",
+                           "chat_template.json", "vocab.json", "merges.txt")
+
+
+@pytest.fixture(scope="session")
+def released_qwen2_audio() -> Path:
+    """The released Qwen2-Audio-7B-Instruct tokenizer and configs (no weights)."""
+    return released_folder("qwen2-audio-7b-instruct", "config.json", "preprocessor_config.json",
+                           "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+class RuntimeCache:
+    """Stands in for transcribe_batch_native.Runtime during the tests: one runtime per bmodel (its bytes, device and
+    options) for the whole session, whether a test builds it or an engine does. Loading one on the cmodel simulator
+    takes about a second, and the tests load the same few bmodels dozens of times. A cached runtime is handed out
+    with every decode slot free, as a fresh one would be; a path that is not a file goes to the real constructor,
+    so its error is the runtime's own."""
+
+    def __init__(self, runtime_class):
+        self.runtime_class = runtime_class
+        self.runtimes: dict = {}
+        self.requests = 0  # runtimes asked for
+        self.loads = 0  # bmodels loaded
+
+    def __getattr__(self, name):  # the class's own attributes (methods, docs): `hasattr(tbn.Runtime, "start")`
+        if name == "runtime_class":
+            raise AttributeError(name)
+        return getattr(self.runtime_class, name)
+
+    def __call__(self, bmodel, device=0, *args, **kwargs):
+        self.requests += 1
+        path = Path(bmodel)
+        if not path.is_file():
+            return self.runtime_class(bmodel, device, *args, **kwargs)
+        # by content: a copy in tmp_path is the same bmodel, a file changed in place a new one (fixtures are ~1-3 MB)
+        key = (hashlib.sha256(path.read_bytes()).hexdigest(), device, args, tuple(sorted(kwargs.items())))
+        rt = self.runtimes.get(key)
+        if rt is None:
+            rt = self.runtimes[key] = self.runtime_class(bmodel, device, *args, **kwargs)
+            self.loads += 1
+        for slot in range(rt.batch):
+            if rt.state(slot) != "free":  # left busy by a test that failed half-way
+                rt.cancel(slot)
+        return rt
+
+
+_RUNTIMES: list[RuntimeCache] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_runtime_per_bmodel():
+    """Installs RuntimeCache as transcribe_batch_native.Runtime for the session (where the extension is built)."""
+    try:
+        import transcribe_batch_native as tbn
+    except ImportError:
+        yield None
+        return
+    cache = RuntimeCache(tbn.Runtime)
+    tbn.Runtime = cache
+    _RUNTIMES.append(cache)
+    try:
+        yield cache
+    finally:
+        tbn.Runtime = cache.runtime_class
+        cache.runtimes.clear()
+
+
+def pytest_terminal_summary(terminalreporter):
+    for cache in _RUNTIMES:
+        if cache.requests:
+            terminalreporter.write_line(f"native runtimes: {cache.loads} bmodels loaded for "
+                                        f"{cache.requests} runtimes asked for (tests/conftest.py RuntimeCache)")
 
 
 _RAY: dict = {"address": None}  # the in-process test cluster while it is up

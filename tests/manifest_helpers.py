@@ -1,4 +1,4 @@
-"""Manifests in tmp_path that point at the shared recordings (never copied into the repo)."""
+"""Manifests in tmp_path that point at the recordings the repository carries (tests/data/audio)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def shared_rows(audio_dir: Path) -> list[dict]:
+    """The rows of audio_dir/manifest.jsonl with absolute audio paths."""
     rows = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
     for r in rows:
         r["audio_filepath"] = str(audio_dir / r["audio_filepath"])
@@ -15,7 +16,7 @@ def shared_rows(audio_dir: Path) -> list[dict]:
 
 def write_manifest(path: Path, audio_dir: Path, *, repeat: int = 1, limit: int | None = None,
                    max_duration: float | None = None) -> list[dict]:
-    """`repeat` copies of the shared rows (distinct ids `<stem>-<k>`); returns the rows written, in order."""
+    """`repeat` copies of the recordings' rows (distinct ids `<stem>-<k>`); returns the rows written, in order."""
     base = shared_rows(audio_dir)
     if max_duration is not None:
         base = [r for r in base if r["duration"] <= max_duration]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from bm1684x_support import FIXTURE
-from qwen3_fixture import FIXTURE as QWEN3_FIXTURE, assemble
+from qwen3_fixture import FIXTURE as QWEN3_FIXTURE
 from transcribe_batch.workers.engines.bm1684x import (ModelMismatch, audio_geometry_problems, check_pair,
                                                       mask_value_of, read_sidecar)
 from transcribe_batch.workers.models import load_family
@@ -34,10 +34,9 @@ def qwen2():
 
 
 @pytest.fixture(scope="module")
-def qwen3(model_dir, tmp_path_factory):
+def qwen3():
     bmodel = QWEN3_FIXTURE / "tiny-qwen3-asr.bmodel"
-    folder = assemble(model_dir, tmp_path_factory.mktemp("q3") / "tiny-qwen3-asr")
-    return load_family(folder), bmodel, json.loads(bmodel.with_name(bmodel.name + ".json").read_text())
+    return load_family(QWEN3_FIXTURE), bmodel, json.loads(bmodel.with_name(bmodel.name + ".json").read_text())
 
 
 def test_the_tiny_fixtures_agree_with_their_folders(qwen2, qwen3):

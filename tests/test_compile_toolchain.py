@@ -327,10 +327,10 @@ def test_fixture_reference_tokens_reproduce_with_this_transformers(hf_tiny, audi
             assert float(top[0] - top[1]) == pytest.approx(step["margin"], abs=1e-3)
 
 
-def test_fixture_tokenizer_is_what_the_script_builds(shared_dir):
-    """make_tiny_fixture.py's tokenizer (trained on the shared manifest's texts) is the committed one."""
+def test_fixture_tokenizer_is_what_the_script_builds(data_dir):
+    """make_tiny_fixture.py's tokenizer (trained on the texts of tests/data/audio/manifest.jsonl) is the committed one."""
     make = _load("make_tiny_fixture")
-    tok = make.build_tokenizer(shared_dir)
+    tok = make.build_tokenizer(data_dir)
     committed = json.loads((FIXTURE / "tokenizer.json").read_text())
     built = json.loads(tok.to_str())
     assert built["model"]["vocab"] == committed["model"]["vocab"]

@@ -1,4 +1,4 @@
-"""`transcribe-batch manifest librispeech|dir|validate` on real audio (flac/wav made from ../shared/audio clips)."""
+"""`transcribe-batch manifest librispeech|dir|validate` on real audio (flac/wav made from tests/data/audio clips)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from qwen3_fixture import assemble
+from qwen3_fixture import FIXTURE
 from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.workers.features import FeatureConfig
 from transcribe_batch.workers.models import (FAMILIES, AudioChunk, ModelFamilyError, PromptSpec, load_family,
@@ -27,8 +27,8 @@ def _row(**fields):
 
 
 @pytest.fixture(scope="module")
-def qwen3_dir(tmp_path_factory, model_dir):
-    return assemble(model_dir, tmp_path_factory.mktemp("tiny-qwen3-asr"))
+def qwen3_dir():
+    return FIXTURE
 
 
 @pytest.fixture(scope="module")

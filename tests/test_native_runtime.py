@@ -270,9 +270,6 @@ def test_batched_layout(rt, rt4):
     assert rt4.free_slots() == BATCH and [rt4.state(i) for i in range(BATCH)] == ["free"] * BATCH
 
 
-_BATCHED: dict = {}  # request name -> (clip index, generation dict) from the batched scenario below
-
-
 def _start(rt, req, *, max_new_tokens, stop_ids=None, prompt_ids=None):
     return rt.start(
         req.features, runtime_audio(native(), _family(), req), list(prompt_ids or req.prompt_ids), req.audio_token_id,
@@ -280,23 +277,30 @@ def _start(rt, req, *, max_new_tokens, stop_ids=None, prompt_ids=None):
     )
 
 
-def test_batched_slots_match_hf_with_staggered_starts_stops_refills_and_an_overrun(tbn, rt4, requests, frontend,
-                                                                                    audio_dir):
-    """Four slots on the B=4 bmodel. Requests start at different steps, with different prompt lengths; one stops
-    on a stop id, one after a single token, one at max_new_tokens, one overruns SEQLEN mid-batch (and fails
-    alone); finished slots are refilled, one with a shorter prompt than the one before it. Every request's tokens
-    equal the HF fp32 reference (= the batch-1 runtime's tokens, test above) at every step."""
+# request name -> (clip index, tokens, finish): what each request of the batched scenario must give
+def _expected(k_stop):
+    return {"a": (0, 6, "max_tokens"), "b": (1, k_stop, "eos"), "d": (2, 1, "max_tokens"), "e": (1, 3, "max_tokens"),
+            "f": (0, 2, "max_tokens")}
+
+
+@pytest.fixture(scope="module")
+def batched(tbn, rt4, requests, frontend, audio_dir):
+    """Four slots on the B=4 bmodel, driven as the engine drives them. Requests start at different steps, with
+    different prompt lengths; one stops on a stop id, one after a single token, one at max_new_tokens, one overruns
+    SEQLEN mid-batch (and fails alone); finished slots are refilled, one with a shorter prompt than the one before
+    it. Returns what the tests below check: every request's result (or error), the slot events, and whether a fifth
+    request was refused while all four slots were busy."""
     lay = rt4.layout
     clips = reference()["clips"]
     (req2,) = frontend.prepare(clip_row(clips[2], audio_dir))
     reqs = [r for _, r in requests] + [req2]
     want = [c["tokens"] for c in clips]
     k_stop = next(i for i in range(2, len(want[1])) if want[1][i] not in want[1][:i])
-    results, slot_of, events = {}, {}, []
+    results, slot_of, events, reused = {}, {}, [], []
 
     def start(name, i, **kw):
         slot = _start(rt4, reqs[i], **kw)
-        assert slot not in slot_of.values()
+        reused.append(slot in slot_of.values())
         slot_of[name] = slot
         events.append(f"start {name} in slot {slot}")
         if rt4.state(slot) != "decoding":
@@ -324,20 +328,31 @@ def test_batched_slots_match_hf_with_staggered_starts_stops_refills_and_an_overr
           prompt_ids=too_long_prompt(reqs[2], lay.kv_capacity, answer_room=2))
     start("d", 2, max_new_tokens=1)                         # done at its first token: slot freed at once
     start("e", 1, max_new_tokens=3)                         # refills d's slot
-    assert rt4.free_slots() == 0
-    with pytest.raises(RuntimeError, match="slots are busy"):
+    free_when_full = rt4.free_slots()
+    try:
         _start(rt4, reqs[0], max_new_tokens=2)
+        busy_error = None
+    except RuntimeError as e:
+        busy_error = str(e)
     while slot_of:
         step()
         if "f" not in results and "f" not in slot_of and rt4.free_slots():
             start("f", 0, max_new_tokens=2)                  # a refill with a shorter prompt than clip 2's
     print("; ".join(events))
+    return {"results": results, "k_stop": k_stop, "want": want, "clips": clips, "reused_busy_slot": any(reused),
+            "free_when_full": free_when_full, "busy_error": busy_error, "free_at_end": rt4.free_slots()}
 
+
+def test_batched_slots_match_hf_with_staggered_starts_stops_refills_and_an_overrun(tbn, rt4, batched):
+    """Every request of the scenario (fixture `batched`) gives the HF fp32 reference's tokens (= the batch-1
+    runtime's tokens, test above) at every step, with O(1) traffic per step; the overrun fails alone."""
+    lay = rt4.layout
+    results, k_stop, want, clips = batched["results"], batched["k_stop"], batched["want"], batched["clips"]
+    assert not batched["reused_busy_slot"], "a request was started in a slot that was still busy"
+    assert batched["free_when_full"] == 0 and "slots are busy" in (batched["busy_error"] or "no error")
     assert isinstance(results["c"], tbn.TooLongError) and "answer reached SEQLEN" in str(results["c"])
-    expect = {"a": (0, 6, "max_tokens"), "b": (1, k_stop, "eos"), "d": (2, 1, "max_tokens"), "e": (1, 3, "max_tokens"),
-              "f": (0, 2, "max_tokens")}
     launches_per_step = lay.n_layers + 2  # embedding_cache, block_cache_i, lm_head: one launch each per step
-    for name, (clip, n, finish) in expect.items():
+    for name, (clip, n, finish) in _expected(k_stop).items():
         out = results[name]
         assert out.tokens == want[clip][:n], f"request {name} (clip {clip}): {out.tokens} vs {want[clip][:n]}"
         assert out.finish_reason == finish, name
@@ -352,19 +367,16 @@ def test_batched_slots_match_hf_with_staggered_starts_stops_refills_and_an_overr
         assert len(lp) == n and all(np.isfinite(lp)) and max(lp) <= 1e-3, (name, lp)
         # the first token comes from the prefill through this slot's row of the B-row lm_head
         assert lp[0] == pytest.approx(clips[clip]["token_logprobs"][0], abs=LOGPROB_ATOL_F16), (name, lp)
-        _BATCHED[name] = (clip, out)
         assert dec.launches == launches_per_step * steps, (name, dec)
         assert out.ttft_s > out.encode_s > 0
-    assert rt4.free_slots() == rt4.batch
+    assert batched["free_at_end"] == rt4.batch
     assert len({results[n].slot for n in "ab"}) == 2
 
 
-def test_batched_logprobs_match_hf():
-    """Every batched request's per-token log-probabilities equal HF fp32's (uses the scenario's results above).
+def test_batched_logprobs_match_hf(batched):
+    """Every batched request's per-token log-probabilities equal HF fp32's (the scenario of the fixture `batched`).
     Failed (off by up to 0.4 from the 3rd step) while the batched decode nets left the new K/V to tpu-mlir's
     InsertOp, which neither persists in the history nor reaches the attention; see native/README.md."""
-    if not _BATCHED:
-        pytest.skip("the batched scenario did not run")
-    clips = reference()["clips"]
-    for name, (clip, out) in sorted(_BATCHED.items()):
-        assert_logprobs_match(out.token_logprobs, clips[clip], where=f"batched request {name}")
+    for name, (clip, _, _) in sorted(_expected(batched["k_stop"]).items()):
+        assert_logprobs_match(batched["results"][name].token_logprobs, batched["clips"][clip],
+                              where=f"batched request {name}")

@@ -91,6 +91,7 @@ def test_rows_read_back_must_be_the_planned_rows(tmp_path, audio_dir):
         plan.rows(np.arange(1))
 
 
+@pytest.mark.slow  # tracemalloc traces every allocation of parsing 100k rows: ~50 s on the shared 2-core VM
 def test_100k_rows_plan_in_bounded_memory(tmp_path):
     n = 100_000
     m = tmp_path / "big.jsonl"

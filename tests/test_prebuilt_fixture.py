@@ -19,7 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from qwen3_fixture import FIXTURE as TINY, assemble  # noqa: E402
+from qwen3_fixture import FIXTURE as TINY, copy_model  # noqa: E402
 from transcribe_batch.workers.audio import load_audio  # noqa: E402
 from transcribe_batch.workers.models.qwen3_asr import import_qwen_asr_backend  # noqa: E402
 
@@ -40,9 +40,9 @@ def backend():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, model_dir):
+def folder(tmp_path_factory):
     """The prebuilt fixture as a model folder: tiny-qwen3-asr's files with the fixture's config.json."""
-    out = assemble(model_dir, tmp_path_factory.mktemp("prebuilt") / "tiny-qwen3-asr-prebuilt")
+    out = copy_model(tmp_path_factory.mktemp("prebuilt") / "tiny-qwen3-asr-prebuilt")
     shutil.copy(PREBUILT / "config.json", out / "config.json")
     return out
 

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from qwen3_fixture import assemble, reference  # noqa: E402
+from qwen3_fixture import FIXTURE, reference  # noqa: E402
 from transcribe_batch.manifests.row import ManifestRow  # noqa: E402
 from transcribe_batch.workers.audio import load_audio  # noqa: E402
 from transcribe_batch.workers.engines import create_engine  # noqa: E402
@@ -27,8 +27,8 @@ CLIPS = ["001.wav", "front_center_48k.wav", "beckett.wav", "endgame.wav"]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, model_dir):
-    return assemble(model_dir, tmp_path_factory.mktemp("tiny-qwen3-asr"))
+def folder():
+    return FIXTURE
 
 
 @pytest.fixture(scope="module")

@@ -15,21 +15,22 @@ from pathlib import Path
 import pytest
 
 from bm1684x_support import LOGPROB_ATOL_F16, native
-from qwen3_fixture import FIXTURE, assemble, reference
+from qwen3_fixture import FIXTURE, reference
 from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.workers.engines import create_engine
 from transcribe_batch.workers.engines.base import EngineLimits
 from transcribe_batch.workers.frontend import FrontEnd
 
+pytestmark = pytest.mark.slow  # the simulator: seconds per launch
 N = 4  # tokens per clip: a prefill costs ~5 decode steps on the simulator, a step ~1-2 s (151680-row head)
 BMODEL = FIXTURE / "tiny-qwen3-asr.bmodel"
 BMODEL_B4 = FIXTURE / "tiny-qwen3-asr-b4.bmodel"
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, model_dir):
-    return assemble(model_dir, tmp_path_factory.mktemp("q3") / "tiny-qwen3-asr")
+def folder():
+    return FIXTURE
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,6 @@ def test_batched_bmodel_gives_the_same_tokens(folder, audio_dir, hf):
     assert len({res.extra["slot"] for res in got}) == 3
 
 
-@pytest.mark.slow
 def test_run_with_engine_bm1684x(folder, tmp_path, audio_dir):
     """`transcribe-batch run m.jsonl --engine bm1684x --bmodel tiny-qwen3-asr.bmodel --model-dir <Qwen3-ASR>`. Not
     marked `simulator` (the simulator runs in the CLI's actor, not here), so it runs before the tests that load the

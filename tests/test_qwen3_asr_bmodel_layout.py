@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from qwen3_fixture import FIXTURE, assemble
+from qwen3_fixture import FIXTURE
 from transcribe_batch.workers.models import load_family
 
 
@@ -22,8 +22,8 @@ def _io(net, kind, k):
     return entry["shape"], entry["dtype"]
 
 
-def test_audio_net_is_one_chunk_and_gives_the_familys_rows(probe, model_dir, tmp_path):
-    family = load_family(assemble(model_dir, tmp_path / "m"))
+def test_audio_net_is_one_chunk_and_gives_the_familys_rows(probe):
+    family = load_family(FIXTURE)
     thinker = json.loads((FIXTURE / "config.json").read_text())["thinker_config"]
     hidden, chunk = thinker["text_config"]["hidden_size"], 2 * thinker["audio_config"]["n_window"]
     audio = probe["nets"]["audio"]

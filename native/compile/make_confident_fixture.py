@@ -9,7 +9,7 @@ weights) flips, so only an f16 build can be token-checked with them. A model tha
 them through quantization, and the reference margins say by how much.
 
 Run inside the compile venv (native/compile/setup_venv.sh):
-    ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/make_confident_fixture.py [--shared ../shared]
+    ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/make_confident_fixture.py [--shared tests/data]
     ... --skip-compile --measure   # per-step logits of each quantized build vs HF fp32 on the simulator (~20 min)
     ... --batched-only [--convert PATH]   # only the --batch 4 builds, from the existing folder
 
@@ -305,7 +305,8 @@ def compile_batched(out: Path, batch: int, convert: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the project's shared data folder")
+    ap.add_argument("--shared", type=Path, default=REPO / "tests" / "data",
+                    help="a folder holding audio/ and qwen2-audio-7b-instruct/ (the repository's copy: tests/data)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--steps", type=int, default=TRAIN_STEPS, help=f"training steps (default {TRAIN_STEPS})")
     ap.add_argument("--skip-compile", action="store_true", help="write the HF folder and reference only")

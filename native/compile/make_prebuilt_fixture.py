@@ -4,7 +4,7 @@ by tpu-mlir 1.30.2's OWN converter in the layout of Sophgo's prebuilt Qwen3-ASR 
 
 Run with the PROJECT venv (transformers 5.24 + qwen-asr 0.0.6 --no-deps); the compile runs in the compile venv:
 
-    .venv/bin/python native/compile/make_prebuilt_fixture.py [--shared ../shared] [--skip-compile]
+    .venv/bin/python native/compile/make_prebuilt_fixture.py [--shared tests/data] [--skip-compile]
 
 Sophgo's command, scaled down (README §8 says why each choice):
 `llm_convert.py -m tiny -s 256 --max_input_length 128 -q f16 -c bm1684x [--do_sample]` through
@@ -22,7 +22,7 @@ attention window), the model tpu-mlir's audio net computes: its `audio` net enco
 and attends over that chunk's 13 rows only, whatever n_window_infer says. The other model files (tokenizer, chat
 template, preprocessor, weights) are tiny-qwen3-asr's, not copied.
 
-reference.json, for clips of ../shared/audio (whole seconds: the inputs on which the net is exact, see README §8),
+reference.json, for clips of tests/data/audio (whole seconds: the inputs on which the net is exact, see README §8),
 and for comparison clips that are not:
 - the prompt ids of qwen-asr's Qwen3ASRProcessor, frames, audio tokens, feature statistics;
 - qwen-asr's greedy tokens (fp32 `generate`, 12 new tokens) with this folder's config (`tokens`, per-step top-1/top-2
@@ -133,7 +133,8 @@ def compile_bmodels(python: Path, folder: Path, out: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=REPO / "tests" / "data",
+                    help="a folder holding audio/ and qwen2-audio-7b-instruct/ (the repository's copy: tests/data)")
     ap.add_argument("--out", type=Path, default=FIXTURE)
     ap.add_argument("--compile-python", type=Path, default=tiny.COMPILE_PYTHON,
                     help="the compile venv's python (native/compile/setup_venv.sh)")

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=REPO / "tests" / "data",
+                    help="a folder holding audio/ and qwen2-audio-7b-instruct/ (the repository's copy: tests/data)")
     ap.add_argument("--text-layers", type=int, default=1)
     ap.add_argument("--real-vocab", action="store_true", help="156032-row embedding and lm_head (+2.5 GB)")
     args = ap.parse_args(argv)

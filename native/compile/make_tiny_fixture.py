@@ -3,7 +3,7 @@
 BM1684X simulator, compiled by our own converter, plus the HF transformers (fp32) greedy reference.
 
 Run inside the compile venv (native/compile/setup_venv.sh):
-    ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/make_tiny_fixture.py [--shared ../shared]
+    ~/.cache/transcribe-batch/tpu-mlir-venv/bin/python native/compile/make_tiny_fixture.py [--shared tests/data]
 
 What it writes (an HF-style model folder):
   config.json, model.safetensors (bf16-exact weights), tokenizer.json, tokenizer_config.json,
@@ -354,7 +354,8 @@ def compile_batched_fixture(out: Path, batched_out: Path, batch: int = BATCH) ->
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the project's shared data folder")
+    ap.add_argument("--shared", type=Path, default=REPO / "tests" / "data",
+                    help="a folder holding audio/ and qwen2-audio-7b-instruct/ (the repository's copy: tests/data)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--skip-compile", action="store_true", help="write the HF folder and reference only")
     ap.add_argument("--work", type=Path, default=None, help="keep the compile's build folder here")

@@ -4,11 +4,11 @@ classes, its test tokenizer configuration, and the reference (qwen-asr's process
 
 Run with the PROJECT venv (transformers 5.24 + `pip install --no-deps qwen-asr==0.0.6`), not the compile venv:
 
-    .venv/bin/python native/compile/make_tiny_qwen3_fixture.py [--shared ../shared]
+    .venv/bin/python native/compile/make_tiny_qwen3_fixture.py [--shared tests/data]
 
-The real Qwen3-ASR tokenizer files are not available here. Its BPE is Qwen2's, so the fixture's tokenizer is
-the shared Qwen2-Audio folder's vocab.json + merges.txt (NOT copied into the repository: `assemble()` puts the
-committed files and those two side by side in a folder) plus the added tokens written to tokenizer_config.json.
+The fixture was made before the released Qwen3-ASR tokenizer was at hand. Its BPE is Qwen2's, so the fixture's
+tokenizer is the Qwen2-Audio folder's vocab.json + merges.txt (copied into the fixture, which is a complete model
+folder) plus the added tokens written to tokenizer_config.json.
 Ids that public implementations report for the released tokenizer are used where known (<|im_start|> 151644,
 <|im_end|> 151645, <|audio_start|> 151669, <|audio_end|> 151670, <|audio_pad|> 151676); the others fill the range
 so the added ids stay contiguous, and `<asr_text>` (151677) is this fixture's choice. Nothing in the runner depends
@@ -195,7 +195,8 @@ def compile_bmodel(python: Path, folder: Path, out: Path, batch: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=REPO / "tests" / "data",
+                    help="a folder holding audio/ and qwen2-audio-7b-instruct/ (the repository's copy: tests/data)")
     ap.add_argument("--out", type=Path, default=FIXTURE)
     ap.add_argument("--compile-python", type=Path, default=COMPILE_PYTHON,
                     help="the compile venv's python (native/compile/setup_venv.sh)")
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
         (out / name).unlink(missing_ok=True)
     backend = build_model(out)
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(shared_model), indent=2) + "\n")
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(shared_model / name, out / name)
     (out / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
         {"eos_token_id": [151645, 151643], "pad_token_id": 151643, "do_sample": False}, indent=2) + "\n")

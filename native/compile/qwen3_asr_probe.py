@@ -10,7 +10,7 @@ comparison. Run with the compile venv's python:
         [-q f16] [--seqlen 256]
 
 MODEL_DIR: a Qwen3-ASR folder (config.json with model_type qwen3_asr and thinker_config, *.safetensors), e.g. the
-tiny fixture assembled by tests/qwen3_fixture.assemble(). The config is read as plain JSON (tpu-mlir's `Config`
+tiny fixture tests/fixtures/tiny-qwen3-asr. The config is read as plain JSON (tpu-mlir's `Config`
 wrapper), so neither qwen-asr nor a transformers that knows qwen3_asr is needed in the compile venv. Writes the
 bmodel and `<bmodel>.nets.json` (model_tool --info, parsed).
 """
