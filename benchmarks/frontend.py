@@ -41,11 +41,12 @@ def port_audio_s_per_s(n: int = 20000) -> float:
     return float(d.sum() / (DEFAULT_TTFT_S * n + DEFAULT_S_PER_TOKEN * tokens.sum()))
 
 
-def clips(audio_dir: Path, max_s: float) -> list[dict]:
+def clips(audio_dir: Path, max_s: float) -> list:
+    from transcribe_batch.manifests.row import ManifestRow
+
     rows = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    return [{"id": Path(r["audio_filepath"]).stem, "audio_filepath": str(audio_dir / r["audio_filepath"]),
-             "offset": 0.0, "duration": min(float(r["duration"]), max_s), "text": None, "prompt": None, "task": None,
-             "language": None} for r in rows]
+    return [ManifestRow(id=Path(r["audio_filepath"]).stem, audio_filepath=str(audio_dir / r["audio_filepath"]),
+                        duration=min(float(r["duration"]), max_s)) for r in rows]
 
 
 def timed(fn, *args) -> tuple[float, float]:
@@ -65,16 +66,17 @@ def main() -> None:
     import torch
     from transformers import AutoProcessor, WhisperFeatureExtractor
 
+    from transcribe_batch.pipeline.config import worker_config
     from transcribe_batch.workers.audio import load_audio
     from transcribe_batch.workers.features import log_mel
     from transcribe_batch.workers.frontend import FrontEnd
 
     warnings.filterwarnings("ignore")
     rows = clips(args.audio_dir, 30.0)
-    audio_s = sum(r["duration"] for r in rows)
-    ours = FrontEnd(args.model_dir)
+    audio_s = sum(r.duration for r in rows)
+    ours = FrontEnd.for_worker(worker_config(engine="simulated", model_dir=args.model_dir))  # the run defaults
     cfg = ours.family.features
-    instruction = ours.templates.instruction({}, "default")
+    instruction = ours.templates.instruction(None, "default")
     extractor = WhisperFeatureExtractor.from_pretrained(args.model_dir)
     processor = AutoProcessor.from_pretrained(args.model_dir)
     conversation = [{"role": "system", "content": ours.templates.system},
@@ -82,10 +84,10 @@ def main() -> None:
                                                  {"type": "text", "text": instruction}]}]
 
     def ref_load(r):
-        return librosa.load(r["audio_filepath"], sr=16000, offset=r["offset"], duration=r["duration"])[0]
+        return librosa.load(r.audio_filepath, sr=16000, offset=r.offset, duration=r.duration)[0]
 
     def our_load(r):
-        return load_audio(r["audio_filepath"], r["offset"], r["duration"])
+        return load_audio(r.audio_filepath, r.offset, r.duration)
 
     def ref_features(audio):
         return extractor(audio, sampling_rate=16000, padding="max_length", return_attention_mask=True,
@@ -96,21 +98,21 @@ def main() -> None:
         text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         return processor(text=text, audio=[audio], sampling_rate=16000, return_tensors="np", padding=True)
 
-    loaded = {r["id"]: our_load(r) for r in rows}
+    loaded = {r.id: our_load(r) for r in rows}
     for r in rows:  # warm both sides (lazy imports, filter banks, tokenizer caches) and check they agree
         ref = ref_all(r)
         req = ours.prepare(r)[0]
-        assert req.expanded_ids == ref["input_ids"][0].tolist(), r["id"]
-        assert np.abs(req.features - ref["input_features"][0]).max() < 1e-3, r["id"]
+        assert list(req.expanded_ids) == ref["input_ids"][0].tolist(), r.id
+        assert np.abs(req.features - ref["input_features"][0]).max() < 1e-3, r.id
 
     stages = {
         "decode + resample": (lambda r: our_load(r), lambda r: ref_load(r)),
-        "log-mel": (lambda r: log_mel(loaded[r["id"]], cfg), lambda r: ref_features(loaded[r["id"]])),
-        "prompt ids": (lambda r: ours.family.expand(ours.family.prompt_ids(ours.family.prompt_spec({"prompt": instruction}, "default")),
-                                                    ours.family.n_audio_tokens(len(loaded[r["id"]]))),
+        "log-mel": (lambda r: log_mel(loaded[r.id], cfg), lambda r: ref_features(loaded[r.id])),
+        "prompt ids": (lambda r: ours.family.expand(ours.family.prompt_ids(ours.family.prompt_spec(None, "default")),
+                                                    ours.family.n_audio_tokens(len(loaded[r.id]))),
                        lambda r: processor.tokenizer(processor.apply_chat_template(conversation, add_generation_prompt=True,
                                                                                   tokenize=False).replace(
-                           "<|AUDIO|>", "<|AUDIO|>" * ours.family.n_audio_tokens(len(loaded[r["id"]]))))["input_ids"]),
+                           "<|AUDIO|>", "<|AUDIO|>" * ours.family.n_audio_tokens(len(loaded[r.id]))))["input_ids"]),
         "all (FrontEnd.prepare vs librosa + processor)": (lambda r: ours.prepare(r), ref_all),
     }
     totals = {name: [[0.0, 0.0], [0.0, 0.0]] for name in stages}  # [ours, ref] x [wall, cpu]

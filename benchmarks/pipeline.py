@@ -134,19 +134,22 @@ def analyse(run_dir: Path, n_devices: int) -> dict:
     }
 
 
-def sequential_baseline(manifest: Path, options: dict) -> dict:
+def sequential_baseline(manifest: Path, config) -> dict:
     """The existing port's loop in this process: per utterance, load → features → infer; no retries, no overlap.
-    A `crash` draw would kill the port's process; here it counts as a failed utterance."""
+    A `crash` draw would kill the port's process; here it counts as a failed utterance. config: the run's
+    WorkerConfig."""
+    from dataclasses import replace
+
     from transcribe_batch.manifests.reader import iter_rows
     from transcribe_batch.workers.engines.base import EngineError
     from transcribe_batch.workers.engines.simulated import FaultSpec, create
     from transcribe_batch.workers.frontend import FrontEnd
 
-    spec = FaultSpec.parse(options.get("sim_faults"))
-    options = dict(options, sim_faults={"error": spec.error + spec.crash, "empty": spec.empty,
-                                        "repeat": spec.repeat, "seed": spec.seed})
-    engine = create(options, 0)
-    frontend = FrontEnd(options.get("model_dir"), limits=engine.limits)
+    spec = FaultSpec.parse(config.sim.faults)
+    no_crash = f"error={spec.error + spec.crash},empty={spec.empty},repeat={spec.repeat},seed={spec.seed}"
+    config = replace(config, sim=replace(config.sim, faults=no_crash))
+    engine = create(config, 0)
+    frontend = FrontEnd.for_worker(config, engine.limits)
     n = failed = 0
     prep = infer = 0.0
     t0 = time.perf_counter()
@@ -154,7 +157,7 @@ def sequential_baseline(manifest: Path, options: dict) -> dict:
         t1 = time.perf_counter()
         requests = frontend.prepare(row)
         t2 = time.perf_counter()
-        engine.begin_attempts({row["id"]: 1})
+        engine.begin_attempts({row.id: 1})
         for request in requests:
             try:
                 engine.transcribe(request)
@@ -172,7 +175,7 @@ def manifest_utterances(manifest: Path) -> list[Utterance]:
     from transcribe_batch.manifests.reader import iter_rows
     from transcribe_batch.workers.engines.simulated import count_tokens
 
-    return [Utterance(float(row.get("duration") or 0.0), count_tokens(row.get("text") or ""))
+    return [Utterance(float(row.duration or 0.0), count_tokens(row.text or ""))
             for _, row in iter_rows(manifest)]
 
 
@@ -194,15 +197,14 @@ def manifest_work(utterances: list[Utterance]) -> tuple[float, int, int]:
     return sum(u.duration_s for u in utterances), len(utterances), sum(u.answer_tokens for u in utterances)
 
 
-def project_batches(work: tuple[float, int, int], options: dict, batches=(1, 2, 4, 8, 16)) -> dict:
+def project_batches(work: tuple[float, int, int], config, batches=(1, 2, 4, 8, 16)) -> dict:
     """PROJECTION, not measured: audio-hours per card-hour of this manifest at decode batch B, with the simulated
     engine's cost model (its TTFT and s/token at B = 1) and its batched step model (workers/engines/simulated.py:
     batched_step_s — weights read once per step for all rows, each row's K/V history for itself). Slots are taken
     as always full; prefills (TTFT) are not batched."""
-    from transcribe_batch.workers.engines.simulated import DEFAULT_S_PER_TOKEN, DEFAULT_TTFT_S, batched_step_s
+    from transcribe_batch.workers.engines.simulated import batched_step_s
 
-    ttft = float(options.get("sim_ttft_s") or DEFAULT_TTFT_S)
-    s_tok = float(options.get("sim_s_per_token") or DEFAULT_S_PER_TOKEN)
+    ttft, s_tok = config.sim.ttft_s, config.sim.s_per_token  # the run's WorkerConfig
     audio_s, rows, tokens = work
     prefill_s = rows * ttft
     print(f"\n## PROJECTION (not measured): audio-hours per card-hour by decode batch B — simulated cost model "
@@ -250,6 +252,9 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--shard-size", type=int, default=None, help="rows per shard (default: config default)")
     ap.add_argument("--inflight-per-device", type=int, default=None)
+    ap.add_argument("--device-max-failures", type=int, default=1000,
+                    help="failed attempts in a row that take a device out of the pool (default 1000: with one device, "
+                         "an unlucky streak of injected faults would end the run being measured)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the sequential baseline")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folder here instead of a temp dir")
@@ -284,6 +289,7 @@ def main() -> None:
         ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
         overrides = dict(engine="simulated", sim_speedup=args.sim_speedup, sim_faults=args.sim_faults or None,
                          quiet=True, shard_size=args.shard_size, inflight_per_device=args.inflight_per_device,
+                         device_max_failures=args.device_max_failures,
                          model_dir=args.model_dir if args.frontend == "full" else None,
                          sim_cost_model=args.cost_model, sim_card_model=args.card_model,
                          sim_card_quant=args.card_quant, sim_batch=args.sim_batch)
@@ -298,7 +304,7 @@ def main() -> None:
         ray.shutdown()
         base = None
         if not args.no_baseline:
-            base = sequential_baseline(manifest, cfg.engine_options_dict())
+            base = sequential_baseline(manifest, cfg.worker_config())
         utterances = manifest_utterances(manifest)
     finally:
         if args.keep is None:
@@ -339,18 +345,18 @@ def main() -> None:
     overhead = fewest["overhead_ms"] if args.overhead_ms is None else args.overhead_ms
     source = (f"measured here: {fewest['devices']} device(s), ÷ {args.sim_speedup:g}" if args.overhead_ms is None
               else "--overhead-ms")
-    line.update(project(args, utterances, overhead, source, measured, cfg.engine_options_dict()))
+    line.update(project(args, utterances, overhead, source, measured, cfg.worker_config()))
     print("\n" + " ".join(f"{key}={value}" for key, value in line.items()))
 
 
-def project(args, utterances: list[Utterance], overhead_ms: float, source: str, measured, options: dict) -> dict:
+def project(args, utterances: list[Utterance], overhead_ms: float, source: str, measured, config) -> dict:
     """The PROJECTION block of the chosen cost model."""
     if args.cost_model == "card":
         line = print_calibration()
         line.update(print_projection(utterances, max(0.0, overhead_ms), overhead_source=source, measured=measured,
                                      given=args.occupancy))
         return line
-    return project_batches(manifest_work(utterances), options)
+    return project_batches(manifest_work(utterances), config)
 
 
 if __name__ == "__main__":

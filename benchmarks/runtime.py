@@ -279,6 +279,8 @@ def main() -> None:
         sys.exit(f"transcribe_batch_native is not installed ({e}); {BUILD_HINT}")
     if not args.bmodel.is_file():
         sys.exit(f"{args.bmodel}: bmodel not found (the tiny fixture is made by native/compile/make_tiny_fixture.py)")
+    from transcribe_batch.manifests.row import ManifestRow
+    from transcribe_batch.pipeline.config import worker_config
     from transcribe_batch.workers.engines.bm1684x import native_audio
     from transcribe_batch.workers.frontend import FrontEnd
 
@@ -290,7 +292,7 @@ def main() -> None:
     cards = sorted(glob.glob("/dev/bm-sophon*"))
     on_card = bool(cards)
     rt = tbn.Runtime(str(args.bmodel), args.device)
-    fe = FrontEnd(args.model_dir)
+    fe = FrontEnd.for_worker(worker_config(engine="simulated", model_dir=args.model_dir))  # the run defaults
     shapes = shapes_of(rt, f"{args.bmodel.name} (measured)")
 
     def audio_of(req):  # the model family's chunks of the request's valid frames, as the engine passes them
@@ -299,9 +301,8 @@ def main() -> None:
     runs = []
     for clip in [c.strip() for c in args.clips.split(",") if c.strip()]:
         name, _, seconds = clip.partition(":")
-        row = {"id": name, "audio_filepath": str(args.audio_dir / name), "offset": 0.0,
-               "duration": float(seconds) if seconds else None, "text": None, "prompt": None, "task": None,
-               "language": None}
+        row = ManifestRow(id=name, audio_filepath=str(args.audio_dir / name),
+                          duration=float(seconds) if seconds else None)
         req = fe.prepare(row)[0]  # the first piece: a window the bmodel takes
         before = rt.counters()
         out = rt.generate(req.features, audio_of(req), list(req.prompt_ids), req.audio_token_id,

@@ -68,26 +68,26 @@ def write_parts(folder: Path, manifest: Path) -> int:
     """A finished run's parts/: one ok result row per manifest row, in RUN_PART_SCHEMA, 512 rows per part."""
     import pyarrow as pa
 
-    from transcribe_batch.manifests.reader import input_digest, iter_rows
+    from transcribe_batch.manifests.reader import audio_stamp, input_digest, iter_rows
     from transcribe_batch.pipeline.results import RUN_PART_SCHEMA, RunFolder, write_parquet_atomic
 
     run = RunFolder(folder)
     run.parts.mkdir(parents=True, exist_ok=True)
     t0 = np.datetime64("2026-01-01T00:00:00", "us")
     seq = 0
-    buf: list[tuple[int, dict]] = []
+    buf: list = []  # (line, ManifestRow)
 
     def flush():
         nonlocal seq
         n = len(buf)
         lines = np.array([ln for ln, _ in buf], dtype=np.int64)
-        dur = np.array([r["duration"] for _, r in buf])
+        dur = np.array([r.duration for _, r in buf])
         tokens = dur * CHARS_PER_S / CHARS_PER_TOKEN
         total = DEFAULT_TTFT_S + DEFAULT_S_PER_TOKEN * tokens
         start = t0 + (lines * 50_000_000).astype("timedelta64[us]")
-        text = [r["text"] for _, r in buf]
+        text = [r.text for _, r in buf]
         cols = {
-            "id": [r["id"] for _, r in buf], "line": lines, "audio_filepath": [r["audio_filepath"] for _, r in buf],
+            "id": [r.id for _, r in buf], "line": lines, "audio_filepath": [r.audio_filepath for _, r in buf],
             "offset": np.zeros(n), "duration_s": dur, "text": text, "pred_text": text, "raw_text": text,
             "status": ["ok"] * n, "error_class": [None] * n, "error_message": [None] * n,
             "attempts": np.ones(n, np.int32), "engine": ["bm1684x"] * n, "model_id": ["Qwen2-Audio-7B-Instruct"] * n,
@@ -100,7 +100,8 @@ def write_parts(folder: Path, manifest: Path) -> int:
             "tokens_per_s": np.full(n, 1 / DEFAULT_S_PER_TOKEN), "total_s": total, "rtf": total / dur, "prep_s": dur * 0.003,
             "wait_s": np.zeros(n), "queued_at": start, "started_at": start,
             "finished_at": start + (total * 1e6).astype("timedelta64[us]"), "n_chunks": np.ones(n, np.int32),
-            "manifest_extra": [None] * n, "input_digest": [input_digest(r) for _, r in buf],
+            "manifest_extra": [None] * n,
+            "input_digest": [input_digest(r, audio_stamp(r.audio_filepath)) for _, r in buf],
         }
         table = pa.Table.from_pydict({f.name: pa.array(cols[f.name], type=f.type) for f in RUN_PART_SCHEMA},
                                      schema=RUN_PART_SCHEMA)

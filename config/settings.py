@@ -1,9 +1,10 @@
 """One source of run settings: `config/defaults.toml`.
 
 Every run setting has exactly one line there, `name = default  # help`. This module loads that file once; the
-run configuration (pipeline/config.py RunConfig), the CLI's options and `--help` (pipeline/cli/run.py), and the
-workers' and engines' fallbacks for an option they were not given all read their defaults from here, so a default
-changes in one place. tests/test_settings.py checks that the three agree.
+run configuration (pipeline/config.py RunConfig) and the CLI's options and `--help` (pipeline/cli/run.py) read
+their defaults from here, and the workers, front end and engines get the run's values through one WorkerConfig
+built by RunConfig (workers/contracts.py), never a default of their own: a default changes in one place.
+tests/test_settings.py checks that behaviour.
 """
 
 from __future__ import annotations

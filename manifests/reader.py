@@ -5,9 +5,10 @@ line's byte offset so that a planner can keep only compact arrays and read the r
 `read_rows_at`. Duplicate ids are caught with a flat table of 64-bit id digests (`DigestSet`: 11-21 bytes a row, where
 a Python set of ints takes ~140).
 
-Normalized row keys: `id` (given, else a stable digest of audio_filepath+offset+duration as written in the
-manifest), `audio_filepath` (absolute, resolved against the manifest's folder), `offset` (float, default 0.0),
-`duration` (float or None), `text`, `prompt`, `task`, `language` (str or None), plus every other field as is.
+Rows are `ManifestRow`s (manifests/row.py): `id` (given, else a stable digest of audio_filepath+offset+duration as
+written in the manifest), `audio_filepath` (absolute, resolved against the manifest's folder), `offset` (float,
+default 0.0), `duration` (float or None), `text`, `prompt`, `task`, `language` (str or None), and every other field
+as is in `extra`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from .row import KNOWN_FIELDS, ManifestRow
 
 _TEXT_FIELDS = ("text", "prompt", "task", "language")
 
@@ -53,12 +56,33 @@ def id_digest(row_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def input_digest(row: dict) -> int:
-    """64-bit digest of what a normalized row asks for: its id, audio (resolved path, offset, duration) and the
-    fields that shape the prompt (prompt, task, language). A result is reused on resume only while its row's input
-    digest is unchanged; the reference `text` and other fields are not part of it (they are taken fresh)."""
-    key = json.dumps([row["id"], row["audio_filepath"], row["offset"], row["duration"], row.get("prompt"),
-                      row.get("task"), row.get("language")], ensure_ascii=False)
+def row_digest(row: ManifestRow) -> int:
+    """64-bit digest of what a manifest row says it asks for: its id, audio (resolved path, offset, duration) and the
+    fields that shape the prompt (prompt, task, language). The reference `text` and other fields are not part of it
+    (they are taken fresh). A planned line read back must still have it (pipeline/plan.py)."""
+    key = json.dumps([row.id, row.audio_filepath, row.offset, row.duration, row.prompt, row.task, row.language],
+                     ensure_ascii=False)
+    return id_digest(key)
+
+
+AudioStamp = tuple  # (size in bytes, mtime in ns) of an audio file, or () when it cannot be read
+
+
+def audio_stamp(path: str) -> AudioStamp:
+    """What tells one version of an audio file from another without reading it: (size, mtime_ns); () if missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return st.st_size, st.st_mtime_ns
+
+
+def input_digest(row: ManifestRow, stamp: AudioStamp) -> int:
+    """64-bit digest of what a row asks for: `row_digest`'s fields plus the audio file's `audio_stamp`, so that an
+    audio file replaced at the same path is not taken for the one an earlier result answered. A result is reused on
+    resume only while its row's input digest is unchanged."""
+    key = json.dumps([row.id, row.audio_filepath, row.offset, row.duration, row.prompt, row.task, row.language,
+                      list(stamp)], ensure_ascii=False)
     return id_digest(key)
 
 
@@ -142,7 +166,7 @@ def _number(obj: dict, key: str, path, line: int, default: float | None) -> floa
     return number
 
 
-def parse_line(raw: bytes | str, *, path: str | os.PathLike, line: int, base_dir: str | os.PathLike) -> dict:
+def parse_line(raw: bytes | str, *, path: str | os.PathLike, line: int, base_dir: str | os.PathLike) -> ManifestRow:
     """Parse and normalize one manifest line; raises ManifestError. Blank lines are the caller's business."""
     try:
         obj = json.loads(raw)
@@ -177,20 +201,10 @@ def parse_line(raw: bytes | str, *, path: str | os.PathLike, line: int, base_dir
     resolved = os.path.expanduser(audio) if audio.startswith("~") else audio
     if not os.path.isabs(resolved):
         resolved = os.path.join(base_dir, resolved)
-    row = {
-        "id": row_id,
-        "audio_filepath": os.path.normpath(resolved),
-        "offset": offset,
-        "duration": duration,
-        "text": obj.get("text"),
-        "prompt": obj.get("prompt"),
-        "task": obj.get("task"),
-        "language": obj.get("language"),
-    }
-    for key, value in obj.items():
-        if key not in row:
-            row[key] = value
-    return row
+    return ManifestRow(id=row_id, audio_filepath=os.path.normpath(resolved), offset=offset, duration=duration,
+                       text=obj.get("text"), prompt=obj.get("prompt"), task=obj.get("task"),
+                       language=obj.get("language"),
+                       extra=tuple((k, v) for k, v in obj.items() if k not in KNOWN_FIELDS))
 
 
 def _iter_raw_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
@@ -208,7 +222,7 @@ def _iter_raw_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
 def _first_line_with_id(path: Path, row_id: str, base_dir: Path) -> int | None:
     for line_no, _, raw in _iter_raw_lines(path):
         try:
-            if parse_line(raw, path=path, line=line_no, base_dir=base_dir)["id"] == row_id:
+            if parse_line(raw, path=path, line=line_no, base_dir=base_dir).id == row_id:
                 return line_no
         except ManifestError:
             continue
@@ -217,7 +231,7 @@ def _first_line_with_id(path: Path, row_id: str, base_dir: Path) -> int | None:
 
 def iter_rows_with_offsets(
     path: str | os.PathLike, *, skip_bad_lines: bool = False
-) -> Iterator[tuple[int, int, dict | ManifestError]]:
+) -> Iterator[tuple[int, int, ManifestRow | ManifestError]]:
     """Like `iter_rows`, also yielding each line's byte offset: `(line_no, byte_offset, row_or_error)`."""
     path = Path(path)
     if not path.is_file():
@@ -227,10 +241,10 @@ def iter_rows_with_offsets(
     for line_no, start, raw in _iter_raw_lines(path):
         try:
             row = parse_line(raw, path=path, line=line_no, base_dir=base_dir)
-            if not seen.add(id_digest(row["id"])):
-                first = _first_line_with_id(path, row["id"], base_dir)
+            if not seen.add(id_digest(row.id)):
+                first = _first_line_with_id(path, row.id, base_dir)
                 earlier = f" (first on line {first})" if first and first != line_no else ""
-                raise ManifestError(path, line_no, "id", f"duplicate id {row['id']!r}{earlier}")
+                raise ManifestError(path, line_no, "id", f"duplicate id {row.id!r}{earlier}")
         except ManifestError as e:
             if not skip_bad_lines:
                 raise
@@ -239,14 +253,15 @@ def iter_rows_with_offsets(
         yield line_no, start, row
 
 
-def iter_rows(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> Iterator[tuple[int, dict | ManifestError]]:
+def iter_rows(path: str | os.PathLike, *, skip_bad_lines: bool = False
+              ) -> Iterator[tuple[int, ManifestRow | ManifestError]]:
     """Yield `(line_no, row)` for every non-blank line. A bad line raises ManifestError, or with `skip_bad_lines`
     is yielded as `(line_no, ManifestError)` so the caller can record it as a failed row."""
     for line_no, _, row in iter_rows_with_offsets(path, skip_bad_lines=skip_bad_lines):
         yield line_no, row
 
 
-def read_rows_at(path: str | os.PathLike, positions: Iterable[tuple[int, int]]) -> list[dict]:
+def read_rows_at(path: str | os.PathLike, positions: Iterable[tuple[int, int]]) -> list[ManifestRow]:
     """Read back the rows at `(line_no, byte_offset)` positions (from `iter_rows_with_offsets`), in the given order."""
     path = Path(path)
     base_dir = path.resolve().parent

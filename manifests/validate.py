@@ -19,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 from .reader import ManifestError, iter_rows
+from .row import ManifestRow
 
 ERROR = "error"  # the row would fail in a run
 WARNING = "warning"  # the row runs, but probably not as meant
@@ -51,14 +52,14 @@ class Summary:
         return self.n_bad_rows == 0
 
 
-def _audio_problems(row: dict, header: Header, tolerance_s: float) -> Iterator[tuple[str, str, str]]:
+def _audio_problems(row: ManifestRow, header: Header, tolerance_s: float) -> Iterator[tuple[str, str, str]]:
     """(field, message, severity) for one parsed row whose file exists."""
     if header.problem:
-        yield "audio_filepath", f"{row['audio_filepath']}: {header.problem}", ERROR
+        yield "audio_filepath", f"{row.audio_filepath}: {header.problem}", ERROR
         return
     if header.duration is None:
         return
-    offset, duration, length = row["offset"], row["duration"], header.duration
+    offset, duration, length = row.offset, row.duration, header.duration
     if offset >= length:
         yield "offset", f"{offset:g} s is at or past the end of the audio ({length:.3f} s)", ERROR
         return
@@ -82,16 +83,16 @@ def _templates() -> dict[str, str]:
     return dict(tomllib.loads(text).get("templates") or {})
 
 
-def _prompt_problems(row: dict) -> Iterator[tuple[str, str]]:
+def _prompt_problems(row: ManifestRow) -> Iterator[tuple[str, str]]:
     """(field, message) for a row whose prompt cannot be built (a run would fail the row)."""
-    if row.get("prompt") or not row.get("task"):
+    if row.prompt or not row.task:
         return  # free text wins over the task; no task: the run's --template (checked by `run`)
     templates = _templates()
-    template = templates.get(row["task"])
+    template = templates.get(row.task)
     if template is None:
-        yield "task", f"unknown task {row['task']!r}; known (config/prompts.toml): {', '.join(sorted(templates))}"
-    elif "{language}" in template and not row.get("language"):
-        yield "language", f"task {row['task']!r} needs the row's language"
+        yield "task", f"unknown task {row.task!r}; known (config/prompts.toml): {', '.join(sorted(templates))}"
+    elif "{language}" in template and not row.language:
+        yield "language", f"task {row.task!r} needs the row's language"
 
 
 def _stat_problem(audio: str) -> str | None:
@@ -129,7 +130,7 @@ def iter_problems(path: str | os.PathLike, *, check_audio: bool = True, toleranc
         if row is None:
             pass
         elif check_audio:
-            audio = row["audio_filepath"]  # str, not Path (see headers.read_header)
+            audio = row.audio_filepath  # str, not Path (see headers.read_header)
             unusable = _stat_problem(audio)
             if unusable:
                 problems.append(Problem(manifest, line_no, "audio_filepath", unusable))
@@ -138,17 +139,17 @@ def iter_problems(path: str | os.PathLike, *, check_audio: bool = True, toleranc
                 for fld, message, severity in _audio_problems(row, header, tolerance_s):
                     problems.append(Problem(manifest, line_no, fld, message, severity))
                 if not any(p.severity == ERROR for p in problems):
-                    length = row["duration"] if row["duration"] is not None else (
-                        header.duration - row["offset"] if header.duration is not None else None)
+                    length = row.duration if row.duration is not None else (
+                        header.duration - row.offset if header.duration is not None else None)
                     if length is None:
                         summary.n_without_duration += 1
                     else:
                         summary.audio_s += length
         else:
-            if row["duration"] is None:
+            if row.duration is None:
                 summary.n_without_duration += 1
             else:
-                summary.audio_s += row["duration"]
+                summary.audio_s += row.duration
         errors = [p for p in problems if p.severity == ERROR]
         if errors:
             summary.n_bad_rows += 1

@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from transcribe_batch.config.settings import default, defaults
+from transcribe_batch.workers.contracts import EngineOptions, SimulatedOptions, WorkerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text",
-             "sim_card_model"}  # "" means None
+# "" means None for these
+_OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text", "sim_card_model",
+             "device_kind"}
 _PATHS = {"model_dir", "bmodel", "progress_log"}
 
 
@@ -45,6 +47,7 @@ class RunConfig:
     max_new_tokens: int = _d("max_new_tokens")
     batch_size: int = _d("batch_size")
     devices: str = _d("devices")
+    device_kind: str | None = _d("device_kind")
     address: str | None = _d("address")
     ray_num_cpus: int = _d("ray_num_cpus")
     max_attempts: int = _d("max_attempts")
@@ -71,16 +74,19 @@ class RunConfig:
     engine_options: dict = field(default_factory=dict)
     config_file: Path | None = None
 
-    def engine_options_dict(self) -> dict:
-        """What the engines' `create(options, device)` and the front end receive (contract 1)."""
-        opts = dict(self.engine_options)
-        for key in ("dtype", "template", "max_new_tokens", "batch_size", "escalate_min_s", "sim_speedup",
-                    "sim_faults", "sim_text", "sim_ttft_s", "sim_s_per_token", "sim_cost_model", "sim_card_model",
-                    "sim_card_quant", "sim_card_seqlen", "sim_batch"):
-            opts[key] = getattr(self, key)
-        opts["model_dir"] = str(self.model_dir) if self.model_dir else None
-        opts["bmodel"] = str(self.bmodel) if self.bmodel else None
-        return opts
+    def worker_config(self, *, log_dir: str | os.PathLike | None = None) -> WorkerConfig:
+        """What every device actor, its front end and its engine are configured with (workers/contracts.py);
+        `log_dir`: where native libraries' console output goes (the run folder's logs/)."""
+        return WorkerConfig(
+            engine=self.engine, model_dir=str(self.model_dir) if self.model_dir else None,
+            bmodel=str(self.bmodel) if self.bmodel else None, dtype=self.dtype, template=self.template,
+            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, escalate_min_s=self.escalate_min_s,
+            sim=SimulatedOptions(speedup=self.sim_speedup, faults=self.sim_faults, text=self.sim_text,
+                                 ttft_s=self.sim_ttft_s, s_per_token=self.sim_s_per_token,
+                                 cost_model=self.sim_cost_model, card_model=self.sim_card_model,
+                                 card_quant=self.sim_card_quant, card_seqlen=self.sim_card_seqlen,
+                                 batch=self.sim_batch),
+            extras=EngineOptions(self.engine_options), log_dir=str(log_dir) if log_dir is not None else None)
 
     def identity(self) -> dict:
         """What must not change between a run and its resume (else --overwrite)."""
@@ -156,6 +162,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 def build_config(manifest: str | os.PathLike, output: str | os.PathLike, *, config_file: str | os.PathLike | None = None,
                  **overrides: Any) -> RunConfig:
     """defaults.toml < config_file < overrides (None values in overrides mean "not given")."""
+    cfg = _layered(manifest, output, config_file, overrides)
+    validate(cfg)
+    return cfg
+
+
+def _layered(manifest, output, config_file, overrides: dict) -> RunConfig:
     values: dict[str, Any] = {}
     layers = [("config/defaults.toml", load_defaults())]
     if config_file:
@@ -169,24 +181,40 @@ def build_config(manifest: str | os.PathLike, output: str | os.PathLike, *, conf
                 values.setdefault("engine_options", {}).update(_coerce(name, value, source))
             else:
                 values[name] = _coerce(name, value, source)
-    cfg = RunConfig(manifest=Path(manifest).resolve(), output=Path(output).resolve(),
-                    config_file=Path(config_file).resolve() if config_file else None, **values)
-    validate(cfg)
-    return cfg
+    return RunConfig(manifest=Path(manifest).resolve(), output=Path(output).resolve(),
+                     config_file=Path(config_file).resolve() if config_file else None, **values)
 
 
-def validate(cfg: RunConfig) -> None:
-    from transcribe_batch.workers.engines import ENGINES
+def worker_config(*, config_file: str | os.PathLike | None = None, log_dir: str | os.PathLike | None = None,
+                  **settings: Any) -> WorkerConfig:
+    """A WorkerConfig from defaults.toml < config_file < settings, for tools and tests that run a worker, front end
+    or engine without a run (same names and checks as build_config, less the run's own: an engine's missing model
+    folder or bmodel is then the engine's error)."""
+    cfg = _layered(os.devnull, os.devnull, config_file, settings)
+    validate(cfg, run=False)
+    return cfg.worker_config(log_dir=log_dir)
+
+
+def validate(cfg: RunConfig, *, run: bool = True) -> None:
+    from transcribe_batch.workers.engines import ENGINES, UnknownEngine, device_kind
 
     if cfg.engine not in ENGINES:
         raise ConfigError(f"engine: unknown engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}")
+    if "device_kind" in cfg.engine_options:
+        raise ConfigError("engine_options: device_kind is a setting of its own now: write device_kind = "
+                          f"{cfg.engine_options['device_kind']!r} at the top level (or under [run])")
+    if cfg.device_kind:
+        try:
+            device_kind(cfg.engine, cfg.device_kind)
+        except (UnknownEngine, ValueError) as e:
+            raise ConfigError(f"device_kind: {e}") from None
     for name in ("max_attempts", "shard_size", "inflight_per_device", "batch_size", "max_new_tokens",
                  "device_max_failures"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.sim_speedup <= 0:
         raise ConfigError(f"sim_speedup must be > 0, got {cfg.sim_speedup}")
-    if cfg.engine == "bm1684x" and not cfg.bmodel:
+    if run and cfg.engine == "bm1684x" and not cfg.bmodel:
         raise ConfigError("engine bm1684x needs --bmodel (the compiled .bmodel) and --model-dir (tokenizer/configs)")
     if _template_text(cfg.template) is None:
         from transcribe_batch.workers.prompts import load_templates
@@ -197,7 +225,7 @@ def validate(cfg: RunConfig) -> None:
         from transcribe_batch.workers.engines.simulated import check_options
 
         try:
-            check_options(cfg.engine_options_dict())
+            check_options(cfg.worker_config())
         except ValueError as e:
             raise ConfigError(str(e)) from None
     elif cfg.sim_faults:

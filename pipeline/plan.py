@@ -1,10 +1,14 @@
 """Plan a run: stream the manifest once into compact arrays, order the work longest first, cut it into small shards.
 
-Memory is a few numeric arrays (line, byte offset, duration, id digest, input digest: 40 bytes a row) plus the
-reader's duplicate-id set; no row objects are kept. A shard's rows are read back from the manifest (by byte offset)
-only when the shard is handed to a device, and again when results are merged; each row read back must still be the
-row that was planned (same input digest), and the file must still have the size and mtime it had when it was
+Memory is a few numeric arrays (line, byte offset, duration, id digest, row digest, input digest: 48 bytes a row)
+plus the reader's duplicate-id set; no row objects are kept. A shard's rows are read back from the manifest (by byte
+offset) only when the shard is handed to a device, and again when results are merged; each row read back must still
+be the row that was planned (same row digest), and the file must still have the size and mtime it had when it was
 planned, else `ManifestChanged` stops the run (what finished is saved; the next run re-plans).
+
+A row's input digest (what a result answers) also covers its audio file's size and mtime, taken when the run is
+planned (one stat a row; rows of one file in a row share one): a file replaced at the same path is redone by the
+next run, and a file replaced during a run is not taken for a changed manifest.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from transcribe_batch.manifests.headers import read_header
-from transcribe_batch.manifests.reader import (ManifestError, id_digest, id_digests, input_digest, iter_rows_with_offsets,
-                                               read_rows_at)
-from transcribe_batch.workers.record import failed_record
+from transcribe_batch.manifests.reader import (ManifestError, audio_stamp, id_digest, input_digest,
+                                               iter_rows_with_offsets, read_rows_at, row_digest)
+from transcribe_batch.manifests.row import ManifestRow
+from transcribe_batch.workers.record import Record, failed_record
 
 
 class ManifestChanged(ManifestError):
@@ -56,13 +61,13 @@ class Plan:
     offsets: np.ndarray  # int64 byte offset of the row's line
     durations: np.ndarray  # float64 seconds (NaN: unknown / unreadable)
     digests: np.ndarray  # int64 id digests
-    inputs: np.ndarray  # int64 input digests (manifests.reader.input_digest): what each row asks for
+    row_digests: np.ndarray  # int64 row digests (manifests.reader.row_digest): what each line says, for read-back
+    inputs: np.ndarray  # int64 input digests (manifests.reader.input_digest): what each row's result must answer
     done: np.ndarray  # bool: a result for exactly this input is already in the output folder (resume)
     todo: np.ndarray  # int64 indices into the arrays above, longest first
     bounds: np.ndarray  # int64 shard k = todo[bounds[k]:bounds[k+1]]
     bad: list[ManifestError] = field(default_factory=list)  # bad lines (with skip_bad_lines): recorded every run
     fingerprint: Fingerprint | None = None  # the file as planned
-    _by_id: np.ndarray | None = field(default=None, repr=False)  # argsort of digests (lazy)
 
     @property
     def n_rows(self) -> int:
@@ -88,7 +93,7 @@ class Plan:
             raise ManifestChanged(self.manifest, 0, None, f"{_CHANGED} (size {self.fingerprint.size} -> {now.size} "
                                   f"bytes, or its modification time){_AGAIN}")
 
-    def rows(self, indices: np.ndarray) -> list[dict]:
+    def rows(self, indices: np.ndarray) -> list[ManifestRow]:
         """The planned rows at `indices`, read back from the manifest. ManifestChanged if any is not the row that
         was planned (another id, audio or prompt on that line: the file was edited during the run)."""
         indices = np.asarray(indices, dtype=np.int64)
@@ -100,26 +105,15 @@ class Plan:
             raise ManifestChanged(self.manifest, 0, None, f"{_CHANGED}: a planned line no longer reads as a row ({e})"
                                   f"{_AGAIN}") from None
         for row, line, i in zip(rows, lines, indices.tolist()):
-            if input_digest(row) != self.inputs[i]:
+            if row_digest(row) != self.row_digests[i]:
                 raise ManifestChanged(self.manifest, line, None, f"{_CHANGED}: line {line} no longer holds the row "
-                                      f"that was planned there (now id {row['id']!r}){_AGAIN}")
+                                      f"that was planned there (now id {row.id!r}){_AGAIN}")
         return rows
 
-    def index_of_ids(self, ids: list[str]) -> np.ndarray:
-        """Plan index of each id (-1: not a row of this plan, e.g. a bad line's record)."""
-        if self._by_id is None:
-            self._by_id = np.argsort(self.digests, kind="stable")
-        if not len(self.digests):
-            return np.full(len(ids), -1, dtype=np.int64)
-        wanted = id_digests(ids)
-        sorted_digests = self.digests[self._by_id]
-        pos = np.minimum(np.searchsorted(sorted_digests, wanted), len(sorted_digests) - 1)
-        return np.where(sorted_digests[pos] == wanted, self._by_id[pos], -1)
-
-    def bad_line_records(self) -> list[dict]:
+    def bad_line_records(self) -> list[Record]:
         """One failed record per bad manifest line (ids that no manifest row can have: see bad_line_id)."""
-        return [failed_record({"id": bad_line_id(e.line), "audio_filepath": None, "offset": None}, e.line, e,
-                              error_class="ManifestError", attempts=0, finish_reason="error") for e in self.bad]
+        return [failed_record(None, e.line, e, error_class="ManifestError", attempts=0, id=bad_line_id(e.line),
+                              offset=None) for e in self.bad]
 
     def audio_s(self, indices: np.ndarray | None = None) -> float:
         d = self.durations if indices is None else self.durations[indices]
@@ -135,15 +129,15 @@ _CHANGED = "the manifest changed during the run"
 _AGAIN = "; what finished is saved: run the same command again to plan against the manifest as it is now"
 
 
-def _duration(row: dict, read_headers: bool = True) -> float:
-    if row["duration"] is not None:
-        return row["duration"]
+def _duration(row: ManifestRow, read_headers: bool = True) -> float:
+    if row.duration is not None:
+        return row.duration
     if not read_headers:
         return math.nan
     # The manifest didn't say: the file header (no decoding on the driver), minus the offset. Unknown (foreign
     # format, missing or broken file) is NaN: planned last; the actor decodes it or reports it as a failed row.
-    duration = read_header(row["audio_filepath"]).duration
-    return math.nan if duration is None else max(0.0, duration - row["offset"])
+    duration = read_header(row.audio_filepath).duration
+    return math.nan if duration is None else max(0.0, duration - row.offset)
 
 
 def bad_line_id(line: int) -> str:
@@ -181,9 +175,10 @@ def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, don
         before = Fingerprint.of(manifest, content=True) if manifest.is_file() else None
     except OSError:
         before = None
-    lines, offsets, digests, inputs = array("q"), array("q"), array("q"), array("q")
+    lines, offsets, digests, row_digests, inputs = array("q"), array("q"), array("q"), array("q"), array("q")
     durations = array("d")
     bad: list[ManifestError] = []
+    stamp_of = (None, ())  # (path, audio_stamp): rows of one file in a row share its stat
     for line_no, start, row in iter_rows_with_offsets(manifest, skip_bad_lines=skip_bad_lines):
         if isinstance(row, ManifestError):
             bad.append(row)
@@ -191,20 +186,27 @@ def build_plan(manifest: str | os.PathLike, *, skip_bad_lines: bool = False, don
         lines.append(line_no)
         offsets.append(start)
         durations.append(_duration(row, read_headers))
-        digests.append(id_digest(row["id"]))
-        inputs.append(input_digest(row))
-    lines_a, offsets_a, durations_a, digests_a, inputs_a = (
+        digests.append(id_digest(row.id))
+        row_digests.append(row_digest(row))
+        if stamp_of[0] != row.audio_filepath:
+            stamp_of = (row.audio_filepath, audio_stamp(row.audio_filepath))
+        inputs.append(input_digest(row, stamp_of[1]))
+    lines_a, offsets_a, durations_a, digests_a, rows_a, inputs_a = (
         np.array(a, dtype=np.int64 if a.typecode == "q" else np.float64)
-        for a in (lines, offsets, durations, digests, inputs))
-    del lines, offsets, durations, digests, inputs
+        for a in (lines, offsets, durations, digests, row_digests, inputs))
+    del lines, offsets, durations, digests, row_digests, inputs
     if before is None or not before.same_stat(Fingerprint.of(manifest)):
         raise ManifestChanged(manifest, 0, None, "the manifest changed while it was being planned; run again once "
                               "it is written")
     done_inputs = np.zeros(0, dtype=np.int64) if done_inputs is None else np.asarray(done_inputs, dtype=np.int64)
+    # Results written before input digests covered the audio file's size and mtime carry the row digest: a row
+    # such a result answers keeps matching it by that (so an upgrade does not redo finished work).
+    legacy = np.isin(rows_a, done_inputs)
+    inputs_a[legacy] = rows_a[legacy]
     done = np.isin(inputs_a, done_inputs)
     todo = np.flatnonzero(~done)
     key = np.nan_to_num(durations_a[todo], nan=-1.0)  # unknown durations go last
     todo = todo[np.argsort(-key, kind="stable")]
     bounds = shard_bounds(durations_a[todo], shard_size, shard_max_audio_s)
     return Plan(manifest=manifest, lines=lines_a, offsets=offsets_a, durations=durations_a, digests=digests_a,
-                inputs=inputs_a, done=done, todo=todo, bounds=bounds, bad=bad, fingerprint=before)
+                row_digests=rows_a, inputs=inputs_a, done=done, todo=todo, bounds=bounds, bad=bad, fingerprint=before)

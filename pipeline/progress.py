@@ -89,11 +89,12 @@ class ProgressTracker:
                 "audio_h_done": self.audio_s_done / 3600, "audio_h_total": self.audio_s_total / 3600,
                 "audio_s_per_s": rate, "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 1)}
 
-    def update(self, records: list[dict]) -> None:
+    def update(self, records: list) -> None:
+        """records: workers.record.Record of rows done for good."""
         for r in records:
             self.done += 1
-            self.failed += r.get("status") != "ok"
-            d = r.get("duration_s") or 0.0
+            self.failed += r.status != "ok"
+            d = r.duration_s or 0.0
             self.audio_s_done += d
             self._session_audio_s += d
         if self._bar is not None:

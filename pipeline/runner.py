@@ -26,13 +26,14 @@ import numpy as np
 from transcribe_batch.workers.engines import device_kind
 from transcribe_batch.workers.platforms import local_gpus, platform
 from transcribe_batch.workers.record import now
+from transcribe_batch.workers.work import Outcome
 
 from .config import RunConfig
 from .devices import cluster_slots
 from .plan import build_plan
 from .progress import ProgressTracker
-from .results import (INPUT_DIGEST, PartWriter, ResumeError, RunFolder, RunLock, claim_run_folder, merge_results,
-                      open_run_folder, versions, write_json)
+from .results import (PartWriter, ResumeError, RunFolder, RunLock, claim_run_folder, merge_results, open_run_folder,
+                      versions, write_json)
 from .scheduler import Scheduler, SchedulerError
 
 
@@ -60,8 +61,8 @@ class RunSummary:
 
 
 def run_device_kind(cfg: RunConfig, *, gpus_available: bool) -> str:
-    """The device kind this run's engine uses (engine option `device_kind` picks one of the engine's kinds)."""
-    return device_kind(cfg.engine, (cfg.engine_options or {}).get("device_kind"), gpus_available=gpus_available)
+    """The device kind this run's engine uses (the `device_kind` setting picks one of the engine's kinds)."""
+    return device_kind(cfg.engine, cfg.device_kind, gpus_available=gpus_available)
 
 
 def connect_ray(cfg: RunConfig) -> bool:
@@ -372,11 +373,9 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                                failed=n_failed_before, audio_s_done=plan.audio_s(np.flatnonzero(plan.done)),
                                log_path=cfg.progress_log or folder.progress_log, quiet=cfg.quiet)
 
-    def on_final(records: list[dict]) -> None:
-        idx = plan.index_of_ids([r["id"] for r in records])
-        for rec, i in zip(records, idx.tolist()):
-            rec[INPUT_DIGEST] = int(plan.inputs[i]) if i >= 0 else None
-        writer.add(records)
+    def on_final(outcomes: list[Outcome]) -> None:
+        records = [o.record for o in outcomes]
+        writer.add(records, [o.input_digest for o in outcomes])
         progress.update(records)
 
     scheduler = None
@@ -403,19 +402,19 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
             if plan.n_done:
                 progress.log(f"resuming: {plan.n_done} of {plan.n_rows} rows already in {cfg.output}", event="resume")
             if plan.bad:
-                on_final(plan.bad_line_records())
+                on_final([Outcome(-1, 0, None, rec) for rec in plan.bad_line_records()])
             if plan.n_shards:
-                options = {**cfg.engine_options_dict(), "log_dir": str(folder.logs)}
-                scheduler = Scheduler(plan, slots, engine=cfg.engine, options=options,
-                                      on_final=on_final, progress=progress, max_attempts=cfg.max_attempts,
+                scheduler = Scheduler(plan, slots, cfg.worker_config(log_dir=folder.logs), on_final=on_final,
+                                      progress=progress, max_attempts=cfg.max_attempts,
                                       device_max_failures=cfg.device_max_failures,
                                       inflight_per_device=cfg.inflight_per_device)
                 infos = scheduler.start()
                 summary.devices = infos
-                run_info.update(model_id=infos[0]["model_id"], devices=infos, engine=infos[0]["engine"])
+                run_info.update(model_id=infos[0].model_id, devices=[i.to_json() for i in infos],
+                                engine=infos[0].engine)
                 write_json(folder.run_json, run_info)
                 progress.log(f"{len(infos)} device(s): " + ", ".join(
-                    f"{i['engine']} on {i['label']} ({i['node']})" for i in infos), event="devices")
+                    f"{i.engine} on {i.label} ({i.node})" for i in infos), event="devices")
                 summary.stats = scheduler.run()
             writer.flush()
             signals.check()

@@ -14,9 +14,10 @@
 - Results stream back row by row (a Ray streaming generator per shard): a finished row is on its way to disk
   at once, and a failed row is re-queued at once.
 - An actor whose process dies is restarted by Ray (max_restarts=-1); no work goes to it until it answers again.
-  Only the row that was on the device when it died (the actor writes what it puts on the device into a
-  `DeviceLedger` before each engine call) is charged an attempt; the other rows it held go back to the queue as
-  they were. When a batch was on the device, each of its rows goes back free but marked to run alone next, so
+  Only the row that was on the device when it died (before each engine call the actor writes what it puts on the
+  device into its `DeviceLedger`, a small file on its node that the driver takes after the crash: in its own
+  process, or by a task pinned to that node; workers/ledger.py) is charged an attempt; the other rows it held go
+  back to the queue as they were. When a batch was on the device, each of its rows goes back free but marked to run alone next, so
   that a crash is only ever charged to a row that was on the device by itself.
 - A device leaves the pool on evidence against it, not on bad luck every device shares: after
   `device_max_failures` failed attempts in a row (failed predictions and crashes charged to its rows; a success
@@ -29,16 +30,20 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from transcribe_batch.workers.actor import TranscriptionWorker
+from transcribe_batch.workers.contracts import ActorInfo, WorkerConfig
 from transcribe_batch.workers.record import failed_record, now
-from transcribe_batch.workers.work import RETRY, DeviceLedger, Outcome, WorkItem
+from transcribe_batch.workers.ledger import remove_ledgers, take_held
+from transcribe_batch.workers.work import RETRY, Outcome, WorkItem
 
 from .devices import DeviceSlot
 from .plan import Plan
@@ -79,7 +84,7 @@ class Device:
     streak: int = 0  # failed attempts in a row (a success resets it)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))  # recent attempts: True = failed
     alive: bool = True
-    info: dict | None = None
+    info: ActorInfo | None = None
     restarting: bool = False  # its process died; no work until it answers a ping again
     ping: object = None  # ObjectRef of the ping (info call) in flight
     ping_after: float = 0.0  # monotonic time to send the next ping
@@ -106,36 +111,37 @@ def required_streak(max_failures: int, others_failed: int, others_attempts: int,
 
 
 class Scheduler:
-    def __init__(self, plan: Plan, slots: list[DeviceSlot], *, engine: str, options: dict, on_final, progress,
+    def __init__(self, plan: Plan, slots: list[DeviceSlot], config: WorkerConfig, *, on_final, progress,
                  max_attempts: int = 3, device_max_failures: int = 3, inflight_per_device: int = 2,
-                 startup_timeout_s: float = 3600.0):
+                 startup_timeout_s: float = 3600.0, close_timeout_s: float = 30.0):
         self.plan = plan
         self.slots = slots
-        self.engine = engine
-        self.options = options
-        self.on_final = on_final  # callable(list[record]) for rows that are done for good
+        self.config = config  # every actor's (workers/contracts.py)
+        self.on_final = on_final  # callable(list[Outcome]) for rows that are done for good
         self.progress = progress
         self.max_attempts = max_attempts
         self.device_max_failures = device_max_failures
         self.inflight_per_device = inflight_per_device
-        self.batch_size = max(1, int(options.get("batch_size") or 1))
+        self.batch_size = config.batch_size
         self.startup_timeout_s = startup_timeout_s
+        self.close_timeout_s = close_timeout_s  # at shutdown, how long an actor may take to close its engine
         self.devices: list[Device] = []
-        self.ledger = None
+        self.ledger_run = uuid.uuid4().hex[:16]  # names this run's device ledgers (workers/ledger.py)
+        self.ledgers: dict[str, set] = {}  # node id -> ledger paths of the actors that ran there
+        self.driver_node: str | None = None
         self.retries: deque[Task] = deque()
         self.cursor = 0  # next position in plan.todo to hand out
         self.shard_time_s = 0.0  # moving average of a shard's round trip: how long a retry waits for a new device
         self.stats = {"retried_rows": 0, "actor_crashes": 0, "requeued_unharmed": 0, "devices_removed": [],
                       "retried_busy_s": 0.0}
-        self.last_record: dict = {}
 
     # -- start/stop ---------------------------------------------------------------------------------------------
-    def start(self) -> list[dict]:
-        self.ledger = ray.remote(DeviceLedger).options(num_cpus=0, max_restarts=-1).remote()
+    def start(self) -> list[ActorInfo]:
+        self.driver_node = ray.get_runtime_context().get_node_id()
         remote_cls = ray.remote(TranscriptionWorker)
         for slot in self.slots:
             actor = remote_cls.options(**actor_options(slot, self.inflight_per_device)).remote(
-                self.engine, self.options, slot.device, device_kind=slot.kind, label=slot.label, ledger=self.ledger)
+                self.config, slot.device, device_kind=slot.kind, label=slot.label, ledger_run=self.ledger_run)
             self.devices.append(Device(slot, actor))
         pending = {d.actor.info.remote(): d for d in self.devices}
         deadline = time.monotonic() + self.startup_timeout_s
@@ -145,7 +151,7 @@ class Scheduler:
             for ref in ready:
                 dev = pending.pop(ref)
                 try:
-                    dev.info = ray.get(ref)
+                    self._answered(dev, ray.get(ref))
                 except RayError as e:
                     errors.append(f"{dev.label}: {_short(e)}")
                     self._remove(dev, f"failed to start its engine: {_short(e)}")
@@ -155,15 +161,51 @@ class Scheduler:
         if not self.alive:
             raise SchedulerError("no device could start its engine:\n  " + "\n  ".join(errors))
         # shards hold at least one full batch of the batch the actors settled on (a batched bmodel raises it to its B)
-        self.batch_size = max([self.batch_size] + [int(d.info.get("batch_size") or 1) for d in self.alive])
+        self.batch_size = max([self.batch_size] + [d.info.batch_size for d in self.alive])
         return [d.info for d in self.alive]
 
     def shutdown(self) -> None:
-        for handle in [d.actor for d in self.devices] + [self.ledger]:
+        """Close the engine of every live actor with no work in flight (its device left as it should be: card memory
+        freed, runtime closed), then end the actors and remove the run's device ledgers. An actor still running
+        work (an interrupted run) or that does not close in time (a hung device) is ended as it is."""
+        closing = [d.actor.close.remote() for d in self.devices if d.alive and not d.restarting and not d.inflight]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=self.close_timeout_s)
+        for dev in self.devices:
             try:
-                ray.kill(handle, no_restart=True)
+                ray.kill(dev.actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        for node, paths in self.ledgers.items():  # the run's ledger files go with it
+            try:
+                self._on_node(node, remove_ledgers, sorted(paths), timeout=10)
+            except Exception:  # noqa: BLE001 - a node that is gone took its files with it; else a later sweep does
+                pass
+
+    def _answered(self, dev: Device, info: ActorInfo) -> None:
+        """An actor answered (started, or back after a restart, maybe on another node): note where its ledger is."""
+        dev.info = info
+        if info.ledger:
+            self.ledgers.setdefault(info.node_id, set()).add(info.ledger)
+
+    def _on_node(self, node: str | None, fn, *args, timeout: float):
+        """fn(*args) on `node`: here when that is the driver's node, else in a 0-CPU task pinned there."""
+        if node is None or node == self.driver_node:
+            return fn(*args)
+        task = ray.remote(num_cpus=0, max_retries=0)(fn).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False))
+        return ray.get(task.remote(*args), timeout=timeout)
+
+    def _held(self, dev: Device) -> set:
+        """Keys the dead actor had put on its device last (read from its ledger on its node)."""
+        if dev.info is None or not dev.info.ledger:
+            return set()
+        try:
+            return {tuple(k) for k in self._on_node(dev.info.node_id, take_held, dev.info.ledger, timeout=30)}
+        except Exception as e:  # noqa: BLE001 - the node went down with it: the crash is the device's alone
+            self.progress.log(f"device {dev.label}: could not read its ledger after the crash ({_short(e)})",
+                              event="ledger_unreadable", device=dev.label)
+            return set()
 
     @property
     def alive(self) -> list[Device]:
@@ -215,9 +257,10 @@ class Scheduler:
         end = min(end, self.cursor + max(self.batch_size, share))
         indices = todo[self.cursor:end].tolist()
         self.cursor = end
-        durations, lines = self.plan.durations, self.plan.lines
-        return Task([WorkItem(index=i, line=int(lines[i]), duration=None if durations[i] != durations[i]
-                              else float(durations[i])) for i in indices])
+        durations, lines, inputs = self.plan.durations, self.plan.lines, self.plan.inputs
+        return Task([WorkItem(index=i, line=int(lines[i]), input_digest=int(inputs[i]),
+                              duration=None if durations[i] != durations[i] else float(durations[i]))
+                     for i in indices])
 
     def _submit(self, dev: Device, task: Task) -> None:
         rows = self.plan.rows(np.asarray([item.index for item in task.items], dtype=np.int64))
@@ -254,7 +297,7 @@ class Scheduler:
     def _pinged(self, dev: Device) -> None:
         ref, dev.ping = dev.ping, None
         try:
-            dev.info = ray.get(ref)
+            self._answered(dev, ray.get(ref))
             dev.restarting = False
         except RayError as e:  # still restarting
             if time.monotonic() > dev.restart_deadline:
@@ -300,22 +343,21 @@ class Scheduler:
         self._outcome(dev, shard, outcome)
 
     def _outcome(self, dev: Device, shard: Shard, outcome: Outcome) -> None:
-        item = shard.pending.pop(tuple(outcome.key))
+        item = shard.pending.pop(outcome.key)
         rec = outcome.record
-        self.last_record = rec
         if outcome.ok:
             self._evidence(dev, failed=False)
         elif outcome.decision == RETRY and outcome.on_device:
             self._evidence(dev, failed=True)
         if outcome.decision == RETRY and item.attempt < self.max_attempts:
             self._requeue([item.next_attempt(dev.label)])
-            if rec.get("started_at") and rec.get("finished_at"):  # device time spent on the attempt (benchmarks)
-                self.stats["retried_busy_s"] += (rec["finished_at"] - rec["started_at"]).total_seconds()
+            if rec.started_at and rec.finished_at:  # device time spent on the attempt (benchmarks)
+                self.stats["retried_busy_s"] += (rec.finished_at - rec.started_at).total_seconds()
         else:
-            self.on_final([rec])
+            self.on_final([outcome])
         if dev.alive and dev.streak >= self._required_streak(dev):
             self._remove(dev, f"{dev.streak} attempts in a row failed on it while the other devices did better "
-                              f"(last: {rec.get('error_class')}: {rec.get('error_message')})")
+                              f"(last: {rec.error_class}: {rec.error_message})")
 
     def _shard_done(self, shard: Shard) -> None:
         elapsed = time.monotonic() - shard.submitted
@@ -370,10 +412,7 @@ class Scheduler:
                 return
             lost = [shard] + list(dev.inflight.values())
             dev.inflight.clear()
-            try:
-                held = {tuple(k) for k in ray.get(self.ledger.held.remote(dev.label), timeout=30)}
-            except RayError:
-                held = set()
+            held = self._held(dev)
             dev.restarting, dev.ping, dev.ping_after = True, None, time.monotonic()
             dev.restart_deadline = time.monotonic() + self.startup_timeout_s
         else:  # the call itself raised (a bug, not the device): its rows are the suspects
@@ -390,12 +429,13 @@ class Scheduler:
                 elif item.attempt < self.max_attempts:
                     charged.append(item.next_attempt(dev.label))
                 else:
-                    finals.append(failed_record(
+                    info = dev.info
+                    finals.append(Outcome.of(item, failed_record(
                         item.row, item.line, f"{kind} on {dev.label} while transcribing ({_short(error)})",
                         error_class="ActorDied" if died else type(error).__name__,
-                        attempts=item.attempt, engine=self.engine, device=dev.slot.device,
-                        node=(dev.info or {}).get("node"), node_id=(dev.info or {}).get("node_id"),
-                        queued_at=item.queued_at, model_id=(dev.info or {}).get("model_id")))
+                        attempts=item.attempt, engine=self.config.engine, device=dev.slot.device,
+                        node=info.node if info else None, node_id=info.node_id if info else None,
+                        queued_at=item.queued_at, model_id=info.model_id if info else None)))
         self._requeue_unharmed(unharmed)
         if charged:
             self._requeue(charged)

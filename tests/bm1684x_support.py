@@ -85,18 +85,12 @@ def reference() -> dict:
     return json.loads((fixture_dir() / "reference.json").read_text())
 
 
-def clip_row(clip: dict, audio_dir: Path) -> dict:
-    """A normalized manifest row for a reference clip."""
-    return {
-        "id": clip["audio_filepath"],
-        "audio_filepath": str(audio_dir / clip["audio_filepath"]),
-        "offset": clip.get("offset") or 0.0,
-        "duration": clip.get("duration"),
-        "text": None,
-        "prompt": None,
-        "task": None,
-        "language": None,
-    }
+def clip_row(clip: dict, audio_dir: Path):
+    """A manifest row (ManifestRow) for a reference clip."""
+    from transcribe_batch.manifests.row import ManifestRow
+
+    return ManifestRow(id=clip["audio_filepath"], audio_filepath=str(audio_dir / clip["audio_filepath"]),
+                       offset=clip.get("offset") or 0.0, duration=clip.get("duration"))
 
 
 def assert_tokens_match(got: list[int], clip: dict, *, where: str) -> None:

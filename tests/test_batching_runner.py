@@ -4,6 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifest_helpers import write_manifest
+from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.runner import run_job
 
@@ -50,7 +51,7 @@ def test_hf_engine_batch_path_through_the_runner(tmp_path, audio_dir):
                                    max_new_tokens=n_tokens, batch_size=2, dtype="fp32", quiet=True))
     rows = pq.read_table(summary.results).to_pylist()
     assert [r["id"] for r in rows] == [c["audio_filepath"] for c in clips]
-    fe = FrontEnd(fixture)
+    fe = FrontEnd(fixture, template="default", max_new_tokens=n_tokens)
     for row, clip in zip(rows, clips):
         assert row["status"] == "ok" and row["engine"] == "hf", row
         assert row["raw_text"] == fe.decode(clip["tokens"][:n_tokens])
@@ -65,17 +66,18 @@ def test_the_next_batch_is_prepared_while_one_runs(audio_dir, model_dir):
     from transcribe_batch.workers.record import now
     from transcribe_batch.workers.work import WorkItem
 
-    rows = [r for _, r in iter_rows(audio_dir / "manifest.jsonl") if r["duration"] <= 30][:4]
+    rows = [r for _, r in iter_rows(audio_dir / "manifest.jsonl") if r.duration <= 30][:4]
     assert len(rows) == 4
-    w = TranscriptionWorker("simulated", {"sim_speedup": 40, "batch_size": 2, "model_dir": str(model_dir)}, 0)
+    w = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=40, batch_size=2, model_dir=str(model_dir)),
+                            0)
     try:
-        items = [WorkItem(i, i + 1, row=r, queued_at=now(), duration=r["duration"]) for i, r in enumerate(rows)]
+        items = [WorkItem(i, i + 1, row=r, queued_at=now(), duration=r.duration) for i, r in enumerate(rows)]
         outcomes = w.run_shard(items)
     finally:
         w.close()
     assert sorted(o.key for o in outcomes) == sorted(i.key for i in items)
     recs = {o.key[0]: o.record for o in outcomes}
-    assert all(r["status"] == "ok" for r in recs.values())
-    first, second = sorted({(recs[k]["started_at"], recs[k]["finished_at"]) for k in recs})
+    assert all(r.status == "ok" for r in recs.values())
+    first, second = sorted({(recs[k].started_at, recs[k].finished_at) for k in recs})
     assert first[1] <= second[0]  # two engine calls, one after the other
-    assert [recs[k]["wait_s"] for k in sorted(recs) if recs[k]["started_at"] == second[0]] == [0.0, 0.0]
+    assert [recs[k].wait_s for k in sorted(recs) if recs[k].started_at == second[0]] == [0.0, 0.0]

@@ -66,3 +66,9 @@ def test_roofline_projection_covers_both_families_with_published_sizes():
     for b in (1, 4, 16):
         rates = [float(line[f"{p}_w4bf16_b{b}_tokens_per_s"]) for p in ("proj", "proj_q3_1.7b", "proj_q3_0.6b")]
         assert rates == sorted(rates), (b, rates)
+
+
+def test_ledger_benchmark_compares_file_and_actor():
+    out, figures = _run("ledger.py", "-n", "50", timeout=300)
+    assert "| file: hold (before each engine call) | 50 |" in out, out
+    assert float(figures["ledger_hold_median_us"]) > 0 and float(figures["actor_hold_median_us"]) > 0

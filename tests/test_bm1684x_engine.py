@@ -3,8 +3,8 @@ checks (sidecar vs model folder), limits, error mapping and the message shown wi
 
 from __future__ import annotations
 
-import copy
 import json
+from dataclasses import replace
 import shutil
 import subprocess
 import sys
@@ -14,8 +14,9 @@ import pytest
 
 from bm1684x_support import (REPO, assert_logprobs_match, assert_tokens_match, clip_row, fixture_dir, native,
                              port_bmodel_path, reference)
+from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.workers.engines import SequenceTooLong, create_engine
-from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS
+from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS, DecodeOptions
 
 pytestmark = pytest.mark.simulator
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.simulator
 @pytest.fixture(scope="module")
 def engine():
     native()
-    eng = create_engine("bm1684x", {"model_dir": str(fixture_dir())}, 0)
+    eng = create_engine(worker_config(engine="bm1684x", model_dir=str(fixture_dir())), 0)
     yield eng
     eng.close()
 
@@ -32,7 +33,7 @@ def engine():
 def frontend(engine):
     from transcribe_batch.workers.frontend import FrontEnd
 
-    return FrontEnd(fixture_dir(), limits=engine.limits)
+    return FrontEnd(fixture_dir(), template="default", max_new_tokens=256, limits=engine.limits)
 
 
 @pytest.mark.slow
@@ -49,8 +50,9 @@ def test_limits_come_from_the_bmodel(engine):
 def test_real_audio_through_front_end_and_engine_matches_hf(engine, frontend, audio_dir):
     clip = reference()["clips"][-1]  # test_native_runtime.py decodes the others
     (req,) = frontend.prepare(clip_row(clip, audio_dir))
-    assert req.expanded_ids == clip["input_ids"], "front end prompt differs from the reference's"
-    req.max_new_tokens = min(req.max_new_tokens, reference()["max_new_tokens"])
+    assert list(req.expanded_ids) == clip["input_ids"], "front end prompt differs from the reference's"
+    req = replace(req, decode=replace(req.decode, max_new_tokens=min(req.max_new_tokens,
+                                                                      reference()["max_new_tokens"])))
     res = engine.transcribe(req)
     got = res.token_ids + ([clip["tokens"][-1]] if res.finish_reason == FINISH_EOS else [])
     assert_tokens_match(got, clip, where=f"engine {clip['audio_filepath']}")
@@ -65,7 +67,7 @@ def test_real_audio_through_front_end_and_engine_matches_hf(engine, frontend, au
 def test_too_long_becomes_sequence_too_long(engine, frontend, audio_dir):
     clip = reference()["clips"][0]
     (req,) = frontend.prepare(clip_row(clip, audio_dir))
-    req.prompt_ids = [req.prompt_ids[-1]] * engine.limits.max_seq_len + list(req.prompt_ids)
+    req = replace(req, prompt_ids=(req.prompt_ids[-1],) * engine.limits.max_seq_len + req.prompt_ids)
     with pytest.raises(SequenceTooLong, match=clip["audio_filepath"]):
         engine.transcribe(req)
 
@@ -90,13 +92,14 @@ def test_mismatched_bmodel_and_model_folder_are_refused(tmp_path, edit, problem)
     from transcribe_batch.workers.engines.bm1684x import ModelMismatch
 
     with pytest.raises(ModelMismatch, match=problem):
-        create_engine("bm1684x", {"model_dir": str(folder)}, 0)
+        create_engine(worker_config(engine="bm1684x", model_dir=str(folder)), 0)
 
 
 @pytest.mark.slow
 def test_a_port_layout_bmodel_without_sidecar_is_checked_against_its_own_nets(tmp_path):
     native()
-    eng = create_engine("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(port_bmodel_path())}, 0)
+    eng = create_engine(worker_config(engine="bm1684x", model_dir=str(fixture_dir()), bmodel=str(port_bmodel_path())),
+                        0)
     assert eng.sidecar is None and eng.limits.max_seq_len == eng.layout.seqlen
     eng.close()
     folder = tmp_path / "model"
@@ -105,7 +108,7 @@ def test_a_port_layout_bmodel_without_sidecar_is_checked_against_its_own_nets(tm
     from transcribe_batch.workers.engines.bm1684x import ModelMismatch
 
     with pytest.raises(ModelMismatch, match="vocabulary: lm_head logits"):
-        create_engine("bm1684x", {"model_dir": str(folder), "bmodel": str(port_bmodel_path())}, 0)
+        create_engine(worker_config(engine="bm1684x", model_dir=str(folder), bmodel=str(port_bmodel_path())), 0)
 
 
 @pytest.mark.slow
@@ -118,12 +121,12 @@ def test_the_masks_hidden_value_is_the_sidecars(tmp_path):
     sidecar = folder / "tiny-qwen2-audio.bmodel.json"
     for value, want in ((-20000.0, -20000.0), (None, tbn.DEFAULT_MASK_VALUE)):
         _edit_json(sidecar, lambda c: c.update(audio_mask_value=value) if value else c.pop("audio_mask_value"))
-        eng = create_engine("bm1684x", {"model_dir": str(folder)}, 0)
+        eng = create_engine(worker_config(engine="bm1684x", model_dir=str(folder)), 0)
         assert eng.layout.mask_value == want
         eng.close()
     _edit_json(sidecar, lambda c: c.update(audio_mask_value=-1e5))
     with pytest.raises(ValueError, match=r"mask value -100000 is -inf as F16 \(mask input 2 of net block_0"):
-        create_engine("bm1684x", {"model_dir": str(folder)}, 0)
+        create_engine(worker_config(engine="bm1684x", model_dir=str(folder)), 0)
 
 
 @pytest.mark.slow
@@ -134,7 +137,7 @@ def test_a_sidecar_without_model_type_loads_with_the_family_its_audio_net_fits()
     bmodel = folder / "tiny-qwen2-audio-confident-bf16.bmodel"
     native()
     assert "model_type" not in json.loads(bmodel.with_name(bmodel.name + ".json").read_text())
-    eng = create_engine("bm1684x", {"model_dir": str(folder), "bmodel": str(bmodel)}, 0)
+    eng = create_engine(worker_config(engine="bm1684x", model_dir=str(folder), bmodel=str(bmodel)), 0)
     assert eng.family.model_type == "qwen2_audio" and eng.layout.audio_kind == "window"
     eng.close()
 
@@ -149,7 +152,8 @@ def test_without_the_extension_the_error_says_how_to_build_it():
     code = (
         "import sys; sys.modules['transcribe_batch_native'] = None\n"
         "from transcribe_batch.workers.engines import create_engine\n"
-        f"create_engine('bm1684x', {{'model_dir': {str(REPO)!r}}}, 0)\n"
+        "from transcribe_batch.pipeline.config import worker_config\n"
+        f"create_engine(worker_config(engine='bm1684x', model_dir={str(REPO)!r}), 0)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
@@ -160,7 +164,7 @@ def test_without_the_extension_the_error_says_how_to_build_it():
 
 def test_engine_needs_a_model_folder():
     with pytest.raises(ValueError, match="model_dir"):
-        create_engine("bm1684x", {}, 0)
+        create_engine(worker_config(engine="bm1684x"), 0)
 
 
 # ---------------------------------------------------------------- a batched (B=4) bmodel
@@ -171,7 +175,8 @@ def engine4():
     from bm1684x_support import batched_bmodel_path
 
     native()
-    eng = create_engine("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(batched_bmodel_path())}, 0)
+    eng = create_engine(worker_config(engine="bm1684x", model_dir=str(fixture_dir()),
+                                      bmodel=str(batched_bmodel_path())), 0)
     yield eng
     eng.close()
 
@@ -184,21 +189,21 @@ def test_batched_engine_keeps_its_slots_full_and_fails_requests_alone(engine4, a
     from transcribe_batch.workers.frontend import FrontEnd
 
     assert engine4.preferred_batch_size == BATCH
-    fe = FrontEnd(fixture_dir(), limits=engine4.limits)
+    fe = FrontEnd(fixture_dir(), template="default", max_new_tokens=256, limits=engine4.limits)
     clips = reference()["clips"]
     prepared = [fe.prepare(clip_row(c, audio_dir))[0] for c in clips]
     plan = [(0, 3), (1, 2), (0, None), (2, 2), (1, "bad"), (1, 3)]
     reqs = []
     for clip, n in plan:
-        r = copy.deepcopy(prepared[clip])
+        r = prepared[clip]
+        stop_ids = r.stop_ids
         if n is None:  # room for one answer token in the KV history: overruns in its first decode step
-            r.prompt_ids = too_long_prompt(r, engine4.layout.kv_capacity, answer_room=1)
-            r.stop_ids, n = (), 4
+            r = replace(r, prompt_ids=tuple(too_long_prompt(r, engine4.layout.kv_capacity, answer_room=1)))
+            stop_ids, n = (), 4
         elif n == "bad":
-            r.n_audio_tokens += 1
+            r = replace(r, n_audio_tokens=r.n_audio_tokens + 1)
             n = 2
-        r.max_new_tokens = n
-        reqs.append(r)
+        reqs.append(replace(r, decode=DecodeOptions(n, stop_ids)))
     out = engine4.transcribe_batch(reqs)
     assert isinstance(out[2], SequenceTooLong) and "answer reached SEQLEN" in str(out[2])
     assert isinstance(out[4], ValueError) and "n_audio_tokens" in str(out[4])
@@ -228,7 +233,7 @@ def test_a_batched_bmodel_whose_sidecar_says_another_batch_is_refused(tmp_path):
     shutil.copy(src.with_name(src.name + ".json"), tmp_path / (src.name + ".json"))
     _edit_json(tmp_path / (src.name + ".json"), lambda c: c.update(batch=1))
     with pytest.raises(ModelMismatch, match="decode batch: sidecar says 1, bmodel nets says 4"):
-        create_engine("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(bm)}, 0)
+        create_engine(worker_config(engine="bm1684x", model_dir=str(fixture_dir()), bmodel=str(bm)), 0)
 
 
 @pytest.mark.slow
@@ -239,11 +244,12 @@ def test_a_batched_bmodel_sets_the_actors_batch_even_when_batch_size_is_1():
     from transcribe_batch.workers.actor import TranscriptionWorker
 
     native()
-    worker = TranscriptionWorker("bm1684x", {"model_dir": str(fixture_dir()), "bmodel": str(batched_bmodel_path()),
-                                             "batch_size": 1}, 0, device_kind="bm1684x")
+    config = worker_config(engine="bm1684x", model_dir=str(fixture_dir()), bmodel=str(batched_bmodel_path()),
+                           batch_size=1)
+    worker = TranscriptionWorker(config, 0, device_kind="bm1684x")
     try:
         assert worker.batch_size == BATCH == 4
-        assert worker.info()["batch_size"] == BATCH
+        assert worker.info().batch_size == BATCH
     finally:
         worker.close()
 

@@ -38,7 +38,7 @@ def test_run_with_engine_bm1684x_on_the_simulator(tmp_path, audio_dir):
     assert [r["id"] for r in rows] == [c["audio_filepath"] for c in clips]
     from transcribe_batch.workers.frontend import FrontEnd
 
-    fe = FrontEnd(fixture_dir())
+    fe = FrontEnd(fixture_dir(), template="default", max_new_tokens=256)
     for row, clip in zip(rows, clips):
         assert row["status"] == "ok", row
         assert row["engine"] == "bm1684x"
@@ -75,7 +75,7 @@ def test_run_with_a_batched_bmodel_and_batch_size_4(tmp_path, audio_dir):
     rows = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     from transcribe_batch.workers.frontend import FrontEnd
 
-    fe = FrontEnd(fixture_dir())
+    fe = FrontEnd(fixture_dir(), template="default", max_new_tokens=256)
     assert set(rows) == {c["audio_filepath"] for c in clips}
     for clip in clips:
         row = rows[clip["audio_filepath"]]

@@ -54,7 +54,7 @@ def test_config_file_layers(tmp_path):
     cfg = build_config("m.jsonl", "out", config_file=cfg_file, sim_speedup=99.0)
     assert (cfg.engine, cfg.max_attempts, cfg.sim_speedup) == ("simulated", 5, 99.0)  # flags beat the file
     assert cfg.shard_size == 4  # defaults.toml
-    assert cfg.engine_options_dict()["sim_broken_devices"] == [1]
+    assert cfg.worker_config().extras["sim_broken_devices"] == (1,)
     cfg_file.write_text('engine = "simulated"\nmax_atempts = 5\n')
     with pytest.raises(ConfigError, match="unknown setting 'max_atempts'"):
         build_config("m.jsonl", "out", config_file=cfg_file)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from transcribe_batch.manifests.row import ManifestRow
+from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.workers.confidence import CONFIDENCE_COLUMNS, confidence_fields
 from transcribe_batch.workers.engines import create_engine
-from transcribe_batch.workers.engines.base import EngineResult, Request
+from transcribe_batch.workers.engines.base import DecodeOptions, EngineResult, Request
 from transcribe_batch.workers.engines.simulated import FaultSpec, draw_logprobs
 from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform
 
@@ -58,11 +61,12 @@ def test_schema_has_the_columns_and_old_parts_conform():
 
 
 def _request(text, rid="u1", **kw):
-    return Request(id=rid, duration_s=2.0, reference=text, max_new_tokens=kw.pop("max_new_tokens", 64), **kw)
+    return Request(id=rid, duration_s=2.0, reference=text, decode=DecodeOptions(kw.pop("max_new_tokens", 64)), **kw)
 
 
 def _engine(faults="", **options):
-    return create_engine("simulated", {"sim_ttft_s": 0, "sim_s_per_token": 0, "sim_faults": faults, **options}, 0)
+    return create_engine(worker_config(engine="simulated", sim_ttft_s=0, sim_s_per_token=0, sim_faults=faults,
+                                       **options), 0)
 
 
 def test_simulated_logprobs_are_aligned_and_deterministic():
@@ -110,16 +114,17 @@ def test_results_of_a_simulated_run_have_confidence(tmp_path, audio_dir):
 
     write_manifest(tmp_path / "m.jsonl", audio_dir, limit=3)
     rows = [row for _, row in iter_rows(tmp_path / "m.jsonl")]
-    worker = TranscriptionWorker("simulated", {"sim_ttft_s": 0, "sim_s_per_token": 0, "sim_max_audio_s": 1.0}, 0)
-    outcomes = worker.run_shard([WorkItem(index=i, line=i + 1, row=r, queued_at=now(), duration=r["duration"])
+    worker = TranscriptionWorker(worker_config(engine="simulated", sim_ttft_s=0, sim_s_per_token=0,
+                                               engine_options={"sim_max_audio_s": 1.0}), 0)
+    outcomes = worker.run_shard([WorkItem(index=i, line=i + 1, row=r, queued_at=now(), duration=r.duration)
                                  for i, r in enumerate(rows)])
     worker.close()
     records = [o.record for o in outcomes]
-    assert any(rec["n_chunks"] > 1 for rec in records)
+    assert any(rec.n_chunks > 1 for rec in records)
     for rec in records:
-        assert rec["status"] == "ok", rec
-        assert 0 < rec["confidence"] <= 1 and rec["min_logprob"] <= rec["mean_logprob"] <= 0
-        assert rec["confidence"] == pytest.approx(math.exp(rec["mean_logprob"]))
+        assert rec.status == "ok", rec
+        assert 0 < rec.confidence <= 1 and rec.min_logprob <= rec.mean_logprob <= 0
+        assert rec.confidence == pytest.approx(math.exp(rec.mean_logprob))
 
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
@@ -134,12 +139,12 @@ def test_hf_logprobs_equal_a_teacher_forced_forward_pass(audio_dir):
     pytest.importorskip("transformers")
     from transcribe_batch.workers.frontend import FrontEnd
 
-    engine = create_engine("hf", {"model_dir": str(TINY), "dtype": "fp32", "batch_size": 2}, None)
-    fe = FrontEnd(TINY, limits=engine.limits, max_new_tokens_cap=10)
-    requests = [fe.prepare({"id": f"u{i}", "audio_filepath": str(audio_dir / clip), "offset": 0.0, "duration": d})[0]
+    engine = create_engine(worker_config(engine="hf", model_dir=str(TINY), dtype="fp32", batch_size=2), None)
+    fe = FrontEnd(TINY, template="default", max_new_tokens=10, limits=engine.limits)
+    requests = [fe.prepare(ManifestRow(id=f"u{i}", audio_filepath=str(audio_dir / clip), duration=d))[0]
                 for i, (clip, d) in enumerate([("001.wav", 1.0), ("beckett.wav", 2.0)])]
-    for r in requests:
-        r.stop_ids = (-1,)  # run the whole budget: more tokens to compare
+    # run the whole budget: more tokens to compare
+    requests = [replace(r, decode=DecodeOptions(r.max_new_tokens, (-1,))) for r in requests]
     results = engine.transcribe_batch(requests)
     for req, res in zip(requests, results):
         assert len(res.token_logprobs) == len(res.token_ids) == 10
@@ -164,9 +169,9 @@ def test_resumed_run_merges_parts_written_before_the_columns_existed(tmp_path):
     (the bug this guards: cast to the new part schema failed on the old parts)."""
     import json
 
-    from transcribe_batch.manifests.reader import input_digest, parse_line
+    from transcribe_batch.manifests.reader import audio_stamp, input_digest, parse_line
     from transcribe_batch.pipeline.plan import build_plan
-    from transcribe_batch.pipeline.results import INPUT_DIGEST, PartWriter, RunFolder, merge_results
+    from transcribe_batch.pipeline.results import PartWriter, RunFolder, merge_results
     from transcribe_batch.workers.record import base_record
 
     lines = [{"id": f"u{i}", "audio_filepath": "/a.wav", "offset": float(i), "duration": 1.0} for i in range(2)]
@@ -178,17 +183,16 @@ def test_resumed_run_merges_parts_written_before_the_columns_existed(tmp_path):
 
     def record(i, **extra):
         row = parse_line(json.dumps(lines[i]), path=str(manifest), line=i + 1, base_dir=str(tmp_path))
-        rec = base_record(row, i + 1)
-        rec.update(status="ok", pred_text="x", **{INPUT_DIGEST: input_digest(row)}, **extra)
-        return rec
+        rec = base_record(row, i + 1, status="ok", pred_text="x", **extra)
+        return [rec], [input_digest(row, audio_stamp("/a.wav"))]
 
     old = PartWriter(folder, 0)
-    old.add([record(0)])
+    old.add(*record(0))
     old.flush()
     part = folder.part_files()[0]
     pq.write_table(pq.read_table(part).drop_columns(list(CONFIDENCE_COLUMNS)), part)  # as an older version wrote it
     new = PartWriter(folder, 1)
-    new.add([record(1, mean_logprob=-0.1, min_logprob=-0.5, confidence=math.exp(-0.1))])
+    new.add(*record(1, mean_logprob=-0.1, min_logprob=-0.5, confidence=math.exp(-0.1)))
     new.flush()
     merge_results(folder, plan)
     table = pq.read_table(folder.results)

@@ -10,6 +10,7 @@ from manifest_helpers import write_manifest
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.runner import run_job
 from transcribe_batch.workers.engines.simulated import FaultSpec
+from transcribe_batch.workers.ledger import ledger_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
@@ -35,6 +36,7 @@ def test_crashes_charge_only_the_rows_on_the_device(tmp_path, audio_dir, batch_s
     assert summary.status == "complete" and sorted(out) == sorted(r["id"] for r in rows)
     assert summary.stats["devices_removed"] == []
     assert summary.stats["actor_crashes"] >= n_rows // 10
+    assert not [f for i in summary.devices for f in ledger_files(i.ledger) if f.exists()]  # gone with the run
     for row in rows:
         crashes = [spec.draw(row["id"], k) == "crash" for k in (1, 2, 3)]
         rec = out[row["id"]]

@@ -64,8 +64,8 @@ def test_nemo_manifest_filters_exactly_and_reads_back(tmp_path, clips):
     assert dict(summary.dropped) == {"status": 1, "empty_text": 1, "no_confidence": 1, "low_confidence": 1,
                                      "too_short": 1, "too_long": 1}
     rows = [row for _, row in iter_rows(out)]  # our NeMo-style manifest reader
-    assert [r["id"] for r in rows] == ["u0", "u7"]
-    assert [r["text"] for r in rows] == ["hello world", "fine again"]
+    assert [r.id for r in rows] == ["u0", "u7"]
+    assert [r.text for r in rows] == ["hello world", "fine again"]
     raw = [json.loads(line) for line in out.read_text().splitlines()]
     assert list(raw[0])[:4] == ["audio_filepath", "offset", "duration", "text"]
     assert raw[0]["confidence"] == 0.97 and raw[0]["speaker"] == "s0" and raw[0]["reference_text"] == "ref words"
@@ -105,11 +105,11 @@ def test_agreement_across_two_runs(tmp_path, clips, monkeypatch):
     theirs = write_run(tmp_path / "b", list(reversed(rows)))  # another order: joined by id, not by position
     out = tmp_path / "agree.jsonl"
     s = export([mine], out, filters=Filters(max_disagreement=0.1), agree_with=theirs, fields=["id"])
-    assert [r["id"] for _, r in iter_rows(out)] == ["u0", "u6"]
+    assert [r.id for _, r in iter_rows(out)] == ["u0", "u6"]
     assert dict(s.dropped) == {"status": 1, "missing_in_other_run": 1, "failed_in_other_run": 1, "disagreement": 2}
     s = export([mine], tmp_path / "agree2.jsonl", filters=Filters(max_disagreement=0.2), agree_with=theirs,
                fields=["id"])
-    assert [r["id"] for _, r in iter_rows(tmp_path / "agree2.jsonl")] == ["u0", "u1", "u6"]
+    assert [r.id for _, r in iter_rows(tmp_path / "agree2.jsonl")] == ["u0", "u1", "u6"]
 
 
 def test_pair_wer_edges():
@@ -123,7 +123,7 @@ def test_several_runs_concatenate_and_id_clashes_are_refused(tmp_path, clips):
     b = write_run(tmp_path / "b", rows)
     out = tmp_path / "both.jsonl"
     s = export([a, b], out, fields=["id"])
-    assert [r["id"] for _, r in iter_rows(out)] == ["u0", "u1", "u5", "u6"]
+    assert [r.id for _, r in iter_rows(out)] == ["u0", "u1", "u5", "u6"]
     assert [(r.n_rows, r.n_kept) for r in s.runs] == [(2, 2), (2, 2)]
     clash = write_run(tmp_path / "c", [_row(1, clips, "again")])
     with pytest.raises(ExportError, match=r"id 'u1' is in both .*a and .*c"):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from transcribe_batch.manifests.row import ManifestRow
+from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.workers.audio import AudioDecodeError, AudioError, load_audio
 from transcribe_batch.workers.engines.base import EngineLimits
 from transcribe_batch.workers.frontend import FrontEnd
@@ -18,13 +21,18 @@ BMODEL_LIMITS = EngineLimits(max_audio_s=30.0, max_seq_len=599)
 
 
 def _row(audio_dir, row, i=0, **extra):
-    return {"id": f"u{i}", "audio_filepath": str(audio_dir / row["audio_filepath"]), "offset": 0.0,
-            "duration": None, "text": row.get("text"), "prompt": None, "task": None, "language": None, **extra}
+    return ManifestRow(id=f"u{i}", audio_filepath=str(audio_dir / row["audio_filepath"]), text=row.get("text"),
+                       **extra)
+
+
+def _fe(model_dir, limits=None, **settings):
+    """The front end a run with these settings (else the defaults) gives its workers."""
+    return FrontEnd.for_worker(worker_config(engine="simulated", model_dir=model_dir, **settings), limits)
 
 
 @pytest.fixture(scope="module")
 def frontend(model_dir):
-    return FrontEnd(model_dir)
+    return _fe(model_dir)
 
 
 def test_every_recording(frontend, audio_dir, audio_rows):
@@ -38,7 +46,7 @@ def test_every_recording(frontend, audio_dir, audio_rows):
         for k, r in enumerate(requests):
             assert r.duration_s <= 30.0
             assert (r.chunk_index, r.n_chunks) == (k, len(requests))
-            assert r.id == (row["id"] if len(requests) == 1 else f"{row['id']}#{k}")
+            assert r.id == (row.id if len(requests) == 1 else f"{row.id}#{k}")
             assert r.features.shape == (128, 3000) and r.features.dtype == np.float32
             assert int(r.feature_mask.sum()) == min(3000, int(np.ceil(r.duration_s * 100 - 1e-6)))
             L = int(r.feature_mask.sum())  # Qwen2AudioProcessor's count over the mask's length
@@ -50,7 +58,7 @@ def test_every_recording(frontend, audio_dir, audio_rows):
 
 
 def test_bmodel_limits_split_long_audio_to_fit(model_dir, audio_dir, audio_rows):
-    fe = FrontEnd(model_dir, template="ultraeval", limits=BMODEL_LIMITS)
+    fe = _fe(model_dir, BMODEL_LIMITS, template="ultraeval")
     for i, manifest_row in enumerate(audio_rows):
         requests = fe.prepare(_row(audio_dir, manifest_row, i))
         for r in requests:
@@ -62,21 +70,21 @@ def test_bmodel_limits_split_long_audio_to_fit(model_dir, audio_dir, audio_rows)
 
 def test_offset_duration_prompt_and_task(frontend, audio_dir):
     path = audio_dir / "beckett.wav"
-    row = {"id": "b", "audio_filepath": str(path), "offset": 2.0, "duration": 3.0}
+    row = ManifestRow(id="b", audio_filepath=str(path), offset=2.0, duration=3.0)
     (r,) = frontend.prepare(row)
     assert r.duration_s == 3.0 and r.n_audio_tokens == 75 and r.prompt == frontend.templates.templates["default"]
-    (r,) = frontend.prepare({**row, "task": "ultraeval"})
+    (r,) = frontend.prepare(replace(row, task="ultraeval"))
     assert r.prompt.startswith("listen the audio")
-    (r,) = frontend.prepare({**row, "task": "ultraeval", "prompt": "What is said?"})
+    (r,) = frontend.prepare(replace(row, task="ultraeval", prompt="What is said?"))
     assert r.prompt == "What is said?" and frontend.decode(r.prompt_ids).endswith("What is said?\nassistant\n")
     with pytest.raises(PromptError, match="unknown task"):
-        frontend.prepare({**row, "task": "poetry"})
+        frontend.prepare(replace(row, task="poetry"))
     (r,) = frontend.prepare(row, keep_audio=True)
     assert np.array_equal(r.audio, load_audio(path, 2.0, 3.0))
 
 
 def test_max_chunk_s_forces_shorter_pieces(frontend, audio_dir):
-    row = {"id": "e", "audio_filepath": str(audio_dir / "endgame.wav")}
+    row = ManifestRow(id="e", audio_filepath=str(audio_dir / "endgame.wav"))
     assert len(frontend.prepare(row)) == 1
     pieces = frontend.prepare(row, max_chunk_s=8.0)
     assert len(pieces) >= 4 and all(p.duration_s <= 8.0 for p in pieces)
@@ -84,11 +92,11 @@ def test_max_chunk_s_forces_shorter_pieces(frontend, audio_dir):
 
 
 def test_without_a_model_folder_only_audio(audio_dir):
-    fe = FrontEnd(None)
-    (r,) = fe.prepare({"id": "x", "audio_filepath": str(audio_dir / "001.wav"), "text": "ten of clubs"})
-    assert r.features is None and r.prompt_ids == [] and r.n_audio_tokens == 27 and r.audio is not None
+    fe = _fe(None)
+    (r,) = fe.prepare(ManifestRow(id="x", audio_filepath=str(audio_dir / "001.wav"), text="ten of clubs"))
+    assert r.features is None and r.prompt_ids == () and r.n_audio_tokens == 27 and r.audio is not None
     assert r.reference == "ten of clubs" and fe.model_id == ""
-    assert len(fe.prepare({"id": "y", "audio_filepath": str(audio_dir / "two_cities.wav")})) == 2
+    assert len(fe.prepare(ManifestRow(id="y", audio_filepath=str(audio_dir / "two_cities.wav")))) == 2
     with pytest.raises(RuntimeError):
         fe.decode([1, 2])
 
@@ -97,16 +105,16 @@ def test_bad_audio_raises_audio_error_naming_the_file(frontend, tmp_path):
     bad = tmp_path / "bad.flac"
     bad.write_bytes(b"fLaC" + b"\x00" * 100)
     with pytest.raises(AudioDecodeError, match=str(bad)):
-        frontend.prepare({"id": "b", "audio_filepath": str(bad)})
+        frontend.prepare(ManifestRow(id="b", audio_filepath=str(bad)))
     with pytest.raises(AudioError, match="missing.wav"):
-        frontend.prepare({"id": "m", "audio_filepath": str(tmp_path / "missing.wav")})
+        frontend.prepare(ManifestRow(id="m", audio_filepath=str(tmp_path / "missing.wav")))
 
 
 def test_silence_is_a_normal_request(frontend, tmp_path):
     import soundfile as sf
 
     sf.write(tmp_path / "quiet.wav", np.zeros(32000, np.int16), 16000)
-    (r,) = frontend.prepare({"id": "q", "audio_filepath": str(tmp_path / "quiet.wav")})
+    (r,) = frontend.prepare(ManifestRow(id="q", audio_filepath=str(tmp_path / "quiet.wav")))
     assert r.n_audio_tokens == 50 and np.isfinite(r.features).all()
 
 
@@ -127,15 +135,15 @@ def test_tiny_fixture_layout(tmp_path, model_dir, audio_dir):
     pre = json.loads((model_dir / "preprocessor_config.json").read_text())
     pre.update(chunk_length=2, n_samples=32000, nb_max_frames=200)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(pre))
-    fe = FrontEnd(tmp_path, limits=EngineLimits(max_audio_s=2.0, max_seq_len=128))
-    requests = fe.prepare({"id": "t", "audio_filepath": str(audio_dir / "005.wav")})  # 3.5 s
+    fe = _fe(tmp_path, EngineLimits(max_audio_s=2.0, max_seq_len=128))
+    requests = fe.prepare(ManifestRow(id="t", audio_filepath=str(audio_dir / "005.wav")))  # 3.5 s
     assert len(requests) >= 2
     assert sum(r.duration_s for r in requests) == pytest.approx(3.502, abs=0.001)
     for r in requests:
         assert r.features.shape == (128, 200) and r.n_audio_tokens <= 50
         assert len(r.expanded_ids) + r.max_new_tokens <= 128
-    assert requests[0].prompt_ids == FrontEnd(model_dir).prepare(
-        {"id": "t", "audio_filepath": str(audio_dir / "001.wav")})[0].prompt_ids
+    assert requests[0].prompt_ids == _fe(model_dir).prepare(
+        ManifestRow(id="t", audio_filepath=str(audio_dir / "001.wav")))[0].prompt_ids
 
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
@@ -145,16 +153,16 @@ TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
 def test_tiny_fixture_reference_inputs(audio_dir):
     """The committed tiny model's reference (made by transformers' processor) has the same prompt ids and counts."""
     ref = json.loads((TINY / "reference.json").read_text())
-    fe = FrontEnd(TINY)
-    assert fe.family.prompt_text(fe.family.prompt_spec({}, "default")) == ref["prompt"]
+    fe = _fe(TINY)
+    assert fe.family.prompt_text(fe.family.prompt_spec(None, "default")) == ref["prompt"]
     assert set(fe.family.stop_ids) == set(ref["stop_token_ids"])
     for clip in ref["clips"]:
-        row = {"id": clip["audio_filepath"], "audio_filepath": str(audio_dir / clip["audio_filepath"]),
-               "offset": clip["offset"], "duration": clip["duration"]}
+        row = ManifestRow(id=clip["audio_filepath"], audio_filepath=str(audio_dir / clip["audio_filepath"]),
+                          offset=clip["offset"], duration=clip["duration"])
         (r,) = fe.prepare(row)
         assert round(r.duration_s * 16000) == clip["n_samples"]
         assert int(r.feature_mask.sum()) == clip["n_valid_frames"] and r.n_audio_tokens == clip["n_audio_tokens"]
-        assert r.expanded_ids == clip["input_ids"]
+        assert list(r.expanded_ids) == clip["input_ids"]
         stats = clip["features"]
         assert r.features.shape == (128, 200)
         for name, value in (("mean", r.features.mean()), ("std", r.features.std()), ("min", r.features.min()),

@@ -18,8 +18,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from transcribe_batch.manifests.row import ManifestRow  # noqa: E402
+from transcribe_batch.pipeline.config import worker_config  # noqa: E402
 from transcribe_batch.workers.engines import EngineError, create_engine  # noqa: E402
-from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS  # noqa: E402
+from transcribe_batch.workers.engines.base import FINISH_EOS, FINISH_MAX_TOKENS, DecodeOptions  # noqa: E402
 from transcribe_batch.workers.frontend import FrontEnd  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -57,7 +59,7 @@ def engine(tiny_dir):
 
 @pytest.fixture(scope="module")
 def frontend(model_dir, engine):
-    return FrontEnd(model_dir, template="ultraeval", limits=engine.limits, max_new_tokens_cap=MAX_NEW)
+    return FrontEnd(model_dir, template="ultraeval", max_new_tokens=MAX_NEW, limits=engine.limits)
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +70,15 @@ def processor(model_dir):
 
 
 def _prepare(frontend, audio_dir, clips):
-    return [r for i, c in enumerate(clips) for r in frontend.prepare({"id": f"u{i}", "audio_filepath": str(audio_dir / c)})]
+    return [r for i, c in enumerate(clips) for r in frontend.prepare(ManifestRow(id=f"u{i}",
+                                                                                   audio_filepath=str(audio_dir / c)))]
 
 
 def _processor_inputs(processor, frontend, requests, audio_dir, clips):
     from transcribe_batch.workers.audio import load_audio
 
-    text = frontend.family.prompt_text(frontend.family.prompt_spec({"prompt": requests[0].prompt}, "default"))
+    row = ManifestRow(id="r", audio_filepath="", prompt=requests[0].prompt)
+    text = frontend.family.prompt_text(frontend.family.prompt_spec(row, "default"))
     return processor(text=[text] * len(clips), audio=[load_audio(audio_dir / c) for c in clips], sampling_rate=16000,
                      return_tensors="pt", padding=True)
 
@@ -107,8 +111,8 @@ def test_batch_inputs_equal_the_processor(engine, frontend, processor, audio_dir
 def test_greedy_tokens_equal_generate(engine, frontend, processor, audio_dir):
     requests = _prepare(frontend, audio_dir, CLIPS)
     inputs = _processor_inputs(processor, frontend, requests, audio_dir, CLIPS)
-    for r, feats in zip(requests, inputs["input_features"].numpy()):
-        r.features = feats  # the very same inputs generate() gets
+    requests = [dataclasses.replace(r, features=feats)  # the very same inputs generate() gets
+                for r, feats in zip(requests, inputs["input_features"].numpy())]
     results = engine.transcribe_batch(requests)
     expected = _reference(engine, inputs, set(requests[0].stop_ids))
     assert [r.token_ids for r in results] == expected
@@ -118,26 +122,26 @@ def test_greedy_tokens_equal_generate(engine, frontend, processor, audio_dir):
         assert res.extra["batch_size"] == 3 and res.text is None
     # one at a time, through transcribe(), equals generate() on the single input
     single = _processor_inputs(processor, frontend, requests[:1], audio_dir, CLIPS[:1])
-    requests[0].features = single["input_features"][0].numpy()
+    requests[0] = dataclasses.replace(requests[0], features=single["input_features"][0].numpy())
     assert engine.transcribe(requests[0]).token_ids == _reference(engine, single, set(requests[0].stop_ids))[0]
 
 
 def test_stop_token_and_per_request_budget(engine, frontend, processor, audio_dir):
     (req,) = _prepare(frontend, audio_dir, ["beckett.wav"])
     inputs = _processor_inputs(processor, frontend, [req], audio_dir, ["beckett.wav"])
-    req.features = inputs["input_features"][0].numpy()
+    req = dataclasses.replace(req, features=inputs["input_features"][0].numpy())
     free = _reference(engine, inputs, {-1})[0]
     stop = next(t for k, t in enumerate(free) if k >= 1 and t not in free[:k])  # a token greedy decoding reaches
     at = free.index(stop)
-    res = engine.transcribe(dataclasses.replace(req, stop_ids=(stop,)))
+    res = engine.transcribe(dataclasses.replace(req, decode=DecodeOptions(req.max_new_tokens, (stop,))))
     assert res.token_ids == free[:at] and res.finish_reason == FINISH_EOS and res.decode_s > 0
-    res = engine.transcribe(dataclasses.replace(req, stop_ids=(-1,), max_new_tokens=2))
+    res = engine.transcribe(dataclasses.replace(req, decode=DecodeOptions(2, (-1,))))
     assert res.token_ids == free[:2] and res.finish_reason == FINISH_MAX_TOKENS
 
 
 def test_one_bad_request_does_not_fail_its_neighbours(engine, frontend, audio_dir):
     requests = _prepare(frontend, audio_dir, ["001.wav", "002.wav", "003.wav"])
-    requests[1].features = requests[1].features[:, :100]  # a window this model does not take
+    requests[1] = dataclasses.replace(requests[1], features=requests[1].features[:, :100])  # a window it does not take
     results = engine.transcribe_batch(requests)
     assert isinstance(results[1], EngineError) and "u1" in str(results[1])
     assert all(len(r.token_ids) >= 1 for r in (results[0], results[2]))
@@ -164,12 +168,12 @@ def test_long_audio_goes_through_in_pieces(engine, frontend, processor, audio_di
 
 def test_options_errors(tiny_dir):
     with pytest.raises(ValueError, match="model-dir"):
-        create_engine("hf", {}, None)
+        create_engine(worker_config(engine="hf"), None)
     with pytest.raises(ValueError, match="dtype"):
-        create_engine("hf", {"model_dir": str(tiny_dir), "dtype": "int3"}, None)
+        create_engine(worker_config(engine="hf", model_dir=str(tiny_dir), dtype="int3"), None)
     if not torch.cuda.is_available():
         with pytest.raises(EngineError, match="CUDA"):
-            create_engine("hf", {"model_dir": str(tiny_dir)}, 0)
+            create_engine(worker_config(engine="hf", model_dir=str(tiny_dir)), 0)
 
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-qwen2-audio"
@@ -180,13 +184,13 @@ def test_tiny_fixture_reference_tokens(audio_dir):
     """The committed tiny model: front end + hf engine reproduce its reference greedy tokens (transformers' own run).
     Its generation_config.json asks for sampling with repetition_penalty 1.1; the engine must stay plain greedy."""
     ref = json.loads((TINY / "reference.json").read_text())
-    engine = create_engine("hf", {"model_dir": str(TINY), "dtype": "fp32"}, None)
-    fe = FrontEnd(TINY, limits=engine.limits, max_new_tokens_cap=ref["max_new_tokens"])
+    engine = create_engine(worker_config(engine="hf", model_dir=str(TINY), dtype="fp32"), None)
+    fe = FrontEnd(TINY, template="default", max_new_tokens=ref["max_new_tokens"], limits=engine.limits)
     assert engine.limits.max_audio_s == 2.0
-    requests = [fe.prepare({"id": c["audio_filepath"], "audio_filepath": str(audio_dir / c["audio_filepath"]),
-                            "offset": c["offset"], "duration": c["duration"]})[0] for c in ref["clips"]]
-    for r in requests:
-        r.max_new_tokens = ref["max_new_tokens"]
+    requests = [fe.prepare(ManifestRow(id=c["audio_filepath"], audio_filepath=str(audio_dir / c["audio_filepath"]),
+                                       offset=c["offset"], duration=c["duration"]))[0] for c in ref["clips"]]
+    requests = [dataclasses.replace(r, decode=dataclasses.replace(r.decode, max_new_tokens=ref["max_new_tokens"]))
+                for r in requests]
     for clip, result in zip(ref["clips"], engine.transcribe_batch(requests)):
         assert result.token_ids == clip["tokens"], clip["audio_filepath"]
     engine.close()
@@ -217,7 +221,7 @@ def test_run_with_engine_hf_on_the_cpu(tmp_path, audio_dir, ray_cluster):
 
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert [r["id"] for r in rows] == [c["audio_filepath"] for c in clips]
-    fe = FrontEnd(fixture)
+    fe = FrontEnd(fixture, template="default", max_new_tokens=n_tokens)
     for row, clip in zip(rows, clips):
         assert row["status"] == "ok", row
         assert (row["engine"], row["device"]) == ("hf", 0)

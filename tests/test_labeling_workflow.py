@@ -42,7 +42,7 @@ def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir, ray_cluster):
     texts.write_text("file\ttext\n" + "".join(f"{r['audio_filepath']}\t{r['text']}\n" for r in shared if r.get("text")))
     _in_process("manifest", "dir", str(audio_dir), "--glob", "0*.wav", "--transcripts", str(texts), "-o", str(manifest))
     rows = [r for _, r in iter_rows(manifest)]
-    assert len(rows) >= 5 and all(r.get("text") for r in rows)
+    assert len(rows) >= 5 and all(r.text for r in rows)
 
     run = tmp_path / "runs" / "sample"
     _cli("run", str(manifest), "-o", str(run), "--engine", "simulated", "--devices", "2", "--sim-speedup", "2000",
@@ -67,9 +67,9 @@ def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir, ray_cluster):
     summary = json.loads(proc.stdout)
     exported = [r for _, r in iter_rows(labels)]
     expected = [r for r in results if r["confidence"] >= threshold]
-    assert [r["id"] for r in exported] == [r["id"] for r in expected]
+    assert [r.id for r in exported] == [r["id"] for r in expected]
     assert summary["n_kept"] == len(expected) and summary["dropped"].get("low_confidence", 0) == len(results) - len(expected)
     by_id = {r["id"]: r for r in results}
     for row in exported:
-        assert row["text"] == by_id[row["id"]]["text"]  # what is kept is right (WER 0 at this threshold)
-        assert Path(row["audio_filepath"]).is_file() and row["duration"] > 0
+        assert row.text == by_id[row.id]["text"]  # what is kept is right (WER 0 at this threshold)
+        assert Path(row.audio_filepath).is_file() and row.duration > 0

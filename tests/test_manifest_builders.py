@@ -67,7 +67,7 @@ def test_librispeech_manifest(librispeech, tmp_path):
         assert not os.path.isabs(r["audio_filepath"])
     # The reader resolves the relative paths against the manifest's folder, to the real files.
     read = [row for _, row in iter_rows(out)]
-    assert all(Path(r["audio_filepath"]).is_file() for r in read)
+    assert all(Path(r.audio_filepath).is_file() for r in read)
     assert run_cli("manifest", "validate", out).exit_code == 0
 
 
@@ -273,5 +273,5 @@ def test_output_never_replaces_audio_inputs_or_other_files(tmp_path):
     result = run_cli("manifest", "dir", md, "-o", out, code=2)
     assert "already exists (use --overwrite to replace it)" in result.output
     run_cli("manifest", "dir", md, "--glob", "001.wav", "-o", out, "--overwrite")
-    assert [r["id"] for _, r in iter_rows(out)] == ["001"]
+    assert [r.id for _, r in iter_rows(out)] == ["001"]
     assert not list(tmp_path.rglob(".*.tmp-*"))

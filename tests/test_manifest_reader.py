@@ -15,10 +15,10 @@ def test_shared_manifest_normalized(audio_manifest):
     rows = [row for _, row in iter_rows(audio_manifest)]
     assert len(rows) == 18
     for row in rows:
-        assert Path(row["audio_filepath"]).is_absolute() and Path(row["audio_filepath"]).is_file()
-        assert row["offset"] == 0.0 and row["duration"] > 0
-        assert row["source"]  # unknown fields are carried
-    assert len({r["id"] for r in rows}) == 18
+        assert Path(row.audio_filepath).is_absolute() and Path(row.audio_filepath).is_file()
+        assert row.offset == 0.0 and row.duration > 0
+        assert row.extra_fields["source"]  # unknown fields are carried
+    assert len({r.id for r in rows}) == 18
 
 
 def test_relative_paths_defaults_and_carried_fields(tmp_path):
@@ -30,11 +30,11 @@ def test_relative_paths_defaults_and_carried_fields(tmp_path):
     ])
     (line1, r1), (line3, r3) = list(iter_rows(m))
     assert (line1, line3) == (1, 3)  # blank lines are skipped but counted
-    assert r1["audio_filepath"] == str(tmp_path / "sub" / "a.wav")
-    assert r1["offset"] == 0.0 and r1["duration"] is None and r1["text"] is None and r1["language"] is None
-    assert r1["speaker"] == 7 and r1["meta"] == {"x": [1, 2]}
-    assert r3["audio_filepath"] == str(tmp_path / "b.flac")
-    assert r3["offset"] == 1.5 and r3["duration"] == 2.0 and r3["id"] == "12" and r3["task"] == "asr"
+    assert r1.audio_filepath == str(tmp_path / "sub" / "a.wav")
+    assert r1.offset == 0.0 and r1.duration is None and r1.text is None and r1.language is None
+    assert r1.extra == (("speaker", 7), ("meta", {"x": [1, 2]}))
+    assert r3.audio_filepath == str(tmp_path / "b.flac")
+    assert r3.offset == 1.5 and r3.duration == 2.0 and r3.id == "12" and r3.task == "asr"
 
 
 def test_derived_ids_are_stable_and_distinct(tmp_path):
@@ -42,8 +42,8 @@ def test_derived_ids_are_stable_and_distinct(tmp_path):
     a = _write(tmp_path / "a.jsonl", [line, {**line, "offset": 10}])
     (tmp_path / "elsewhere").mkdir()
     b = _write(tmp_path / "elsewhere" / "b.jsonl", [line])
-    ids_a = [r["id"] for _, r in iter_rows(a)]
-    ids_b = [r["id"] for _, r in iter_rows(b)]
+    ids_a = [r.id for _, r in iter_rows(a)]
+    ids_b = [r.id for _, r in iter_rows(b)]
     assert ids_a[0] == ids_b[0] == stable_id("x/long.wav", 0.0, 10.0)  # a moved manifest keeps its ids
     assert ids_a[0] != ids_a[1]
     assert ids_a[0].startswith("long-")
@@ -91,7 +91,7 @@ def test_skip_bad_lines_yields_errors_and_goes_on(tmp_path):
                                       {"audio_filepath": "c.wav"}])
     out = list(iter_rows(m, skip_bad_lines=True))
     assert [line for line, _ in out] == [1, 2, 3, 4]
-    assert [type(r).__name__ for _, r in out] == ["dict", "ManifestError", "ManifestError", "dict"]
+    assert [type(r).__name__ for _, r in out] == ["ManifestRow", "ManifestError", "ManifestError", "ManifestRow"]
     assert out[2][1].field == "offset"
 
 
@@ -105,8 +105,8 @@ def test_read_rows_at_round_trip(tmp_path):
     m = _write(tmp_path / "m.jsonl", lines)
     positions = [(line, off) for line, off, _ in iter_rows_with_offsets(m)]
     pick = [positions[i] for i in (49, 0, 17)]
-    assert [r["n"] for r in read_rows_at(m, pick)] == [49, 0, 17]
-    assert read_rows_at(m, pick)[0] == next(r for _, r in iter_rows(m) if r["n"] == 49)
+    assert [r.extra_fields["n"] for r in read_rows_at(m, pick)] == [49, 0, 17]
+    assert read_rows_at(m, pick)[0] == next(r for _, r in iter_rows(m) if r.extra_fields["n"] == 49)
 
 
 def test_digest_set_is_a_set():

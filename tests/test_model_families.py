@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from qwen3_fixture import FIXTURE
+from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.workers.features import FeatureConfig
 from transcribe_batch.workers.models import (FAMILIES, AudioChunk, ModelFamilyError, PromptSpec, load_family,
                                              model_type_of)
@@ -18,6 +19,11 @@ from transcribe_batch.workers.models import qwen2_audio
 from transcribe_batch.workers.models.qwen2_audio import Qwen2Audio
 from transcribe_batch.workers.models.qwen3_asr import Qwen3Asr, audio_token_count, import_qwen_asr_backend
 from transcribe_batch.workers.prompts import PromptError, load_templates
+
+
+def _row(**fields):
+    """A manifest row with only the fields that shape its prompt."""
+    return ManifestRow(**{"id": "r", "audio_filepath": "", **fields})
 
 
 @pytest.fixture(scope="module")
@@ -124,28 +130,28 @@ def test_qwen3_decode_keeps_the_asr_text_separator(qwen3):
 
 
 def test_qwen3_templates_context_and_forced_language(qwen3):
-    assert qwen3.prompt_spec({}, "default") == PromptSpec("")
-    assert qwen3.prompt_spec({"prompt": "names: Ada"}, "default") == PromptSpec("names: Ada")
-    assert qwen3.prompt_spec({"language": "en"}, "language") == PromptSpec("", "English")
-    assert qwen3.prompt_spec({"task": "language", "language": "zh"}, "default") == PromptSpec("", "Chinese")
+    assert qwen3.prompt_spec(None, "default") == PromptSpec("")
+    assert qwen3.prompt_spec(_row(prompt="names: Ada"), "default") == PromptSpec("names: Ada")
+    assert qwen3.prompt_spec(_row(language="en"), "language") == PromptSpec("", "English")
+    assert qwen3.prompt_spec(_row(task="language", language="zh"), "default") == PromptSpec("", "Chinese")
     text = qwen3.prompt_text(PromptSpec("ctx", "English"))
     assert text.startswith("<|im_start|>system\nctx<|im_end|>\n") and text.endswith("assistant\nlanguage English<asr_text>")
     with pytest.raises(PromptError, match="ultraeval.*takes none"):
         qwen3.check_template("ultraeval")
     with pytest.raises(PromptError, match="task 'ultraeval' of row 'r1'"):
-        qwen3.prompt_spec({"id": "r1", "task": "ultraeval"}, "default")
+        qwen3.prompt_spec(_row(id="r1", task="ultraeval"), "default")
     with pytest.raises(PromptError, match="needs the row's `language` field \\(row 'r2'\\)"):
-        qwen3.prompt_spec({"id": "r2"}, "language")
+        qwen3.prompt_spec(_row(id="r2"), "language")
     with pytest.raises(PromptError, match="row 'r3': language 'tlh'.*support_languages"):
-        qwen3.prompt_spec({"id": "r3", "language": "tlh"}, "language")
+        qwen3.prompt_spec(_row(id="r3", language="tlh"), "language")
 
 
 def test_qwen3_context_default_comes_from_prompts_toml(qwen3_dir, tmp_path):
     path = tmp_path / "p.toml"
     path.write_text('system = "s"\n[templates]\ndefault = "D"\n[qwen3_asr]\ncontext = "Glossary: BM1684X, Sophgo"\n')
     family = Qwen3Asr(qwen3_dir, load_templates(path))
-    assert family.prompt_spec({}, "default").text == "Glossary: BM1684X, Sophgo"
-    assert family.prompt_spec({"prompt": "row context"}, "default").text == "row context"
+    assert family.prompt_spec(None, "default").text == "Glossary: BM1684X, Sophgo"
+    assert family.prompt_spec(_row(prompt="row context"), "default").text == "row context"
 
 
 def test_qwen3_short_audio_is_padded_to_half_a_second(qwen3):

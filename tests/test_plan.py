@@ -22,7 +22,7 @@ def test_longest_first_and_every_row_once(tmp_path, audio_dir):
         assert 1 <= len(s) <= 4
         assert len(s) == 1 or plan.durations[s].sum() <= 60
     first = plan.rows(shards[0])
-    assert first[0]["duration"] == max(r["duration"] for r in rows)
+    assert first[0].duration == max(r["duration"] for r in rows)
     assert plan.audio_s() == pytest.approx(sum(r["duration"] for r in rows))
 
 
@@ -52,7 +52,7 @@ def test_resume_skips_done_rows(tmp_path, audio_dir):
     done = np.sort(first.inputs[::3])
     plan = build_plan(tmp_path / "m.jsonl", done_inputs=done)
     assert plan.n_done == len(rows[::3])
-    todo_ids = {r["id"] for k in range(plan.n_shards) for r in plan.rows(plan.shard(k))}
+    todo_ids = {r.id for k in range(plan.n_shards) for r in plan.rows(plan.shard(k))}
     assert todo_ids == {r["id"] for r in rows} - {r["id"] for r in rows[::3]}
 
 
@@ -64,7 +64,8 @@ def test_bad_lines_stop_or_are_kept_for_recording(tmp_path, audio_dir):
         build_plan(m)
     plan = build_plan(m, skip_bad_lines=True)
     assert plan.n_rows == 5 and [e.line for e in plan.bad] == [4, 5]
-    assert [r["id"] for r in plan.bad_line_records()] == [bad_line_id(4), bad_line_id(5)] == ["#bad-line-4", "#bad-line-5"]
+    assert [r.id for r in plan.bad_line_records()] == [bad_line_id(4), bad_line_id(5)] == ["#bad-line-4",
+                                                                                           "#bad-line-5"]
 
 
 def test_rows_read_back_must_be_the_planned_rows(tmp_path, audio_dir):
@@ -77,7 +78,7 @@ def test_rows_read_back_must_be_the_planned_rows(tmp_path, audio_dir):
     rows = [{**r, "id": f"r{k}"} for k, r in enumerate(write_manifest(m, audio_dir, limit=4))]
     m.write_text("".join(json.dumps(r) + "\n" for r in rows))
     plan = build_plan(m, shard_size=1)
-    assert [r["id"] for r in plan.rows(np.arange(4))] == ["r0", "r1", "r2", "r3"]
+    assert [r.id for r in plan.rows(np.arange(4))] == ["r0", "r1", "r2", "r3"]
     st = os.stat(m)
     m.write_text("".join(json.dumps({**r, "id": f"r{(k + 1) % 4}"}) + "\n" for k, r in enumerate(rows)))
     os.utime(m, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -105,8 +106,22 @@ def test_100k_rows_plan_in_bounded_memory(tmp_path):
     finally:
         tracemalloc.stop()
     assert plan.n_rows == n and plan.n_shards == n // 8
-    # 32 bytes of arrays + an 8-byte digest slot in the duplicate table per row (≈ 7 MiB at the peak; a Python set of
-    # ints took ≈ 11); one dict per row would need ~1 KB (100 MB).
-    assert peak < 9 * 2**20, f"planning 100k rows peaked at {peak / 2**20:.1f} MiB"
+    # 48 bytes of arrays + an 8-byte digest slot in the duplicate table per row (≈ 9 MiB at the peak; a Python set of
+    # ints took ≈ 11 more); one dict per row would need ~1 KB (100 MB).
+    assert peak < 10 * 2**20, f"planning 100k rows peaked at {peak / 2**20:.1f} MiB"
     rows = plan.rows(plan.shard(0))
-    assert all(r["duration"] == pytest.approx(30.9) for r in rows)
+    assert all(r.duration == pytest.approx(30.9) for r in rows)
+
+
+def test_results_from_before_audio_stamps_are_still_reused(tmp_path, audio_dir):
+    """Parts written before input digests covered the audio file's size and mtime carry the row digest: an upgrade
+    reuses them (and a row they do not answer is planned with today's digest)."""
+    from transcribe_batch.manifests.reader import audio_stamp, input_digest, iter_rows, row_digest
+
+    write_manifest(tmp_path / "m.jsonl", audio_dir, limit=3)
+    rows = [r for _, r in iter_rows(tmp_path / "m.jsonl")]
+    old = np.sort(np.array([row_digest(rows[0])], dtype=np.int64))
+    plan = build_plan(tmp_path / "m.jsonl", done_inputs=old)
+    assert plan.done.tolist() == [True, False, False]
+    assert plan.inputs[0] == row_digest(rows[0])
+    assert plan.inputs[1] == input_digest(rows[1], audio_stamp(rows[1].audio_filepath)) != row_digest(rows[1])

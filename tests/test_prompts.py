@@ -8,10 +8,16 @@ import shutil
 import pytest
 from transformers import AutoProcessor
 
+from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.workers.audio import load_audio
 from transcribe_batch.workers.models import PromptSpec
 from transcribe_batch.workers.models.qwen2_audio import Qwen2Audio
 from transcribe_batch.workers.prompts import PromptError, Templates, answer_budget, load_templates
+
+
+def _row(**fields):
+    """A manifest row with only the fields that shape its prompt."""
+    return ManifestRow(**{"id": "r", "audio_filepath": "", **fields})
 
 ULTRAEVAL = 'listen the audio, output the audio content with format {"content": ""}'
 
@@ -94,20 +100,20 @@ def test_missing_tokenizer_and_wrong_audio_index(tmp_path, model_dir):
 
 def test_instruction_precedence():
     t = Templates(system="s", templates={"default": "D", "ultraeval": "U"})
-    assert t.instruction({"prompt": "free text", "task": "ultraeval"}) == "free text"
-    assert t.instruction({"task": "ultraeval"}, "default") == "U"
-    assert t.instruction({"prompt": None, "task": None}, "ultraeval") == "U"
+    assert t.instruction(_row(prompt="free text", task="ultraeval")) == "free text"
+    assert t.instruction(_row(task="ultraeval"), "default") == "U"
+    assert t.instruction(_row(prompt=None, task=None), "ultraeval") == "U"
     with pytest.raises(PromptError, match="unknown task 'nope'.*default, ultraeval"):
-        t.instruction({"id": "r1", "task": "nope"})
+        t.instruction(_row(id="r1", task="nope"))
 
 
 def test_language_placeholder():
     t = load_templates()
-    assert t.instruction({"language": "zh"}, "language") == \
+    assert t.instruction(_row(language="zh"), "language") == \
         "Transcribe the Chinese speech in this audio exactly as spoken. Output only the transcript."
-    assert "Klingon speech" in t.instruction({"task": "language", "language": "Klingon"})
+    assert "Klingon speech" in t.instruction(_row(task="language", language="Klingon"))
     with pytest.raises(PromptError, match="needs the row's `language`"):
-        t.instruction({"id": "r7", "language": None}, "language")
+        t.instruction(_row(id="r7", language=None), "language")
 
 
 def test_bad_templates_file(tmp_path):
@@ -117,6 +123,6 @@ def test_bad_templates_file(tmp_path):
 
 
 def test_answer_budget():
-    assert answer_budget(1.0) < answer_budget(10.0) < answer_budget(30.0) <= 256
-    assert answer_budget(30.0) >= 5 * 30  # ~5 tokens/s of speech
+    assert answer_budget(1.0, 256) < answer_budget(10.0, 256) < answer_budget(30.0, 256) <= 256
+    assert answer_budget(30.0, 256) >= 5 * 30  # ~5 tokens/s of speech
     assert answer_budget(3600.0, cap=200) == 200

@@ -3,6 +3,7 @@ with the committed tiny random Qwen3-ASR (tests/fixtures/tiny-qwen3-asr, native/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from qwen3_fixture import FIXTURE, reference  # noqa: E402
+from transcribe_batch.manifests.row import ManifestRow  # noqa: E402
 from transcribe_batch.workers.audio import load_audio  # noqa: E402
 from transcribe_batch.workers.engines import create_engine  # noqa: E402
 from transcribe_batch.workers.engines.base import EngineLimits  # noqa: E402
@@ -40,10 +42,10 @@ def processor(backend, folder):
 
 
 def _row(audio_dir, clip, **extra):
-    return {"id": clip["audio_filepath"] if isinstance(clip, dict) else clip,
-            "audio_filepath": str(audio_dir / (clip["audio_filepath"] if isinstance(clip, dict) else clip)),
-            "offset": clip.get("offset", 0.0) if isinstance(clip, dict) else 0.0,
-            "duration": clip.get("duration") if isinstance(clip, dict) else None, **extra}
+    return ManifestRow(id=clip["audio_filepath"] if isinstance(clip, dict) else clip,
+                       audio_filepath=str(audio_dir / (clip["audio_filepath"] if isinstance(clip, dict) else clip)),
+                       offset=clip.get("offset", 0.0) if isinstance(clip, dict) else 0.0,
+                       duration=clip.get("duration") if isinstance(clip, dict) else None, **extra)
 
 
 def _processor_text(processor, context="", language=None):
@@ -54,14 +56,14 @@ def _processor_text(processor, context="", language=None):
 
 @pytest.mark.parametrize("clip", CLIPS)
 def test_features_and_prompt_ids_equal_qwen_asr_processor(folder, processor, audio_dir, clip):
-    fe = FrontEnd(folder, limits=EngineLimits(max_audio_s=1200.0))
+    fe = FrontEnd(folder, template="default", max_new_tokens=256, limits=EngineLimits(max_audio_s=1200.0))
     audio = load_audio(audio_dir / clip)
     for extra, context, language in (({}, "", None), ({"prompt": "Names: Pip, Estella. 请转写。"}, "Names: Pip, Estella. 请转写。", None),
                                      ({"task": "language", "language": "en"}, "", "English")):
         (r,) = fe.prepare(_row(audio_dir, clip, **extra))
         ref = processor(text=[_processor_text(processor, context, language)], audio=[audio], return_tensors="np",
                         padding=True)
-        assert r.expanded_ids == ref["input_ids"][0].tolist(), (clip, extra)
+        assert list(r.expanded_ids) == ref["input_ids"][0].tolist(), (clip, extra)
         assert r.features.shape == ref["input_features"][0].shape == (128, audio.size // 160)
         assert np.abs(r.features - ref["input_features"][0]).max() <= 1e-4
         assert np.array_equal(r.feature_mask, ref["feature_attention_mask"][0])
@@ -71,31 +73,33 @@ def test_features_and_prompt_ids_equal_qwen_asr_processor(folder, processor, aud
 def test_committed_reference_inputs(folder, audio_dir):
     """The fixture's reference.json (made by qwen-asr's processor) has the front end's prompt ids and features."""
     ref = reference()
-    fe = FrontEnd(folder, limits=EngineLimits(max_audio_s=1200.0))
+    fe = FrontEnd(folder, template="default", max_new_tokens=256, limits=EngineLimits(max_audio_s=1200.0))
     for clip in ref["clips"]:
         extra = {"prompt": clip["context"]} if clip["context"] else {}
         if clip["language"]:
             extra.update(task="language", language=clip["language"])
         (r,) = fe.prepare(_row(audio_dir, clip, **extra))
-        assert round(r.duration_s * 16000) == clip["n_samples"] and r.expanded_ids == clip["input_ids"]
+        assert round(r.duration_s * 16000) == clip["n_samples"] and list(r.expanded_ids) == clip["input_ids"]
         assert int(r.feature_mask.sum()) == clip["n_valid_frames"] and r.n_audio_tokens == clip["n_audio_tokens"]
         for name in ("mean", "std", "min", "max"):
             assert abs(float(getattr(np, name)(r.features)) - clip["features"][name]) < 1e-4, name
 
 
 def test_long_audio_is_split_at_pauses_within_the_limits(folder, audio_dir, audio_rows):
-    fe = FrontEnd(folder, limits=EngineLimits(max_audio_s=1200.0, max_seq_len=256))
+    fe = FrontEnd(folder, template="default", max_new_tokens=256,
+                  limits=EngineLimits(max_audio_s=1200.0, max_seq_len=256))
     longest = max(audio_rows, key=lambda r: r["duration"])
     requests = fe.prepare(_row(audio_dir, longest["audio_filepath"]))
     assert len(requests) >= 2 and sum(r.duration_s for r in requests) == pytest.approx(longest["duration"], abs=0.002)
     for r in requests:
         assert len(r.expanded_ids) + r.max_new_tokens <= 256 and r.features.shape[1] == round(r.duration_s * 16000) // 160
     # without a sequence limit: the answer cap (256 tokens ≈ 46 s of speech) bounds a piece, not the 1200 s limit
-    assert FrontEnd(folder).max_piece_s(fe.family.prompt_spec({}, "default")) == pytest.approx((256 - 24) / 5)
+    no_limit = FrontEnd(folder, template="default", max_new_tokens=256)
+    assert no_limit.max_piece_s(fe.family.prompt_spec(None, "default")) == pytest.approx((256 - 24) / 5)
 
 
 def test_answer_parsing_in_the_front_end(folder):
-    fe = FrontEnd(folder)
+    fe = FrontEnd(folder, template="default", max_new_tokens=256)
     cleaned = fe.clean("language English<asr_text>The quick  brown fox.", duration_s=2.0)
     assert (cleaned.text, cleaned.language, cleaned.degenerate) == ("The quick brown fox.", "English", False)
     assert fe.clean("forced-language answers carry no tag", duration_s=2.0).language is None
@@ -112,15 +116,14 @@ def engine(folder):
 
 
 def _requests(folder, engine, audio_dir, ref):
-    fe = FrontEnd(folder, limits=engine.limits, max_new_tokens_cap=ref["max_new_tokens"])
+    fe = FrontEnd(folder, template="default", max_new_tokens=ref["max_new_tokens"], limits=engine.limits)
     out = []
     for clip in ref["clips"]:
         extra = {"prompt": clip["context"]} if clip["context"] else {}
         if clip["language"]:
             extra.update(task="language", language=clip["language"])
         (r,) = fe.prepare(_row(audio_dir, clip, **extra))
-        r.max_new_tokens = ref["max_new_tokens"]
-        out.append(r)
+        out.append(dataclasses.replace(r, decode=dataclasses.replace(r.decode, max_new_tokens=ref["max_new_tokens"])))
     return fe, out
 
 
@@ -204,7 +207,7 @@ def test_run_with_engine_hf_on_the_cpu(folder, tmp_path, audio_dir, ray_cluster)
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = pq.read_table(out / "results.parquet").to_pylist()
-    fe = FrontEnd(folder)
+    fe = FrontEnd(folder, template="default", max_new_tokens=256)
     assert [r["id"] for r in rows] == [f"c{i}" for i in range(len(clips))]
     for row, clip in zip(rows, clips):
         assert row["status"] == "ok", row

@@ -16,6 +16,8 @@ import pytest
 
 from bm1684x_support import LOGPROB_ATOL_F16, native
 from qwen3_fixture import FIXTURE, reference
+from transcribe_batch.manifests.row import ManifestRow
+from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.workers.engines import create_engine
 from transcribe_batch.workers.engines.base import EngineLimits
 from transcribe_batch.workers.frontend import FrontEnd
@@ -34,7 +36,7 @@ def folder():
 @pytest.fixture(scope="module")
 def card(folder):
     native()
-    eng = create_engine("bm1684x", {"model_dir": str(folder), "bmodel": str(BMODEL)}, 0)
+    eng = create_engine(worker_config(engine="bm1684x", model_dir=str(folder), bmodel=str(BMODEL)), 0)
     yield eng
     eng.close()
 
@@ -49,12 +51,14 @@ def hf(folder):
 
 
 def _requests(folder, audio_dir, rows, n=N):
-    fe = FrontEnd(folder, limits=EngineLimits(max_audio_s=1200.0, max_seq_len=256))
+    fe = FrontEnd(folder, template="default", max_new_tokens=256,
+                  limits=EngineLimits(max_audio_s=1200.0, max_seq_len=256))
     out = []
     for row in rows:
-        (r,) = fe.prepare({"id": row.get("id", row["audio_filepath"]), **row,
-                           "audio_filepath": str(audio_dir / row["audio_filepath"])})
-        out.append(dataclasses.replace(r, max_new_tokens=n))
+        row = {**row, "id": row.get("id", row["audio_filepath"]),
+               "audio_filepath": str(audio_dir / row["audio_filepath"])}
+        (r,) = fe.prepare(ManifestRow(**row))
+        out.append(dataclasses.replace(r, decode=dataclasses.replace(r.decode, max_new_tokens=n)))
     return out
 
 
@@ -145,7 +149,7 @@ def test_batched_bmodel_gives_the_same_tokens(folder, audio_dir, hf):
     """B=4 decode rows: three requests at once, one of them two attention windows long; every answer is the
     reference's (qwen-asr's generate, or the hf engine for the long clip)."""
     native()
-    eng = create_engine("bm1684x", {"model_dir": str(folder), "bmodel": str(BMODEL_B4)}, 0)
+    eng = create_engine(worker_config(engine="bm1684x", model_dir=str(folder), bmodel=str(BMODEL_B4)), 0)
     try:
         assert eng.preferred_batch_size == 4
         rows = _reference_rows()[:2] + [{"audio_filepath": "beckett.wav"}]
@@ -182,7 +186,7 @@ def test_run_with_engine_bm1684x(folder, tmp_path, audio_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = pq.read_table(out / "results.parquet").to_pylist()
-    fe = FrontEnd(folder)
+    fe = FrontEnd(folder, template="default", max_new_tokens=256)
     assert [r["id"] for r in rows] == ["c0"]
     for row, clip in zip(rows, clips):
         assert row["status"] == "ok" and row["engine"] == "bm1684x", row
@@ -197,4 +201,4 @@ def test_a_qwen2_audio_bmodel_is_refused_for_a_qwen3_asr_folder(folder):
 
     native()
     with pytest.raises(ModelMismatch, match=r"model family: sidecar says qwen2_audio, config.json says qwen3_asr"):
-        create_engine("bm1684x", {"model_dir": str(folder), "bmodel": str(bmodel_path())}, 0)
+        create_engine(worker_config(engine="bm1684x", model_dir=str(folder), bmodel=str(bmodel_path())), 0)

@@ -304,3 +304,52 @@ def test_bad_devices_in_a_new_folder_leave_nothing(tmp_path, audio_dir, ray_clus
                                       "--devices", "0", "--address", ray_cluster])
     assert result.exit_code == 2 and "need at least one device" in result.output, result.output
     assert not (tmp_path / "new").exists()
+
+
+def _own_audio(tmp_path, audio_dir, names):
+    """Copies of shared recordings in tmp_path (so that a test may replace them) and a manifest of them."""
+    import shutil
+
+    (tmp_path / "audio").mkdir()
+    rows = []
+    for k, name in enumerate(names):
+        shutil.copy(audio_dir / name, tmp_path / "audio" / f"a{k}.wav")
+        rows.append({"id": f"a{k}", "audio_filepath": f"audio/a{k}.wav", "text": f"words {k}"})
+    _write(tmp_path / "m.jsonl", rows)
+    return tmp_path / "m.jsonl", [tmp_path / "audio" / f"a{k}.wav" for k in range(len(names))]
+
+
+def test_audio_replaced_at_the_same_path_is_redone(tmp_path, audio_dir):
+    """Issue 16 item 10: a result answers the audio file as it was (size, mtime), not just its path."""
+    m, files = _own_audio(tmp_path, audio_dir, ["001.wav", "002.wav", "003.wav"])
+    out = tmp_path / "out"
+    _run(m, out)
+    before = {r["id"]: r for r in _results(out)}
+    tmp = files[1].with_suffix(".new")
+    tmp.write_bytes((audio_dir / "beckett.wav").read_bytes())
+    os.replace(tmp, files[1])  # another recording under the same name
+    again = _run(m, out)
+    got = {r["id"]: r for r in _results(out)}
+    assert again.status == "complete" and again.n_resumed == 2
+    assert got["a1"]["started_at"] > before["a1"]["started_at"]  # redone
+    assert got["a1"]["duration_s"] != pytest.approx(before["a1"]["duration_s"], abs=0.01)  # on the new audio
+    assert [got[k]["started_at"] for k in ("a0", "a2")] == [before[k]["started_at"] for k in ("a0", "a2")]
+    os.utime(files[2])  # touched (same bytes, new mtime): redone too, it cannot be told from a replaced file
+    assert _run(m, out).n_resumed == 2
+
+
+def test_audio_replaced_during_the_run_is_not_a_changed_manifest(tmp_path, audio_dir, monkeypatch):
+    m, files = _own_audio(tmp_path, audio_dir, ["001.wav", "002.wav"])
+    out = tmp_path / "out"
+    build = runner_module.build_plan
+
+    def build_then_replace_audio(*args, **kw):
+        plan = build(*args, **kw)
+        files[0].write_bytes((audio_dir / "003.wav").read_bytes())
+        return plan
+
+    monkeypatch.setattr(runner_module, "build_plan", build_then_replace_audio)
+    first = _run(m, out)
+    assert first.status == "complete" and first.n_ok == 2  # the manifest did not change: no ManifestChanged
+    monkeypatch.setattr(runner_module, "build_plan", build)
+    assert _run(m, out).n_resumed == 1  # what ran on audio replaced after planning is redone by the next run

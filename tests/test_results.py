@@ -3,7 +3,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from transcribe_batch.manifests.reader import input_digest, parse_line
+from transcribe_batch.manifests.reader import audio_stamp, input_digest, parse_line
 from transcribe_batch.pipeline.plan import build_plan
 from transcribe_batch.pipeline.results import (INPUT_DIGEST, RUN_PART_SCHEMA, PartWriter, ResumeError, RunFolder,
                                                claim_run_folder, lock_run_folder, merge_results, open_run_folder,
@@ -17,21 +17,28 @@ def _line(i: int, **extra) -> dict:
     return {"id": f"u{i}", "audio_filepath": f"/a/{i}.wav", "duration": 1.0 + i, "text": f"ref {i}", **extra}
 
 
-def _row(i: int, **extra) -> dict:
+def _row(i: int, **extra):
     return parse_line(json.dumps(_line(i, **extra)), path="m.jsonl", line=i + 1, base_dir="/")
 
 
-def _ok(i: int, **extra) -> dict:
-    row = _row(i, **extra)
-    rec = base_record(row, line=i + 1)
-    rec.update(status="ok", pred_text=f"hyp {i}", attempts=1, engine="simulated", device=i % 2, node="n",
-               started_at=now(), finished_at=now(), n_chunks=1, **{INPUT_DIGEST: input_digest(row)})
-    return rec
+def _digest(row) -> int:
+    return input_digest(row, audio_stamp(row.audio_filepath))
 
 
-def _failed(i: int, **extra) -> dict:
+def _ok(i: int, **extra) -> tuple:
+    """(record, input digest) of an ok result for row i."""
     row = _row(i, **extra)
-    return {**failed_record(row, i + 1, "boom", attempts=3), INPUT_DIGEST: input_digest(row)}
+    return base_record(row, line=i + 1, status="ok", pred_text=f"hyp {i}", attempts=1, engine="simulated",
+                       device=i % 2, node="n", started_at=now(), finished_at=now(), n_chunks=1), _digest(row)
+
+
+def _failed(i: int, **extra) -> tuple:
+    row = _row(i, **extra)
+    return failed_record(row, i + 1, "boom", attempts=3), _digest(row)
+
+
+def _add(writer: PartWriter, *results: tuple) -> None:
+    writer.add([rec for rec, _ in results], [digest for _, digest in results])
 
 
 def _folder(tmp_path) -> RunFolder:
@@ -60,7 +67,7 @@ def test_parts_are_atomic_and_merge_is_in_input_order(tmp_path):
     assert len(state.done_inputs) == 0 and state.next_seq == 0
     w = PartWriter(folder, state.next_seq, flush_rows=3, flush_s=3600)
     for i in (5, 3, 9, 0, 1, 7, 2):  # finishing order != input order
-        w.add([_ok(i)])
+        _add(w, _ok(i))
     w.flush()
     parts = folder.part_files()
     assert len(parts) == 3 and not list(folder.parts.glob(".tmp-*"))
@@ -78,7 +85,7 @@ def test_manifest_fields_become_columns(tmp_path):
     open_run_folder(folder, IDENTITY)
     w = PartWriter(folder, 0)
     extras = {"u0": dict(speaker=3, source="a", mixed=1, status="x"), "u1": dict(speaker=4, mixed="two")}
-    w.add([_ok(0), _ok(1), _ok(2)])  # the merge takes the manifest's fields as they are now
+    _add(w, _ok(0), _ok(1), _ok(2))  # the merge takes the manifest's fields as they are now
     w.flush()
     merge_results(folder, _plan(tmp_path, range(3), **extras))
     t = pq.read_table(folder.results)
@@ -96,7 +103,7 @@ def test_resume_reads_done_ids_and_claiming_cleans_only_run_temp_files(tmp_path)
     open_run_folder(folder, IDENTITY)
     write_json(folder.run_json, _run_json())
     w = PartWriter(folder, 0)
-    w.add([_ok(0), _ok(1), _failed(9)])
+    _add(w, _ok(0), _ok(1), _failed(9))
     w.flush()
     leftover = folder.parts / f".tmp-{'ab' * 16}-part-000009-c0ffee00.parquet"  # a write cut off by a crash
     leftover.write_bytes(b"half a file")
@@ -104,15 +111,15 @@ def test_resume_reads_done_ids_and_claiming_cleans_only_run_temp_files(tmp_path)
     state = open_run_folder(folder, IDENTITY)
     assert leftover.exists()  # checking changes nothing
     assert state.next_seq == 1
-    assert set(state.done_inputs.tolist()) == {input_digest(_row(i)) for i in (0, 1, 9)}
-    assert state.failed_inputs.tolist() == [input_digest(_row(9))]
+    assert set(state.done_inputs.tolist()) == {_digest(_row(i)) for i in (0, 1, 9)}
+    assert state.failed_inputs.tolist() == [_digest(_row(9))]
     claim_run_folder(folder, state, _run_json(status="running"))
     assert not leftover.exists() and (folder.parts / ".tmp-mine").read_text() == "a user's"
     again = open_run_folder(folder, IDENTITY, retry_failed=True)
-    assert set(again.done_inputs.tolist()) == {input_digest(_row(i)) for i in (0, 1)}
+    assert set(again.done_inputs.tolist()) == {_digest(_row(i)) for i in (0, 1)}
     # a redone row replaces its failed record in the merge
     w2 = PartWriter(folder, again.next_seq)
-    w2.add([_ok(9)])
+    _add(w2, _ok(9))
     w2.flush()
     merged = merge_results(folder, _plan(tmp_path, (0, 1, 9)))
     t = pq.read_table(folder.results)
@@ -125,7 +132,7 @@ def test_identity_change_refused_unless_overwrite(tmp_path):
     open_run_folder(folder, IDENTITY)
     write_json(folder.run_json, _run_json())
     w = PartWriter(folder, 0)
-    w.add([_ok(0)])
+    _add(w, _ok(0))
     w.flush()
     other = {**IDENTITY, "engine": "hf", "template": "verbatim"}
     with pytest.raises(ResumeError, match=r"engine: 'simulated' -> 'hf'.*template: 'default' -> 'verbatim'.*--overwrite"):
@@ -181,11 +188,11 @@ def test_streaming_merge_matches_the_whole_table_in_memory(tmp_path, monkeypatch
 
     for i in order:
         if i % 10 == 4:
-            w.add([_failed(i, **extra(i))])
+            _add(w, _failed(i, **extra(i)))
         else:
-            w.add([_ok(i, **extra(i))])
+            _add(w, _ok(i, **extra(i)))
     for i in (4, 24):  # redone later: these records replace the failed ones
-        w.add([_ok(i, **extra(i))])
+        _add(w, _ok(i, **extra(i)))
     w.flush()
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(_line(i, **extra(i))) + "\n" for i in range(60)))
     merged = merge_results(folder, build_plan(tmp_path / "m.jsonl"))

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from transcribe_batch.manifests.reader import input_digest, parse_line
+from transcribe_batch.manifests.reader import audio_stamp, input_digest, parse_line
 from transcribe_batch.pipeline.cli import app
 from transcribe_batch.pipeline.config import build_config
-from transcribe_batch.pipeline.results import INPUT_DIGEST, PartWriter, RunFolder, RunLock
+from transcribe_batch.pipeline.results import PartWriter, RunFolder, RunLock
 from transcribe_batch.pipeline.runner import run_job
 from transcribe_batch.workers.record import base_record, now
 
@@ -25,16 +25,16 @@ def _run_json(**fields) -> dict:
             **fields}
 
 
-def _records(n: int, text="the quick brown fox") -> list[dict]:
-    out = []
+def _records(n: int, text="the quick brown fox") -> tuple[list, list]:
+    """(records, their input digests) of n ok rows."""
+    records, digests = [], []
     for i in range(n):
         row = parse_line(json.dumps({"id": f"u{i}", "audio_filepath": f"/a/{i}.wav", "duration": 1.0, "text": "ref"}),
                          path="m.jsonl", line=i + 1, base_dir="/")
-        rec = base_record(row, line=i + 1)
-        rec.update(status="ok", pred_text=f"{text} {i}", attempts=1, engine="simulated", started_at=now(),
-                   finished_at=now(), n_chunks=1, **{INPUT_DIGEST: input_digest(row)})
-        out.append(rec)
-    return out
+        records.append(base_record(row, line=i + 1, status="ok", pred_text=f"{text} {i}", attempts=1,
+                                   engine="simulated", started_at=now(), finished_at=now(), n_chunks=1))
+        digests.append(input_digest(row, audio_stamp(row.audio_filepath)))
+    return records, digests
 
 
 def _results_file(path, n: int, run_id: str | None):
@@ -81,7 +81,7 @@ def test_overwrite_deletes_only_names_runs_write(tmp_path):
     (out.run_json).write_text(json.dumps(_run_json(identity={**IDENTITY, "engine": "hf"})))
     PartWriter(out, 0).flush()
     w = PartWriter(out, 0)
-    w.add(_records(3))
+    w.add(*_records(3))
     w.flush()
     part = out.part_files()[0]
     run_files = [out.progress_log, out.logs / "bm1684x-device0.log", out.path / f".tmp-{'a' * 32}-run.json",
@@ -108,7 +108,7 @@ def test_a_refused_run_changes_nothing_in_a_run_folder(tmp_path):
     out.path.mkdir()
     out.run_json.write_text(json.dumps(_run_json()))
     w = PartWriter(out, 0)
-    w.add(_records(2))
+    w.add(*_records(2))
     w.flush()
     _results_file(out.results, 2, None)
     before = {p: p.read_bytes() for p in out.path.rglob("*") if p.is_file()}
@@ -126,7 +126,7 @@ def test_a_damaged_page_is_found_never_read_as_other_values(tmp_path):
 
     folder = RunFolder(tmp_path / "run")
     w = PartWriter(folder, 0)
-    w.add(_records(20))
+    w.add(*_records(20))
     w.flush()
     part = folder.part_files()[0]
     data = bytearray(part.read_bytes())
@@ -186,7 +186,7 @@ def test_a_folder_a_run_is_writing_now(tmp_path):
     try:
         folder.run_json.write_text(json.dumps(_run_json(status="running", run_id="c" * 32, manifest=str(manifest))))
         w = PartWriter(folder, 0)
-        w.add(_records(2, text="ref"))
+        w.add(*_records(2, text="ref"))
         w.flush()
         result = cli.invoke(app, ["eval", str(folder.path), "-f", "json"])
         assert result.exit_code == 0, result.output

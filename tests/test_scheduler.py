@@ -3,6 +3,7 @@
 import numpy as np
 
 from manifest_helpers import write_manifest
+from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.pipeline.devices import DeviceSlot
 from transcribe_batch.pipeline.plan import build_plan
 from transcribe_batch.pipeline.scheduler import Device, Scheduler, Task, required_streak
@@ -21,7 +22,7 @@ def _scheduler(tmp_path, audio_dir, n_devices=2):
     write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2)
     plan = build_plan(tmp_path / "m.jsonl", shard_size=4)
     slots = [DeviceSlot("sim", d) for d in range(n_devices)]
-    s = Scheduler(plan, slots, engine="simulated", options={}, on_final=lambda r: None, progress=_Progress())
+    s = Scheduler(plan, slots, worker_config(engine="simulated"), on_final=lambda r: None, progress=_Progress())
     s.devices = [Device(slot, actor=None) for slot in slots]
     return s
 
@@ -63,7 +64,7 @@ def test_shards_hold_at_least_a_batch(tmp_path, audio_dir):
     write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2)
     plan = build_plan(tmp_path / "m.jsonl", shard_size=2)
     slots = [DeviceSlot("sim", d) for d in range(2)]
-    s = Scheduler(plan, slots, engine="simulated", options={"batch_size": 5}, on_final=lambda r: None,
+    s = Scheduler(plan, slots, worker_config(engine="simulated", batch_size=5), on_final=lambda r: None,
                   progress=_Progress())
     s.devices = [Device(slot, actor=None) for slot in slots]
     sizes = []

@@ -211,8 +211,21 @@ def test_stop_while_actors_start(tmp_path, earlier_runs, ray_cluster, sig, group
 def test_stop_mid_run(tmp_path, earlier_runs, ray_cluster, sig, group):
     manifest, rows, out = _folder_with_an_earlier_run(tmp_path, earlier_runs)
     _stop_at("mid-run", manifest, out, ray_cluster, sig, group, tmp_path)
-    _check_interrupted(out, sig, rows, new_rows=True)
+    run = _check_interrupted(out, sig, rows, new_rows=True)
+    _assert_ledgers_removed(run)
     _resumes(manifest, rows, out)
+
+
+def _assert_ledgers_removed(run: dict) -> None:
+    """The device ledgers (workers/ledger.py) of an interrupted run are gone with it, even where an actor was still
+    finishing an engine call as the driver ended it (given it a moment to be ended)."""
+    from transcribe_batch.workers.ledger import ledger_files
+
+    files = [f for d in run["devices"] for f in ledger_files(d["ledger"])]
+    deadline = time.monotonic() + 10
+    while any(f.exists() for f in files) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert files and not [f for f in files if f.exists()]
 
 
 @pytest.mark.parametrize("sig, group", _matrix(4))

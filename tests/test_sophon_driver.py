@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from transcribe_batch.pipeline.cli import app
 from transcribe_batch.pipeline.progress import ProgressTracker
 from transcribe_batch.workers.platforms import PLATFORMS
+from transcribe_batch.workers.record import Record
 from transcribe_batch.workers.sophon_driver import (DRIVER_ROOT_ENV, NpuUsage, device_summary, parse_npu_usage,
                                                     read_driver_view, read_npu_usage)
 
@@ -97,21 +98,22 @@ def test_device_summary_carries_the_chips_card_and_its_own_problems():
 
 
 def test_platform_and_actor_report_the_driver_view(monkeypatch):
+    from transcribe_batch.pipeline.config import worker_config
     from transcribe_batch.workers.actor import TranscriptionWorker
 
     monkeypatch.setenv(DRIVER_ROOT_ENV, str(CARDS))
     plat = PLATFORMS["bm1684x"]
     assert plat.device_info(2)["board_type"] == "SC7+" and PLATFORMS["sim"].device_info(2) is None
     assert plat.usage() == {0: 37, 1: 0, 2: 100, 3: 52, 4: None, 5: 3}
-    worker = TranscriptionWorker("simulated", {"sim_speedup": 1000}, device=3, device_kind="bm1684x")
-    sim = TranscriptionWorker("simulated", {"sim_speedup": 1000}, device=3)
+    worker = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=1000), device=3, device_kind="bm1684x")
+    sim = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=1000), device=3)
     try:
         info, sim_info = worker.info(), sim.info()
     finally:
         worker.close()
         sim.close()
-    assert info["driver"]["card"] == 1 and info["driver"]["npu_usage"]["usage"] == 52  # run.json's devices carry it
-    assert "driver" not in sim_info
+    assert info.driver["card"] == 1 and info.driver["npu_usage"]["usage"] == 52  # run.json's devices carry it
+    assert sim_info.driver is None
 
 
 def test_devices_command_shows_the_cards(monkeypatch):
@@ -133,7 +135,7 @@ def test_progress_log_records_npu_use_where_the_driver_reports_it(tmp_path, monk
         monkeypatch.setenv(DRIVER_ROOT_ENV, str(root))
         log = tmp_path / f"{root.name}.jsonl"
         with ProgressTracker(total=2, audio_s_total=4.0, log_path=log, quiet=True, min_log_interval_s=0) as t:
-            t.update([{"status": "ok", "duration_s": 2.0}])
+            t.update([Record(status="ok", duration_s=2.0)])
             t.log("a note")
         return [json.loads(line) for line in log.read_text().splitlines()]
 

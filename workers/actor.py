@@ -7,8 +7,8 @@ concurrently (the driver keeps the next shard queued, at least `batch_size` rows
 device the next one's rows are being prepared and the device never waits for the CPU; when it does, `wait_s` says
 for how long. Rows go to the engine one at a time (batch_size 1) or `batch_size` at a time
 (`Engine.transcribe_batch`), and each row's `Outcome` is yielded as soon as its engine call is done. Before each
-engine call the actor tells the driver's `DeviceLedger` which items it puts on the device, so that a crash of this
-process is charged to those rows only.
+engine call the actor writes which items it puts on the device into its `DeviceLedger` (a small file on its own
+node: workers/ledger.py), so that a crash of this process is charged to those rows only.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
-from transcribe_batch.config.settings import default
-
 from .audio import AudioError
 from .confidence import confidence_fields
+from .contracts import ActorInfo, WorkerConfig
 from .engines import create_engine
-from .engines.base import FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_REPETITION, EngineResult, Request, SequenceTooLong
+from .engines.base import (FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_NO_SPEECH, FINISH_REPETITION,
+                           EngineResult, Request, SequenceTooLong)
 from .frontend import FrontEnd
+from .ledger import DeviceLedger
 from .platforms import platform
 from .prompts import PromptError, plausible_answer_tokens
 from .record import base_record, failed_record, node_name, now
@@ -63,13 +64,6 @@ def ray_node_id() -> str | None:
         return None
 
 
-def _driver_info(plat, device: int) -> dict:
-    """`driver`: what the host's driver says of this card (board, chips on the card, memory, clock, NPU use), where
-    it says anything."""
-    info = plat.device_info(device)
-    return {"driver": info} if info else {}
-
-
 class _Prepared:
     """A work item whose front end is done: its requests, CPU seconds, and when it was ready (perf_counter)."""
 
@@ -80,27 +74,24 @@ class _Prepared:
 
 
 class TranscriptionWorker:
-    def __init__(self, engine_name: str, options: dict, device: int, *, device_kind: str = "sim",
-                 label: str | None = None, ledger=None):
+    def __init__(self, config: WorkerConfig, device: int, *, device_kind: str = "sim", label: str | None = None,
+                 ledger_run: str | None = None):
+        """`config`: the run's worker settings (pipeline/config.py RunConfig.worker_config()); `device`: the device
+        index on this node; `device_kind`: its kind (workers/platforms.py); `label`: its name in the cluster;
+        `ledger_run`: the run's device-ledger name (workers/ledger.py; None outside a scheduler)."""
+        self.config = config
         self.platform = platform(device_kind)
         self.device, engine_device = self.platform.in_actor(device)
         self.label = label or self.platform.label(device)
-        self.ledger = ledger  # DeviceLedger actor handle (None outside the scheduler)
-        self.options = dict(options)
-        self.engine = create_engine(engine_name, self.options, engine_device)
-        self.frontend = FrontEnd(
-            self.options.get("model_dir"),
-            template=self.options.get("template") or default("template"),
-            limits=self.engine.limits,
-            max_new_tokens_cap=int(self.options.get("max_new_tokens") or default("max_new_tokens")),
-        )
+        self.engine = create_engine(config, engine_device)
+        self.frontend = FrontEnd.for_worker(config, self.engine.limits)
         self.frontend.warm_up()
         # a batched bmodel keeps B decode slots: hand it at least B requests per call, whatever --batch-size says
-        self.batch_size = max(1, int(self.options.get("batch_size") or default("batch_size")),
-                              self.engine.preferred_batch_size)
-        self.escalate_min_s = float(self.options.get("escalate_min_s") or default("escalate_min_s"))
+        self.batch_size = max(config.batch_size, self.engine.preferred_batch_size)
         self.node = node_name()
         self.node_id = ray_node_id()
+        # what is on the device, for the driver to charge a crash to (None outside the scheduler)
+        self.ledger = DeviceLedger(ledger_run, self.label) if ledger_run else None
         self._device_lock = threading.Lock()
         self._device_free_at = 0.0  # perf_counter when the device last finished a row
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frontend-prefetch")
@@ -108,15 +99,14 @@ class TranscriptionWorker:
     # -- identity -----------------------------------------------------------------------------------------------
     @property
     def model_id(self) -> str:
-        return self.engine.model_id or getattr(self.frontend, "model_id", "") or ""
+        return self.engine.model_id or self.frontend.model_id
 
-    def info(self) -> dict:
-        return {"engine": self.engine.name, "model_id": self.model_id, "device": self.device, "node": self.node,
-                "node_id": self.node_id, "label": self.label, "kind": self.platform.kind, "pid": os.getpid(),
-                "batch_size": self.batch_size,
-                "limits": {"max_audio_s": self.engine.limits.max_audio_s,
-                           "max_seq_len": self.engine.limits.max_seq_len},
-                **_driver_info(self.platform, self.device)}
+    def info(self) -> ActorInfo:
+        return ActorInfo(engine=self.engine.name, model_id=self.model_id, device=self.device, node=self.node,
+                         node_id=self.node_id, label=self.label, kind=self.platform.kind, pid=os.getpid(),
+                         batch_size=self.batch_size, limits=self.engine.limits,
+                         ledger=str(self.ledger.path) if self.ledger else None,
+                         driver=self.platform.device_info(self.device))
 
     # -- one shard ----------------------------------------------------------------------------------------------
     def stream_shard(self, items: list[WorkItem]) -> Iterator[Outcome]:
@@ -149,7 +139,8 @@ class TranscriptionWorker:
         return list(self.stream_shard(items))
 
     def _chunk_s(self, item: WorkItem) -> float | None:
-        return escalated_chunk_s(item.duration, item.attempt, self.engine.limits.max_audio_s, self.escalate_min_s)
+        return escalated_chunk_s(item.duration, item.attempt, self.engine.limits.max_audio_s,
+                                 self.config.escalate_min_s)
 
     def _prepare(self, item: WorkItem, max_chunk_s: float | None) -> tuple[list[Request], float, float]:
         """(requests, CPU seconds, perf_counter when ready)."""
@@ -181,13 +172,11 @@ class TranscriptionWorker:
                 self._device_free_at = time.perf_counter()
 
     def _hold(self, keys: list) -> None:
-        """Tell the ledger (synchronously: it must know before a crash can happen) what goes on the device."""
-        import ray
-
+        """Record in the ledger what goes on the device (before it does: a crash can come at any moment)."""
         try:
-            ray.get(self.ledger.hold.remote(self.label, keys), timeout=60)
-        except Exception as e:  # noqa: BLE001 - the ledger restarting: a crash now is blamed on the device alone
-            print(f"{self.label}: could not record {keys} in the device ledger: {e}", flush=True)
+            self.ledger.hold(keys)
+        except OSError as e:  # no record: a crash now is blamed on the device alone
+            print(f"{self.label}: could not record {keys} in the device ledger {self.ledger.path}: {e}", flush=True)
 
     def _run_group(self, group: list[_Prepared], submitted_at: float) -> Iterator[Outcome]:
         if len(group) == 1:
@@ -248,7 +237,7 @@ class TranscriptionWorker:
                 **fields) -> Outcome:
         kind = error.kind if isinstance(error, RetryableFailure) else None
         rec = failed_record(item.row, item.line, error, error_class=kind, **self._common(item), **fields)
-        return Outcome(item.key, rec, RETRY if retry else FINAL, on_device=on_device)
+        return Outcome.of(item, rec, RETRY if retry else FINAL, on_device=on_device)
 
     def _texts(self, requests: list[Request], results: list[EngineResult]) -> tuple[str, str, str, str | None]:
         raws, cleaned_texts, languages, finish = [], [], [], FINISH_EOS
@@ -272,20 +261,21 @@ class TranscriptionWorker:
         text = self.frontend.join(cleaned_texts) if len(cleaned_texts) > 1 else cleaned_texts[0]
         raw = "\n".join(raws)
         if not text.strip():
+            if not any(req.speech for req in requests):  # nothing was said: an empty answer is the right one
+                return "", raw, FINISH_NO_SPEECH, self.frontend.join_languages(languages)
             raise RetryableFailure("EmptyOutput", f"{requests[0].id.split('#')[0]}: empty transcript", raw=raw, text=text)
         return text, raw, finish, self.frontend.join_languages(languages)
 
     def _record(self, p: _Prepared, results: list[EngineResult], started_at, finished_at, total_s,
                 wait_s) -> Outcome:
         item, requests = p.item, p.requests
-        rec = base_record(item.row, item.line)
-        rec.update(self._common(item))
         duration = sum(r.duration_s for r in requests)
         n_new = sum(len(res.token_ids) for res in results)
         decode_s = sum(res.decode_s for res in results)
-        rec.update(
+        fields = dict(
+            self._common(item),
             duration_s=duration,
-            prompt=requests[0].prompt or rec["prompt"],
+            prompt=requests[0].prompt or item.row.prompt,
             n_prompt_tokens=sum(r.n_prompt_tokens for r in requests),
             n_audio_tokens=sum(r.n_audio_tokens for r in requests),
             n_new_tokens=n_new,
@@ -300,18 +290,24 @@ class TranscriptionWorker:
             started_at=started_at,
             finished_at=finished_at,
             n_chunks=len(requests),
+            **confidence_fields(results),
         )
-        rec.update(confidence_fields(results))
         try:
             text, raw, finish, detected = self._texts(requests, results)
         except RetryableFailure as e:
-            rec.update(status="failed", error_class=e.kind, error_message=str(e), raw_text=e.raw,
-                       pred_text=e.text or None,
-                       finish_reason=FINISH_REPETITION if e.kind in ("Repetition", "RunawayOutput") else FINISH_ERROR)
-            return Outcome(item.key, rec, RETRY)
-        rec.update(status="ok", pred_text=text, raw_text=raw, finish_reason=finish, detected_language=detected)
-        return Outcome(item.key, rec, FINAL)
+            rec = base_record(item.row, item.line, **fields, status="failed", error_class=e.kind,
+                              error_message=str(e), raw_text=e.raw, pred_text=e.text or None,
+                              finish_reason=FINISH_REPETITION if e.kind in ("Repetition", "RunawayOutput")
+                              else FINISH_ERROR)
+            return Outcome.of(item, rec, RETRY)
+        rec = base_record(item.row, item.line, **fields, status="ok", pred_text=text, raw_text=raw,
+                          finish_reason=finish, detected_language=detected)
+        return Outcome.of(item, rec, FINAL)
 
     def close(self) -> None:
+        """Let go of the engine and the device (the scheduler calls this before it ends the actor)."""
         self._prefetch.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()
+        with self._device_lock:  # not under a running engine call
+            self.engine.close()
+        if self.ledger is not None:
+            self.ledger.close()

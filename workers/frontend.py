@@ -1,6 +1,6 @@
 """Front end shared by every engine: manifest row → Requests (audio, features, prompt ids), answer → transcript.
 
-    fe = FrontEnd(model_dir, template="default", limits=engine.limits)
+    fe = FrontEnd.for_worker(config, engine.limits)  # config: the run's WorkerConfig (workers/contracts.py)
     requests = fe.prepare(row)                 # ≥1: long audio is split at silences into pieces that fit
     results = engine.transcribe_batch(requests)
     cleaned = [fe.clean(r.text or fe.decode(r.token_ids), duration_s=q.duration_s) for q, r in ...]
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from transcribe_batch.config.settings import default
+from transcribe_batch.manifests.row import ManifestRow
 
 from .audio import SAMPLE_RATE, load_audio
 from .cleanup import Cleaned, clean, join, join_languages
-from .engines.base import EngineLimits, Request
+from .contracts import DecodeOptions, EngineLimits, Request, WorkerConfig
 from .models import ModelFamily, load_family
 from .prompts import ANSWER_OVERHEAD_TOKENS, TOKENS_PER_SECOND, PromptError, Templates, answer_budget, load_templates
 from .segment import max_piece_seconds, split_points
@@ -35,24 +35,31 @@ class FrontEnd:
         self,
         model_dir: str | os.PathLike | None,
         *,
-        template: str | None = None,
+        template: str,
+        max_new_tokens: int,
         limits: EngineLimits | None = None,
-        max_new_tokens_cap: int | None = None,
         templates: Templates | None = None,
     ):
+        """`template`: the run's prompt template; `max_new_tokens`: the run's cap on generated tokens per request
+        (both the run's settings: workers/contracts.py WorkerConfig); `limits`: the engine's (default: the model
+        family's audio window, no sequence limit)."""
         self.model_dir = Path(model_dir) if model_dir is not None else None
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise FileNotFoundError(f"model folder not found: {self.model_dir}")
         self.templates = templates or load_templates()
-        template = template or default("template")
         self.family: ModelFamily = load_family(self.model_dir, self.templates)
         self.family.check_template(template)
         self.template = template
-        self.max_new_tokens_cap = max_new_tokens_cap or default("max_new_tokens")
+        self.max_new_tokens_cap = max_new_tokens
         self.features = self.family.features
         self.limits = limits or EngineLimits(max_audio_s=self.family.max_audio_s)
         self.tokenized = self.family.has_tokenizer
         self.model_id = model_id_of(self.model_dir)
+
+    @classmethod
+    def for_worker(cls, config: WorkerConfig, limits: EngineLimits | None = None) -> "FrontEnd":
+        """The front end a worker with `config` runs, for an engine with `limits`."""
+        return cls(config.model_dir, template=config.template, max_new_tokens=config.max_new_tokens, limits=limits)
 
     def budget(self, duration_s: float) -> int:
         return answer_budget(duration_s, self.max_new_tokens_cap)
@@ -76,44 +83,57 @@ class FrontEnd:
             return
         self.family.log_mel(self.family.fit_audio(np.zeros(SAMPLE_RATE // 10, dtype=np.float32)))
         try:
-            self.max_piece_s(self.family.prompt_spec({}, self.template))
+            self.max_piece_s(self.family.prompt_spec(None, self.template))
         except PromptError:  # the template needs row fields (language): its ids are made with the first row
-            self.family.prompt_ids(self.family.prompt_spec({"prompt": " "}, "default"))
+            self.family.prompt_ids(self.family.prompt_spec(ManifestRow(id="warm-up", audio_filepath="", prompt=" "),
+                                                           "default"))
 
-    def prepare(self, row: dict, *, max_chunk_s: float | None = None, keep_audio: bool = False) -> list[Request]:
-        path = row["audio_filepath"]
-        audio = load_audio(path, row.get("offset") or 0.0, row.get("duration"))
+    def prepare(self, row: ManifestRow, *, max_chunk_s: float | None = None, keep_audio: bool = False
+                ) -> list[Request]:
+        """The row's requests, one per piece of its audio (one unless it is longer than a request may be, or
+        `max_chunk_s` asks for shorter pieces), each built whole. `keep_audio`: the engine wants the samples."""
+        audio = load_audio(row.audio_filepath, row.offset, row.duration)
         spec = self.family.prompt_spec(row, self.template)
         longest = self.max_piece_s(spec)
         if max_chunk_s is not None:
             longest = min(longest, max_chunk_s)
         pieces = split_points(audio, longest, SAMPLE_RATE)
-        rid = str(row["id"])
+        rid = row.id
+        if self.tokenized:
+            prompt_ids = tuple(self.family.prompt_ids(spec))
+            audio_token_id, stop_ids = self.family.audio_token_id, tuple(self.family.stop_ids)
+        else:
+            prompt_ids, audio_token_id, stop_ids = (), None, ()
         requests = []
         for k, (start, end) in enumerate(pieces):
             piece = audio[start:end]
             duration_s = piece.size / SAMPLE_RATE
-            req = Request(
+            n_audio_tokens = self.family.n_audio_tokens(piece.size)
+            budget = self.budget(duration_s)
+            features = mask = None
+            expanded: tuple[int, ...] = ()
+            if self.tokenized:
+                features, mask = self.family.log_mel(self.family.fit_audio(piece))
+                expanded = tuple(self.family.expand(list(prompt_ids), n_audio_tokens))
+                if self.limits.max_seq_len is not None:  # what is left of the sequence after the prompt
+                    budget = max(1, min(budget, self.limits.max_seq_len - len(expanded)))
+            requests.append(Request(
                 id=rid if len(pieces) == 1 else f"{rid}#{k}",
                 duration_s=duration_s,
+                decode=DecodeOptions(max_new_tokens=budget, stop_ids=stop_ids),
                 audio=piece if keep_audio or not self.tokenized else None,
-                n_audio_tokens=self.family.n_audio_tokens(piece.size),
-                max_new_tokens=self.budget(duration_s),
+                features=features,
+                feature_mask=mask,
+                n_audio_tokens=n_audio_tokens,
+                prompt_ids=prompt_ids,
+                expanded_ids=expanded,
+                audio_token_id=audio_token_id,
                 prompt=spec.text,
-                reference=row.get("text"),
+                reference=row.text,
                 chunk_index=k,
                 n_chunks=len(pieces),
-            )
-            if self.tokenized:
-                req.features, req.feature_mask = self.family.log_mel(self.family.fit_audio(piece))
-                req.prompt_ids = self.family.prompt_ids(spec)
-                req.expanded_ids = self.family.expand(req.prompt_ids, req.n_audio_tokens)
-                req.audio_token_id = self.family.audio_token_id
-                req.stop_ids = self.family.stop_ids
-                if self.limits.max_seq_len is not None:  # what is left of the sequence after the prompt
-                    room = self.limits.max_seq_len - len(req.expanded_ids)
-                    req.max_new_tokens = max(1, min(req.max_new_tokens, room))
-            requests.append(req)
+                speech=has_speech(piece, SAMPLE_RATE),
+            ))
         return requests
 
     def decode(self, token_ids: list[int]) -> str:
@@ -142,3 +162,19 @@ def model_id_of(model_dir: Path | None) -> str:
         if name:
             return Path(name).name
     return model_dir.name
+
+
+SPEECH_FLOOR_DB = -50.0  # a 25 ms frame louder than this (dB full scale) may hold speech; room tone is quieter
+MIN_SPEECH_S = 0.1  # audio holds speech when at least this much of it is above the floor
+
+
+def has_speech(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bool:
+    """Whether `audio` ([n_samples] float32 in [-1, 1]) may hold speech: at least MIN_SPEECH_S of 25 ms frames
+    (10 ms hop) above SPEECH_FLOOR_DB. Deliberately generous: only audio that is silent or nearly so (digital
+    silence, room tone) is speechless, so an empty answer is accepted only where nothing could have been said."""
+    frame, hop = int(0.025 * sr), int(0.010 * sr)
+    power = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
+    starts = np.arange(0, max(1, audio.size - frame + 1), hop)
+    ends = np.minimum(starts + frame, audio.size)
+    db = 10 * np.log10((power[ends] - power[starts]) / np.maximum(1, ends - starts) + 1e-12)
+    return int(np.count_nonzero(db > SPEECH_FLOOR_DB)) * hop / sr >= MIN_SPEECH_S

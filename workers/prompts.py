@@ -19,7 +19,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from transcribe_batch.config.settings import default
+from transcribe_batch.manifests.row import ManifestRow
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,9 +50,9 @@ def plausible_answer_tokens(duration_s: float) -> int:
     return math.ceil(TOKENS_PER_SECOND * duration_s) + ANSWER_OVERHEAD_TOKENS
 
 
-def answer_budget(duration_s: float, cap: int | None = None) -> int:
-    """max_new_tokens for an utterance of `duration_s` seconds (cap: the max_new_tokens setting)."""
-    return max(1, min(cap or default("max_new_tokens"), plausible_answer_tokens(duration_s)))
+def answer_budget(duration_s: float, cap: int) -> int:
+    """max_new_tokens for an utterance of `duration_s` seconds (cap: the run's max_new_tokens setting)."""
+    return max(1, min(cap, plausible_answer_tokens(duration_s)))
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,22 @@ class Templates:
     templates: dict[str, str]
     sections: dict[str, dict] = field(default_factory=dict)  # per model family settings ([qwen3_asr] context, …)
 
-    def instruction(self, row: dict, default: str = "default") -> str:
-        """Row `prompt` (free text) > row `task` (a template name) > the run's template name."""
-        if row.get("prompt"):
-            return str(row["prompt"])
-        name = row.get("task") or default
+    def instruction(self, row: ManifestRow | None, default: str = "default") -> str:
+        """Row `prompt` (free text) > row `task` (a template name) > the run's template name (row None: the
+        template's own instruction)."""
+        prompt, task, language, row_id = (None, None, None, "?") if row is None else (
+            row.prompt, row.task, row.language, row.id)
+        if prompt:
+            return str(prompt)
+        name = task or default
         if name not in self.templates:
-            where = f"task {name!r} of row {row.get('id', '?')!r}" if row.get("task") else f"template {name!r}"
+            where = f"task {name!r} of row {row_id!r}" if task else f"template {name!r}"
             raise PromptError(f"unknown {where}; known templates: {', '.join(sorted(self.templates))}")
         template = self.templates[name]
         if "{language}" in template:
-            if not row.get("language"):
-                raise PromptError(f"template {name!r} needs the row's `language` field (row {row.get('id', '?')!r})")
-            code = str(row["language"]).strip()
+            if not language:
+                raise PromptError(f"template {name!r} needs the row's `language` field (row {row_id!r})")
+            code = str(language).strip()
             template = template.replace("{language}", LANGUAGES.get(code.lower(), code))
         return template
 

@@ -1,4 +1,5 @@
-"""One result row per manifest row (contract 5): its fields, their Arrow types, and helpers to build rows.
+"""One result row per manifest row (contract 5): its fields, their Arrow types, the `Record` type generated from
+them, and helpers to build records.
 
 Part files use exactly `PART_SCHEMA`; manifest fields the runner doesn't know travel as one JSON column
 (`manifest_extra`) so that every part has the same schema, and the merged results.parquet spreads them into columns.
@@ -6,11 +7,14 @@ Part files use exactly `PART_SCHEMA`; manifest fields the runner doesn't know tr
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import socket
 from datetime import datetime, timezone
+from typing import Any, Iterable
 
 import pyarrow as pa
+
+from transcribe_batch.manifests.row import ManifestRow
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -39,7 +43,8 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("n_prompt_tokens", pa.int32(), "prompt tokens incl. audio tokens (summed over pieces)"),
     ("n_audio_tokens", pa.int32(), "audio tokens (25 per second, summed over pieces)"),
     ("n_new_tokens", pa.int32(), "generated tokens (summed over pieces)"),
-    ("finish_reason", pa.string(), "eos | max_tokens | repetition | error"),
+    ("finish_reason", pa.string(), "eos | max_tokens | repetition | error | no_speech (an empty answer to audio "
+                                   "without speech by the front end's energy check: status ok, pred_text '')"),
     ("mean_logprob", pa.float64(), "mean log-probability of the generated tokens (all pieces' tokens together; "
                                    "null when the engine gave none)"),
     ("min_logprob", pa.float64(), "log-probability of the least likely generated token (over all pieces)"),
@@ -61,7 +66,37 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
 
 PART_SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in FIELDS])
 COLUMNS = [name for name, _, _ in FIELDS]
-_KNOWN_ROW_KEYS = {"id", "audio_filepath", "offset", "duration", "text", "prompt", "task", "language"}
+
+
+def _python_type(dtype: pa.DataType) -> type:
+    if pa.types.is_integer(dtype):
+        return int
+    if pa.types.is_floating(dtype):
+        return float
+    if pa.types.is_timestamp(dtype):
+        return datetime
+    if pa.types.is_boolean(dtype):
+        return bool
+    return str
+
+
+def _record_type():
+    fields = [(name, _python_type(dtype) | None, dataclasses.field(default=None)) for name, dtype, _ in FIELDS]
+    doc = "One result row (frozen); every field is optional (None = null):\n\n" + "\n".join(
+        f"    {name} ({_python_type(dtype).__name__}): {help_}" for name, dtype, help_ in FIELDS)
+    cls = dataclasses.make_dataclass("Record", fields, frozen=True, slots=True, namespace={
+        "__doc__": doc,
+        "replace": lambda self, **changes: dataclasses.replace(self, **changes),
+        "as_row": lambda self: {name: getattr(self, name) for name in COLUMNS},
+        "ok": property(lambda self: self.status == "ok"),
+    })
+    cls.__module__ = __name__
+    return cls
+
+
+# The result record, generated from FIELDS: `Record(**fields)`, `rec.replace(**changes)`, `rec.as_row()` (the Arrow
+# row as a dict), `rec.ok`; `to_table(records)` / `records_of(table)` to and from Arrow.
+Record = _record_type()
 
 
 def now() -> datetime:
@@ -72,47 +107,37 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def extra_fields(row: dict) -> str | None:
-    extra = {k: v for k, v in row.items() if k not in _KNOWN_ROW_KEYS}
-    return json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None
+def base_record(row: ManifestRow | None, line: int, **fields: Any) -> Record:
+    """The fields known from the manifest row alone (None: a bad line, no row), then `fields`; the rest null."""
+    known = {} if row is None else dict(
+        id=row.id, audio_filepath=row.audio_filepath, offset=row.offset, duration_s=row.duration, text=row.text,
+        prompt=row.prompt, task=row.task, language=row.language, manifest_extra=row.extra_json())
+    return Record(**{"line": line, "attempts": 0, "n_chunks": 0, **known, **fields})
 
 
-def base_record(row: dict, line: int) -> dict:
-    """The fields known from the manifest row alone; everything else null."""
-    rec = dict.fromkeys(COLUMNS)
-    rec.update(
-        id=row.get("id"),
-        line=line,
-        audio_filepath=row.get("audio_filepath"),
-        offset=row.get("offset", 0.0),
-        duration_s=row.get("duration"),
-        text=row.get("text"),
-        prompt=row.get("prompt"),
-        task=row.get("task"),
-        language=row.get("language"),
-        manifest_extra=extra_fields(row),
-        attempts=0,
-        n_chunks=0,
-    )
-    return rec
+def failed_record(row: ManifestRow | None, line: int, error: BaseException | str, *, error_class: str | None = None,
+                  attempts: int = 1, **fields: Any) -> Record:
+    return base_record(row, line, **{
+        "status": "failed",
+        "error_class": error_class or (type(error).__name__ if isinstance(error, BaseException) else "Error"),
+        "error_message": str(error),
+        "finish_reason": "error",
+        "attempts": attempts,
+        **fields,
+    })
 
 
-def failed_record(row: dict, line: int, error: BaseException | str, *, error_class: str | None = None,
-                  attempts: int = 1, **fields) -> dict:
-    rec = base_record(row, line)
-    rec.update(
-        status="failed",
-        error_class=error_class or (type(error).__name__ if isinstance(error, BaseException) else "Error"),
-        error_message=str(error),
-        finish_reason="error",
-        attempts=attempts,
-    )
-    rec.update(fields)
-    return rec
+def to_table(records: Iterable[Record]) -> pa.Table:
+    """Records as a table of PART_SCHEMA."""
+    records = list(records)
+    return pa.table({name: pa.array([getattr(r, name) for r in records], type=PART_SCHEMA.field(name).type)
+                     for name in COLUMNS}, schema=PART_SCHEMA)
 
 
-def to_table(records: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in records], schema=PART_SCHEMA)
+def records_of(table: pa.Table) -> list[Record]:
+    """A table's rows (PART_SCHEMA's columns; others are ignored, missing ones null) as records."""
+    names = [n for n in COLUMNS if n in table.column_names]
+    return [Record(**row) for row in table.select(names).to_pylist()]
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -1,15 +1,17 @@
-"""What the driver hands a device actor and what comes back: typed work items, outcomes, and the ledger of which
-items a device holds right now (so that a crash is charged to the row that was on the device, and no other).
+"""What the driver hands a device actor and what comes back: typed work items and outcomes.
 
 The driver (pipeline/scheduler.py) builds `WorkItem`s, the actor (workers/actor.py) turns each into exactly one
-`Outcome`, in any order, and before it puts items on the device it writes their keys into the `DeviceLedger`
-with a synchronous call: when the actor's process dies, the ledger still says which items it was running.
+`Outcome`, in any order. (Which items are on the device right now, for charging a crash: workers/ledger.py.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
+
+from transcribe_batch.manifests.row import ManifestRow
+
+from .record import Record
 
 
 @dataclass(frozen=True)
@@ -18,10 +20,11 @@ class WorkItem:
 
     index: int  # the row's index in the driver's plan: the key its outcome comes back under
     line: int  # 1-based manifest line
+    input_digest: int | None = None  # the plan's digest of what the row asks for (its result records it)
     attempt: int = 1  # which attempt this is (1-based); an attempt is spent only when it ran and failed or crashed
     failed_on: tuple[str, ...] = ()  # device labels earlier attempts failed or crashed on, oldest first
     duration: float | None = None  # planned audio seconds (manifest or file header); None if unknown
-    row: dict | None = None  # the normalized manifest row (read from the manifest when the item is handed out)
+    row: ManifestRow | None = None  # the manifest row (read back from the manifest when the item is handed out)
     queued_at: datetime | None = None  # when the driver handed it to the device (UTC)
     alone: bool = False  # run it in a batch of its own: it was in a batch that was on the device when it crashed
 
@@ -32,7 +35,7 @@ class WorkItem:
 
     @property
     def id(self) -> str:
-        return (self.row or {}).get("id", f"#{self.index}")
+        return self.row.id if self.row is not None else f"#{self.index}"
 
     def next_attempt(self, device: str) -> "WorkItem":
         """The same row, one attempt later, having failed on `device`."""
@@ -51,28 +54,25 @@ FINAL = "final"  # done for good: ok, or failed for a reason another attempt can
 
 @dataclass(frozen=True)
 class Outcome:
-    """An actor's answer for one work item: its result record (workers/record.py) and what should happen next."""
+    """The answer for one work item (from its actor, or from the driver for a row it gave up on): the result
+    record, which plan row and attempt it answers, and what should happen next."""
 
-    key: tuple[int, int]  # WorkItem.key
-    record: dict
+    index: int  # plan index of the row (WorkItem.index; -1: a bad manifest line, which has no plan row)
+    attempt: int  # the attempt it answers (WorkItem.attempt)
+    input_digest: int | None  # WorkItem.input_digest: goes into the part file with the record (None: bad line)
+    record: Record
     decision: str = FINAL  # RETRY | FINAL
     on_device: bool = True  # the attempt reached the device (False: failed in the front end)
 
+    @classmethod
+    def of(cls, item: WorkItem, record: Record, decision: str = FINAL, *, on_device: bool = True) -> "Outcome":
+        return cls(item.index, item.attempt, item.input_digest, record, decision, on_device)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """WorkItem.key."""
+        return self.index, self.attempt
+
     @property
     def ok(self) -> bool:
-        return self.record.get("status") == "ok"
-
-
-@dataclass
-class DeviceLedger:
-    """Which work items each device holds on the device right now. Run as a small Ray actor owned by the driver:
-    device actors call `hold` synchronously before each engine call, the driver reads it after a crash."""
-
-    holding: dict[str, tuple] = field(default_factory=dict)
-
-    def hold(self, device: str, keys: list) -> None:
-        self.holding[device] = tuple(tuple(k) for k in keys)
-
-    def held(self, device: str) -> tuple:
-        """The keys `device` last put on the device (it may have finished them since)."""
-        return self.holding.pop(device, ())
+        return self.record.status == "ok"

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, extra_fields, to_table
+from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, to_table
 
 from .atomic import temp_path
 from .folder import RunFolder
@@ -142,11 +142,12 @@ class _ExtraFields:
         return out
 
 
-def _with_current_fields(table: pa.Table, rows: list[dict], lines: np.ndarray) -> pa.Table:
-    """A record answers a row as the manifest says it now: its line number, reference text and other fields."""
+def _with_current_fields(table: pa.Table, rows: list, lines: np.ndarray) -> pa.Table:
+    """A record answers a row (manifests.row.ManifestRow) as the manifest says it now: its line number, reference
+    text and other fields."""
     updates = {"line": pa.array(lines, type=PART_SCHEMA.field("line").type),
-               "text": pa.array([r.get("text") for r in rows], type=pa.string()),
-               "manifest_extra": pa.array([extra_fields(r) for r in rows], type=pa.string())}
+               "text": pa.array([r.text for r in rows], type=pa.string()),
+               "manifest_extra": pa.array([r.extra_json() for r in rows], type=pa.string())}
     for name, column in updates.items():
         table = table.set_column(table.schema.get_field_index(name), name, column)
     return table

@@ -1,7 +1,7 @@
 """Part files: finished records written as they come (PartWriter), and read back whole or not at all.
 
 Every record in a part carries the input digest of the manifest row it answers (manifests.reader.input_digest: id,
-audio path/offset/duration, prompt/task/language) in the INPUT_DIGEST column. Parts are written with Parquet page
+audio path/offset/duration and the audio file's size/mtime, prompt/task/language) in the INPUT_DIGEST column. Parts are written with Parquet page
 checksums and read with their verification, so a damaged part is found when it is read (`read_part` raises
 PartUnreadable), never merged as silently wrong values.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transcribe_batch.workers.record import PART_SCHEMA, to_table
+from transcribe_batch.workers.record import PART_SCHEMA, Record, to_table
 
 from .atomic import write_parquet_atomic
 from .folder import SET_ASIDE_SUFFIX, RunFolder
@@ -83,19 +83,22 @@ def latest_rows(table: pa.Table) -> pa.Table:
 
 
 class PartWriter:
-    """Buffers finished records and writes them as atomic part files (one file per flush). A record's
-    `input_digest` key (set by the runner) goes into the part's INPUT_DIGEST column."""
+    """Buffers finished records and writes them as atomic part files (one file per flush), each with the input
+    digest of the manifest row it answers in the part's INPUT_DIGEST column."""
 
     def __init__(self, folder: RunFolder, next_seq: int, *, flush_rows: int = 512, flush_s: float = 5.0):
         self.folder = folder
         self.seq = next_seq
         self.flush_rows = flush_rows
         self.flush_s = flush_s
-        self.buffer: list[dict] = []
+        self.buffer: list[Record] = []
+        self.digests: list[int | None] = []
         self.last_flush = time.monotonic()
 
-    def add(self, records: list[dict]) -> None:
+    def add(self, records: list[Record], input_digests: list[int | None]) -> None:
+        """`input_digests[k]`: what records[k] answers (manifests.reader.input_digest; None for a bad line)."""
         self.buffer.extend(records)
+        self.digests.extend(input_digests)
         if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()
 
@@ -103,9 +106,8 @@ class PartWriter:
         self.last_flush = time.monotonic()
         if not self.buffer:
             return
-        table = to_table(self.buffer).append_column(
-            INPUT_DIGEST, pa.array([r.get(INPUT_DIGEST) for r in self.buffer], type=pa.int64()))
+        table = to_table(self.buffer).append_column(INPUT_DIGEST, pa.array(self.digests, type=pa.int64()))
         self.folder.parts.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table, self.folder.parts / f"part-{self.seq:06d}-{uuid.uuid4().hex[:8]}.parquet")
         self.seq += 1
-        self.buffer = []
+        self.buffer, self.digests = [], []

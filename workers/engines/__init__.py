@@ -1,4 +1,5 @@
-"""Engine plug-ins. Each module exposes `create(options: dict, device: int | None) -> Engine`; modules are imported
+"""Engine plug-ins. Each module exposes `create(config: WorkerConfig, device: int | None) -> Engine` (config:
+workers/contracts.py, built once per run by pipeline/config.py); modules are imported
 lazily so that a host without torch (or without the native runtime) can still run the other engines. Each engine
 declares the device kinds (workers/platforms.py) it runs on, preferred first: a new engine is one module and one
 line here."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from ..contracts import WorkerConfig
 from .base import Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
 
 
@@ -35,7 +37,7 @@ def engine_spec(name: str) -> EngineSpec:
 
 
 def device_kind(engine: str, requested: str | None = None, *, gpus_available: bool = False) -> str:
-    """The device kind a run of `engine` uses: `requested` (engine option `device_kind`) if the engine runs on it,
+    """The device kind a run of `engine` uses: `requested` (the `device_kind` setting) if the engine runs on it,
     else the engine's first kind, except that an engine that prefers GPUs falls back to its next kind without one."""
     kinds = engine_spec(engine).device_kinds
     if requested:
@@ -48,9 +50,10 @@ def device_kind(engine: str, requested: str | None = None, *, gpus_available: bo
     return kinds[0]
 
 
-def create_engine(name: str, options: dict, device: int | None = None) -> Engine:
-    return importlib.import_module(engine_spec(name).module).create(options, device)
+def create_engine(config: WorkerConfig, device: int | None = None) -> Engine:
+    """The engine `config.engine` names, on `device`."""
+    return importlib.import_module(engine_spec(config.engine).module).create(config, device)
 
 
 __all__ = ["ENGINES", "Engine", "EngineError", "EngineLimits", "EngineResult", "EngineSpec", "Request",
-           "SequenceTooLong", "UnknownEngine", "create_engine", "device_kind", "engine_spec"]
+           "SequenceTooLong", "UnknownEngine", "WorkerConfig", "create_engine", "device_kind", "engine_spec"]

@@ -1,7 +1,8 @@
 """The one small interface every engine implements.
 
-An engine is loaded once per actor (one device) and transcribes one prepared request at a time (or a batch, where
-it can do better than a loop). Everything before it (audio, features, prompt tokens) is the front end's job;
+An engine module's `create(config: WorkerConfig, device: int | None) -> Engine` builds it once per actor (one
+device); it transcribes one prepared request (workers/contracts.py Request) at a time, or a batch, where it can do
+better than a loop. Everything before it (audio, features, prompt tokens) is the front end's job;
 everything after it (cleanup, retries, result records) is the actor's and the driver's.
 """
 
@@ -11,12 +12,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+from ..contracts import DecodeOptions, EngineLimits, Request, SimulatedOptions, WorkerConfig
+
+__all__ = ["DecodeOptions", "Engine", "EngineError", "EngineLimits", "EngineResult", "Request", "SequenceTooLong",
+           "SimulatedOptions", "WorkerConfig", "FINISH_EOS", "FINISH_MAX_TOKENS", "FINISH_REPETITION", "FINISH_ERROR", "FINISH_NO_SPEECH"]
 
 FINISH_EOS = "eos"
 FINISH_MAX_TOKENS = "max_tokens"
 FINISH_REPETITION = "repetition"
 FINISH_ERROR = "error"
+FINISH_NO_SPEECH = "no_speech"  # an empty answer accepted: the audio has no speech (the front end's energy check)
 
 
 class EngineError(RuntimeError):
@@ -25,37 +30,6 @@ class EngineError(RuntimeError):
 
 class SequenceTooLong(EngineError):
     """The request does not fit the engine's sequence limit; the actor re-prepares it in shorter pieces."""
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    max_audio_s: float  # longest audio one request may carry (Qwen2-Audio: 30 s)
-    max_seq_len: int | None = None  # prompt + audio tokens + answer must fit; None = unbounded
-
-
-@dataclass
-class Request:
-    """One engine call, prepared by the front end (workers/frontend.py)."""
-
-    id: str  # manifest id, with "#k" appended for the k-th piece of a split utterance
-    duration_s: float  # audio seconds in this request
-    audio: np.ndarray | None = None  # 16 kHz mono float32 (dropped once features exist, unless an engine needs it)
-    features: np.ndarray | None = None  # log-mel [n_mels, n_frames] float32, padded to the model's window
-    feature_mask: np.ndarray | None = None  # [n_frames] int32, 1 for real frames
-    n_audio_tokens: int = 0  # audio tokens after conv + pool (25/s)
-    prompt_ids: list[int] = field(default_factory=list)  # one <|AUDIO|> placeholder
-    expanded_ids: list[int] = field(default_factory=list)  # placeholder repeated n_audio_tokens times (HF form)
-    audio_token_id: int | None = None
-    stop_ids: tuple[int, ...] = ()
-    max_new_tokens: int = 256
-    prompt: str = ""  # the instruction text (recorded in results)
-    reference: str | None = None  # reference transcript, if the manifest has one (the simulated engine uses it)
-    chunk_index: int = 0
-    n_chunks: int = 1
-
-    @property
-    def n_prompt_tokens(self) -> int:
-        return len(self.expanded_ids) if self.expanded_ids else len(self.prompt_ids)
 
 
 @dataclass

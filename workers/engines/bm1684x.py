@@ -39,7 +39,8 @@ import numpy as np
 
 from ..frontend import model_id_of
 from ..models import ModelFamily, load_family
-from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, SequenceTooLong
+from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request,
+                   SequenceTooLong, WorkerConfig)
 
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
 BUILD_COMMAND = (
@@ -377,14 +378,13 @@ def _result(out, *, wait_s: float, batch: int) -> EngineResult:
     )
 
 
-def create(options: dict, device: int | None) -> Engine:
-    model_dir = options.get("model_dir")
-    if not model_dir:
+def create(config: WorkerConfig, device: int | None) -> Engine:
+    if not config.model_dir:
         raise ValueError("engine bm1684x needs model_dir (the tokenizer/config folder the bmodel was compiled from)")
     device = 0 if device is None else device
-    if options.get("log_dir"):
-        route_native_stdout(Path(options["log_dir"]) / f"bm1684x-device{device}.log")
-    return Bm1684xEngine(model_dir, options.get("bmodel"), device)
+    if config.log_dir:
+        route_native_stdout(Path(config.log_dir) / f"bm1684x-device{device}.log")
+    return Bm1684xEngine(config.model_dir, config.bmodel, device)
 
 
 def route_native_stdout(path: Path) -> None:

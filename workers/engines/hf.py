@@ -24,7 +24,7 @@ import numpy as np
 
 from ..frontend import model_id_of
 from ..models import load_family
-from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
+from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request, WorkerConfig
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -85,21 +85,20 @@ class _ChosenLogprob:
 class HFEngine(Engine):
     name = "hf"
 
-    def __init__(self, model_dir: str | os.PathLike, *, dtype: str | None = None, device: int | None = None,
-                 batch_size: int | None = None, max_new_tokens: int | None = None):
+    def __init__(self, model_dir: str | os.PathLike, *, dtype: str = "auto", device: int | None = None,
+                 batch_size: int = 1):
         import torch
 
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"not a model folder (no config.json): {self.model_dir}")
         self.device = _torch_device(device)
-        if dtype in (None, "", "auto"):
+        if dtype == "auto":
             dtype = "bf16" if self.device.type == "cuda" else "fp32"
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
         self.dtype = getattr(torch, DTYPES[dtype])
-        self.batch_size = max(1, int(batch_size or 1))  # the run's --batch-size: requests per generate() call
-        self.max_new_tokens = max_new_tokens
+        self.batch_size = max(1, int(batch_size))  # the run's --batch-size: requests per generate() call
         family = load_family(self.model_dir)
         reference = family.load_reference(self.dtype)
         self.model = reference.generator.to(self.device).eval()
@@ -177,7 +176,7 @@ class HFEngine(Engine):
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         stop_ids = sorted({i for r in requests for i in r.stop_ids})
-        budget = [min(r.max_new_tokens, self.max_new_tokens or r.max_new_tokens) for r in requests]
+        budget = [r.max_new_tokens for r in requests]
         # Plain greedy: the neutral values are explicit because generate() fills every unset (None) field from the
         # folder's generation_config.json (Qwen2-Audio's asks for sampling and repetition_penalty 1.1).
         config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max(budget), eos_token_id=stop_ids,
@@ -245,9 +244,7 @@ class HFEngine(Engine):
             torch.cuda.empty_cache()
 
 
-def create(options: dict, device: int | None) -> HFEngine:
-    model_dir = options.get("model_dir")
-    if not model_dir:
+def create(config: WorkerConfig, device: int | None) -> HFEngine:
+    if not config.model_dir:
         raise ValueError("the hf engine needs --model-dir (a Qwen2-Audio or Qwen3-ASR folder with weights)")
-    return HFEngine(model_dir, dtype=options.get("dtype"), device=device, batch_size=options.get("batch_size"),
-                    max_new_tokens=options.get("max_new_tokens"))
+    return HFEngine(config.model_dir, dtype=config.dtype, device=device, batch_size=config.batch_size)

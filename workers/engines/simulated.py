@@ -43,7 +43,8 @@ from transcribe_batch.config.settings import default
 
 from ..cardcost import ArchitectureError, CardModel, SlotJob, from_model_dir, preset, run_slots
 from ..cardcost.model import QUANT_BITS
-from .base import FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request
+from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request,
+                   SimulatedOptions, WorkerConfig)
 
 DEFAULT_TTFT_S = default("sim_ttft_s")  # config/defaults.toml (one home for settings)
 DEFAULT_S_PER_TOKEN = default("sim_s_per_token")
@@ -220,9 +221,8 @@ class SimulatedEngine(Engine):
     name = "simulated"
     model_id = "simulated"
 
-    def __init__(self, *, ttft_s: float = DEFAULT_TTFT_S, s_per_token: float = DEFAULT_S_PER_TOKEN,
-                 speedup: float = 1.0, faults: FaultSpec = FaultSpec(), text: str | None = None,
-                 max_audio_s: float = 30.0, device: int | None = None, broken: bool = False,
+    def __init__(self, *, ttft_s: float, s_per_token: float, speedup: float, faults: FaultSpec = FaultSpec(),
+                 text: str | None = None, max_audio_s: float = 30.0, device: int | None = None, broken: bool = False,
                  model_dir: str | None = None, cost: PortCost | CardCost | None = None, batch: int = 1):
         if speedup <= 0:
             raise ValueError(f"sim_speedup must be > 0, got {speedup}")
@@ -316,27 +316,19 @@ class SimulatedEngine(Engine):
         return out
 
 
-def _opt(options: dict, key: str, default: float) -> float:
-    value = options.get(key)
-    return default if value is None else float(value)
-
-
-def card_model(options: dict) -> CardModel:
-    """The card cost model the options describe: sim_card_model (a preset) or the model folder's config.json, at
+def card_model(sim: SimulatedOptions, model_dir: str | None) -> CardModel:
+    """The card cost model the settings describe: sim_card_model (a preset) or the model folder's config.json, at
     sim_card_quant with static nets of sim_card_seqlen (0 = dynamic). ValueError naming the setting when they don't."""
-    name = options.get("sim_card_model") or default("sim_card_model")
-    quant = options.get("sim_card_quant") or default("sim_card_quant")
-    seqlen = options.get("sim_card_seqlen")
-    seqlen = default("sim_card_seqlen") if seqlen is None else seqlen
+    quant, seqlen = sim.card_quant, sim.card_seqlen
     if quant not in QUANT_BITS:
         raise ValueError(f"sim_card_quant: {quant!r} is not one of {', '.join(QUANT_BITS)}")
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 0:
         raise ValueError(f"sim_card_seqlen: {seqlen!r} is not a whole number >= 0 (0 = dynamic nets)")
     try:
-        if name:
-            arch = preset(name)
-        elif options.get("model_dir"):
-            arch = from_model_dir(options["model_dir"])
+        if sim.card_model:
+            arch = preset(sim.card_model)
+        elif model_dir:
+            arch = from_model_dir(model_dir)
         else:
             raise ValueError("sim_cost_model card needs a model: set sim_card_model (qwen2-audio-7b, qwen3-asr-1.7b, "
                              "qwen3-asr-0.6b) or give --model-dir")
@@ -345,42 +337,33 @@ def card_model(options: dict) -> CardModel:
     return CardModel(arch, quant, seqlen=seqlen)
 
 
-def check_options(options: dict) -> None:
+def check_options(config: WorkerConfig) -> None:
     """The simulated engine's settings, checked before a run starts (ValueError naming the setting)."""
-    FaultSpec.parse(options.get("sim_faults"))
-    kind = options.get("sim_cost_model") or default("sim_cost_model")
-    if kind not in COST_MODELS:
-        raise ValueError(f"sim_cost_model: {kind!r} is not one of {', '.join(COST_MODELS)}")
-    _batch(options)
-    if kind == "card":
-        card_model(options)
+    sim = config.sim
+    FaultSpec.parse(sim.faults)
+    if sim.cost_model not in COST_MODELS:
+        raise ValueError(f"sim_cost_model: {sim.cost_model!r} is not one of {', '.join(COST_MODELS)}")
+    if isinstance(sim.batch, bool) or not isinstance(sim.batch, int) or sim.batch < 1:
+        raise ValueError(f"sim_batch: {sim.batch!r} is not a whole number >= 1")
+    if sim.cost_model == "card":
+        card_model(sim, config.model_dir)
 
 
-def _batch(options: dict) -> int:
-    batch = options.get("sim_batch")
-    batch = default("sim_batch") if batch is None else batch
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"sim_batch: {batch!r} is not a whole number >= 1")
-    return batch
-
-
-def create(options: dict, device: int | None) -> SimulatedEngine:
-    ttft = _opt(options, "sim_ttft_s", DEFAULT_TTFT_S)
-    s_tok = _opt(options, "sim_s_per_token", DEFAULT_S_PER_TOKEN)
-    kind = options.get("sim_cost_model") or default("sim_cost_model")
-    if kind not in COST_MODELS:
-        raise ValueError(f"sim_cost_model: {kind!r} is not one of {', '.join(COST_MODELS)}")
-    cost = CardCost(card_model(options)) if kind == "card" else PortCost(ttft, s_tok)
+def create(config: WorkerConfig, device: int | None) -> SimulatedEngine:
+    check_options(config)
+    sim, extras = config.sim, config.extras
+    cost = CardCost(card_model(sim, config.model_dir)) if sim.cost_model == "card" else PortCost(sim.ttft_s,
+                                                                                                 sim.s_per_token)
     return SimulatedEngine(
-        ttft_s=ttft,
-        s_per_token=s_tok,
-        speedup=_opt(options, "sim_speedup", default("sim_speedup")),
-        faults=FaultSpec.parse(options.get("sim_faults")),
-        text=options.get("sim_text"),
-        max_audio_s=_opt(options, "sim_max_audio_s", 30.0),
+        ttft_s=sim.ttft_s,
+        s_per_token=sim.s_per_token,
+        speedup=sim.speedup,
+        faults=FaultSpec.parse(sim.faults),
+        text=sim.text,
+        max_audio_s=float(extras.get("sim_max_audio_s", 30.0)),
         device=device,
-        broken=device is not None and device in (options.get("sim_broken_devices") or ()),
-        model_dir=options.get("model_dir"),
+        broken=device is not None and device in extras.get("sim_broken_devices", ()),
+        model_dir=config.model_dir,
         cost=cost,
-        batch=_batch(options),
+        batch=sim.batch,
     )

@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from transcribe_batch.manifests.row import ManifestRow
+
 from ..features import FeatureConfig, log_mel, valid_frames
 from ..prompts import PromptError, Templates, load_tokenizer, pad_id, stop_ids
 
@@ -147,8 +149,9 @@ class ModelFamily(ABC):
         """Raise PromptError when the run's template means nothing to this family."""
 
     @abstractmethod
-    def prompt_spec(self, row: dict, template: str) -> PromptSpec:
-        """What the row asks for: row `prompt` > row `task` > the run's template (PromptError naming the row)."""
+    def prompt_spec(self, row: ManifestRow | None, template: str) -> PromptSpec:
+        """What the row asks for: row `prompt` > row `task` > the run's template (PromptError naming the row);
+        row None: the run's template alone."""
 
     @abstractmethod
     def prompt_text(self, spec: PromptSpec) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transcribe_batch.manifests.row import ManifestRow
+
 from ..cleanup import extract_transcript
 from ..prompts import PromptError, Templates, read_json, token_id
 from .base import Answer, AudioChunk, ModelFamily, NetFacts, PromptSpec, ReferenceModel
@@ -84,7 +86,7 @@ class Qwen2Audio(ModelFamily):
         if template not in self.templates.templates:
             raise PromptError(f"unknown template {template!r}; known: {', '.join(sorted(self.templates.templates))}")
 
-    def prompt_spec(self, row: dict, template: str) -> PromptSpec:
+    def prompt_spec(self, row: ManifestRow | None, template: str) -> PromptSpec:
         return PromptSpec(self.templates.instruction(row, template))
 
     def prompt_text(self, spec: PromptSpec) -> str:

@@ -28,6 +28,8 @@ import sys
 import types
 from pathlib import Path
 
+from transcribe_batch.manifests.row import ManifestRow
+
 from ..prompts import LANGUAGES, PromptError, Templates, read_json, token_id
 from .base import Answer, AudioChunk, ModelFamily, NetFacts, PromptSpec, ReferenceModel
 
@@ -141,19 +143,20 @@ class Qwen3Asr(ModelFamily):
                               f"{self.name} takes none: use {AUTO!r} (it identifies the language) or {FORCED!r} (force "
                               "the row's `language`); the row's `prompt` field is passed as context")
 
-    def prompt_spec(self, row: dict, template: str) -> PromptSpec:
-        name = row.get("task") or template
-        where = f"row {row.get('id', '?')!r}"
+    def prompt_spec(self, row: ManifestRow | None, template: str) -> PromptSpec:
+        task, prompt, language_code = (None, None, None) if row is None else (row.task, row.prompt, row.language)
+        name = task or template
+        where = f"row {row.id if row is not None else '?'!r}"
         if name not in (AUTO, FORCED):
             raise PromptError(f"task {name!r} of {where} means nothing to {self.name}: use {AUTO!r} or {FORCED!r}")
-        context = str(row["prompt"]) if row.get("prompt") else self.context
+        context = str(prompt) if prompt else self.context
         if name == AUTO:
             return PromptSpec(context)
-        if not row.get("language"):
+        if not language_code:
             raise PromptError(f"template {FORCED!r} needs the row's `language` field ({where})")
-        language = language_name(row["language"])
+        language = language_name(language_code)
         if self.support_languages and language not in self.support_languages:
-            raise PromptError(f"{where}: language {row['language']!r} ({language}) is not one the model supports "
+            raise PromptError(f"{where}: language {language_code!r} ({language}) is not one the model supports "
                               f"(config.json support_languages: {', '.join(self.support_languages)})")
         return PromptSpec(context, language)
 
