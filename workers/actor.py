@@ -20,31 +20,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
+from .assemble import DeviceTime, Producer, answered, failed
 from .audio import AudioError
-from .confidence import confidence_fields
 from .contracts import ActorInfo, WorkerConfig
 from .engines import create_engine
-from .engines.base import (FINISH_EOS, FINISH_ERROR, FINISH_MAX_TOKENS, FINISH_NO_SPEECH, FINISH_REPETITION,
-                           EngineResult, Request, SequenceTooLong)
+from .engines.base import Request, SequenceTooLong
 from .frontend import FrontEnd
 from .ledger import DeviceLedger
 from .platforms import platform
-from .prompts import PromptError, plausible_answer_tokens
-from .record import base_record, failed_record, node_name, now
-from .work import FINAL, RETRY, Outcome, WorkItem
+from .prompts import PromptError
+from .record import node_name, now
+from .work import Outcome, WorkItem
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
 MAX_RESPLITS = 3  # SequenceTooLong -> re-prepare in shorter pieces at most this often
 
-
-class RetryableFailure(Exception):
-    """A prediction that came back unusable (empty, runaway repetition, max tokens far beyond the audio)."""
-
-    def __init__(self, kind: str, message: str, *, raw: str | None = None, text: str | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.raw = raw
-        self.text = text
 
 
 def escalated_chunk_s(duration: float | None, attempt: int, max_audio_s: float, escalate_min_s: float) -> float | None:
@@ -228,81 +218,17 @@ class TranscriptionWorker:
         return self._record(_Prepared(item, requests, prep_s, p.ready_at), results, started_at, finished_at,
                             total_s, wait_s)
 
-    # -- records ------------------------------------------------------------------------------------------------
-    def _common(self, item: WorkItem) -> dict:
-        return {"engine": self.engine.name, "model_id": self.model_id, "device": self.device, "node": self.node,
-                "node_id": self.node_id, "attempts": item.attempt, "queued_at": item.queued_at}
+    # -- records (workers/assemble.py) ---------------------------------------------------------------------------
+    @property
+    def producer(self) -> Producer:
+        return Producer(self.engine.name, self.model_id, self.device, self.node, self.node_id)
 
-    def _failed(self, item: WorkItem, error: BaseException, *, retry: bool = False, on_device: bool = True,
-                **fields) -> Outcome:
-        kind = error.kind if isinstance(error, RetryableFailure) else None
-        rec = failed_record(item.row, item.line, error, error_class=kind, **self._common(item), **fields)
-        return Outcome.of(item, rec, RETRY if retry else FINAL, on_device=on_device)
+    def _failed(self, item: WorkItem, error: BaseException, **kw) -> Outcome:
+        return failed(self.producer, item, error, **kw)
 
-    def _texts(self, requests: list[Request], results: list[EngineResult]) -> tuple[str, str, str, str | None]:
-        raws, cleaned_texts, languages, finish = [], [], [], FINISH_EOS
-        for req, res in zip(requests, results):
-            raw = res.text if res.text is not None else self.frontend.decode(res.token_ids)
-            cleaned = self.frontend.clean(raw, duration_s=req.duration_s)
-            raws.append(raw)
-            cleaned_texts.append(cleaned.text)
-            languages.append(cleaned.language)
-            n_new = len(res.token_ids)
-            if cleaned.degenerate:
-                raise RetryableFailure("Repetition", f"{req.id}: degenerate output ({cleaned.reason or 'repetition'})",
-                                       raw=raw, text=cleaned.text)
-            if res.finish_reason == FINISH_MAX_TOKENS:
-                plausible = plausible_answer_tokens(req.duration_s)
-                if n_new >= plausible:
-                    raise RetryableFailure("RunawayOutput", f"{req.id}: hit max_new_tokens ({n_new} tokens) for "
-                                           f"{req.duration_s:.1f} s of audio (plausible ≤ {plausible})",
-                                           raw=raw, text=cleaned.text)
-                finish = FINISH_MAX_TOKENS
-        text = self.frontend.join(cleaned_texts) if len(cleaned_texts) > 1 else cleaned_texts[0]
-        raw = "\n".join(raws)
-        if not text.strip():
-            if not any(req.speech for req in requests):  # nothing was said: an empty answer is the right one
-                return "", raw, FINISH_NO_SPEECH, self.frontend.join_languages(languages)
-            raise RetryableFailure("EmptyOutput", f"{requests[0].id.split('#')[0]}: empty transcript", raw=raw, text=text)
-        return text, raw, finish, self.frontend.join_languages(languages)
-
-    def _record(self, p: _Prepared, results: list[EngineResult], started_at, finished_at, total_s,
-                wait_s) -> Outcome:
-        item, requests = p.item, p.requests
-        duration = sum(r.duration_s for r in requests)
-        n_new = sum(len(res.token_ids) for res in results)
-        decode_s = sum(res.decode_s for res in results)
-        fields = dict(
-            self._common(item),
-            duration_s=duration,
-            prompt=requests[0].prompt or item.row.prompt,
-            n_prompt_tokens=sum(r.n_prompt_tokens for r in requests),
-            n_audio_tokens=sum(r.n_audio_tokens for r in requests),
-            n_new_tokens=n_new,
-            ttft_s=sum(res.ttft_s for res in results),
-            encode_s=sum(res.encode_s for res in results) if all(res.encode_s is not None for res in results) else None,
-            decode_s=decode_s,
-            tokens_per_s=(n_new - len(results)) / decode_s if decode_s > 0 and n_new > len(results) else None,
-            total_s=total_s,
-            rtf=total_s / duration if duration > 0 else None,
-            prep_s=p.prep_s,
-            wait_s=wait_s,
-            started_at=started_at,
-            finished_at=finished_at,
-            n_chunks=len(requests),
-            **confidence_fields(results),
-        )
-        try:
-            text, raw, finish, detected = self._texts(requests, results)
-        except RetryableFailure as e:
-            rec = base_record(item.row, item.line, **fields, status="failed", error_class=e.kind,
-                              error_message=str(e), raw_text=e.raw, pred_text=e.text or None,
-                              finish_reason=FINISH_REPETITION if e.kind in ("Repetition", "RunawayOutput")
-                              else FINISH_ERROR)
-            return Outcome.of(item, rec, RETRY)
-        rec = base_record(item.row, item.line, **fields, status="ok", pred_text=text, raw_text=raw,
-                          finish_reason=finish, detected_language=detected)
-        return Outcome.of(item, rec, FINAL)
+    def _record(self, p: _Prepared, results, started_at, finished_at, total_s, wait_s) -> Outcome:
+        return answered(self.frontend, self.producer, p.item, p.requests, results,
+                        DeviceTime(started_at, finished_at, total_s, wait_s, p.prep_s))
 
     def close(self) -> None:
         """Let go of the engine and the device (the scheduler calls this before it ends the actor)."""
