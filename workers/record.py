@@ -18,6 +18,27 @@ from transcribe_batch.manifests.row import ManifestRow
 
 _TS = pa.timestamp("us", tz="UTC")
 
+# One piece of a row's audio as the engine answered it (the `segments` column's elements; export --segments makes
+# one training row of each). Times are seconds within the audio FILE (the row's offset included).
+SEGMENT_FIELDS: list[tuple[str, pa.DataType, str]] = [
+    ("start_s", pa.float64(), "start within the audio file, seconds"),
+    ("end_s", pa.float64(), "end within the audio file, seconds"),
+    ("text", pa.string(), "cleaned transcript of this piece (null when it failed)"),
+    ("raw_text", pa.string(), "the model's raw answer for this piece"),
+    ("confidence", pa.float64(), "exp(mean_logprob) of this piece's tokens (null: the engine gave no log-probabilities)"),
+    ("mean_logprob", pa.float64(), "mean log-probability of this piece's generated tokens"),
+    ("min_logprob", pa.float64(), "log-probability of this piece's least likely token"),
+    ("n_tokens", pa.int32(), "tokens generated for this piece"),
+    ("language", pa.string(), "language the model identified in this piece (null: the family does not say)"),
+    ("finish_reason", pa.string(), "eos | max_tokens | repetition | error | no_speech"),
+    ("status", pa.string(), "ok | failed"),
+]
+SEGMENT = pa.struct([pa.field(name, dtype) for name, dtype, _ in SEGMENT_FIELDS])
+# A stretch of the row's audio left out of every segment (long non-speech), so that coverage stays auditable:
+# segments and skipped stretches together tile [offset, offset + duration_s].
+SKIPPED = pa.struct([pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64()),
+                     pa.field("reason", pa.string())])
+
 FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("id", pa.string(), "manifest id (given or derived stably from path+offset+duration)"),
     ("line", pa.int64(), "line number in the manifest (1-based); results.parquet is sorted by it"),
@@ -61,6 +82,10 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("started_at", _TS, "when the device started on this row"),
     ("finished_at", _TS, "when the device finished this row"),
     ("n_chunks", pa.int32(), "pieces the audio was split into (1 = not split)"),
+    ("segments", pa.list_(SEGMENT), "the row's pieces in time order, one element when it was not split (fields: "
+                                    + ", ".join(name for name, _, _ in SEGMENT_FIELDS) + "; times within the file)"),
+    ("skipped", pa.list_(SKIPPED), "stretches of the row's audio left out of every segment (start_s, end_s, reason, "
+                                   "e.g. non_speech); empty when nothing was left out"),
     ("manifest_extra", pa.string(), "other manifest fields as JSON (parts only; results.parquet has them as columns)"),
 ]
 
@@ -77,6 +102,8 @@ def _python_type(dtype: pa.DataType) -> type:
         return datetime
     if pa.types.is_boolean(dtype):
         return bool
+    if pa.types.is_list(dtype):
+        return list
     return str
 
 
