@@ -268,10 +268,10 @@ def test_engine_result_carries_the_heads_log_probabilities_or_none_for_an_id_onl
     from transcribe_batch.workers.confidence import confidence_fields
     from transcribe_batch.workers.engines.bm1684x import _result
 
-    res = _result(_generation(token_logprobs=[-0.25, -1.5]), wait_s=0.0, batch=1)
+    res = _result(_generation(token_logprobs=[-0.25, -1.5]), batch=1)
     assert res.token_logprobs == [-0.25, -1.5]
     fields = confidence_fields([res])
     assert fields["mean_logprob"] == pytest.approx(-0.875) and fields["min_logprob"] == -1.5
-    old = _result(_generation(token_logprobs=None), wait_s=0.0, batch=1)
+    old = _result(_generation(token_logprobs=None), batch=1)
     assert old.token_logprobs is None and old.token_ids == [5, 7]
     assert confidence_fields([old]) == {"mean_logprob": None, "min_logprob": None, "confidence": None}

@@ -5,8 +5,8 @@ The simulated engine's `card` cost model and benchmarks/pipeline.py's projection
 from .arch import Architecture, ArchitectureError, Decoder, Encoder, from_config, from_model_dir, preset, PRESETS
 from .fit import Calibration, CalibrationRow, CardConstants, calibration, fit
 from .model import QUANT_BITS, USABLE_DEVICE_BYTES, CardModel
-from .slots import SlotJob, SlotSchedule, SlotTiming, run_slots
+from .slots import SlotJob, Slots, SlotSchedule, SlotTiming, run_slots
 
 __all__ = ["Architecture", "ArchitectureError", "Calibration", "CalibrationRow", "CardConstants", "CardModel",
-           "Decoder", "Encoder", "PRESETS", "QUANT_BITS", "SlotJob", "SlotSchedule", "SlotTiming",
+           "Decoder", "Encoder", "PRESETS", "QUANT_BITS", "SlotJob", "Slots", "SlotSchedule", "SlotTiming",
            "USABLE_DEVICE_BYTES", "calibration", "fit", "from_config", "from_model_dir", "preset", "run_slots"]

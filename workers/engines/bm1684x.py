@@ -8,9 +8,11 @@ runs audio encoder, splice, prefill and greedy decode with the KV cache on the d
 launch over a fixed mel window (Qwen2-Audio: 30 s), or one launch per attention window of chunks for as long as the
 clip (Qwen3-ASR: its own limit, here bounded by SEQLEN).
 
-A bmodel compiled with `convert.py --batch B` has B decode slots: `transcribe_batch` keeps them full, starting the
-next request in a slot as soon as its answer finishes, and decodes all busy slots with one launch per net per
-token. `preferred_batch_size` (= B) tells the actor how many prepared requests to hand over at once.
+A bmodel compiled with `convert.py --batch B` has B decode slots, driven as an engine stream (`SlotStream`, see
+workers/engines/base.py): the actor submits a request as soon as a slot is free (from whichever shard it came),
+every step decodes all busy slots with one launch per net per token, and finished answers come back at once, so
+the slots stay full across shards. `preferred_batch_size` (= B) sets the actor's batch size; `transcribe_batch`
+runs a list through the same stream.
 
 Before loading, the bmodel's sidecar JSON (`<bmodel>.json`, written by native/compile/) is checked against the
 model folder's config.json, and what the runtime finds in the bmodel itself (SEQLEN, hidden size, mel window,
@@ -30,8 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,8 +39,8 @@ import numpy as np
 
 from ..frontend import model_id_of
 from ..models import ModelFamily, load_family
-from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request,
-                   SequenceTooLong, WorkerConfig)
+from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, EngineStream,
+                   Finished, Request, SequenceTooLong, WorkerConfig, run_stream)
 
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
 BUILD_COMMAND = (
@@ -220,6 +220,7 @@ class Bm1684xEngine(Engine):
         self.sidecar = read_sidecar(sidecar_path)
         mask_value = mask_value_of(self.sidecar, sidecar_path)
         self.device = int(device)
+        self._stream: SlotStream | None = None
         self.runtime = native.Runtime(str(self.bmodel), self.device,
                                       **({} if mask_value is None else {"mask_value": mask_value}))
         self.layout = self.runtime.layout  # a copy: what the runtime found in the bmodel's nets
@@ -288,66 +289,87 @@ class Bm1684xEngine(Engine):
             if mapped is e:
                 raise
             raise mapped from e
-        return _result(out, wait_s=0.0, batch=self.preferred_batch_size)
+        return _result(out, batch=self.preferred_batch_size)
+
+    def stream(self, batch: int) -> "SlotStream":
+        """The bmodel's B decode slots (`batch`, the actor's batch size, does not change them)."""
+        if self._stream is None:
+            self._stream = SlotStream(self)
+        return self._stream
 
     def transcribe_batch(self, requests: Sequence[Request]) -> list[EngineResult | BaseException]:
-        """All requests through the B slots: a request starts as soon as a slot is free (in order), every step
-        decodes all busy slots at once. One result or exception per request, in order; a request that fails
-        (malformed, too long for SEQLEN, ...) fails alone while the others go on."""
-        t0 = time.monotonic()
-        out: list[EngineResult | BaseException | None] = [None] * len(requests)
-        pending: deque[int] = deque()
-        args: dict[int, tuple] = {}
-        for i, r in enumerate(requests):
-            try:
-                args[i] = self._call_args(r)
-            except ValueError as e:
-                out[i] = e
-            else:
-                pending.append(i)
-        in_slot: dict[int, tuple[int, float]] = {}  # slot -> (request index, seconds it waited for the slot)
-        rt = self.runtime
-
-        def collect(slot: int) -> None:
-            i, wait = in_slot.pop(slot)
-            try:
-                out[i] = _result(rt.finish(slot), wait_s=wait, batch=self.preferred_batch_size)
-            except Exception as e:  # noqa: BLE001 - reported per request
-                out[i] = self._error(requests[i], e)
-
-        while pending or in_slot:
-            while pending and rt.free_slots() > 0:
-                i = pending.popleft()
-                wait = time.monotonic() - t0
-                try:
-                    slot = rt.start(*args[i])
-                except Exception as e:  # noqa: BLE001 - reported per request
-                    out[i] = self._error(requests[i], e)
-                    continue
-                in_slot[slot] = (i, wait)
-                if rt.state(slot) != "decoding":  # stop id or max_new_tokens 1 at the first token
-                    collect(slot)
-            if not in_slot:
-                continue
-            try:
-                finished = rt.step()
-            except Exception as e:  # noqa: BLE001 - a failed launch takes down every request in the batch
-                for slot, (i, _) in list(in_slot.items()):
-                    rt.cancel(slot)
-                    out[i] = self._error(requests[i], e)
-                in_slot.clear()
-                continue
-            for slot in finished:
-                collect(slot)
-        return out  # type: ignore[return-value]
+        """All requests through the B slots (`run_stream`): a request starts as soon as a slot is free (in order),
+        every step decodes all busy slots at once. One result or exception per request, in order; a request that
+        fails (malformed, too long for SEQLEN, ...) fails alone while the others go on."""
+        return run_stream(self.stream(len(requests)), requests)
 
     def close(self) -> None:
         self.runtime = None  # frees the device memory and the device handle
 
 
-def _result(out, *, wait_s: float, batch: int) -> EngineResult:
+class SlotStream(EngineStream):
+    """The runtime's B decode slots as an engine stream: `submit` starts a request in a free slot (audio encode,
+    prefill, first token: `Runtime.start`), `step` decodes every busy slot with one launch per net (`Runtime.step`)
+    and collects the answers that finished (`Runtime.finish`). A request the runtime refuses (malformed, too long
+    for SEQLEN) fails alone; a failed step launch fails every request in a slot (they are cancelled)."""
+
+    def __init__(self, engine: Bm1684xEngine):
+        self.engine = engine
+        self.slots = int(engine.layout.batch)
+        self._live: dict[int, Request] = {}  # slot -> its request
+        self._done: list[Finished] = []  # finished or failed in submit: returned by the next step
+
+    @property
+    def free_slots(self) -> int:
+        return self.engine.runtime.free_slots()
+
+    @property
+    def pending(self) -> int:
+        return len(self._live) + len(self._done)
+
+    def submit(self, request: Request) -> None:
+        self._check_free(request)
+        eng, rt = self.engine, self.engine.runtime
+        try:
+            slot = rt.start(*eng._call_args(request))
+        except Exception as e:  # noqa: BLE001 - reported for this request alone
+            self._done.append(Finished(request, eng._error(request, e)))
+            return
+        self._live[slot] = request
+        if rt.state(slot) != "decoding":  # stop id or max_new_tokens 1 at the first token
+            self._collect(slot, self._done)
+
+    def step(self) -> list[Finished]:
+        out, self._done = self._done, []
+        if not self._live:
+            return out
+        rt = self.engine.runtime
+        live = len(self._live)
+        try:
+            finished = rt.step()
+        except Exception as e:  # noqa: BLE001 - a failed launch takes down every request in a slot
+            for slot, request in self._live.items():
+                rt.cancel(slot)
+                out.append(Finished(request, self.engine._error(request, e)))
+            self._live.clear()
+            return out
+        self.steps += 1
+        self.busy += live
+        for slot in finished:
+            self._collect(slot, out)
+        return out
+
+    def _collect(self, slot: int, out: list[Finished]) -> None:
+        request = self._live.pop(slot)
+        try:
+            out.append(Finished(request, _result(self.engine.runtime.finish(slot), batch=self.slots)))
+        except Exception as e:  # noqa: BLE001 - reported per request
+            out.append(Finished(request, self.engine._error(request, e)))
+
+
+def _result(out, *, batch: int) -> EngineResult:
     """An EngineResult from the runtime's Generation. decode_s is the wall time of the steps the request took part
-    in (shared with the other slots of each step); slot_wait_s the time it waited for a free slot."""
+    in (shared with the other slots of each step)."""
     steps = list(out.step_s)
     n_steps = max(len(steps), 1)
     logprobs = out.token_logprobs
@@ -365,7 +387,6 @@ def _result(out, *, wait_s: float, batch: int) -> EngineResult:
             "decode_steps": len(steps),
             "slot": out.slot,
             "batch": batch,
-            "slot_wait_s": wait_s,
             "prefill_launches": pre.launches,
             "prefill_h2d_bytes": pre.h2d_bytes,
             "prefill_d2h_bytes": pre.d2h_bytes,

@@ -10,7 +10,7 @@ reference costs no more than the cap. Two cost models (`sim_cost_model`):
   audio encoder and prefill from their FLOPs, each decode step from the bytes it reads, for the model `sim_card_model`
   (a preset, or "" = the model folder's config.json) at `sim_card_quant`, with static nets of `sim_card_seqlen`
   (times only: requests are what the front end makes, ≤ sim_max_audio_s; SEQLEN is not enforced).
-With `sim_batch` B > 1 a call's requests share B decode slots as the bm1684x engine's do (a request starts when a
+The engine has `sim_batch` B decode slots, driven as a stream as the bm1684x engine's are (a request starts when a
 slot frees; prefills run alone; one step serves every busy slot; the port's step for B rows is `batched_step_s`).
 Faults are injected per
 attempt with seeded probabilities (`sim_faults`, e.g. "error=0.05,empty=0.02,repeat=0.02,crash=0.01,seed=7"):
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 
 from transcribe_batch.config.settings import default
 
-from ..cardcost import ArchitectureError, CardModel, SlotJob, from_model_dir, preset, run_slots
+from ..cardcost import ArchitectureError, CardModel, SlotJob, Slots, from_model_dir, preset
 from ..cardcost.model import QUANT_BITS
-from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request,
-                   SimulatedOptions, WorkerConfig)
+from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, EngineStream,
+                   Finished, Request, SimulatedOptions, WorkerConfig, run_stream)
 
 DEFAULT_TTFT_S = default("sim_ttft_s")  # config/defaults.toml (one home for settings)
 DEFAULT_S_PER_TOKEN = default("sim_s_per_token")
@@ -240,6 +240,7 @@ class SimulatedEngine(Engine):
         self.limits = EngineLimits(max_audio_s=max_audio_s)
         self.tokenize = _tokenize(model_dir)
         self._attempt: dict[str, int] = {}
+        self._stream: SimulatedStream | None = None
 
     @property
     def preferred_batch_size(self) -> int:
@@ -280,6 +281,12 @@ class SimulatedEngine(Engine):
             text = None if self.tokenize else text[:int(cap * CHARS_PER_TOKEN)]
         return _Answer(ids, text, finish, fault, attempt)
 
+    def stream(self, batch: int) -> "SimulatedStream":
+        """The engine's sim_batch decode slots (`batch`, the actor's batch size, does not change them)."""
+        if self._stream is None:
+            self._stream = SimulatedStream(self)
+        return self._stream
+
     def transcribe(self, request: Request) -> EngineResult:
         out = self.transcribe_batch([request])[0]
         if isinstance(out, BaseException):
@@ -287,33 +294,86 @@ class SimulatedEngine(Engine):
         return out
 
     def transcribe_batch(self, requests: Sequence[Request]) -> list[EngineResult | BaseException]:
-        """The requests through the engine's decode slots (one slot unless sim_batch > 1), timed by the cost model;
-        the call sleeps the schedule's length ÷ sim_speedup once. A failing request costs its prefill."""
-        answers = [self._answer(r) for r in requests]
-        if any(a.fault == "crash" for a in answers):
+        """The requests through the engine's decode slots (`run_stream`). A failing request costs its prefill."""
+        return run_stream(self.stream(len(requests)), requests)
+
+
+class SimulatedStream(EngineStream):
+    """The simulated engine's decode slots (workers/cardcost/slots.py `Slots`, timed by its cost model), driven as
+    the bm1684x engine's are: `submit` runs a request's prefill, `step` one decode step of every busy slot. Each
+    piece of work sleeps its simulated time ÷ sim_speedup, against a running deadline (sleeps do not add up their
+    overshoot)."""
+
+    def __init__(self, engine: SimulatedEngine):
+        self.engine = engine
+        self.slots = engine.batch
+        self._slots = Slots(engine.batch, engine.cost.step_s, engine.cost.kv_len)
+        self._live: dict[int, tuple[Request, _Answer, SlotJob]] = {}  # key -> request in a slot
+        self._done: list[Finished] = []  # finished or failed in submit: returned by the next step
+        self._keys = 0
+        self._due = 0.0  # monotonic time the work so far is due to be done
+
+    @property
+    def free_slots(self) -> int:
+        return self._slots.free_slots
+
+    @property
+    def pending(self) -> int:
+        return len(self._live) + len(self._done)
+
+    def submit(self, request: Request) -> None:
+        self._check_free(request)
+        eng = self.engine
+        if not self.pending:  # the device was idle: its time starts now
+            self._due = time.monotonic()
+        answer = eng._answer(request)
+        if answer.fault == "crash":
             os._exit(77)  # a hard crash of the actor process, as a native fault would do
-        fails = [self.broken or a.fault == "error" for a in answers]
-        jobs = [SlotJob(self.cost.first_token_s(r), 0 if failed else a.decode_tokens, self.cost.prompt_len(r))
-                for r, a, failed in zip(requests, answers, fails)]
-        schedule = run_slots(jobs, self.batch, self.cost.step_s, self.cost.kv_len)
-        time.sleep(schedule.total_s / self.speedup)
-        occupancy = schedule.occupancy(self.batch)
-        out: list[EngineResult | BaseException] = []
-        for r, a, failed, job, t in zip(requests, answers, fails, jobs, schedule.timings):
-            if self.broken:
-                out.append(SimulatedFault(f"device {self.device} is broken (sim_broken_devices)"))
-                continue
-            if failed:
-                out.append(SimulatedFault(f"simulated engine fault on {r.id} (device {self.device})"))
-                continue
-            logprobs = draw_logprobs(self.faults.rng(r.id, a.attempt, "|logprob"), len(a.ids), a.fault)
-            out.append(EngineResult(
-                token_ids=a.ids, finish_reason=a.finish, ttft_s=t.first_token_s / self.speedup,
-                decode_s=t.decode_s / self.speedup, text=a.text, token_logprobs=logprobs,
-                extra={"cost_model": self.cost.name, "batch": self.batch, "slot": t.slot,
-                       "slot_wait_s": t.wait_s / self.speedup, "decode_steps": t.steps, "prompt_len": job.prompt_len,
-                       "slot_occupancy": occupancy}))
+        failed = eng.broken or answer.fault == "error"
+        job = SlotJob(eng.cost.first_token_s(request), 0 if failed else answer.decode_tokens,
+                      eng.cost.prompt_len(request))
+        self._keys += 1
+        before = self._slots.t
+        timing = self._slots.start(self._keys, job)
+        self._sleep(self._slots.t - before)
+        if timing is not None:
+            self._done.append(Finished(request, self._result(request, answer, failed, job, timing)))
+        else:
+            self._live[self._keys] = (request, answer, job)
+
+    def step(self) -> list[Finished]:
+        out, self._done = self._done, []
+        if not self._live:
+            return out
+        before = self._slots.t
+        live = self._slots.live
+        finished = self._slots.step()
+        self.steps += 1
+        self.busy += live
+        self._sleep(self._slots.t - before)
+        for key, timing in finished:
+            request, answer, job = self._live.pop(key)
+            out.append(Finished(request, self._result(request, answer, False, job, timing)))
         return out
+
+    def _sleep(self, simulated_s: float) -> None:
+        self._due += simulated_s / self.engine.speedup
+        delay = self._due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _result(self, r: Request, a: _Answer, failed: bool, job: SlotJob, t) -> EngineResult | BaseException:
+        eng = self.engine
+        if eng.broken:
+            return SimulatedFault(f"device {eng.device} is broken (sim_broken_devices)")
+        if failed:
+            return SimulatedFault(f"simulated engine fault on {r.id} (device {eng.device})")
+        logprobs = draw_logprobs(eng.faults.rng(r.id, a.attempt, "|logprob"), len(a.ids), a.fault)
+        return EngineResult(
+            token_ids=a.ids, finish_reason=a.finish, ttft_s=t.first_token_s / eng.speedup,
+            decode_s=t.decode_s / eng.speedup, text=a.text, token_logprobs=logprobs,
+            extra={"cost_model": eng.cost.name, "batch": eng.batch, "slot": t.slot, "decode_steps": t.steps,
+                   "prompt_len": job.prompt_len})
 
 
 def card_model(sim: SimulatedOptions, model_dir: str | None) -> CardModel:
