@@ -1,7 +1,9 @@
 """Progress: a rich bar (utterances and audio hours done/total, failures, audio-s/s, ETA), clear log lines, and a
 machine-readable JSONL log (one object per update/event) for unattended runs. Where this host's Sophgo driver reports
 NPU use (/sys/class/bm-sophon/bm-sophon<N>/device/npu_usage), the log's `start`, `progress` and `end` objects carry
-`npu_usage`: {device id: % busy in the driver's last window, null while its statistics are off}."""
+`npu_usage`: {device id: % busy in the driver's last window, null while its statistics are off}. Once devices report
+decode steps, `progress` and `end` carry `slot_occupancy`: {device label: share of decode steps × B with a live
+request so far} (workers/work.py SlotUse)."""
 
 from __future__ import annotations
 
@@ -62,6 +64,11 @@ class ProgressTracker:
         self._bar: Progress | None = None
         self._task = None
         self._npu_usage = npu_usage or PLATFORMS["bm1684x"].usage  # the local cards' driver; {} without one
+        self._slot_use: Callable[[], dict] = dict  # the scheduler's, once it runs (watch_slots)
+
+    def watch_slots(self, slot_use: Callable[[], dict]) -> None:
+        """`slot_use()` → {device label: SlotUse}: logged with progress (the scheduler's `slot_use`)."""
+        self._slot_use = slot_use
 
     def __enter__(self) -> "ProgressTracker":
         if not self.quiet:
@@ -123,5 +130,9 @@ class ProgressTracker:
             usage = self._npu_usage()
             if usage:
                 line["npu_usage"] = {str(d): u for d, u in sorted(usage.items())}
+            occupancy = {label: use.occupancy for label, use in sorted(self._slot_use().items())
+                         if use.occupancy is not None}
+            if occupancy:
+                line["slot_occupancy"] = {label: round(v, 4) for label, v in occupancy.items()}
         self._log.write(json.dumps(line) + "\n")
         self._log.flush()

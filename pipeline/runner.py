@@ -311,6 +311,16 @@ class _Refused(Exception):
         self.error = error
 
 
+def with_slot_use(devices: list[dict] | None, slot_use: dict) -> None:
+    """run.json's devices (ActorInfo.to_json(), by label) get their decode-slot use: `slot_occupancy` (share of
+    decode steps × B with a live request), `slot_occupancy_queued` (the same while rows waited for the device),
+    `decode_steps`, `slots` (workers/work.py SlotUse)."""
+    for dev in devices or []:
+        use = slot_use.get(dev.get("label"))
+        if use is not None:
+            dev.update(use.to_json())
+
+
 def _device_slots(cfg: RunConfig) -> list:
     """The devices this run's actors will own (DeviceError if --devices names ones the cluster does not have)."""
     import ray
@@ -409,6 +419,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                                       device_max_failures=cfg.device_max_failures,
                                       inflight_per_device=cfg.inflight_per_device)
                 infos = scheduler.start()
+                progress.watch_slots(scheduler.slot_use)
                 summary.devices = infos
                 run_info.update(model_id=infos[0].model_id, devices=[i.to_json() for i in infos],
                                 engine=infos[0].engine)
@@ -462,6 +473,8 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
             if summary.status == "interrupted" and signals.received is not None:
                 run_info["signal"] = signal.Signals(signals.received).name
             run_info["runs"][-1].update(finished_at=run_info["finished_at"], status=summary.status)
+            if scheduler is not None:
+                with_slot_use(run_info.get("devices"), scheduler.slot_use())
             if run_info["model_id"] is None and state.previous:
                 run_info.update(model_id=state.previous.get("model_id"), devices=state.previous.get("devices"))
             write_json(folder.run_json, run_info, in_place_fallback=True)

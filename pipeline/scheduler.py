@@ -43,7 +43,7 @@ from transcribe_batch.workers.actor import TranscriptionWorker
 from transcribe_batch.workers.contracts import ActorInfo, WorkerConfig
 from transcribe_batch.workers.record import failed_record, now
 from transcribe_batch.workers.ledger import remove_ledgers, take_held
-from transcribe_batch.workers.work import RETRY, Outcome, WorkItem
+from transcribe_batch.workers.work import RETRY, Outcome, SlotUse, WorkItem
 
 from .devices import DeviceSlot
 from .plan import Plan
@@ -89,10 +89,19 @@ class Device:
     ping: object = None  # ObjectRef of the ping (info call) in flight
     ping_after: float = 0.0  # monotonic time to send the next ping
     restart_deadline: float = 0.0
+    slots: SlotUse | None = None  # its actor process's slot use, as its latest outcome reported it
+    slots_before: SlotUse | None = None  # the slot use of its earlier processes (before a crash)
 
     @property
     def label(self) -> str:
         return self.slot.label
+
+    @property
+    def slot_use(self) -> SlotUse | None:
+        """Its slot use over every process it ran in."""
+        if self.slots is None or self.slots_before is None:
+            return self.slots or self.slots_before
+        return self.slots_before + self.slots
 
 
 def actor_options(slot: DeviceSlot, inflight_per_device: int) -> dict:
@@ -342,7 +351,13 @@ class Scheduler:
             return
         self._outcome(dev, shard, outcome)
 
+    def slot_use(self) -> dict[str, SlotUse]:
+        """Each device's decode-slot use so far (devices that reported any), by label."""
+        return {d.label: d.slot_use for d in self.devices if d.slot_use is not None}
+
     def _outcome(self, dev: Device, shard: Shard, outcome: Outcome) -> None:
+        if outcome.slots is not None:
+            dev.slots = outcome.slots.latest(dev.slots)
         item = shard.pending.pop(outcome.key)
         rec = outcome.record
         if outcome.ok:
@@ -412,6 +427,8 @@ class Scheduler:
                 return
             lost = [shard] + list(dev.inflight.values())
             dev.inflight.clear()
+            if dev.slots is not None:  # the new process counts from zero
+                dev.slots_before, dev.slots = dev.slot_use, None
             held = self._held(dev)
             dev.restarting, dev.ping, dev.ping_after = True, None, time.monotonic()
             dev.restart_deadline = time.monotonic() + self.startup_timeout_s

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -255,8 +256,8 @@ def test_wait_s_excludes_time_another_shard_held_the_device(rows, model_dir):
     try:
         first = threading.Thread(target=shard, args=("a", _items(rows[:1])))
         first.start()
-        while not w._device_lock.locked():  # the first shard holds the device
-            pass
+        while not w.loop.stream.pending:  # the first shard is on the device
+            time.sleep(0.001)
         shard("b", _items(rows[1:3]))
         first.join()
     finally:

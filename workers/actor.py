@@ -3,33 +3,36 @@
 It builds its engine and front end once, then transcribes shards of work items (workers/work.py). The front end
 (audio decode, resampling, features, prompt tokens) is warmed up when the actor starts and runs on a prefetch
 thread: every item of a shard is queued for preparation when the shard arrives, and the actor runs two shard calls
-concurrently (the driver keeps the next shard queued, at least `batch_size` rows each), so while one holds the
-device the next one's rows are being prepared and the device never waits for the CPU; when it does, `wait_s` says
-for how long. Rows go to the engine one at a time (batch_size 1) or `batch_size` at a time
-(`Engine.transcribe_batch`), and each row's `Outcome` is yielded as soon as its engine call is done. Before each
-engine call the actor writes which items it puts on the device into its `DeviceLedger` (a small file on its own
+concurrently (the driver keeps the next shard queued, at least `batch_size` rows each). Prepared items go to the
+device loop (workers/device_loop.py), one thread that feeds the engine's stream from every shard at once: a
+request starts as soon as a slot is free, so a batched device never drains between shards, and the device never
+waits for the CPU while the front end keeps up (when it does, `wait_s` says for how long). Each row's `Outcome` is
+yielded as soon as its last request is done, with the device's slot use so far. Before each engine call that
+changes what is on the device the loop writes every item on it into the `DeviceLedger` (a small file on its own
 node: workers/ledger.py), so that a crash of this process is charged to those rows only.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
+from queue import SimpleQueue
 from typing import Iterator
 
 from .assemble import DeviceTime, Producer, answered, failed
 from .audio import AudioError
 from .contracts import ActorInfo, WorkerConfig
+from .device_loop import DeviceLoop, Job
 from .engines import create_engine
 from .engines.base import Request, SequenceTooLong
 from .frontend import FrontEnd
 from .ledger import DeviceLedger
 from .platforms import platform
 from .prompts import PromptError
-from .record import node_name, now
+from .record import node_name
 from .work import Outcome, WorkItem
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
@@ -54,15 +57,6 @@ def ray_node_id() -> str | None:
         return None
 
 
-class _Prepared:
-    """A work item whose front end is done: its requests, CPU seconds, and when it was ready (perf_counter)."""
-
-    __slots__ = ("item", "requests", "prep_s", "ready_at")
-
-    def __init__(self, item: WorkItem, requests: list[Request], prep_s: float, ready_at: float):
-        self.item, self.requests, self.prep_s, self.ready_at = item, requests, prep_s, ready_at
-
-
 class TranscriptionWorker:
     def __init__(self, config: WorkerConfig, device: int, *, device_kind: str = "sim", label: str | None = None,
                  ledger_run: str | None = None):
@@ -76,15 +70,15 @@ class TranscriptionWorker:
         self.engine = create_engine(config, engine_device)
         self.frontend = FrontEnd.for_worker(config, self.engine.limits)
         self.frontend.warm_up()
-        # a batched bmodel keeps B decode slots: hand it at least B requests per call, whatever --batch-size says
+        # a batched bmodel keeps B decode slots: shards hold at least B rows, whatever --batch-size says
         self.batch_size = max(config.batch_size, self.engine.preferred_batch_size)
         self.node = node_name()
         self.node_id = ray_node_id()
         # what is on the device, for the driver to charge a crash to (None outside the scheduler)
         self.ledger = DeviceLedger(ledger_run, self.label) if ledger_run else None
-        self._device_lock = threading.Lock()
-        self._device_free_at = 0.0  # perf_counter when the device last finished a row
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frontend-prefetch")
+        self.loop = DeviceLoop(self.engine.stream(self.batch_size), hold=self._hold if self.ledger else None,
+                               begin_attempts=self.engine.begin_attempts, name=f"device-loop-{self.label}")
 
     # -- identity -----------------------------------------------------------------------------------------------
     @property
@@ -100,29 +94,17 @@ class TranscriptionWorker:
 
     # -- one shard ----------------------------------------------------------------------------------------------
     def stream_shard(self, items: list[WorkItem]) -> Iterator[Outcome]:
-        """One Outcome per item, each yielded as soon as its engine call (one row, or a batch of up to batch_size
-        rows) is done; rows whose front end failed come back at once. The driver runs this as a Ray streaming
-        generator (which drives it with send(): no `yield from` over plain iterators here)."""
+        """One Outcome per item, each yielded as soon as its last request is done (rows whose front end failed
+        come back at once), in the order they finish. The driver runs this as a Ray streaming generator (which
+        drives it with send(): no `yield from` over plain iterators here)."""
         submitted_at = time.perf_counter()
-        futures = [self._prefetch.submit(self._prepare, item, self._chunk_s(item)) for item in items]
-        group: list[_Prepared] = []
-        for item, fut in zip(items, futures):
-            prepared = self._await(item, fut)
-            if isinstance(prepared, Outcome):
-                yield prepared
-                continue
-            if prepared.item.alone and self.batch_size > 1:  # it was in a batch that crashed: find out alone
-                for outcome in self._run_group([prepared], submitted_at):
-                    yield outcome
-                continue
-            group.append(prepared)
-            if len(group) == self.batch_size:
-                for outcome in self._run_group(group, submitted_at):
-                    yield outcome
-                group = []
-        if group:
-            for outcome in self._run_group(group, submitted_at):
-                yield outcome
+        done: SimpleQueue = SimpleQueue()
+        self.loop.expect(len(items))
+        for item in items:
+            fut = self._prefetch.submit(self._prepare, item, self._chunk_s(item))
+            fut.add_done_callback(partial(self._prepared, item, done, submitted_at))
+        for _ in items:
+            yield replace(done.get(), slots=self.loop.use)
 
     def run_shard(self, items: list[WorkItem]) -> list[Outcome]:
         """`stream_shard` as a list."""
@@ -139,27 +121,61 @@ class TranscriptionWorker:
         t1 = time.perf_counter()
         return requests, t1 - t0, t1
 
-    def _await(self, item: WorkItem, fut: Future) -> _Prepared | Outcome:
+    def _prepared(self, item: WorkItem, done: SimpleQueue, submitted_at: float, fut: Future) -> None:
+        """An item's front end is over: to the device loop, or (it failed) its outcome straight back."""
         try:
-            return _Prepared(item, *fut.result())
+            requests, prep_s, ready_at = fut.result()
         except (AudioError, PromptError) as e:  # bad input: final, never worth a retry
-            return self._failed(item, e, on_device=False)
-        except Exception as e:  # noqa: BLE001 - recorded; the driver may retry
-            return self._failed(item, e, retry=True, on_device=False)
+            self.loop.forget()
+            done.put(self._failed(item, e, on_device=False))
+            return
+        except BaseException as e:  # noqa: BLE001 - recorded; the driver may retry
+            self.loop.forget()
+            done.put(self._failed(item, e, retry=True, on_device=False))
+            return
+        self.loop.put(Job(item, requests, partial(self._ran, done), ready_at, submitted_at,
+                          alone=item.alone and self.loop.stream.slots > 1, prep_s=prep_s,
+                          chunk_s=self._chunk_s(item)))
 
-    @contextmanager
-    def _device(self, group: list[_Prepared], submitted_at: float):
-        """Hold the device for `group`; yields how long it sat idle waiting for this work's front end: from when it
-        was free (and the work had been handed to this actor) until the work was prepared. Time another shard held
-        the device is not waiting. The ledger learns which items are on the device before the engine sees them."""
-        with self._device_lock:
-            if self.ledger is not None:
-                self._hold([p.item.key for p in group])
-            self.engine.begin_attempts({p.item.id: p.item.attempt for p in group})
-            try:
-                yield max(0.0, max(p.ready_at for p in group) - max(self._device_free_at, submitted_at))
-            finally:
-                self._device_free_at = time.perf_counter()
+    def _ran(self, done: SimpleQueue, job: Job) -> None:
+        try:
+            self._answer(done, job)
+        except Exception as e:  # noqa: BLE001 - a bug in the assembly must not leave the shard waiting
+            done.put(self._failed(job.item, e, retry=True, started_at=job.started_at, finished_at=job.finished_at))
+
+    def _answer(self, done: SimpleQueue, job: Job) -> None:
+        """A job is back from the device (on the loop's thread): its outcome, or it goes again — alone when it
+        failed next to others (a failed step may have been theirs), in shorter pieces when too long."""
+        item = job.item
+        errors = [r for r in job.results if isinstance(r, BaseException)]
+        if not errors:
+            done.put(self._record(job))
+            return
+        if job.shared:
+            self.loop.put(self._again(job, job.requests, job.chunk_s, job.resplits), expected=False, front=True)
+            return
+        error = errors[0]
+        if not isinstance(error, SequenceTooLong):  # one bad prediction; the driver retries it elsewhere
+            done.put(self._failed(item, error, retry=True, started_at=job.started_at, finished_at=job.finished_at))
+            return
+        chunk_s = max(MIN_CHUNK_S, (job.chunk_s or self.engine.limits.max_audio_s) / 2)
+        if job.resplits >= MAX_RESPLITS:
+            done.put(self._failed(item, SequenceTooLong(f"{item.id}: still too long in {job.chunk_s:g} s pieces"),
+                                  started_at=job.started_at, finished_at=job.finished_at))
+            return
+        try:
+            requests, prep_s, _ = self._prepare(item, chunk_s)
+        except Exception as e:  # noqa: BLE001
+            done.put(self._failed(item, e, retry=not isinstance(e, (AudioError, PromptError))))
+            return
+        again = self._again(job, requests, chunk_s, job.resplits + 1)
+        again.prep_s += prep_s
+        self.loop.put(again, expected=False, front=True)
+
+    @staticmethod
+    def _again(job: Job, requests: list[Request], chunk_s: float | None, resplits: int) -> Job:
+        return Job(job.item, requests, job.on_done, job.ready_at, job.submitted_at, alone=True, prep_s=job.prep_s,
+                   chunk_s=chunk_s, resplits=resplits)
 
     def _hold(self, keys: list) -> None:
         """Record in the ledger what goes on the device (before it does: a crash can come at any moment)."""
@@ -167,56 +183,6 @@ class TranscriptionWorker:
             self.ledger.hold(keys)
         except OSError as e:  # no record: a crash now is blamed on the device alone
             print(f"{self.label}: could not record {keys} in the device ledger {self.ledger.path}: {e}", flush=True)
-
-    def _run_group(self, group: list[_Prepared], submitted_at: float) -> Iterator[Outcome]:
-        if len(group) == 1:
-            yield self._run_one(group[0], submitted_at)
-            return
-        flat = [(k, r) for k, p in enumerate(group) for r in p.requests]
-        with self._device(group, submitted_at) as waited:
-            started_at = now()
-            t0 = time.perf_counter()
-            results = self.engine.transcribe_batch([r for _, r in flat])
-            total_s = time.perf_counter() - t0
-            finished_at = now()
-        by_row: dict[int, list] = {}
-        for (k, _), res in zip(flat, results):
-            by_row.setdefault(k, []).append(res)
-        audio_s = max(1e-9, sum(r.duration_s for p in group for r in p.requests))
-        for k, p in enumerate(group):
-            res = by_row[k]
-            if any(isinstance(r, BaseException) for r in res):  # redone alone (a retry budget is not spent on it)
-                yield self._run_one(p, submitted_at)
-                continue
-            share = total_s * sum(r.duration_s for r in p.requests) / audio_s  # the batch's time, by audio share
-            yield self._record(p, res, started_at, finished_at, share, waited if k == 0 else 0.0)
-
-    def _run_one(self, p: _Prepared, submitted_at: float) -> Outcome:
-        item, requests, prep_s = p.item, p.requests, p.prep_s
-        chunk_s = self._chunk_s(item)
-        with self._device([p], submitted_at) as wait_s:
-            started_at = now()
-            t0 = time.perf_counter()
-            for _ in range(MAX_RESPLITS + 1):
-                try:
-                    results = [self.engine.transcribe(r) for r in requests]
-                    break
-                except SequenceTooLong:
-                    chunk_s = max(MIN_CHUNK_S, (chunk_s or self.engine.limits.max_audio_s) / 2)
-                    try:
-                        requests, extra_prep, _ = self._prepare(item, chunk_s)
-                        prep_s += extra_prep
-                    except Exception as e:  # noqa: BLE001
-                        return self._failed(item, e, retry=not isinstance(e, (AudioError, PromptError)))
-                except Exception as e:  # noqa: BLE001 - one bad prediction; the driver retries it elsewhere
-                    return self._failed(item, e, retry=True, started_at=started_at, finished_at=now())
-            else:
-                return self._failed(item, SequenceTooLong(f"{item.id}: still too long in {chunk_s:g} s pieces"),
-                                    started_at=started_at, finished_at=now())
-            total_s = time.perf_counter() - t0
-            finished_at = now()
-        return self._record(_Prepared(item, requests, prep_s, p.ready_at), results, started_at, finished_at,
-                            total_s, wait_s)
 
     # -- records (workers/assemble.py) ---------------------------------------------------------------------------
     @property
@@ -226,14 +192,14 @@ class TranscriptionWorker:
     def _failed(self, item: WorkItem, error: BaseException, **kw) -> Outcome:
         return failed(self.producer, item, error, **kw)
 
-    def _record(self, p: _Prepared, results, started_at, finished_at, total_s, wait_s) -> Outcome:
-        return answered(self.frontend, self.producer, p.item, p.requests, results,
-                        DeviceTime(started_at, finished_at, total_s, wait_s, p.prep_s))
+    def _record(self, job: Job) -> Outcome:
+        return answered(self.frontend, self.producer, job.item, job.requests, job.results,
+                        DeviceTime(job.started_at, job.finished_at, job.device_s, job.wait_s, job.prep_s))
 
     def close(self) -> None:
         """Let go of the engine and the device (the scheduler calls this before it ends the actor)."""
         self._prefetch.shutdown(wait=False, cancel_futures=True)
-        with self._device_lock:  # not under a running engine call
-            self.engine.close()
+        self.loop.close()  # after what is on the device is done
+        self.engine.close()
         if self.ledger is not None:
             self.ledger.close()

@@ -48,6 +48,50 @@ class WorkItem:
         return replace(self, row=None, queued_at=None, alone=self.alone if alone is None else alone)
 
 
+@dataclass(frozen=True)
+class SlotUse:
+    """How full one device actor's decode slots were so far (counters of its process, never decreasing): `steps`
+    decode steps, `busy` Σ live requests over them; `queued_*` the same over the steps taken while requests were
+    waiting for this device (prepared, or still in its front end): the occupancy while rows remain."""
+
+    slots: int  # B: requests the device holds at once
+    steps: int = 0
+    busy: int = 0
+    queued_steps: int = 0
+    queued_busy: int = 0
+
+    @property
+    def occupancy(self) -> float | None:
+        """Share of decode steps × B with a live request (None before any decode step)."""
+        return self.busy / (self.steps * self.slots) if self.steps else None
+
+    @property
+    def queued_occupancy(self) -> float | None:
+        """`occupancy` over the steps taken while requests were waiting for the device."""
+        return self.queued_busy / (self.queued_steps * self.slots) if self.queued_steps else None
+
+    def latest(self, other: "SlotUse | None") -> "SlotUse":
+        """The later of two reports of the same process (counters only grow)."""
+        if other is None:
+            return self
+        return SlotUse(self.slots, max(self.steps, other.steps), max(self.busy, other.busy),
+                       max(self.queued_steps, other.queued_steps), max(self.queued_busy, other.queued_busy))
+
+    def __add__(self, other: "SlotUse") -> "SlotUse":
+        """Two processes' counters together (an actor restarted on the same device)."""
+        return SlotUse(max(self.slots, other.slots), self.steps + other.steps, self.busy + other.busy,
+                       self.queued_steps + other.queued_steps, self.queued_busy + other.queued_busy)
+
+    def to_json(self) -> dict:
+        """What run.json's devices and the progress log carry."""
+        return {"slot_occupancy": _round(self.occupancy), "slot_occupancy_queued": _round(self.queued_occupancy),
+                "decode_steps": self.steps, "slots": self.slots}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 RETRY = "retry"  # a failed prediction (engine error, empty, runaway or repeated output): worth another attempt
 FINAL = "final"  # done for good: ok, or failed for a reason another attempt cannot fix (bad audio, bad prompt)
 
@@ -63,6 +107,7 @@ class Outcome:
     record: Record
     decision: str = FINAL  # RETRY | FINAL
     on_device: bool = True  # the attempt reached the device (False: failed in the front end)
+    slots: SlotUse | None = None  # its device's slot use when it left the actor (None: from the driver)
 
     @classmethod
     def of(cls, item: WorkItem, record: Record, decision: str = FINAL, *, on_device: bool = True) -> "Outcome":
