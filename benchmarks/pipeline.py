@@ -18,6 +18,8 @@ which the scheduler reports in run.json stats):
   tail      last device finishing − first device finishing (target: under one mean utterance)
   start     mean delay from the first shard handed out to a device's first row starting (decoding its first,
             longest audio on a contended CPU); `steady idle` leaves it out
+  slot occ. share of decode steps × B with a live request (run.json devices' `slot_occupancy`, docs/engines.md),
+            and the same over the steps taken while rows waited for the device (`slot_occupancy_queued`)
 Baseline, same process, same work: the port's loop — one utterance at a time: load audio → features → infer.
 
     .venv/bin/python benchmarks/pipeline.py                      # ≈ 1-2 min on 2 cores
@@ -112,6 +114,9 @@ def analyse(run_dir: Path, n_devices: int) -> dict:
     steady = n_devices * wall - first.sum() - (n_devices - len(first)) * wall
     mean_utt = busy / max(1, attempts)
     status = table["status"].to_numpy(zero_copy_only=False)
+    devs = [d for d in info.get("devices") or [] if d.get("decode_steps")]
+    slots = sum(d["decode_steps"] * d["slots"] for d in devs)
+    queued = sum(d["decode_steps_queued"] * d["slots"] for d in devs if d.get("slot_occupancy_queued") is not None)
     return {
         "devices": n_devices,
         "devices_used": len(last),
@@ -131,6 +136,12 @@ def analyse(run_dir: Path, n_devices: int) -> dict:
         "mean_utt_s": mean_utt,
         "tail_s": (max(last) - min(last)) if len(last) == n_devices else max(last) - t0,
         "busy_from_stats": "retried_busy_s" in stats,
+        # decode-slot occupancy over all the devices' steps (run.json devices)
+        "slot_occupancy": sum(d["slot_occupancy"] * d["decode_steps"] * d["slots"] for d in devs) / slots
+        if slots else float("nan"),
+        "slot_occupancy_queued": sum(d["slot_occupancy_queued"] * d["decode_steps_queued"] * d["slots"] for d in devs
+                                     if d.get("slot_occupancy_queued") is not None) / queued
+        if queued else float("nan"),
     }
 
 
@@ -316,15 +327,17 @@ def main() -> None:
     print(f"\n## Scheduler vs physical limit — simulated {model} ÷ {args.sim_speedup:g}, "
           f"{args.utterances} utterances ({audio_s / 3600:.2f} h), front end: {args.frontend}\n")
     print("| devices | rows ok/failed | retried | wall s | ideal s | wall/ideal | device idle | steady idle | start s | "
-          "scaling eff. | overhead ms/utt | tail s | mean utt s | job wall s (incl. Ray/actor start-up) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "scaling eff. | overhead ms/utt | tail s | mean utt s | slot occ. | slot occ. while rows remain | "
+          "job wall s (incl. Ray/actor start-up) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         r["scaling"] = one["wall_s"] / (r["devices"] * r["wall_s"]) if one else float("nan")
         print(f"| {r['devices']} | {r['ok']}/{r['failed']} | {r['retried']} | {r['wall_s']:.2f} | {r['ideal_s']:.2f} | "
               f"{r['wall_s'] / r['ideal_s']:.3f} | {r['idle_fraction']:.1%} | {r['steady_idle_fraction']:.1%} | "
               f"{r['first_start_s']:.3f} | {r['scaling']:.1%} | "
               f"{r['overhead_ms']:.1f} ({r['overhead_ms'] / 1000 / r['mean_utt_s']:.1%}) | {r['tail_s']:.3f} | "
-              f"{r['mean_utt_s']:.3f} | {r['job_wall_s']:.1f} |")
+              f"{r['mean_utt_s']:.3f} | {r['slot_occupancy']:.3f} | {r['slot_occupancy_queued']:.3f} | "
+              f"{r['job_wall_s']:.1f} |")
     if not all(r["busy_from_stats"] for r in results):
         print("\n(busy time of retried attempts not reported by this scheduler version: idle is overstated)")
     if base:
@@ -338,7 +351,9 @@ def main() -> None:
             f"steady_idle_fraction_{k}": f"{top['steady_idle_fraction']:.4f}",
             f"wall_over_ideal_{k}": f"{top['wall_s'] / top['ideal_s']:.3f}",
             f"tail_over_utt_{k}": f"{top['tail_s'] / top['mean_utt_s']:.2f}",
-            f"overhead_ms_per_utt_{k}": f"{top['overhead_ms']:.1f}"}
+            f"overhead_ms_per_utt_{k}": f"{top['overhead_ms']:.1f}",
+            f"slot_occupancy_{k}": f"{top['slot_occupancy']:.3f}",
+            f"slot_occupancy_queued_{k}": f"{top['slot_occupancy_queued']:.3f}"}
     if base:
         line["speedup_vs_sequential"] = f"{base['wall_s'] / top['wall_s']:.2f}"
     fewest = min(results, key=lambda r: r["devices"])

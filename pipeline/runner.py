@@ -314,7 +314,7 @@ class _Refused(Exception):
 def with_slot_use(devices: list[dict] | None, slot_use: dict) -> None:
     """run.json's devices (ActorInfo.to_json(), by label) get their decode-slot use: `slot_occupancy` (share of
     decode steps × B with a live request), `slot_occupancy_queued` (the same while rows waited for the device),
-    `decode_steps`, `slots` (workers/work.py SlotUse)."""
+    `decode_steps`, `decode_steps_queued`, `slots` (workers/work.py SlotUse)."""
     for dev in devices or []:
         use = slot_use.get(dev.get("label"))
         if use is not None:

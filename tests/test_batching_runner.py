@@ -23,6 +23,27 @@ def test_batch_size_2_runs_every_row_once(tmp_path, audio_dir):
 
 
 
+def test_decode_slots_report_their_occupancy_in_run_json_and_the_progress_log(tmp_path, audio_dir):
+    """sim_batch 4 on two devices: run.json's devices carry `slot_occupancy` (share of decode steps × B with a
+    live request) and the same while rows waited for the device; the progress log's progress events carry it per
+    device."""
+    import json
+
+    write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=3, max_duration=30)
+    summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", devices="2",
+                                   sim_speedup=2000, sim_batch=4, quiet=True))
+    assert summary.status == "complete"
+    devices = json.loads((tmp_path / "out" / "run.json").read_text())["devices"]
+    assert len(devices) == 2
+    for dev in devices:
+        assert dev["slots"] == 4 and dev["decode_steps"] > 0, dev
+        assert 0 < dev["slot_occupancy"] <= dev["slot_occupancy_queued"] <= 1, dev
+    events = [json.loads(line) for line in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]
+    logged = [e["slot_occupancy"] for e in events if e["event"] in ("progress", "end") and "slot_occupancy" in e]
+    assert logged and set(logged[-1]) == {dev["label"] for dev in devices}
+    assert logged[-1] == {dev["label"]: dev["slot_occupancy"] for dev in devices}
+
+
 def test_batch_size_2_retries_failed_rows(tmp_path, audio_dir):
     rows = write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2, max_duration=30)
     summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", devices="2",

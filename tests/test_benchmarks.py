@@ -44,6 +44,9 @@ def test_pipeline_benchmark_with_the_card_cost_model_and_decode_slots(tmp_path):
     assert "| 1 | 16/0 |" in out and "card cost model (qwen2-audio-7b w4bf16, B=2)" in out, out
     assert "measured here: 1 device(s)" in out and float(figures["calibration_max_error"]) < 0.3
     assert float(figures["proj_rtfx_qwen2-audio-7b_w4bf16_b4"]) > float(figures["proj_rtfx_qwen2-audio-7b_w4bf16_b1"])
+    # the runs' B = 2 slots, as run.json reports them: full while rows remained, drained at the end
+    assert "slot occ. while rows remain" in out
+    assert 0 < float(figures["slot_occupancy_1"]) <= float(figures["slot_occupancy_queued_1"]) <= 1, out
 
 
 def test_roofline_projection_covers_both_families_with_published_sizes():

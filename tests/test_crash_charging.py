@@ -21,14 +21,16 @@ def _manifest(path, audio_dir, n):
     return rows
 
 
-@pytest.mark.parametrize("batch_size, n_rows", [(1, 60), (2, 30)])
-def test_crashes_charge_only_the_rows_on_the_device(tmp_path, audio_dir, batch_size, n_rows):
-    """Each crash is charged to the one row on the device (a batch that crashed is re-run a row at a time, free):
-    a row's attempts are exactly its own crashes + 1, and with every device failing alike none is removed."""
+@pytest.mark.parametrize("batch_size, sim_batch, n_rows", [(1, 1, 60), (2, 1, 30), (1, 4, 40)])
+def test_crashes_charge_only_the_rows_on_the_device(tmp_path, audio_dir, batch_size, sim_batch, n_rows):
+    """Each crash is charged to the one row on the device (rows that were on the device together — 4 decode slots
+    kept full across shards — are re-run a row at a time, free): a row's attempts are exactly its own crashes + 1,
+    and with every device failing alike none is removed."""
     rows = _manifest(tmp_path / "m.jsonl", audio_dir, n_rows)
     faults = "crash=0.2,seed=1"
     summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", devices="2",
                                    sim_speedup=2000, sim_faults=faults, max_attempts=3, batch_size=batch_size,
+                                   sim_batch=sim_batch,
                                    escalate_min_s=1000.0,  # no retry splits audio: one fault draw per attempt
                                    quiet=True))
     out = {r["id"]: r for r in pq.read_table(summary.results).to_pylist()}

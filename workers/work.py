@@ -85,7 +85,7 @@ class SlotUse:
     def to_json(self) -> dict:
         """What run.json's devices and the progress log carry."""
         return {"slot_occupancy": _round(self.occupancy), "slot_occupancy_queued": _round(self.queued_occupancy),
-                "decode_steps": self.steps, "slots": self.slots}
+                "decode_steps": self.steps, "decode_steps_queued": self.queued_steps, "slots": self.slots}
 
 
 def _round(value: float | None) -> float | None:
