@@ -9,8 +9,9 @@ Per card and decode batch B, for the manifest's requests (utterances longer than
   RTFx      = Σ audio seconds / card time
 Occupancy (share of decode-step slots with a live request): measured where run.json devices carry `slot_occupancy`
 (--occupancy-from), given (--occupancy), else simulated with the same slot model the simulated engine uses, for
-today's engine: every call holds B rows (a shard holds at least B) and its slots drain before the next call starts.
-The `continuous` column is the same model with slots refilled across calls (the streaming engine of issue 19 item 2).
+the engine's stream: a slot freed by an answer takes the next row at once, across shards (docs/engines.md). The
+`whole calls` column is the same model with calls of B rows whose slots drain before the next call starts (the
+engine before streaming).
 """
 
 from __future__ import annotations
@@ -160,10 +161,11 @@ def print_projection(utterances: list[Utterance], overhead_ms: float, *, overhea
           f"model, "
           f"{n} utterances ({audio_s / 3600:.2f} h), pipeline overhead {overhead_ms:.1f} ms per utterance "
           f"({overhead_source})\n")
-    print("Occupancy: `today` = simulated for the current engine (calls of B requests whose slots drain), "
-          "`measured` = run.json, `given` = --occupancy; `continuous` = slots refilled across calls.\n")
+    print("Occupancy: `streamed` = simulated for the engine's stream (a slot freed by an answer takes the next row, "
+          "across shards), `measured` = run.json, `given` = --occupancy; `whole calls` = calls of B requests whose "
+          "slots drain (the engine before streaming).\n")
     print("| model | weights | SEQLEN | B | requests | TTFT s | step ms | occupancy | encode+prefill card-h | "
-          "decode card-h | overhead card-h | **RTFx** | RTFx continuous | device memory | fits one chip |")
+          "decode card-h | overhead card-h | **RTFx** | RTFx whole calls | device memory | fits one chip |")
     print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|:---:|")
     out = {}
     not_fitting = []
@@ -178,11 +180,11 @@ def print_projection(utterances: list[Utterance], overhead_ms: float, *, overhea
             elif given is not None and b > 1:
                 occ, src = given, "given"
             else:
-                occ, src = occupancy(model, reqs, b, continuous=False), "today"
-            cont = occupancy(model, reqs, b, continuous=True)
+                occ, src = occupancy(model, reqs, b, continuous=True), "streamed"
+            calls = occupancy(model, reqs, b, continuous=False)
             r = card_time(model, jobs, b, occ, n, overhead_ms / 1e3)
-            rc = card_time(model, jobs, b, cont, n, overhead_ms / 1e3)
-            rtfx, rtfx_cont = audio_s / r["card_s"], audio_s / rc["card_s"]
+            rc = card_time(model, jobs, b, calls, n, overhead_ms / 1e3)
+            rtfx, rtfx_calls = audio_s / r["card_s"], audio_s / rc["card_s"]
             fits = model.fits(b)
             if not fits:
                 not_fitting.append(f"{t.key}_b{b}")
@@ -190,7 +192,7 @@ def print_projection(utterances: list[Utterance], overhead_ms: float, *, overhea
             out[f"proj_rtfx_{t.key}_b{b}"] = f"{rtfx:.2f}"
             print(f"| {t.model} | {t.quant} | {t.seqlen} | {b} | {len(jobs)} | {ttft:.2f} | {step * 1e3:.0f} | "
                   f"{occ:.2f} ({src}) | {r['first_s'] / 3600:.3f} | {r['decode_s'] / 3600:.3f} | "
-                  f"{r['overhead_s'] / 3600:.4f} | **{rtfx:.2f}** | {rtfx_cont:.2f} (occ. {cont:.2f}) | "
+                  f"{r['overhead_s'] / 3600:.4f} | **{rtfx:.2f}** | {rtfx_calls:.2f} (occ. {calls:.2f}) | "
                   f"{model.device_bytes(b) / 1e9:.1f} GB | {'yes' if fits else 'NO'} |")
     print(f"\nDevice memory: weights + embedding + audio net + B × K/V at SEQLEN, against "
           f"{USABLE_DEVICE_BYTES / 2**30:.1f} GiB usable per chip. Static nets: every prefill runs over all SEQLEN "
