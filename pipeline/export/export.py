@@ -111,12 +111,23 @@ def _check_language(sources: Sequence[RunSource], language: str) -> None:
         said = "detected_language" in s.columns and any(
             pc.any(pc.is_valid(b["detected_language"])).as_py() for b in s.batches(["detected_language"]))
         if not said:
-            model = s.meta.get("model_id") or (s.meta.get("config") or {}).get("model_dir") or "its model"
+            model = s.meta.get("model_id") or _first(s, "model_id") or "its model"
             raise ExportError(
                 f"--language {language}: {s.path} has no detected language on any row: {model} did not identify "
                 "the language (Qwen2-Audio never does; Qwen3-ASR does with its default template, not when the "
                 "language was forced). Drop --language for this run, or filter on the manifest's `language` "
                 "field before the run")
+
+
+def _first(source: RunSource, column: str):
+    """The first non-null value of a column (None when the run lacks it or it is all null)."""
+    if column not in source.columns:
+        return None
+    for batch in source.batches([column]):
+        values = batch[column].drop_null()
+        if len(values):
+            return values[0].as_py()
+    return None
 
 
 def _has_id(source: RunSource, row_id: str) -> bool:
