@@ -174,3 +174,38 @@ def conform(table: pa.Table) -> pa.Table:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, PART_SCHEMA.field(name).type))
     return table.select(COLUMNS)
+
+
+# -- the README's schema tables (README.md "Results schema"; tests/test_readme_schema.py keeps them equal) ---------
+_TYPE_NAMES = [(SEGMENT, "segment"), (SKIPPED, "struct<start_s, end_s, reason>")]
+
+
+def _type_name(dtype: pa.DataType) -> str:
+    for named, name in _TYPE_NAMES:
+        if dtype.equals(named):
+            return name
+    if pa.types.is_list(dtype):
+        return f"list<{_type_name(dtype.value_type)}>"
+    if pa.types.is_timestamp(dtype):
+        return f"timestamp[{dtype.unit}, {dtype.tz}]"
+    return str(dtype)
+
+
+def _markdown_rows(fields: list[tuple[str, pa.DataType, str]], first: str) -> list[str]:
+    return [f"| {first} | type | meaning |", "|---|---|---|"] + [
+        f"| `{name}` | `{_type_name(dtype)}` | {help_.replace('|', chr(92) + '|')} |" for name, dtype, help_ in fields]
+
+
+def markdown_tables() -> str:
+    """FIELDS (the part files' and results.parquet's columns) and SEGMENT_FIELDS (a `segments` element) as the
+    markdown tables README.md carries between its results-schema markers."""
+    return "\n".join(_markdown_rows(FIELDS, "column") + ["", "A `segment` (one element of `segments`):", ""]
+                     + _markdown_rows(SEGMENT_FIELDS, "field")) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m transcribe_batch.workers.record --markdown   (the README's results-schema tables)")
+    sys.stdout.write(markdown_tables())
