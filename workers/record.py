@@ -51,7 +51,7 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("status", pa.string(), "ok | failed"),
     ("error_class", pa.string(), "exception class / failure kind of the final attempt (null when ok)"),
     ("error_message", pa.string(), "what went wrong, naming the file or line where it can"),
-    ("attempts", pa.int32(), "attempts made (1 = first try succeeded or failed for good)"),
+    ("attempts", pa.int32(), "attempts made (1 = first try succeeded or failed for good; 0 = a bad manifest line)"),
     ("engine", pa.string(), "engine name: bm1684x | hf | simulated"),
     ("model_id", pa.string(), "model identity (e.g. Qwen2-Audio-7B-Instruct; 'simulated' for the simulated engine)"),
     ("device", pa.int32(), "device index on its node (card / GPU / simulated device)"),
@@ -62,7 +62,7 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("language", pa.string(), "manifest language, if any"),
     ("detected_language", pa.string(), "language the model identified (Qwen3-ASR; 'A,B' across pieces), else null"),
     ("n_prompt_tokens", pa.int32(), "prompt tokens incl. audio tokens (summed over pieces)"),
-    ("n_audio_tokens", pa.int32(), "audio tokens (25 per second, summed over pieces)"),
+    ("n_audio_tokens", pa.int32(), "audio tokens (Qwen2-Audio 25 per second, Qwen3-ASR 13; summed over pieces)"),
     ("n_new_tokens", pa.int32(), "generated tokens (summed over pieces)"),
     ("finish_reason", pa.string(), "eos | max_tokens | repetition | error | no_speech (an empty answer to audio "
                                    "without speech by the front end's energy check: status ok, pred_text '')"),
