@@ -1,4 +1,4 @@
-"""README.md and docs/*.md point at files and sections that exist (issue 17 item 6: long details moved into docs/
+"""README.md, docs/*.md and the other READMEs point at files and sections that exist (issue 17 item 6: long details moved into docs/
 with links): every relative link's file, every `#anchor` a heading of the page it names, and the set-up commands
 the README gives are Makefile targets."""
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+OTHER_PAGES = ("benchmarks/README.md", "native/README.md", "native/compile/README.md", "tests/data/README.md")
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *(REPO / p for p in OTHER_PAGES)]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
