@@ -1,5 +1,6 @@
 """NeMo manifest: one JSON object per line, `audio_filepath` (absolute), `offset`, `duration` (s), `text` (the
-transcript), with --segments the segment's `id` ("<row id>#<k>"), then the `--field` columns. NeMo's ASR datasets (and our manifest reader) read it as is; an export that
+transcript), with --segments the segment's `id` ("<row id>#<k>"), then the `--field` columns. NeMo's ASR datasets
+read it as is (so does our manifest reader, except --segments ids: '#' is reserved in manifest ids); an export that
 keeps no rows is an empty file."""
 
 from __future__ import annotations
