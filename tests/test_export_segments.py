@@ -263,3 +263,27 @@ def test_hallucination_list_format(tmp_path):
     bad.write_text("# fine\nthank you for watching\n= ...\n")
     with pytest.raises(ExportError, match=r"bad.txt:3: '= \.\.\.' has no words"):
         read_phrases(bad)
+
+
+def test_batches_and_buckets_do_not_change_the_output(tmp_path, audio, monkeypatch):
+    """Segments streamed a few rows at a time and joined over several hash buckets: the same lines as at once."""
+    from transcribe_batch.pipeline.export import agreement, segments
+
+    rows = [_long_row(audio, f"r{i}") for i in range(5)] + _rows(audio)[1:]
+    other_rows = [_long_row(audio, f"r{i}") for i in (4, 2, 0, 3)]  # r1 missing; another order
+    other_rows[0]["segments"][1]["text"] = "something else altogether in this segment"
+    mine, other = write_run(tmp_path / "a", rows), write_run(tmp_path / "b", other_rows)
+
+    def lines(name):
+        export([mine], tmp_path / name, segments=True, agree_with=other, filters=Filters(max_disagreement=0.2),
+               fields=["row_id"])
+        return (tmp_path / name).read_text()
+
+    at_once = lines("once.jsonl")
+    monkeypatch.setattr(segments, "BATCH_ROWS", 2)
+    monkeypatch.setattr(agreement, "BUCKET_ROWS", 3)
+    assert lines("small.jsonl") == at_once
+    got = [json.loads(x) for x in at_once.splitlines()]
+    assert [x["id"] for x in got] == ["r0#0", "r0#1", "r0#2", "r2#0", "r2#1", "r2#2", "r3#0", "r3#1", "r3#2",
+                                      "r4#0", "r4#2"]
+    assert all(x["row_id"] == x["id"].split("#")[0] for x in got)

@@ -83,14 +83,6 @@ def pair_wer(mine: Sequence[str], other: Sequence[str], normalizer: str) -> np.n
     return out
 
 
-def _rows(source: RunSource, columns: list[str], segments: bool):
-    if not segments:
-        yield from source.batches(columns)
-        return
-    for batch in source.batches(seg.read_columns(source.columns, columns)):
-        yield seg.explode(batch, columns)
-
-
 def _count(source: RunSource, segments: bool) -> int:
     """Rows, or with `segments` the segments they hold (a null list counts one), to size the buckets."""
     if not (segments and "segments" in source.columns):
@@ -119,7 +111,7 @@ def agreement_codes(sources: Sequence[RunSource], other: RunSource, filters: Fil
     try:
         start = 0
         for source in sources:
-            for batch in _rows(source, list(dict.fromkeys(["id", *filters.columns(), *extra])), segments):
+            for batch in seg.rows_of(source, list(dict.fromkeys(["id", *filters.columns(), *extra])), segments):
                 keep, _ = keep_mask(batch, filters)
                 rows = np.flatnonzero(keep)
                 picked = batch.take(pa.array(rows))
@@ -129,7 +121,7 @@ def agreement_codes(sources: Sequence[RunSource], other: RunSource, filters: Fil
                 _spread(mine, n_buckets, writers, folder, "mine", _MINE)
                 start += batch.num_rows
         codes = np.full(start, np.nan, dtype=np.float32)
-        for batch in _rows(other, ["id", "status", "pred_text", *extra], segments):
+        for batch in seg.rows_of(other, ["id", "status", "pred_text", *extra], segments):
             begin, end = _span(batch, segments)
             theirs = pa.table({"id": batch["id"], "other_status": batch["status"], "other_text": batch["pred_text"],
                                "other_start_s": begin, "other_end_s": end})

@@ -143,15 +143,6 @@ def _schema(sources: Sequence[RunSource], columns: Sequence[str]) -> pa.Schema:
     return pa.schema(out)
 
 
-def rows_of(source: RunSource, columns: Sequence[str], segments: bool):
-    """The rows the filters see, batch by batch, with `columns`: the results' rows, or their segments."""
-    if not segments:
-        yield from source.batches(columns)
-        return
-    for batch in source.batches(seg.read_columns(source.columns, columns)):
-        yield seg.explode(batch, columns)
-
-
 def _os_failure(e: OSError, target: Target, tmp: Path | None) -> ExportError:
     where = e.filename
     if where is not None and tmp is not None and os.path.basename(str(where)).startswith(".tmp-"):
@@ -215,7 +206,7 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
         start = 0
         for source in sources:
             count = RunCount(str(source.path), source.n_rows, n_segments=0 if segments else None)
-            for batch in rows_of(source, columns, segments):
+            for batch in seg.rows_of(source, columns, segments):
                 if segments:
                     count.n_segments += batch.num_rows
                 codes = agreement[start:start + batch.num_rows] if agreement is not None else None

@@ -13,13 +13,15 @@ non-speech) has none.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transcribe_batch.workers.record import PART_SCHEMA, SEGMENT
+
+from .source import RunSource
 
 # result column -> the segment field that gives a segment's row its value (offset, duration_s: from start_s, end_s)
 FROM_SEGMENT = {
@@ -34,6 +36,7 @@ FROM_SEGMENT = {
     "status": "status",
 }
 ROW_ID = "row_id"
+BATCH_ROWS = 512  # result rows read at a time with --segments: a long row holds hundreds of segments
 # Row columns that say nothing true of one segment: refused as --field with --segments.
 ROW_ONLY = ("text", "segments", "skipped", "n_chunks", "n_prompt_tokens", "n_audio_tokens", "ttft_s", "encode_s",
             "decode_s", "tokens_per_s", "total_s", "rtf", "prep_s", "wait_s", "queued_at", "started_at",
@@ -45,6 +48,16 @@ def read_columns(available: Sequence[str], wanted: Sequence[str]) -> list[str]:
     """The result columns to read for segment rows with columns `wanted` (those the run has)."""
     needed = ["id", "segments", "offset", "duration_s", "language", *FROM_SEGMENT, *wanted]
     return [c for c in dict.fromkeys(needed) if c in available and c != ROW_ID]
+
+
+def rows_of(source: RunSource, columns: Sequence[str], segments: bool) -> Iterator[pa.Table]:
+    """What the filters see of a run, batch by batch, with `columns`: its result rows, or (`segments`) their
+    segments, BATCH_ROWS result rows at a time."""
+    if not segments:
+        yield from source.batches(columns)
+        return
+    for batch in source.batches(read_columns(source.columns, columns), BATCH_ROWS):
+        yield explode(batch, columns)
 
 
 def _column(batch: pa.Table, name: str) -> pa.Array:
