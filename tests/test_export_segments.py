@@ -281,6 +281,7 @@ def test_batches_and_buckets_do_not_change_the_output(tmp_path, audio, monkeypat
 
     at_once = lines("once.jsonl")
     monkeypatch.setattr(segments, "BATCH_ROWS", 2)
+    monkeypatch.setattr(segments, "SEGMENT_ROWS", 5)
     monkeypatch.setattr(agreement, "BUCKET_ROWS", 3)
     assert lines("small.jsonl") == at_once
     got = [json.loads(x) for x in at_once.splitlines()]
