@@ -288,3 +288,28 @@ def test_batches_and_buckets_do_not_change_the_output(tmp_path, audio, monkeypat
     assert [x["id"] for x in got] == ["r0#0", "r0#1", "r0#2", "r2#0", "r2#1", "r2#2", "r3#0", "r3#1", "r3#2",
                                       "r4#0", "r4#2"]
     assert all(x["row_id"] == x["id"].split("#")[0] for x in got)
+
+
+def test_repetition_filter_decides_as_cleanups_check():
+    """sanity.repeated skips cleanup's check only where it cannot find repetition: the same answer on every text,
+    around its thresholds (n-grams of 1-17 words repeated 2-13 times), accented and CJK texts included."""
+    import random
+
+    from transcribe_batch.pipeline.export.sanity import repeated
+    from transcribe_batch.workers.cleanup import check_degenerate
+
+    rng = random.Random(7)
+    words = "the of and to a in that he was it très été 好 well said on be mister much".split()
+    texts = []
+    for _ in range(600):
+        n, times = rng.randint(1, 17), rng.randint(2, 13)
+        gram = [rng.choice(words) for _ in range(n)]
+        before = [rng.choice(words) for _ in range(rng.randint(0, 6))]
+        after = [rng.choice(words) for _ in range(rng.randint(0, 6))]
+        texts.append(" ".join(before + gram * times + after))
+    texts += ["哈" * 30, "我们" * 7 + "好", "".join(rng.choice("我们你好的是") for _ in range(60)), "", "  ",
+              "no repetition in this one at all, just words said once"]
+    durations = [rng.choice([0.5, 3.0, 30.0]) for _ in texts]
+    want = [check_degenerate(t.strip(), d) == "repetition" for t, d in zip(texts, durations)]
+    assert list(repeated(texts, durations)) == want
+    assert 100 < sum(want) < len(texts) - 100  # both answers well represented
