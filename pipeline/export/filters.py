@@ -120,13 +120,13 @@ def _languages(values: list[str | None], wanted: str) -> tuple[np.ndarray, np.nd
 
 
 def _on_kept(check, batch: pa.Table, columns: tuple[str, ...]):
-    """A per-text check as a rule that runs only on the rows still kept (it is Python, not vectorized)."""
+    """A text check (sanity.py) as a rule that runs only on the rows still kept."""
     def fails(keep: np.ndarray) -> np.ndarray:
         out = np.zeros(batch.num_rows, dtype=bool)
         rows = np.flatnonzero(keep)
         if len(rows):
             picked = batch.select(list(columns)).take(pa.array(rows))
-            out[rows] = check(*(picked[c].to_pylist() for c in columns))
+            out[rows] = check(*(picked[c] for c in columns))
         return out
     return fails
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from transcribe_batch.workers.cleanup import check_degenerate
 
@@ -37,6 +38,17 @@ class _Blanks(dict):
 
 _BLANKS = _Blanks()
 _WIDE_POSSIBLE = re.compile("[\u1100-\U0010ffff]")  # East Asian wide/fullwidth characters are all at U+1100 and up
+_WIDE = "[\u1100-\U0010ffff]"  # the same, for Arrow (RE2)
+_CONTROL = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"  # ASCII characters where Python's split() and Arrow's differ
+
+
+def _strings(texts) -> pa.Array:
+    """Texts (a sequence or an Arrow array; null = "") as one Arrow string array."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not isinstance(texts, pa.Array):
+        texts = pa.array(list(texts), pa.string())
+    return pc.fill_null(texts.cast(pa.string()), "")
 
 
 def normalize(text: str) -> str:
@@ -109,8 +121,10 @@ def _read(path: str, size: int, mtime_ns: int) -> Phrases:
     return Phrases({w: tuple(p) for w, p in by_first.items()}, tuple(spaceless), frozenset(whole))
 
 
-def hallucinated(texts: Sequence[str], phrases: Phrases) -> np.ndarray:
-    return np.fromiter((phrases.matches(t or "") for t in texts), dtype=bool, count=len(texts))
+def hallucinated(texts, phrases: Phrases) -> np.ndarray:
+    """Per text (a sequence or an Arrow array of strings): it holds one of `phrases`."""
+    values = texts.to_pylist() if isinstance(texts, (pa.Array, pa.ChunkedArray)) else texts
+    return np.fromiter((phrases.matches(t or "") for t in values), dtype=bool, count=len(values))
 
 
 # workers/cleanup.py's runaway repetition: an n-gram (n <= 16) repeated back to back over a long span, which means,
@@ -118,22 +132,30 @@ def hallucinated(texts: Sequence[str], phrases: Phrases) -> np.ndarray:
 _MAX_N, _MIN_RUN = 16, 9
 
 
-def _maybe_repeated(texts: Sequence[str]) -> np.ndarray:
-    """True where cleanup's check could find runaway repetition (never False where it does): texts cleanup splits
-    in words, tested all at once with numpy; texts that may be written without spaces (a character from U+1100
-    up) are left to the check itself."""
-    maybe = np.zeros(len(texts), dtype=bool)
+def _maybe_repeated(texts: pa.Array) -> np.ndarray:
+    """True where cleanup's check could find runaway repetition (never False where it does), tested all at once
+    with numpy on the words as cleanup splits them: Arrow splits ASCII texts without control characters (the same
+    words as Python's lower().split()), Python the other texts; texts that may be written without spaces (a character from U+1100
+    up: cleanup then counts characters) are left to the check itself."""
+    maybe = pc.match_substring_regex(texts, _WIDE).to_numpy(zero_copy_only=False).copy()
+    plain = pc.and_not(pc.string_is_ascii(texts), pc.match_substring_regex(texts, _CONTROL)).to_numpy(
+        zero_copy_only=False)
+    parts_u, parts_own = [], []
+    rows = np.flatnonzero(plain)
+    if len(rows):
+        words = pc.ascii_split_whitespace(pc.ascii_lower(texts.take(pa.array(rows))))
+        parts_u.append(pc.dictionary_encode(pc.list_flatten(words)).indices.to_numpy().astype(np.int64))
+        parts_own.append(rows[pc.list_parent_indices(words).to_numpy()])
     vocab: dict[str, int] = {}
     units: list[int] = []
     owner: list[int] = []
-    for i, text in enumerate(texts):
-        if _WIDE_POSSIBLE.search(text):
-            maybe[i] = True
-            continue
-        words = text.lower().split()
-        units += [vocab.setdefault(w, len(vocab)) for w in words]
-        owner += [i] * len(words)
-    u, own = np.asarray(units, dtype=np.int64), np.asarray(owner, dtype=np.int64)
+    for i in np.flatnonzero(~plain & ~maybe):
+        split = texts[int(i)].as_py().lower().split()
+        units += [vocab.setdefault(w, len(vocab)) for w in split]
+        owner += [int(i)] * len(split)
+    parts_u.append(np.asarray(units, dtype=np.int64))
+    parts_own.append(np.asarray(owner, dtype=np.int64))
+    u, own = np.concatenate(parts_u), np.concatenate(parts_own)
     for n in range(1, _MAX_N + 1):
         if len(u) <= n + _MIN_RUN:
             break
@@ -144,13 +166,21 @@ def _maybe_repeated(texts: Sequence[str]) -> np.ndarray:
     return maybe
 
 
-def repeated(texts: Sequence[str], durations: Sequence[float | None]) -> np.ndarray:
+def repeated(texts, durations) -> np.ndarray:
     """Runaway repetition as workers/cleanup.py finds it (its own check decides; a vectorized necessary condition
-    spares it the texts that cannot repeat)."""
-    texts = [(t or "").strip() for t in texts]
+    spares it the texts that cannot repeat). texts, durations: sequences or Arrow arrays."""
+    texts = pc.utf8_trim_whitespace(_strings(texts))
+    seconds = _numbers(durations)
     out = np.zeros(len(texts), dtype=bool)
     for i in np.flatnonzero(_maybe_repeated(texts)):
-        out[i] = check_degenerate(texts[i], float(durations[i] or 0.0)) == "repetition"
+        out[i] = check_degenerate(texts[int(i)].as_py(), float(seconds[i])) == "repetition"
     return out
+
+
+def _numbers(values) -> np.ndarray:
+    """Numbers (a sequence or an Arrow array; null = 0) as float64."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return pc.fill_null(values.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    return np.array([float(v or 0.0) for v in values], dtype=np.float64)
 
 
