@@ -169,6 +169,11 @@ def test_language_is_refused_where_the_model_does_not_detect_it(tmp_path, audio)
     with pytest.raises(ExportError, match=r"--language en: .*qwen2 has no detected language on any row: "
                                           r"Qwen2-Audio-7B-Instruct did not identify the language"):
         export([run], tmp_path / "x.jsonl", segments=True, filters=Filters(language="en"))
+    r = _long_row(audio)
+    r["detected_language"] = None  # the segments say it: enough for --segments
+    run = write_run(tmp_path / "segments-say", [r])
+    s = export([run], tmp_path / "en.jsonl", segments=True, filters=Filters(language="en"))
+    assert s.n_kept == 2 and s.dropped["other_language"] == 1
     old = result_row("u0", "ref", "words")
     run = write_run(tmp_path / "old", [old])  # no detected_language column at all
     with pytest.raises(ExportError, match="no detected language on any row"):

@@ -104,13 +104,21 @@ def _check_unique_ids(sources: Sequence[RunSource]) -> None:
                                       "disjoint ids (or only the run whose labels you want)")
 
 
-def _check_language(sources: Sequence[RunSource], language: str) -> None:
+def _says_language(source: RunSource, segments: bool) -> bool:
+    """Whether some row (with `segments`: or some segment) of the run has a detected language."""
+    if "detected_language" in source.columns and any(
+            pc.any(pc.is_valid(b["detected_language"])).as_py() for b in source.batches(["detected_language"])):
+        return True
+    return segments and "segments" in source.columns and any(
+        pc.any(pc.is_valid(pc.list_flatten(b["segments"].combine_chunks()).field("language"))).as_py() is True
+        for b in source.batches(["segments"], seg.BATCH_ROWS))
+
+
+def _check_language(sources: Sequence[RunSource], language: str, segments: bool) -> None:
     """--language on a run whose model never says which language it heard: refused, saying so (every row would be
     dropped for it)."""
     for s in sources:
-        said = "detected_language" in s.columns and any(
-            pc.any(pc.is_valid(b["detected_language"])).as_py() for b in s.batches(["detected_language"]))
-        if not said:
+        if not _says_language(s, segments):
             model = s.meta.get("model_id") or _first(s, "model_id") or "its model"
             raise ExportError(
                 f"--language {language}: {s.path} has no detected language on any row: {model} did not identify "
@@ -178,7 +186,7 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
                                   "--min-confidence cannot be applied to it")
     fields = _check_fields(sources, fields, segments)
     if filters.language is not None:
-        _check_language(sources, filters.language)
+        _check_language(sources, filters.language, segments)
     _check_unique_ids(sources)
 
     summary = Summary(str(output), fmt, agree_with=str(agree_with) if agree_with is not None else None,

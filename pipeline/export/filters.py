@@ -12,12 +12,14 @@ import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transcribe_batch.config.settings import section
+
 from . import ExportError
 from .sanity import hallucinated, read_phrases, repeated, shipped
 
@@ -51,6 +53,7 @@ REASONS = {
 }
 
 
+@lru_cache(maxsize=1024)
 def _language_name(value: str) -> str:
     from transcribe_batch.workers.models.qwen3_asr import language_name  # (imports the front end: only when used)
 
@@ -156,7 +159,8 @@ def keep_mask(batch: pa.Table, filters: Filters, agreement: np.ndarray | None = 
     if filters.min_chars_per_s or filters.max_chars_per_s:
         seconds = _np(duration, 0.0).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            rate = np.where(seconds > 0, _np(n_chars, 0).astype(np.float64) / np.where(seconds > 0, seconds, 1), np.inf)
+            chars = _np(n_chars, 0).astype(np.float64)
+            rate = np.where(seconds > 0, chars / np.where(seconds > 0, seconds, 1), np.inf)
         if filters.min_chars_per_s:
             rules.append(("too_few_chars_per_s", rate < filters.min_chars_per_s))
         if filters.max_chars_per_s:

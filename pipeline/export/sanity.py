@@ -135,8 +135,8 @@ _MAX_N, _MIN_RUN = 16, 9
 def _maybe_repeated(texts: pa.Array) -> np.ndarray:
     """True where cleanup's check could find runaway repetition (never False where it does), tested all at once
     with numpy on the words as cleanup splits them: Arrow splits ASCII texts without control characters (the same
-    words as Python's lower().split()), Python the other texts; texts that may be written without spaces (a character from U+1100
-    up: cleanup then counts characters) are left to the check itself."""
+    words as Python's lower().split()), Python the other texts; texts that may be written without spaces (a
+    character from U+1100 up: cleanup then counts characters) are left to the check itself."""
     maybe = pc.match_substring_regex(texts, _WIDE).to_numpy(zero_copy_only=False).copy()
     plain = pc.and_not(pc.string_is_ascii(texts), pc.match_substring_regex(texts, _CONTROL)).to_numpy(
         zero_copy_only=False)
