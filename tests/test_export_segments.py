@@ -318,3 +318,20 @@ def test_repetition_filter_decides_as_cleanups_check():
     want = [check_degenerate(t.strip(), d) == "repetition" for t, d in zip(texts, durations)]
     assert list(repeated(texts, durations)) == want
     assert 100 < sum(want) < len(texts) - 100  # both answers well represented
+
+
+def test_hallucination_phrases_match_the_same_however_a_text_is_tested():
+    """hallucinated() decides ASCII texts with RE2 patterns, others in Python: the same answers as Phrases.matches."""
+    from transcribe_batch.pipeline.export.sanity import hallucinated
+
+    phrases = read_phrases(shipped("hallucinations.txt"))
+    texts = ["Thanks for watching!", "thanks--for   WATCHING", "thanksfor watching", "xthanks for watching",
+             "You", "  you?! ", "you you", "Bye.", "bye bye", "so... thank you for listening", "Thank you for listening.",
+             "Subtitles by the Amara.org community", "amara org", "amara.orgy", "I'm sorry, but I can't.",
+             "im sorry but i cant", "THE AUDIO IS SILENT.", "the audio is silent-ish", "", "   ", "über you",
+             "Thanks for watching – really", "字幕由Amara.org社区提供", "ご視聴ありがとうございました。", "no match here",
+             "tab\tthanks\tfor\twatching", "no speech detected\n", "café thanks for watching"]
+    want = [phrases.matches(t) for t in texts]
+    assert list(hallucinated(texts, phrases)) == want
+    assert want[:12] == [True, True, False, False, True, True, False, True, False, False, True, True]
+    assert sum(want) > len(texts) // 2

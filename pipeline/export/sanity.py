@@ -9,7 +9,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -67,6 +67,12 @@ class Phrases:
     contained_spaceless: tuple[str, ...]  # normalized, spaces removed: matched anywhere
     whole: frozenset[str]  # normalized: the whole transcript
 
+    @cached_property
+    def ascii_patterns(self) -> tuple[str | None, str | None]:
+        """(contained, whole) as RE2 patterns on an ASCII text in lower case, exactly what `matches` decides for
+        such a text (its normalization keeps [a-z0-9] and turns every other ASCII character into a space)."""
+        return _ascii_patterns(self)
+
     def matches(self, text: str) -> bool:
         norm = normalize(text)
         if not norm:
@@ -121,10 +127,34 @@ def _read(path: str, size: int, mtime_ns: int) -> Phrases:
     return Phrases({w: tuple(p) for w, p in by_first.items()}, tuple(spaceless), frozenset(whole))
 
 
+_GAP = "[^a-z0-9]"
+
+
+def _ascii_patterns(phrases: Phrases) -> tuple[str | None, str | None]:
+    def words(phrase: str) -> str:
+        return f"{_GAP}+".join(re.escape(w) for w in phrase.split())
+
+    contained = [words(p) for group in phrases.contained.values() for p in group if p.isascii()]
+    whole = [words(p) for p in sorted(phrases.whole) if p.isascii()]
+    return (f"(?:^|{_GAP})(?:{'|'.join(contained)})(?:{_GAP}|$)" if contained else None,
+            f"^{_GAP}*(?:{'|'.join(whole)}){_GAP}*$" if whole else None)
+
+
 def hallucinated(texts, phrases: Phrases) -> np.ndarray:
-    """Per text (a sequence or an Arrow array of strings): it holds one of `phrases`."""
-    values = texts.to_pylist() if isinstance(texts, (pa.Array, pa.ChunkedArray)) else texts
-    return np.fromiter((phrases.matches(t or "") for t in values), dtype=bool, count=len(values))
+    """Per text (a sequence or an Arrow array of strings): it holds one of `phrases` (`Phrases.matches`; ASCII
+    texts, most transcripts, are decided at once by two RE2 patterns; spaceless phrases cannot be in them)."""
+    texts = _strings(texts)
+    out = np.zeros(len(texts), dtype=bool)
+    plain = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(plain)
+    if len(rows):
+        lower = pc.ascii_lower(texts.take(pa.array(rows)))
+        for pattern in phrases.ascii_patterns:
+            if pattern is not None:
+                out[rows] |= pc.match_substring_regex(lower, pattern).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(~plain):
+        out[i] = phrases.matches(texts[int(i)].as_py())
+    return out
 
 
 # workers/cleanup.py's runaway repetition: an n-gram (n <= 16) repeated back to back over a long span, which means,
