@@ -10,7 +10,8 @@ metrics.evaluate_accuracy's and is not changed by any of this; the per-segment s
 where the normalizer treats a text differently cut in pieces (numbers spanning a cut, say).
 
 A row whose `segments` is null (a run from before segments existed) is one segment with the row's own text,
-confidence and duration, so an old run's per-segment calibration is its per-row one.
+confidence and duration, so an old run's per-segment calibration is its per-row one. A row whose list is empty (all
+of it left out as non-speech) has no segment to hold its reference's words: they are in the per-row figures only.
 """
 
 from __future__ import annotations
