@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic import durations, peak_rss_bytes, rss_bytes, text_for  # noqa: E402
+from synthetic import durations, measure_in_child, peak_rss_bytes, rss_bytes, text_for  # noqa: E402
 
 SEGMENT_S = 10.0
 HOUR_S = 3600.0
@@ -95,11 +94,7 @@ def child(kind: str, run: Path, out: Path) -> dict:
 
 
 def measure(kind: str, run: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, str(run), str(out)], capture_output=True,
-                          text=True, timeout=3600)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure_in_child(__file__, kind, str(run), str(out))
 
 
 def main() -> None:
