@@ -12,13 +12,15 @@
 - A row whose prediction failed is retried (up to max_attempts) preferably on a device it has not failed on: a
   retry waits about one shard-time for such a device before any device may take it.
 - Results stream back row by row (a Ray streaming generator per shard): a finished row is on its way to disk
-  at once, and a failed row is re-queued at once.
+  at once, and a failed row is re-queued at once. Each outcome carries its device's decode-slot use
+  (workers/work.py SlotUse); `slot_use()` gives it per device, summed over the actor's restarts.
 - An actor whose process dies is restarted by Ray (max_restarts=-1); no work goes to it until it answers again.
-  Only the row that was on the device when it died (before each engine call the actor writes what it puts on the
-  device into its `DeviceLedger`, a small file on its node that the driver takes after the crash: in its own
-  process, or by a task pinned to that node; workers/ledger.py) is charged an attempt; the other rows it held go
-  back to the queue as they were. When a batch was on the device, each of its rows goes back free but marked to run alone next, so
-  that a crash is only ever charged to a row that was on the device by itself.
+  Only the row that was on the device when it died (before each engine call that changes what is on the device
+  the actor writes every row on it into its `DeviceLedger`, a small file on its node that the driver takes after
+  the crash: in its own process, or by a task pinned to that node; workers/ledger.py) is charged an attempt; the
+  other rows it held go back to the queue as they were. When several rows were on the device (decode slots), each
+  goes back free but marked to run alone next, so that a crash is only ever charged to a row that was on the device
+  by itself.
 - A device leaves the pool on evidence against it, not on bad luck every device shares: after
   `device_max_failures` failed attempts in a row (failed predictions and crashes charged to its rows; a success
   resets the count) — or more where the other devices fail often too: as many as make such a streak a
