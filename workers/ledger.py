@@ -1,8 +1,9 @@
 """Which work items a device actor has on its device right now, kept in a small file on the actor's own node, so
 that when the actor's process dies its crash is charged to exactly those rows (pipeline/scheduler.py).
 
-Before every engine call the actor replaces its ledger file with the keys it is about to put on the device (write
-to a temp file, rename: never half-written). A process that dies, however it dies, leaves the file in the page
+Before every engine call that changes what is on the device, the actor's device loop (workers/device_loop.py)
+replaces its ledger file with the keys of every row with a request on the device, the one about to go on included
+(write to a temp file, rename: never half-written). A process that dies, however it dies, leaves the file in the page
 cache; the driver then takes it (reads and deletes it), in its own process when the actor ran on the driver's
 node, else through a tiny task pinned to the actor's node. That costs a file write per engine call (tens of µs)
 instead of a synchronous round trip to another actor (milliseconds, and half a second while it starts).
