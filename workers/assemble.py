@@ -184,7 +184,8 @@ _SUMMED = ("duration_s", "n_prompt_tokens", "n_audio_tokens", "n_new_tokens", "t
 
 def join_ranges(records: list[Record]) -> Record:
     """A long row's record from the records of its ranges, in range order (the merge calls this: each range was
-    its own work item, pipeline/plan.py). Its segments and skipped stretches are the ranges' in order; it is ok only
+    its own work item, pipeline/plan.py). Its segments and skipped stretches are the ranges' in order (skipped
+    stretches that meet at a range's cut made one); it is ok only
     when every range is; texts are joined as a split row's pieces are; counts and times are summed, confidence is
     over all the row's tokens; a failed row says which ranges failed and the first one's error; device, node and
     attempts are those of the range that took the most attempts (the first such)."""
@@ -219,7 +220,7 @@ def join_ranges(records: list[Record]) -> Record:
         finished_at=max((r.finished_at for r in records if r.finished_at), default=None),
         segments=[s for r in records for s in (r.segments or [])] if all(r.segments is not None for r in records)
         else None,
-        skipped=[s for r in records for s in (r.skipped or [])],
+        skipped=_merged_stretches([s for r in records for s in (r.skipped or [])]),
         attempts=worst.attempts, device=worst.device, node=worst.node, node_id=worst.node_id,
         engine=worst.engine, model_id=worst.model_id,
     )
@@ -233,6 +234,17 @@ def join_ranges(records: list[Record]) -> Record:
                       error_message=f"range{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} of "
                                     f"{len(records)} failed; range {bad[0]}: {failed_.error_message}")
     return first.replace(**fields)
+
+
+def _merged_stretches(stretches: list[dict]) -> list[dict]:
+    """Skipped stretches in time order with those that meet (at a range's cut) and share a reason made one."""
+    out: list[dict] = []
+    for s in stretches:
+        if out and out[-1]["end_s"] == s["start_s"] and out[-1]["reason"] == s["reason"]:
+            out[-1] = {**out[-1], "end_s": s["end_s"]}
+        else:
+            out.append(dict(s))
+    return out
 
 
 def _sum(values: list, *, strict: bool = False):
