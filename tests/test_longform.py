@@ -186,7 +186,8 @@ def test_neighbouring_ranges_meet_at_the_same_cut(long_recording):
     spans = [fe.prepare_pieces(row, span=Span(k, n, long_recording.duration_s)) for k in range(n)]
     assert spans[0].start_s == 0.0 and spans[-1].end_s == pytest.approx(long_recording.duration_s)
     for a, b in zip(spans, spans[1:]):
-        assert a.end_s == pytest.approx(b.start_s, abs=1 / 16000)  # the same cut, computed apart
+        assert a.end_s == b.start_s  # the same cut, computed apart (the same float: segments never overlap)
+        assert max([r.end_s for r in a.requests] + [e for _, e in a.skipped]) == a.end_s
         assert not any(s < a.end_s < e for s, e in long_recording.speech)  # in a pause
     for p in spans:
         assert all(p.start_s <= r.start_s < r.end_s <= p.end_s + 1e-9 for r in p.requests)
@@ -204,10 +205,9 @@ def _check_row(rec: dict, recording, bounds=(2.0, 20.0)):
     tiles = sorted(times + [(s["start_s"], s["end_s"]) for s in skipped])
     assert tiles[0][0] == 0.0 and tiles[-1][1] == pytest.approx(recording.duration_s)
     assert all(a[1] == pytest.approx(b[0], abs=1e-6) for a, b in zip(tiles, tiles[1:]))  # nothing unaccounted for
-    for start, end in recording.speech:  # speech lies in segments (skipped stretches hold none of it)
-        for s in skipped:
-            overlap = min(end, s["end_s"]) - max(start, s["start_s"])
-            assert overlap < 0.15, (start, end, s)
+    dropped = sum(max(0.0, min(end, s["end_s"]) - max(start, s["start_s"])) for start, end in recording.speech
+                  for s in skipped)  # long pauses inside a recording may be left out; its speech is not
+    assert dropped < 0.03 * sum(end - start for start, end in recording.speech)
     assert rec["pred_text"] == join([s["text"] for s in segments])
     assert all(s["status"] == "ok" for s in segments)
 

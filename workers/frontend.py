@@ -150,7 +150,13 @@ class FrontEnd:
             audio = load_audio(row.audio_filepath, row.offset, row.duration)
         else:
             audio = load_span(row.audio_filepath, start_s, end_s)
-        end_s = start_s + audio.size / SAMPLE_RATE
+        if span is None or end_s is None:
+            end_s = start_s + audio.size / SAMPLE_RATE
+
+        def at(sample: int) -> float:  # a sample position as seconds in the file; the ends exactly as cut (a
+            # neighbouring range starts at the same float)
+            return end_s if sample == audio.size else start_s + sample / SAMPLE_RATE
+
         spec = self.family.prompt_spec(row, self.template)
         longest = self.max_piece_s(spec)
         if self.segments is not None:
@@ -203,12 +209,11 @@ class FrontEnd:
                 reference=row.text,
                 chunk_index=k,
                 n_chunks=len(pieces),
-                start_s=start_s + start / SAMPLE_RATE,
-                end_s=start_s + end / SAMPLE_RATE,
+                start_s=at(start),
+                end_s=at(end),
                 speech=has_speech(piece, SAMPLE_RATE),
             ))
-        return Pieces(requests, tuple((start_s + s / SAMPLE_RATE, start_s + e / SAMPLE_RATE) for s, e in skipped),
-                      start_s, end_s)
+        return Pieces(requests, tuple((at(s), at(e)) for s, e in skipped), start_s, end_s)
 
     def decode(self, token_ids: list[int]) -> str:
         if not self.tokenized:
