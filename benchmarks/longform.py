@@ -105,12 +105,12 @@ def mb(x: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hours", default="1,3", help="file lengths (hours) for the memory figure")
-    ap.add_argument("--range-s", type=float, default=600.0, help="range length for the memory figure (the default)")
+    ap.add_argument("--range-s", type=float, default=300.0, help="range length for the memory figure (the default)")
     ap.add_argument("--whole", default="1", help="file lengths (hours) also measured as one whole item ('' = none)")
     ap.add_argument("--wall-hours", type=float, default=1.0, help="file length (hours) for the wall-time figure")
-    ap.add_argument("--wall-range-s", type=float, default=225.0,
-                    help="range length for the wall-time figure (16 ranges of an hour: 4 rounds on 4 devices)")
-    ap.add_argument("--speedup", type=float, default=25.0, help="sim_speedup of the wall-time runs")
+    ap.add_argument("--wall-range-s", type=float, default=150.0,
+                    help="range length for the wall-time figure (24 ranges of an hour: 6 rounds on 4 devices)")
+    ap.add_argument("--speedup", type=float, default=40.0, help="sim_speedup of the wall-time runs")
     ap.add_argument("--splitter", default="auto", help="vad | energy | auto")
     ap.add_argument("--keep", type=Path, default=None, help="write the audio and run folders here (default: a temp dir)")
     args = ap.parse_args()

@@ -432,7 +432,8 @@ class Scheduler:
                         error_class="ActorDied" if died else type(error).__name__,
                         attempts=item.attempt, engine=self.config.engine, device=dev.slot.device,
                         node=info.node if info else None, node_id=info.node_id if info else None,
-                        queued_at=item.queued_at, model_id=info.model_id if info else None)))
+                        queued_at=item.queued_at, model_id=info.model_id if info else None,
+                        **({"duration_s": item.duration} if item.span else {}))))
         self._requeue_unharmed(unharmed)
         if charged:
             self._requeue(charged)

@@ -25,7 +25,7 @@ from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.plan import build_plan
 from transcribe_batch.pipeline.results import PartWriter, RunFolder, merge_results
-from transcribe_batch.workers.assemble import DeviceTime, Producer, answered, join_ranges
+from transcribe_batch.workers.assemble import DeviceTime, Producer, answered, failed, join_ranges
 from transcribe_batch.workers.cleanup import join
 from transcribe_batch.workers.contracts import SegmentSettings
 from transcribe_batch.workers.engines.base import EngineResult
@@ -128,6 +128,14 @@ def test_audio_without_speech_has_no_segments_and_says_what_was_left_out(tmp_pat
     assert rec.skipped == [{"start_s": 0.0, "end_s": 30.0, "reason": "non_speech"}] and rec.duration_s == 30.0
 
 
+def test_a_range_that_fails_without_an_answer_records_its_own_length(audio_dir):
+    row = ManifestRow(id="long", audio_filepath=str(audio_dir / "two_cities.wav"))
+    item = WorkItem(index=0, line=1, row=row, duration=11.0, span=Span(1, 4, 44.0))
+    out = failed(Producer("simulated", "sim", 0, "here", None), item, RuntimeError("engine down"), retry=True)
+    assert out.span == item.span and out.key == (0, 1, 1) and out.decision == RETRY
+    assert out.record.duration_s == 11.0 and out.record.segments is None and not out.ok
+
+
 def _range_record(k: int, *, ok: bool = True, start: float, end: float) -> Record:
     seg = dict(start_s=start + 0.5, end_s=end - 0.5, text=f"range {k}", raw_text=f"range {k}", confidence=None,
                mean_logprob=-0.2 * (k + 1), min_logprob=-1.0 * (k + 1), n_tokens=2 * (k + 1), language=None,
@@ -154,6 +162,10 @@ def test_join_ranges_makes_the_row_record_of_its_ranges_in_order():
     bad = join_ranges([recs[0], _range_record(1, ok=False, start=50.0, end=110.0)])
     assert not bad.ok and bad.pred_text is None and bad.error_class == "Repetition"
     assert bad.error_message == "range 1 of 2 failed; range 1: long#r1.0: degenerate"
+    lost = Record(id="long", line=1, offset=0.0, duration_s=60.0, status="failed", error_class="ActorDied",
+                  error_message="actor process died", attempts=3, finish_reason="error")  # no answer: no segments
+    bad = join_ranges([recs[0], lost])
+    assert not bad.ok and bad.duration_s == 110.0 and [s["text"] for s in bad.segments] == ["range 0"]
 
 
 def test_the_merge_joins_a_long_rows_ranges_once_every_one_has_a_record(tmp_path):

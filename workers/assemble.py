@@ -66,6 +66,8 @@ def failed(producer: Producer, item: WorkItem, error: BaseException, *, retry: b
            **fields) -> Outcome:
     """The outcome of an item that produced no usable answer; `retry`: worth another attempt."""
     kind = error.kind if isinstance(error, RetryableFailure) else None
+    if item.span is not None:  # a range: its own (nominal) length, not the row's
+        fields.setdefault("duration_s", item.duration)
     rec = failed_record(item.row, item.line, error, error_class=kind, **producer.fields(item), **fields)
     return Outcome.of(item, rec, RETRY if retry else FINAL, on_device=on_device)
 
@@ -188,7 +190,9 @@ def join_ranges(records: list[Record]) -> Record:
     stretches that meet at a range's cut made one); it is ok only
     when every range is; texts are joined as a split row's pieces are; counts and times are summed, confidence is
     over all the row's tokens; a failed row says which ranges failed and the first one's error; device, node and
-    attempts are those of the range that took the most attempts (the first such)."""
+    attempts are those of the range that took the most attempts (the first such). A range that failed without an
+    answer (bad audio, engine errors, crashes) has no segments: the failed row's segments then leave its span out,
+    and the other ranges' segments stay usable."""
     if not records:
         raise ValueError("a row's record needs at least one range record")
     first = records[0]
@@ -218,8 +222,7 @@ def join_ranges(records: list[Record]) -> Record:
         queued_at=min((r.queued_at for r in records if r.queued_at), default=None),
         started_at=min((r.started_at for r in records if r.started_at), default=None),
         finished_at=max((r.finished_at for r in records if r.finished_at), default=None),
-        segments=[s for r in records for s in (r.segments or [])] if all(r.segments is not None for r in records)
-        else None,
+        segments=[s for r in records for s in (r.segments or [])],
         skipped=_merged_stretches([s for r in records for s in (r.skipped or [])]),
         attempts=worst.attempts, device=worst.device, node=worst.node, node_id=worst.node_id,
         engine=worst.engine, model_id=worst.model_id,
