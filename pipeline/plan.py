@@ -15,7 +15,8 @@ Long rows: a row whose duration (the manifest's, else the file header's: nothing
 range_boundaries; workers/work.py Span), so that one long file is spread over all the devices and each actor reads
 only its range. Each range has an input digest of its own (`range_digest`: the row's, the range's number and count):
 resume is per range (a range done is never redone), and the merge joins a row's ranges, in order, into its record
-(workers/assemble.py join_ranges) once every range has one. Memory: 16 bytes per range, nothing per short row.
+(workers/assemble.py join_ranges) once every range has one. Memory: 4 bytes per work item (its range number) and
+17 bytes per range.
 """
 
 from __future__ import annotations
