@@ -81,3 +81,10 @@ def test_longform_benchmark_measures_memory_and_the_spread_over_devices(tmp_path
     assert "| 1 |" in out and "| 4 |" in out and "rows ok/failed" in out, out
     assert int(figures["items_0.05h_ranges"]) == 3 and float(figures["wall_ratio_4_over_1"]) > 0
     assert int(figures["mem_over_baseline_mb_0.05h_ranges"]) >= 0 and figures["splitter"] in ("vad", "energy")
+
+
+def test_export_segments_benchmark_runs(tmp_path):
+    out, figures = _run("export_segments.py", "--rows", "2000", "--long", "4,16")
+    assert "rows 2000: sanity filters off" in out and "long rows 16 (1 h, 360 segments each): 5760 segments" in out
+    assert {"sanity_cost", "segments_per_s", "peak_mb_small", "peak_mb_big"} <= set(figures)
+    assert figures["rows_growth"] == "4"

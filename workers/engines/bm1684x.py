@@ -39,6 +39,7 @@ import numpy as np
 
 from ..frontend import model_id_of
 from ..models import ModelFamily, load_family
+from ..simulator_threads import yield_idle_engine_threads
 from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, Request,
                    SequenceTooLong, WorkerConfig)
 
@@ -222,6 +223,7 @@ class Bm1684xEngine(Engine):
         self.device = int(device)
         self.runtime = native.Runtime(str(self.bmodel), self.device,
                                       **({} if mask_value is None else {"mask_value": mask_value}))
+        yield_idle_engine_threads()  # on the cmodel simulator (a no-op on a card)
         self.layout = self.runtime.layout  # a copy: what the runtime found in the bmodel's nets
         problems = check_pair(self.bmodel, self.sidecar, self.family, self.layout)
         if problems:
