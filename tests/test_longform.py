@@ -295,3 +295,57 @@ def test_sigkill_in_the_middle_of_a_long_file_loses_nothing_and_repeats_no_range
     key = lambda s: (s["start_s"], s["end_s"], s["text"])  # noqa: E731
     assert [key(s) for s in row["segments"]] == [key(s) for s in ref["segments"]]
     assert row["pred_text"] == ref["pred_text"] and row["skipped"] == ref["skipped"]
+
+
+@pytest.mark.slow
+def test_a_folder_of_long_recordings_goes_manifest_dir_run_export_segments(tmp_path, long_recording, audio_dir,
+                                                                           ray_cluster):
+    """The long-form workflow end to end: `manifest dir` → `run` → `export --segments`, read back by NeMo's format
+    (JSON lines), Lhotse and HF datasets themselves."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from transcribe_batch.pipeline.cli import app
+    from transcribe_batch.pipeline.export.export import export
+    from transcribe_batch.pipeline.export.filters import Filters
+    from transcribe_batch.pipeline.runner import run_job
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    shutil.copy(long_recording.path, folder / "lecture.wav")
+    shutil.copy(audio_dir / "two_cities.wav", folder / "reading.wav")
+    m = tmp_path / "jobs.jsonl"
+    done = CliRunner().invoke(app, ["manifest", "dir", str(folder), "--glob", "*.wav", "-o", str(m)])
+    assert done.exit_code == 0, done.output
+    words = " ".join(f"word{i}" for i in range(60))  # every piece says its share of these
+    summary = run_job(_cfg(m, tmp_path / "run", sim_text=words))
+    assert summary.status == "complete" and summary.n_ok == 2
+    rows = {r["id"]: r for r in pq.read_table(summary.results).to_pylist()}
+    _check_row(rows["lecture"], long_recording)
+    expected = [(f"{rid}#{k}", s["start_s"], s["end_s"] - s["start_s"], s["text"])
+                for rid in ("lecture", "reading") for k, s in enumerate(rows[rid]["segments"]) if s["text"]]
+    assert len(expected) > 20
+    keep_all = Filters(min_chars_per_s=0.0, max_chars_per_s=0.0, hallucinations=None, repetition=False)
+
+    export([tmp_path / "run"], tmp_path / "nemo.jsonl", segments=True, filters=keep_all)
+    lines = [json.loads(line) for line in (tmp_path / "nemo.jsonl").read_text().splitlines()]
+    assert [(x["id"], x["text"]) for x in lines] == [(e[0], e[3]) for e in expected]
+    assert [x["offset"] for x in lines] == pytest.approx([e[1] for e in expected], abs=1e-3)
+    assert [x["duration"] for x in lines] == pytest.approx([e[2] for e in expected], abs=1e-3)
+
+    lhotse = pytest.importorskip("lhotse")
+    export([tmp_path / "run"], tmp_path / "lhotse", fmt="lhotse", segments=True, filters=keep_all)
+    cuts = lhotse.CutSet.from_file(tmp_path / "lhotse" / "cuts.jsonl.gz").to_eager()
+    assert sorted(cuts.ids) == sorted(e[0] for e in expected)
+    assert len(lhotse.RecordingSet.from_file(tmp_path / "lhotse" / "recordings.jsonl.gz")) == 2
+    cut = cuts[expected[3][0]]
+    assert cut.start == pytest.approx(expected[3][1], abs=1e-3) and cut.duration == pytest.approx(expected[3][2],
+                                                                                                   abs=1e-3)
+    assert cut.supervisions[0].text == expected[3][3]
+    assert cut.load_audio().shape[1] == pytest.approx(expected[3][2] * 16000, abs=1)
+
+    datasets = pytest.importorskip("datasets")
+    export([tmp_path / "run"], tmp_path / "hf", fmt="hf", segments=True, filters=keep_all)
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert ds["id"] == [e[0] for e in expected] and ds["text"] == [e[3] for e in expected]
