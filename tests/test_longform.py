@@ -349,3 +349,29 @@ def test_a_folder_of_long_recordings_goes_manifest_dir_run_export_segments(tmp_p
     export([tmp_path / "run"], tmp_path / "hf", fmt="hf", segments=True, filters=keep_all)
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
     assert ds["id"] == [e[0] for e in expected] and ds["text"] == [e[3] for e in expected]
+
+
+@pytest.mark.slow
+def test_crashes_are_charged_to_the_range_on_the_device(tmp_path, long_recording, ray_cluster):
+    """A crash while a range is on the device costs that range an attempt, no other range of the row: each range's
+    attempts are exactly its own crashes + 1 (the simulated engine crashes on a seeded draw per piece and attempt)."""
+    from transcribe_batch.pipeline.runner import run_job
+    from transcribe_batch.workers.engines.simulated import FaultSpec
+
+    faults = "crash=0.1,seed=2"
+    m = _manifest(tmp_path / "m.jsonl", [{"id": "long", "audio_filepath": str(long_recording.path)}])
+    summary = run_job(_cfg(m, tmp_path / "run", sim_faults=faults, max_attempts=3, device_max_failures=1000,
+                           escalate_min_s=1000.0))  # no retry re-cuts a range: the same pieces at every attempt
+    assert summary.status == "complete" and summary.stats["actor_crashes"] >= 1
+    plan = build_plan(m, range_s=RANGE_S)
+    range_of = {int(d): k for k, d in enumerate(plan.range_inputs)}
+    spec = FaultSpec.parse(faults)
+    records = [r for p in sorted((tmp_path / "run" / "parts").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert sorted(range_of[r["input_digest"]] for r in records) == list(range(plan.n_ranges(0)))
+    for r in records:
+        k = range_of[r["input_digest"]]
+        crashed = [any(spec.draw(f"long#r{k}.{j}", a) == "crash" for j in range(r["n_chunks"])) for a in (1, 2, 3)]
+        if all(crashed):
+            assert r["status"] == "failed" and r["error_class"] == "ActorDied" and r["attempts"] == 3
+        else:
+            assert r["status"] == "ok" and r["attempts"] == crashed.index(False) + 1, (k, crashed, r["attempts"])
