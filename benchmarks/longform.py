@@ -122,7 +122,8 @@ def main() -> None:
                     help="range length for the wall-time figure (24 ranges of an hour: 6 rounds on 4 devices)")
     ap.add_argument("--speedup", type=float, default=40.0, help="sim_speedup of the wall-time runs")
     ap.add_argument("--splitter", default="auto", help="vad | energy | auto")
-    ap.add_argument("--keep", type=Path, default=None, help="write the audio and run folders here (default: a temp dir)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="write the audio and run folders here (default: a temp dir)")
     args = ap.parse_args()
 
     from transcribe_batch.pipeline.config import build_config

@@ -366,7 +366,8 @@ def test_crashes_are_charged_to_the_range_on_the_device(tmp_path, long_recording
     plan = build_plan(m, range_s=RANGE_S)
     range_of = {int(d): k for k, d in enumerate(plan.range_inputs)}
     spec = FaultSpec.parse(faults)
-    records = [r for p in sorted((tmp_path / "run" / "parts").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    records = [r for p in sorted((tmp_path / "run" / "parts").glob("part-*.parquet"))
+               for r in pq.read_table(p).to_pylist()]
     assert sorted(range_of[r["input_digest"]] for r in records) == list(range(plan.n_ranges(0)))
     for r in records:
         k = range_of[r["input_digest"]]

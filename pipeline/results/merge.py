@@ -2,9 +2,9 @@
 
 Each result row is the latest record answering the row's exact input (its input digest), with the manifest's
 current line number, reference text and other fields (as columns); a long row planned in time ranges
-(pipeline/plan.py) is the join of its ranges' latest records, in range order (workers/assemble.py join_ranges). Records of rows the manifest no longer has (or
-has changed) stay in parts/ but never reach the results. Streaming: a few numbers per row plus one bucket of rows in
-memory, whatever the run's size.
+(pipeline/plan.py) is the join of its ranges' latest records, in range order (workers/assemble.py join_ranges).
+Records of rows the manifest no longer has (or has changed) stay in parts/ but never reach the results. Streaming: a
+few numbers per record plus one bucket of rows in memory, whatever the run's size.
 """
 
 from __future__ import annotations
