@@ -376,3 +376,26 @@ def test_crashes_are_charged_to_the_range_on_the_device(tmp_path, long_recording
             assert r["status"] == "failed" and r["error_class"] == "ActorDied" and r["attempts"] == 3
         else:
             assert r["status"] == "ok" and r["attempts"] == crashed.index(False) + 1, (k, crashed, r["attempts"])
+
+
+def test_without_the_silero_model_auto_is_energy_and_vad_is_refused(monkeypatch, tmp_path, audio_dir):
+    from transcribe_batch.pipeline.config import ConfigError, worker_config
+    from transcribe_batch.workers import vad
+    from transcribe_batch.workers.actor import TranscriptionWorker
+
+    assert build_config(tmp_path / "m.jsonl", tmp_path / "o", engine="simulated").resolved_splitter() == "vad"
+    worker = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=1e6, splitter="vad"), 0)
+    monkeypatch.setattr(vad, "SILERO_PACKAGES", ("no_such_package_here",))
+    vad.silero_session.cache_clear()
+    try:
+        cfg = build_config(tmp_path / "m.jsonl", tmp_path / "o", engine="simulated")
+        assert cfg.resolved_splitter() == "energy" and cfg.worker_config().segments.splitter == "energy"
+        with pytest.raises(ConfigError, match=r"splitter: .*\[vad\] extra"):
+            build_config(tmp_path / "m.jsonl", tmp_path / "o", engine="simulated", splitter="vad")
+        # an actor told to use the VAD on a node without it: the row fails for good, saying why (no retries)
+        row = ManifestRow(id="tc", audio_filepath=str(audio_dir / "two_cities.wav"))
+        (out,) = worker.run_shard([WorkItem(index=0, line=1, row=row)])
+        assert out.decision == FINAL and out.record.error_class == "VadUnavailable" and not out.on_device
+    finally:
+        worker.close()
+        vad.silero_session.cache_clear()

@@ -30,6 +30,7 @@ from .ledger import DeviceLedger
 from .platforms import platform
 from .prompts import PromptError
 from .record import node_name, now
+from .vad import VadUnavailable
 from .work import Outcome, WorkItem
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
@@ -152,8 +153,8 @@ class TranscriptionWorker:
     def _await(self, item: WorkItem, fut: Future) -> _Prepared | Outcome:
         try:
             return _Prepared(item, *fut.result())
-        except (AudioError, PromptError) as e:  # bad input: final, never worth a retry
-            return self._failed(item, e, on_device=False)
+        except (AudioError, PromptError, VadUnavailable) as e:  # bad input, or no VAD on this node: final, never
+            return self._failed(item, e, on_device=False)  # worth a retry
         except Exception as e:  # noqa: BLE001 - recorded; the driver may retry
             return self._failed(item, e, retry=True, on_device=False)
 
