@@ -399,3 +399,12 @@ def test_without_the_silero_model_auto_is_energy_and_vad_is_refused(monkeypatch,
     finally:
         worker.close()
         vad.silero_session.cache_clear()
+
+
+def test_an_engine_limit_shorter_than_the_segment_edges_still_cuts(audio_dir):
+    from transcribe_batch.workers.engines.base import EngineLimits
+
+    fe = FrontEnd(None, template="default", max_new_tokens=256, limits=EngineLimits(max_audio_s=0.5),
+                  segments=SegmentSettings("energy", 2.0, 20.0))
+    pieces = fe.prepare_pieces(ManifestRow(id="x", audio_filepath=str(audio_dir / "005.wav")))
+    assert len(pieces.requests) >= 7 and all(r.duration_s <= 0.5 for r in pieces.requests)

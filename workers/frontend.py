@@ -169,7 +169,8 @@ class FrontEnd:
         elif self.segments is None:
             pieces = split_points(audio, longest, SAMPLE_RATE)
         else:
-            options = SegmentOptions(min_s=min(self.segments.min_s, longest), max_s=longest)
+            options = SegmentOptions(min_s=min(self.segments.min_s, longest), max_s=longest,
+                                     edge_s=min(SegmentOptions.edge_s, longest / 4))  # (tiny engine limits)
             seg = segment_audio(audio, self.segments.splitter, options=options, limit_s=longest)
             pieces, skipped = seg.segments.tolist(), seg.dropped.tolist()
         if span is not None:  # piece j of range k: unique over the row (the record's segments are numbered in order)
