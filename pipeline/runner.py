@@ -395,14 +395,14 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                                failed=n_failed_before, audio_s_done=plan.done_audio_s(),
                                log_path=cfg.progress_log or folder.progress_log, quiet=cfg.quiet)
 
-    ranges = RangeTally(plan, state.failed_inputs)
+    range_tally = RangeTally(plan, state.failed_inputs)
 
     def on_final(outcomes: list[Outcome]) -> None:
         writer.add([o.record for o in outcomes], [o.input_digest for o in outcomes])
         progress.update([o.record for o in outcomes if o.span is None])
         for o in outcomes:
             if o.span is not None:  # a long row counts once its last range is done
-                progress.update_range(o.record, row_failed=ranges.done(o))
+                progress.update_range(o.record, row_failed=range_tally.done(o))
 
     scheduler = None
     error: BaseException | None = None
@@ -427,10 +427,12 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                              "redone", event="stale")
             if plan.n_done:
                 progress.log(f"resuming: {plan.n_done} of {plan.n_rows} rows already in {cfg.output}", event="resume")
-            if len(plan.long_rows):
-                progress.log(f"{len(plan.long_rows)} long row(s) planned in {len(plan.range_inputs)} ranges of about "
-                             f"{cfg.range_s:g} s ({int(plan.range_done.sum())} done already); pieces cut at pauses "
-                             f"found by the {run_info['splitter']} splitter", event="ranges")
+            planned = (f"; {len(plan.long_rows)} long row(s) planned in {len(plan.range_inputs)} ranges of about "
+                      f"{cfg.range_s:g} s ({int(plan.range_done.sum())} done already)") if len(plan.long_rows) else ""
+            progress.log(f"audio longer than {cfg.segment_max_s:g} s (or the engine's limit) is cut at pauses found by "
+                         f"the {run_info['splitter']} splitter{planned}", event="segments",
+                         splitter=run_info["splitter"], long_rows=len(plan.long_rows),
+                         ranges=len(plan.range_inputs))
             if plan.bad:
                 on_final([Outcome(-1, 0, None, rec) for rec in plan.bad_line_records()])
             if plan.n_shards:

@@ -250,6 +250,10 @@ def test_a_long_recording_becomes_segments_spread_over_the_devices(tmp_path, lon
     assert devices == {0, 1}  # the ranges went to both devices
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["splitter"] == "vad" and run["identity"]["range_s"] == RANGE_S
+    log = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    (said,) = [e for e in log if e["event"] == "segments"]
+    assert (said["splitter"], said["long_rows"], said["ranges"]) == ("vad", 1, 5) and "vad splitter" in said["message"]
+    assert log[-1]["done"] == log[-1]["total"] == 2  # the long row counted once, when its last range was done
 
 
 CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] = 'transcribe-batch'; main()"
