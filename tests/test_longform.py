@@ -287,6 +287,10 @@ def test_sigkill_in_the_middle_of_a_long_file_loses_nothing_and_repeats_no_range
               for d in pq.read_table(p, columns=["input_digest"])["input_digest"].to_pylist()]
     n_ranges = build_plan(m, range_s=RANGE_S).n_ranges(0)
     assert 0 < len(before) < n_ranges  # killed in the middle of the file
+    from transcribe_batch.pipeline.results import open_results
+
+    unfinished = open_results(out, allow_unfinished=True)  # eval/export of the unfinished run: no half a row
+    assert unfinished.state == "unfinished" and unfinished.n_rows == 0
 
     resumed = run_job(_cfg(m, out))
     assert resumed.status == "complete" and resumed.n_ok == 1
@@ -299,6 +303,9 @@ def test_sigkill_in_the_middle_of_a_long_file_loses_nothing_and_repeats_no_range
     key = lambda s: (s["start_s"], s["end_s"], s["text"])  # noqa: E731
     assert [key(s) for s in row["segments"]] == [key(s) for s in ref["segments"]]
     assert row["pred_text"] == ref["pred_text"] and row["skipped"] == ref["skipped"]
+    (out / "results.parquet").unlink()  # as if killed while merging: readers join the ranges from the parts
+    (read,) = open_results(out, allow_unfinished=True).batches().__next__().to_pylist()
+    assert [key(s) for s in read["segments"]] == [key(s) for s in row["segments"]]
 
 
 @pytest.mark.slow
