@@ -113,6 +113,8 @@ def test_every_piece_is_a_segment_and_the_row_is_ok_only_when_its_pieces_are(aud
         ["ok", "failed"] + ["ok"] * (n - 2)
     assert rec.segments[1]["text"] is None and rec.segments[1]["finish_reason"] == "repetition"
     assert _assemble(fe, item, pieces, texts).decision == RETRY
+    rec = _assemble(fe, item, pieces, [""] * n).record  # nothing said to audio with speech: every piece failed
+    assert rec.error_class == "EmptyOutput" and {s["status"] for s in rec.segments} == {"failed"}
 
 
 def test_audio_without_speech_has_no_segments_and_says_what_was_left_out(tmp_path):

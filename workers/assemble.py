@@ -170,6 +170,9 @@ def answered(frontend: FrontEnd, producer: Producer, item: WorkItem, pieces: Pie
     try:
         text, raw, finish, detected = texts(frontend, requests, answers)
     except RetryableFailure as e:
+        if e.kind == "EmptyOutput":  # the pieces with speech said nothing: those are the failed ones
+            fields["segments"] = [dict(s, text=None, finish_reason=FINISH_ERROR, status="failed") if req.speech else s
+                                  for req, s in zip(requests, fields["segments"])]
         rec = base_record(item.row, item.line, **fields, status="failed", error_class=e.kind,
                           error_message=str(e), raw_text=e.raw, pred_text=e.text or None,
                           finish_reason=FINISH_REPETITION if e.kind in ("Repetition", "RunawayOutput")
