@@ -29,7 +29,8 @@ def _words(n: int) -> str:
 
 
 def _rows(audio_manifest, n: int) -> list[ManifestRow]:
-    base = [r for _, r in iter_rows(audio_manifest) if r.duration and 2 <= r.duration <= 30]
+    # short rows: their front end (≤ 10 ms each) outruns the simulated device, so only the slots are measured
+    base = [r for _, r in iter_rows(audio_manifest) if r.duration and 2 <= r.duration <= 10]
     return [ManifestRow(id=f"r{i}", audio_filepath=base[i % len(base)].audio_filepath,
                         duration=base[i % len(base)].duration, text=_words(WORDS[i % len(WORDS)]))
             for i in range(n)]
@@ -125,7 +126,7 @@ def test_an_alone_job_runs_with_nothing_else_on_the_device():
     jobs[5].alone = True
     _run(loop, jobs, done)
     assert len(done) == 9
-    assert [(5, 1)] in held
+    assert [jobs[5].item.key] in held
     alone = jobs[5]
     others = [j for j in jobs if j is not alone]
     assert all(j.finished_at <= alone.started_at or j.started_at >= alone.finished_at for j in others)

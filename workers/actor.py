@@ -27,12 +27,13 @@ from .audio import AudioError
 from .contracts import ActorInfo, WorkerConfig
 from .device_loop import DeviceLoop, Job
 from .engines import create_engine
-from .engines.base import Request, SequenceTooLong
-from .frontend import FrontEnd
+from .engines.base import SequenceTooLong
+from .frontend import FrontEnd, Pieces
 from .ledger import DeviceLedger
 from .platforms import platform
 from .prompts import PromptError
-from .record import node_name
+from .record import node_name, now
+from .vad import VadUnavailable
 from .work import Outcome, WorkItem
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
@@ -114,45 +115,55 @@ class TranscriptionWorker:
         return escalated_chunk_s(item.duration, item.attempt, self.engine.limits.max_audio_s,
                                  self.config.escalate_min_s)
 
-    def _prepare(self, item: WorkItem, max_chunk_s: float | None) -> tuple[list[Request], float, float]:
-        """(requests, CPU seconds, perf_counter when ready)."""
+    def _prepare(self, item: WorkItem, max_chunk_s: float | None) -> tuple[Pieces, float, float]:
+        """(pieces, CPU seconds, perf_counter when ready)."""
         t0 = time.perf_counter()
-        requests = self.frontend.prepare(item.row, max_chunk_s=max_chunk_s, keep_audio=self.engine.needs_audio)
+        pieces = self.frontend.prepare_pieces(item.row, span=item.span, max_chunk_s=max_chunk_s,
+                                              keep_audio=self.engine.needs_audio)
         t1 = time.perf_counter()
-        return requests, t1 - t0, t1
+        return pieces, t1 - t0, t1
 
     def _prepared(self, item: WorkItem, done: SimpleQueue, submitted_at: float, fut: Future) -> None:
         """An item's front end is over: to the device loop, or (it failed) its outcome straight back."""
         try:
-            requests, prep_s, ready_at = fut.result()
-        except (AudioError, PromptError) as e:  # bad input: final, never worth a retry
-            self.loop.forget()
+            pieces, prep_s, ready_at = fut.result()
+        except (AudioError, PromptError, VadUnavailable) as e:  # bad input, or no VAD on this node: final, never
+            self.loop.forget()  # worth a retry
             done.put(self._failed(item, e, on_device=False))
             return
         except BaseException as e:  # noqa: BLE001 - recorded; the driver may retry
             self.loop.forget()
             done.put(self._failed(item, e, retry=True, on_device=False))
             return
-        self.loop.put(Job(item, requests, partial(self._ran, done), ready_at, submitted_at,
-                          alone=item.alone and self.loop.stream.slots > 1, prep_s=prep_s,
-                          chunk_s=self._chunk_s(item)))
+        if not pieces.requests:  # no speech anywhere in its audio: nothing for the device
+            self.loop.forget()
+            at = now()
+            done.put(answered(self.frontend, self.producer, item, pieces, [], DeviceTime(at, at, 0.0, 0.0, prep_s)))
+            return
+        self.loop.put(self._job(done, item, pieces, ready_at, submitted_at, alone=item.alone and
+                                self.loop.stream.slots > 1, prep_s=prep_s, chunk_s=self._chunk_s(item)))
 
-    def _ran(self, done: SimpleQueue, job: Job) -> None:
+    def _job(self, done: SimpleQueue, item: WorkItem, pieces: Pieces, ready_at: float, submitted_at: float,
+             **kw) -> Job:
+        return Job(item, pieces.requests, partial(self._ran, done, pieces), ready_at, submitted_at, **kw)
+
+    def _ran(self, done: SimpleQueue, pieces: Pieces, job: Job) -> None:
         try:
-            self._answer(done, job)
+            self._answer(done, pieces, job)
         except Exception as e:  # noqa: BLE001 - a bug in the assembly must not leave the shard waiting
             done.put(self._failed(job.item, e, retry=True, started_at=job.started_at, finished_at=job.finished_at))
 
-    def _answer(self, done: SimpleQueue, job: Job) -> None:
+    def _answer(self, done: SimpleQueue, pieces: Pieces, job: Job) -> None:
         """A job is back from the device (on the loop's thread): its outcome, or it goes again — alone when it
         failed next to others (a failed step may have been theirs), in shorter pieces when too long."""
         item = job.item
         errors = [r for r in job.results if isinstance(r, BaseException)]
         if not errors:
-            done.put(self._record(job))
+            done.put(answered(self.frontend, self.producer, item, pieces, job.results,
+                              DeviceTime(job.started_at, job.finished_at, job.device_s, job.wait_s, job.prep_s)))
             return
         if job.shared:
-            self.loop.put(self._again(job, job.requests, job.chunk_s, job.resplits), expected=False, front=True)
+            self.loop.put(self._again(done, job, pieces, job.chunk_s, job.resplits), expected=False, front=True)
             return
         error = errors[0]
         if not isinstance(error, SequenceTooLong):  # one bad prediction; the driver retries it elsewhere
@@ -164,18 +175,18 @@ class TranscriptionWorker:
                                   started_at=job.started_at, finished_at=job.finished_at))
             return
         try:
-            requests, prep_s, _ = self._prepare(item, chunk_s)
+            pieces, prep_s, _ = self._prepare(item, chunk_s)
         except Exception as e:  # noqa: BLE001
-            done.put(self._failed(item, e, retry=not isinstance(e, (AudioError, PromptError))))
+            done.put(self._failed(item, e, retry=not isinstance(e, (AudioError, PromptError, VadUnavailable))))
             return
-        again = self._again(job, requests, chunk_s, job.resplits + 1)
+        again = self._again(done, job, pieces, chunk_s, job.resplits + 1)
         again.prep_s += prep_s
         self.loop.put(again, expected=False, front=True)
 
-    @staticmethod
-    def _again(job: Job, requests: list[Request], chunk_s: float | None, resplits: int) -> Job:
-        return Job(job.item, requests, job.on_done, job.ready_at, job.submitted_at, alone=True, prep_s=job.prep_s,
-                   chunk_s=chunk_s, resplits=resplits)
+    def _again(self, done: SimpleQueue, job: Job, pieces: Pieces, chunk_s: float | None, resplits: int) -> Job:
+        """The job once more, alone (in `pieces`: the same, or shorter ones)."""
+        return self._job(done, job.item, pieces, job.ready_at, job.submitted_at, alone=True, prep_s=job.prep_s,
+                         chunk_s=chunk_s, resplits=resplits)
 
     def _hold(self, keys: list) -> None:
         """Record in the ledger what goes on the device (before it does: a crash can come at any moment)."""
@@ -191,10 +202,6 @@ class TranscriptionWorker:
 
     def _failed(self, item: WorkItem, error: BaseException, **kw) -> Outcome:
         return failed(self.producer, item, error, **kw)
-
-    def _record(self, job: Job) -> Outcome:
-        return answered(self.frontend, self.producer, job.item, job.requests, job.results,
-                        DeviceTime(job.started_at, job.finished_at, job.device_s, job.wait_s, job.prep_s))
 
     def close(self) -> None:
         """Let go of the engine and the device (the scheduler calls this before it ends the actor)."""

@@ -75,7 +75,7 @@ class DeviceLoop:
     """The thread that drives one engine stream. `hold(keys)` records what is on the device (the ledger; None: no
     record); `begin_attempts(ids → attempt)` tells the engine the attempts of the rows on it."""
 
-    def __init__(self, stream: EngineStream, *, hold: Callable[[list[tuple[int, int]]], None] | None = None,
+    def __init__(self, stream: EngineStream, *, hold: Callable[[list[tuple[int, ...]]], None] | None = None,
                  begin_attempts: Callable[[dict[str, int]], None] | None = None, name: str = "device-loop"):
         self.stream = stream
         self._hold = hold
