@@ -109,7 +109,7 @@ class DeviceLoop:
             self._cond.notify_all()
 
     def forget(self, n: int = 1) -> None:
-        """`n` expected jobs will not come (their front end failed)."""
+        """`n` expected jobs will not come (their front end failed, or they need no device)."""
         with self._cond:
             self._coming -= n
             self._cond.notify_all()
