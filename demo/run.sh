@@ -9,7 +9,12 @@
 #   4. the same two utterances through the bm1684x engine with the tiny random Qwen3-ASR fixture (the second model
 #      family: its chunked audio net on the simulator),
 #   5. score the runs side by side and write an HTML report (with confidence calibration),
-#   6. export the simulated run's confident transcripts as a NeMo training manifest.
+#   6. export the simulated run's confident transcripts as a NeMo training manifest,
+#   7. long-form labeling: a 3-minute recording made from the demo's sentences with pauses and long silences goes
+#      manifest dir -> run (4 devices, 60 s ranges, the Silero VAD where installed) -> export --segments (one NeMo
+#      training row per segment, with its offset and duration in the file). The simulated engine answers each piece
+#      with its share of a fixed text (--sim-text: the sentences' first 120 words): the point is the cutting, the ranges and
+#      the export.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -39,5 +44,31 @@ done < "$here/sentences.tsv"
 compared=("$runs/demo-simulated" "$runs/demo-bm1684x-sim" "$runs/demo-qwen3-bm1684x-sim")
 "$tb" eval "${compared[@]}" --html "$runs/demo-report.html"
 "$tb" export "$runs/demo-simulated" --to nemo -o "$runs/demo-labels.jsonl" --min-confidence 0.9 --overwrite
-echo "demo finished: results in ${compared[*]}, report $runs/demo-report.html," \
-  "labels $runs/demo-labels.jsonl"
+
+mkdir -p "$here/audio/long"
+[[ -s "$here/audio/long/meeting.wav" ]] || "$venv/bin/python" - "$here/audio" "$here/audio/long/meeting.wav" <<'PY'
+import sys
+from pathlib import Path
+import numpy as np, soundfile as sf, soxr
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+rng = np.random.default_rng(0)
+clips = []
+for p in sorted(src.glob("*.wav")):
+    audio, sr = sf.read(p, dtype="float32", always_2d=True)
+    clips.append(soxr.resample(audio.mean(axis=1), sr, 16000).astype(np.float32))
+parts, total, k = [], 0, 0
+while total < 180 * 16000:  # three minutes: sentences with 0.3-1.2 s pauses, and a 5 s silence every fifth one
+    gap = 5.0 if k % 5 == 4 else rng.uniform(0.3, 1.2)
+    parts += [clips[k % len(clips)], np.zeros(int(gap * 16000), np.float32)]
+    total += parts[-2].size + parts[-1].size
+    k += 1
+audio = np.concatenate(parts) + rng.normal(0, 3e-4, total).astype(np.float32)
+sf.write(out, audio, 16000, subtype="PCM_16")
+PY
+"$tb" manifest dir "$here/audio/long" -o "$runs/demo-long.jsonl" --overwrite
+"$tb" run "$runs/demo-long.jsonl" -o "$runs/demo-longform" --engine simulated --devices 4 --sim-speedup 50 \
+  --range-s 60 --sim-text "$(grep -v '^#' "$here/sentences.tsv" | cut -f3 | tr '\n' ' ' | cut -d' ' -f1-120)"
+"$tb" export "$runs/demo-longform" --segments --to nemo -o "$runs/demo-segments.jsonl" --overwrite
+
+echo "demo finished: results in ${compared[*]} $runs/demo-longform, report $runs/demo-report.html," \
+  "labels $runs/demo-labels.jsonl, training segments $runs/demo-segments.jsonl"

@@ -335,3 +335,12 @@ def test_hallucination_phrases_match_the_same_however_a_text_is_tested():
     assert list(hallucinated(texts, phrases)) == want
     assert want[:12] == [True, True, False, False, True, True, False, True, False, False, True, True]
     assert sum(want) > len(texts) // 2
+
+
+def test_durations_carry_no_float_noise(tmp_path, audio):
+    """end - start in floating point (22.414 - 4.818 = 17.596000000000004) is written as the duration it is."""
+    specs = [(4.818, 22.414, "it was the best of times", 0.95, "English")]
+    run = write_run(tmp_path / "run", [_long_row(audio, specs=specs)])
+    export([run], tmp_path / "seg.jsonl", segments=True, filters=Filters(**NO_SANITY))
+    (line,) = [json.loads(x) for x in (tmp_path / "seg.jsonl").read_text().splitlines()]
+    assert (line["offset"], line["duration"]) == (4.818, 17.596)

@@ -125,7 +125,7 @@ def explode(batch: pa.Table, columns: Sequence[str]) -> pa.Table:
         elif name == "offset":
             out[name] = flat.field("start_s")
         elif name == "duration_s":
-            out[name] = pc.subtract(flat.field("end_s"), flat.field("start_s"))
+            out[name] = pc.round(pc.subtract(flat.field("end_s"), flat.field("start_s")), 6)  # no float noise
         elif name == "language":
             out[name] = pc.coalesce(flat.field("language"), _column(rows, "language"))
         elif name == "status":
