@@ -63,6 +63,7 @@ struct Runtime::Impl {
   void describe(Layout &L) const {
     const auto &t = text;
     L.seqlen = t.seqlen;
+    L.prefill_len = t.prefill_len;
     L.hidden = t.hidden;
     L.n_layers = static_cast<int>(t.blocks.size());
     L.kv_row_bytes = static_cast<int>(t.kv_row_bytes);
@@ -84,9 +85,10 @@ struct Runtime::Impl {
     const auto &t = text;
     const size_t melt = dtype_size(t.mask_dt), dmelt = dtype_size(t.dmask_dt);
     const size_t B = static_cast<size_t>(t.batch), S = static_cast<size_t>(t.seqlen);
-    states_buf = dev.alloc(S * t.row_bytes, "allocating the prompt states buffer");
-    pos_buf = dev.alloc(S * 4, "allocating prefill positions");
-    mask_buf = dev.alloc(S * S * melt, "allocating the prefill mask");
+    const size_t M = static_cast<size_t>(t.prefill_len);
+    states_buf = dev.alloc(M * t.row_bytes, "allocating the prompt states buffer");
+    pos_buf = dev.alloc(M * 4, "allocating prefill positions");
+    mask_buf = dev.alloc(M * M * melt, "allocating the prefill mask");
     // per-row decode state the runtime owns (net io memory may be shared with other nets between steps)
     dpos_buf = dev.alloc(B * 4, "allocating the decode positions");
     dmask_buf = dev.alloc((B * static_cast<size_t>(t.mlen) * dmelt + 3) / 4 * 4, "allocating the decode masks");
@@ -256,6 +258,9 @@ int Runtime::check_request(const Request &r) const {
   for (int id : r.prompt_ids)
     if (id < 0) throw std::invalid_argument("negative token id " + str(id) + " in prompt_ids");
   const int L = static_cast<int>(r.prompt_ids.size()) - 1 + static_cast<int>(tokens);
+  if (L > I.text.prefill_len)
+    throw TooLong("prompt of " + str(L) + " tokens (" + std::to_string(tokens) + " audio) exceeds the " +
+                  str(I.text.prefill_len) + " positions one prefill takes (the bmodel's input length)");
   if (L + 1 > I.text.kv_cap)
     throw TooLong("prompt of " + str(L) + " tokens (" + std::to_string(tokens) + " audio) leaves no room for an answer within "
                   "SEQLEN " + str(I.text.seqlen) +
@@ -272,7 +277,7 @@ int Runtime::start(const Request &request) {
 int Runtime::start_locked(const Request &req) {
   auto &I = *impl_;
   const auto &T = I.text;
-  const int S = T.seqlen;
+  const int M = T.prefill_len;
   const int L = check_request(req);
   int r = -1;
   for (int i = 0; i < T.batch; ++i)
@@ -294,15 +299,15 @@ int Runtime::start_locked(const Request &req) {
   const Counters start = I.dev.counters();
   const auto t0 = Clock::now();
   try {
-    // 1. text embeddings of the whole padded prompt (audio slots get id 0, overwritten below)
-    std::vector<int32_t> ids(static_cast<size_t>(S), 0);
+    // 1. text embeddings of the whole padded prompt, M wide (audio slots get id 0, overwritten below)
+    std::vector<int32_t> ids(static_cast<size_t>(M), 0);
     for (int i = 0, j = 0; i < static_cast<int>(prompt.size()); ++i) {
       if (i == at) { j += n_audio; continue; }
       ids[static_cast<size_t>(j++)] = prompt[static_cast<size_t>(i)];
     }
     I.dev.h2d(T.embed->stages[0].input_mems[0], 0, ids.data(), ids.size() * 4);
     I.dev.launch(T.embed);
-    I.dev.d2d(I.states_buf, 0, T.embed->stages[0].output_mems[0], 0, static_cast<size_t>(S) * T.row_bytes);
+    I.dev.d2d(I.states_buf, 0, T.embed->stages[0].output_mems[0], 0, static_cast<size_t>(M) * T.row_bytes);
 
     // 2. audio encoder (+ projector), spliced over the audio placeholder's slots on the device
     const auto ta = Clock::now();
@@ -310,15 +315,15 @@ int Runtime::start_locked(const Request &req) {
     g.encode_s = seconds_since(ta);
 
     // 3. causal prefill, positions 0..L-1; prompt K/V into this slot's rows of the decode history
-    std::vector<int32_t> pos(static_cast<size_t>(S), 0);
+    std::vector<int32_t> pos(static_cast<size_t>(M), 0);
     for (int i = 0; i < L; ++i) pos[static_cast<size_t>(i)] = i;
     I.dev.h2d(I.pos_buf, 0, pos.data(), pos.size() * 4);
     {
-      std::vector<uint8_t> mask(static_cast<size_t>(S) * S * I.hidden_mask.size(), 0);
-      for (int i = 0; i < S; ++i) {
-        const size_t first = static_cast<size_t>(i) * S;
-        if (i < L) Impl::fill_mask(mask, first + i + 1, static_cast<size_t>(S - i - 1), I.hidden_mask);  // causal
-        else Impl::fill_mask(mask, first, static_cast<size_t>(S), I.hidden_mask);  // padding rows: all hidden
+      std::vector<uint8_t> mask(static_cast<size_t>(M) * M * I.hidden_mask.size(), 0);
+      for (int i = 0; i < M; ++i) {
+        const size_t first = static_cast<size_t>(i) * M;
+        if (i < L) Impl::fill_mask(mask, first + i + 1, static_cast<size_t>(M - i - 1), I.hidden_mask);  // causal
+        else Impl::fill_mask(mask, first, static_cast<size_t>(M), I.hidden_mask);  // padding rows: all hidden
       }
       I.dev.h2d(I.mask_buf, 0, mask.data(), mask.size());
     }
@@ -326,9 +331,9 @@ int Runtime::start_locked(const Request &req) {
     for (size_t l = 0; l < T.blocks.size(); ++l) {
       auto *b = T.blocks[l];
       const auto &st = b->stages[0];
-      I.dev.d2d(st.input_mems[0], 0, cur, 0, static_cast<size_t>(S) * T.row_bytes);
-      I.dev.d2d(st.input_mems[1], 0, I.pos_buf, 0, static_cast<size_t>(S) * 4);
-      I.dev.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(S) * S * I.hidden_mask.size());
+      I.dev.d2d(st.input_mems[0], 0, cur, 0, static_cast<size_t>(M) * T.row_bytes);
+      I.dev.d2d(st.input_mems[1], 0, I.pos_buf, 0, static_cast<size_t>(M) * 4);
+      I.dev.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(M) * M * I.hidden_mask.size());
       I.dev.launch(b);
       cur = st.output_mems[0];
       I.copy_kv(I.k_store[l], T.kv_hist[0], r, 0, st.output_mems[1], T.kv_prefill[0], 0, 0, L);
