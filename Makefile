@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e '.[dev]'
-	# Qwen3-ASR's reference classes: --no-deps, since qwen-asr pins transformers 4.57.6 (README "Model families")
+	# Qwen3-ASR's reference classes: --no-deps, since qwen-asr pins transformers 4.57.6 (docs/models-and-engines.md)
 	$(PIP) install -q --no-deps 'qwen-asr==0.0.6'
 	touch $@
 

@@ -100,7 +100,7 @@ def write_parts(folder: Path, manifest: Path) -> int:
             "tokens_per_s": np.full(n, 1 / DEFAULT_S_PER_TOKEN), "total_s": total, "rtf": total / dur, "prep_s": dur * 0.003,
             "wait_s": np.zeros(n), "queued_at": start, "started_at": start,
             "finished_at": start + (total * 1e6).astype("timedelta64[us]"), "n_chunks": np.ones(n, np.int32),
-            "manifest_extra": [None] * n,
+            "manifest_extra": [None] * n, "segments": [None] * n, "skipped": [None] * n,
             "input_digest": [input_digest(r, audio_stamp(r.audio_filepath)) for _, r in buf],
         }
         table = pa.Table.from_pydict({f.name: pa.array(cols[f.name], type=f.type) for f in RUN_PART_SCHEMA},

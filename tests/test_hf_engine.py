@@ -153,14 +153,15 @@ def test_long_audio_goes_through_in_pieces(engine, frontend, processor, audio_di
     from transcribe_batch.workers.audio import load_audio
 
     path = audio_dir / "two_cities.wav"
-    requests = frontend.prepare({"id": "u0", "audio_filepath": str(path)}, keep_audio=True)
+    requests = frontend.prepare(ManifestRow(id="u0", audio_filepath=str(path)), keep_audio=True)
     assert [r.id for r in requests] == ["u0#0", "u0#1"] and all(r.duration_s <= 30.0 for r in requests)
     assert np.array_equal(np.concatenate([r.audio for r in requests]), load_audio(path))  # no gap, no overlap
-    text = frontend.family.prompt_text(frontend.family.prompt_spec({"prompt": requests[0].prompt}, "default"))
+    row = ManifestRow(id="u0", audio_filepath=str(path), prompt=requests[0].prompt)
+    text = frontend.family.prompt_text(frontend.family.prompt_spec(row, "default"))
     inputs = processor(text=[text] * 2, audio=[r.audio for r in requests], sampling_rate=16000, return_tensors="pt",
                        padding=True)
-    for r, feats in zip(requests, inputs["input_features"].numpy()):
-        r.features = feats  # the very same inputs generate() gets
+    requests = [dataclasses.replace(r, features=feats)  # the very same inputs generate() gets
+                for r, feats in zip(requests, inputs["input_features"].numpy())]
     results = engine.transcribe_batch(requests)
     assert [r.token_ids for r in results] == _reference(engine, inputs, set(requests[0].stop_ids))
     assert all(r.token_ids for r in results)

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from qwen3_fixture import FIXTURE
+from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.workers.audio import load_audio
 from transcribe_batch.workers.frontend import FrontEnd
 from transcribe_batch.workers.models import load_family
@@ -43,7 +44,7 @@ def processor(released_qwen3_asr):
 
 @pytest.fixture(scope="module")
 def frontend(released_qwen3_asr):
-    return FrontEnd(released_qwen3_asr)
+    return FrontEnd(released_qwen3_asr, template="default", max_new_tokens=256)
 
 
 def _qwen_asr_prompt(processor, context: str, language: str | None) -> str:
@@ -79,12 +80,13 @@ def test_special_stop_and_pad_ids_equal_qwen_asr(released_qwen3_asr, processor, 
 def test_prompt_ids_and_features_equal_qwen_asr_processor(processor, frontend, audio_dir, clip):
     audio = load_audio(audio_dir / clip)
     for extra, context, language in PROMPTS:
-        (r,) = frontend.prepare({"id": clip, "audio_filepath": str(audio_dir / clip), **extra})
-        assert frontend.family.prompt_text(frontend.family.prompt_spec(extra, "default")) == \
+        row = ManifestRow(id=clip, audio_filepath=str(audio_dir / clip), **extra)
+        (r,) = frontend.prepare(row)
+        assert frontend.family.prompt_text(frontend.family.prompt_spec(row, "default")) == \
             _qwen_asr_prompt(processor, context, language)
         ref = processor(text=[_qwen_asr_prompt(processor, context, language)], audio=[audio], return_tensors="np",
                         padding=True)
-        assert r.expanded_ids == ref["input_ids"][0].tolist(), (clip, extra)
+        assert list(r.expanded_ids) == ref["input_ids"][0].tolist(), (clip, extra)
         assert r.n_audio_tokens == r.expanded_ids.count(frontend.family.audio_token_id)
         assert r.features.shape == ref["input_features"][0].shape
         assert np.abs(r.features - ref["input_features"][0]).max() <= 1e-4
@@ -100,9 +102,9 @@ def test_audio_token_counts_equal_qwen_asr_processor(processor, frontend, tmp_pa
         audio = (rng.standard_normal(n) * 0.1).astype(np.float32)
         sf.write(tmp_path / f"{n}.wav", audio, 16000, subtype="FLOAT")
         ref = processor(text=[prompt], audio=[audio], return_tensors="np", padding=True)["input_ids"][0].tolist()
-        (r,) = frontend.prepare({"id": str(n), "audio_filepath": str(tmp_path / f"{n}.wav")})
+        (r,) = frontend.prepare(ManifestRow(id=str(n), audio_filepath=str(tmp_path / f"{n}.wav")))
         assert r.n_audio_tokens == ref.count(pad) == frontend.family.audio_tokens(n // 160), n
-        assert r.expanded_ids == ref, n
+        assert list(r.expanded_ids) == ref, n
         counts.append(r.n_audio_tokens)
     assert counts[SAMPLES.index(100 * 160)] == 13 and counts[-1] == 30 * 13  # 13 per full second
 

@@ -51,7 +51,7 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("status", pa.string(), "ok | failed"),
     ("error_class", pa.string(), "exception class / failure kind of the final attempt (null when ok)"),
     ("error_message", pa.string(), "what went wrong, naming the file or line where it can"),
-    ("attempts", pa.int32(), "attempts made (1 = first try succeeded or failed for good)"),
+    ("attempts", pa.int32(), "attempts made (1 = first try succeeded or failed for good; 0 = a bad manifest line)"),
     ("engine", pa.string(), "engine name: bm1684x | hf | simulated"),
     ("model_id", pa.string(), "model identity (e.g. Qwen2-Audio-7B-Instruct; 'simulated' for the simulated engine)"),
     ("device", pa.int32(), "device index on its node (card / GPU / simulated device)"),
@@ -62,7 +62,7 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("language", pa.string(), "manifest language, if any"),
     ("detected_language", pa.string(), "language the model identified (Qwen3-ASR; 'A,B' across pieces), else null"),
     ("n_prompt_tokens", pa.int32(), "prompt tokens incl. audio tokens (summed over pieces)"),
-    ("n_audio_tokens", pa.int32(), "audio tokens (25 per second, summed over pieces)"),
+    ("n_audio_tokens", pa.int32(), "audio tokens (Qwen2-Audio 25 per second, Qwen3-ASR 13; summed over pieces)"),
     ("n_new_tokens", pa.int32(), "generated tokens (summed over pieces)"),
     ("finish_reason", pa.string(), "eos | max_tokens | repetition | error | no_speech (an empty answer to audio "
                                    "without speech by the front end's energy check: status ok, pred_text '')"),
@@ -174,3 +174,38 @@ def conform(table: pa.Table) -> pa.Table:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, PART_SCHEMA.field(name).type))
     return table.select(COLUMNS)
+
+
+# -- the README's schema tables (README.md "Results schema"; tests/test_readme_schema.py keeps them equal) ---------
+_TYPE_NAMES = [(SEGMENT, "segment"), (SKIPPED, "struct<start_s, end_s, reason>")]
+
+
+def _type_name(dtype: pa.DataType) -> str:
+    for named, name in _TYPE_NAMES:
+        if dtype.equals(named):
+            return name
+    if pa.types.is_list(dtype):
+        return f"list<{_type_name(dtype.value_type)}>"
+    if pa.types.is_timestamp(dtype):
+        return f"timestamp[{dtype.unit}, {dtype.tz}]"
+    return str(dtype)
+
+
+def _markdown_rows(fields: list[tuple[str, pa.DataType, str]], first: str) -> list[str]:
+    return [f"| {first} | type | meaning |", "|---|---|---|"] + [
+        f"| `{name}` | `{_type_name(dtype)}` | {help_.replace('|', chr(92) + '|')} |" for name, dtype, help_ in fields]
+
+
+def markdown_tables() -> str:
+    """FIELDS (the part files' and results.parquet's columns) and SEGMENT_FIELDS (a `segments` element) as the
+    markdown tables README.md carries between its results-schema markers."""
+    return "\n".join(_markdown_rows(FIELDS, "column") + ["", "A `segment` (one element of `segments`):", ""]
+                     + _markdown_rows(SEGMENT_FIELDS, "field")) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m transcribe_batch.workers.record --markdown   (the README's results-schema tables)")
+    sys.stdout.write(markdown_tables())

@@ -30,7 +30,7 @@ _SIM = "Simulated engine (tests, benchmarks)"
 
 HELP = """Transcribe every row of a JSONL MANIFEST into a run folder (-o DIR) of Parquet results.
 
-One Ray actor per device (BM1684X card, GPU, or simulated device) pulls small shards of work, longest utterances first. Every manifest row ends in exactly one result row. Running the same command again resumes: only rows not yet in DIR are processed.
+One Ray actor per device (BM1684X card, GPU, or simulated device) pulls small shards of work, longest utterances first. Every manifest row ends in exactly one result row. Running the same command again resumes: rows with a result in DIR are kept; rows whose audio file or manifest fields (offset, duration, prompt, task, language) changed are redone, and failed rows stay failed unless --retry-failed.
 
 [bold]Manifest[/bold] (NeMo JSONL, one object per line): audio_filepath (relative paths resolve against the manifest's folder), optional duration, offset, text (reference), id, prompt or task, language; other fields are carried to the results.
 
