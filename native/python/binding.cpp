@@ -118,6 +118,7 @@ PYBIND11_MODULE(_native, m) {
   py::class_<tbn::Layout>(m, "Layout", "What the runtime found in the bmodel and adapted to (native/src/runtime.h).")
       .def_readonly("seqlen", &tbn::Layout::seqlen)
       .def_readonly("prefill_len", &tbn::Layout::prefill_len)
+      .def_readonly("position_rows", &tbn::Layout::position_rows)
       .def_readonly("hidden", &tbn::Layout::hidden)
       .def_readonly("n_layers", &tbn::Layout::n_layers)
       .def_readonly("kv_row_bytes", &tbn::Layout::kv_row_bytes)

@@ -86,6 +86,8 @@ struct Layout {
   int seqlen = 0;          // SEQLEN: prompt + audio + answer tokens (the decode history)
   int prefill_len = 0;     // positions one prefill takes: the longest prompt, audio included (= SEQLEN, or tpu-mlir's
                            // --max_input_length: Sophgo's prebuilt Qwen3-ASR bmodels)
+  int position_rows = 1;   // rows of position ids the text nets take: 1, or 3 equal rows (MRoPE as declared by some
+                           // tpu-mlir versions of the Qwen3-ASR layout)
   int hidden = 0;
   int n_layers = 0;
   int kv_row_bytes = 0;    // one position's K (or V) in one layer

@@ -139,12 +139,16 @@ void check_layer(const NetSet &nets, TextNets &t, size_t i) {
   if (elements(in_shape(c, 0)) != static_cast<uint64_t>(t.batch) * t.hidden || c->input_dtypes[0] != t.states_dt)
     nets.fail(cn + " states input " + shape_str(in_shape(c, 0)) + " " + dtype_name(c->input_dtypes[0]) +
               " differs from block_cache_0's");
-  if (elements(in_shape(c, 1)) != static_cast<uint64_t>(t.batch))
-    nets.fail(cn + " position ids " + shape_str(in_shape(c, 1)) + " are not one per row (" + std::to_string(t.batch) +
-              ")");
-  if (elements(in_shape(b, 1)) != static_cast<uint64_t>(t.prefill_len))
-    nets.fail(bn + " position ids " + shape_str(in_shape(b, 1)) + " are not one per prefill position (" +
-              std::to_string(t.prefill_len) + ")");
+  if (i == 0) {
+    const uint64_t pe = elements(in_shape(b, 1));
+    t.pos_rows = pe == 3 * static_cast<uint64_t>(t.prefill_len) ? 3 : 1;
+  }
+  if (elements(in_shape(c, 1)) != static_cast<uint64_t>(t.batch) * t.pos_rows)
+    nets.fail(cn + " position ids " + shape_str(in_shape(c, 1)) + " are not " +
+              (t.pos_rows == 3 ? "3 rows of " : "") + "one per row (" + std::to_string(t.batch) + ")");
+  if (elements(in_shape(b, 1)) != static_cast<uint64_t>(t.prefill_len) * t.pos_rows)
+    nets.fail(bn + " position ids " + shape_str(in_shape(b, 1)) + " are not one (or three equal rows) per prefill "
+              "position (" + std::to_string(t.prefill_len) + ")");
   if (elements(in_shape(b, 2)) != static_cast<uint64_t>(t.prefill_len) * t.prefill_len)
     nets.fail(bn + " mask " + shape_str(in_shape(b, 2)) + " is not M x M (M = the embedding width " +
               std::to_string(t.prefill_len) + ")");

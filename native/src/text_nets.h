@@ -28,6 +28,9 @@ struct TextNets {
   // included); seqlen (S): positions of the decode history (prompt + answer). Equal in native/compile's bmodels;
   // tpu-mlir's `--max_input_length M` (Sophgo's prebuilt Qwen3-ASR) makes M < S.
   int seqlen = 0, prefill_len = 0, hidden = 0;
+  // rows of position ids: 1, or 3 equal rows (Qwen3-ASR's MRoPE as some tpu-mlir versions declare it: [3,M] /
+  // [3,B,1]; audio + text positions are equal in all three)
+  int pos_rows = 1;
   bm_data_type_t states_dt = BM_BFLOAT16;
   size_t row_bytes = 0;     // one position's hidden state
   int batch = 1;            // decode rows (slots)
