@@ -120,6 +120,21 @@ def test_engine_names_the_layout_and_reads_its_limits_from_the_bmodel(folder, ca
 
 
 @pytest.mark.simulator
+def test_every_committed_bmodel_layout_has_its_name():
+    """The names the engine logs and run.json keeps, from each fixture bmodel's own nets."""
+    from bm1684x_support import bmodel_path, port_bmodel_path
+    from transcribe_batch.workers.engines.bm1684x_layout import layout_name
+
+    tbn = native()
+    named = {PREBUILT: LOGITS, "qwen3-asr": TINY / "tiny-qwen3-asr.bmodel", "qwen2-audio": bmodel_path(),
+             "qwen2-audio-port": port_bmodel_path()}
+    for name, path in named.items():
+        lay = tbn.Runtime(str(path), 0).layout
+        assert layout_name(lay) == name, path
+        assert (lay.prefill_len < lay.seqlen) == (name == PREBUILT), (path, lay.prefill_len, lay.seqlen)
+
+
+@pytest.mark.simulator
 def test_the_released_8_chunk_window_runs_with_a_warning(released_window_folder, caplog):
     """The released checkpoints attend within n_window_infer = 800 frames; the prebuilt net within one 100-frame
     chunk: not a mismatch that refuses the pair, but a caveat, logged and kept in the limits (run.json)."""
