@@ -104,19 +104,24 @@ def test_the_prebuilt_limits_fit_pieces_in_whole_seconds_within_the_prefill():
 @pytest.mark.simulator
 def test_engine_names_the_layout_and_reads_its_limits_from_the_bmodel(folder, caplog):
     caplog.set_level(logging.INFO, logger="transcribe_batch.workers.engines.bm1684x")
-    for bmodel, head, logprob in ((LOGITS, "logits+host_argmax", "host"), (TOPK, "greedy", "none")):
-        eng = _engine(folder, bmodel)
-        lim, lay = eng.limits, eng.layout
-        assert lim.layout == PREBUILT and lay.audio_kind == "one_chunk" and lay.batch == 1
-        assert (lim.max_seq_len, lim.max_input_len) == (REF["seqlen"], REF["max_input_length"]) == (256, 128)
-        assert lim.audio_multiple_s == 1.0 and lim.max_audio_s == 1200.0 and lim.caveats == ()
-        assert (lay.audio_chunk_frames, lay.audio_rows) == (100, 13)
-        assert (lay.lm_head, lay.token_logprob) == (head, logprob)  # TopK gives the id only: no confidence
-        desc = eng.describe()
-        assert desc["layout"] == PREBUILT and desc["prefill_len"] == 128 and desc["seqlen"] == 256
-        assert desc["limits"]["max_input_len"] == 128 and desc["token_logprob"] == logprob
+    eng = _engine(folder, LOGITS)
+    try:
+        _assert_prebuilt_limits(eng, "logits+host_argmax", "host")  # the host argmax gives exact log-probabilities
+    finally:
         eng.close()
     assert f"is a {PREBUILT} bmodel" in caplog.text
+
+
+def _assert_prebuilt_limits(eng, head: str, logprob: str) -> None:
+    lim, lay = eng.limits, eng.layout
+    assert lim.layout == PREBUILT and lay.audio_kind == "one_chunk" and lay.batch == 1 and lay.position_rows == 1
+    assert (lim.max_seq_len, lim.max_input_len) == (REF["seqlen"], REF["max_input_length"]) == (256, 128)
+    assert lim.audio_multiple_s == 1.0 and lim.max_audio_s == 1200.0 and lim.caveats == ()
+    assert (lay.audio_chunk_frames, lay.audio_rows) == (100, 13)
+    assert (lay.lm_head, lay.token_logprob) == (head, logprob)
+    desc = eng.describe()
+    assert desc["layout"] == PREBUILT and desc["prefill_len"] == 128 and desc["seqlen"] == 256
+    assert desc["limits"]["max_input_len"] == 128 and desc["token_logprob"] == logprob
 
 
 @pytest.mark.simulator
@@ -210,6 +215,19 @@ def test_logits_head_gives_qwen_asr_tokens_at_every_step_with_confidence(folder,
         assert res.extra["prompt_len"] == len(clip["input_ids"])
         assert len(res.token_logprobs) == len(res.token_ids) and all(-30 < v < 0 for v in res.token_logprobs)
     assert len(WHOLE[-1]["input_ids"]) + len(got[-1].token_ids) > REF["max_input_length"]
+
+
+# The TopK bmodel is loaded into the pytest process only from here on: on the cmodel simulator, loading it after the
+# logits bmodel makes the logits bmodel's runtime in the same process return all-zero logits (the other order, or any
+# other bmodel loaded after it, is fine; runs load one bmodel per actor process). Not investigated further.
+
+@pytest.mark.simulator
+def test_the_topk_head_gives_ids_only(folder):
+    eng = _engine(folder, TOPK)
+    try:
+        _assert_prebuilt_limits(eng, "greedy", "none")  # the logits never leave the card: no confidence
+    finally:
+        eng.close()
 
 
 @pytest.mark.slow
