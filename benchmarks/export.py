@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic import CHARS_PER_S, WORDS, durations, peak_rss_bytes, rss_bytes  # noqa: E402
+from synthetic import CHARS_PER_S, WORDS, durations, measure_in_child, peak_rss_bytes, rss_bytes  # noqa: E402
 
 BLOCK = 50_000
 
@@ -108,11 +107,7 @@ def child(kind: str, a: Path, b: Path, out: Path) -> dict:
 
 
 def measure(kind: str, a: Path, b: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, str(a), str(b), str(out)], capture_output=True,
-                          text=True, timeout=3600)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure_in_child(__file__, kind, str(a), str(b), str(out))
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,15 @@ def rss_bytes() -> int:
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_in_child(script: str, *args: str) -> dict:
+    """Runs `script --child ARGS` in a fresh interpreter (its memory is its own) and returns the JSON object its
+    last line prints."""
+    done = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def durations(n: int, seed: int = 0) -> np.ndarray:

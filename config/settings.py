@@ -5,6 +5,9 @@ run configuration (pipeline/config.py RunConfig) and the CLI's options and `--he
 their defaults from here, and the workers, front end and engines get the run's values through one WorkerConfig
 built by RunConfig (workers/contracts.py), never a default of their own: a default changes in one place.
 tests/test_settings.py checks that behaviour.
+
+Other commands' settings are a table each in the same file (`[export]`: export's sanity filters), read with
+`section(name)` / `section_helps(name)`; `defaults()` and `helps()` are the run's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _LINE = re.compile(r'^(\w+)\s*=\s*(?:"[^"]*"|[^#\s]+)\s*#\s*(.*)$')
+_HEADER = re.compile(r'^\[(\w+)\]\s*(?:#.*)?$')
+SECTIONS = ("export",)  # tables of other commands' settings (not run settings)
 
 
 def _text() -> str:
@@ -27,19 +32,33 @@ def _text() -> str:
 
 
 @lru_cache(maxsize=1)
-def defaults() -> dict:
-    """Every setting's default as written in defaults.toml ("" stands for none), [engine_options] included."""
+def _all() -> dict:
     return tomllib.loads(_text())
 
 
 @lru_cache(maxsize=1)
-def helps() -> dict[str, str]:
-    """Each setting's help: the comment on its line (continuation comment lines below it are joined on)."""
+def defaults() -> dict:
+    """Every run setting's default as written in defaults.toml ("" stands for none), [engine_options] included."""
+    return {k: v for k, v in _all().items() if k not in SECTIONS}
+
+
+def section(name: str) -> dict:
+    """The defaults of another command's settings: the `[name]` table (KeyError for a table defaults.toml lacks)."""
+    return dict(_all()[name])
+
+
+@lru_cache(maxsize=None)
+def _helps(table: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     last = None
+    current = None  # the [table] the lines belong to (None: the top level)
     for line in _text().splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current, last = header.group(1), None
+            continue
         m = _LINE.match(line)
-        if m:
+        if m and current == table:
             last = m.group(1)
             out[last] = m.group(2).strip()
         elif last and line.startswith(" ") and line.strip().startswith("#"):
@@ -47,6 +66,16 @@ def helps() -> dict[str, str]:
         else:
             last = None
     return out
+
+
+def helps() -> dict[str, str]:
+    """Each run setting's help: the comment on its line (continuation comment lines below it are joined on)."""
+    return _helps(None)
+
+
+def section_helps(name: str) -> dict[str, str]:
+    """Each setting's help in the `[name]` table, as `helps()`."""
+    return _helps(name)
 
 
 def default(name: str):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from transcribe_batch.workers.simulator_threads import yield_idle_engine_threads
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # the same layout as the project's shared folder: audio/, qwen2-audio-7b-instruct/
 RELEASED_ENV = "TRANSCRIBE_BATCH_SHARED"  # a folder holding the released models' own files (CI: ../shared)
@@ -111,6 +113,7 @@ class RuntimeCache:
         if rt is None:
             rt = self.runtimes[key] = self.runtime_class(bmodel, device, *args, **kwargs)
             self.loads += 1
+            yield_idle_engine_threads()
         for slot in range(rt.batch):
             if rt.state(slot) != "free":  # left busy by a test that failed half-way
                 rt.cancel(slot)

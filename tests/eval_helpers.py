@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from transcribe_batch.workers.record import PART_SCHEMA
 
 T0 = 1_790_000_000.0  # an arbitrary epoch second
 
@@ -49,9 +52,25 @@ def result_row(row_id: str, text: str | None, pred: str | None, *, status: str =
     }
 
 
+def segment(start: float, end: float, text: str | None, *, confidence: float | None = 0.9,
+            language: str | None = None, status: str = "ok", finish: str = "eos", n_tokens: int = 8) -> dict:
+    """One element of a result row's `segments` (workers/record.py SEGMENT_FIELDS)."""
+    ok = status == "ok"
+    logprob = None if confidence is None else math.log(confidence)
+    return {"start_s": start, "end_s": end, "text": text if ok else None, "raw_text": text, "confidence": confidence,
+            "mean_logprob": logprob, "min_logprob": None if logprob is None else 2 * logprob,
+            "n_tokens": n_tokens if ok else 0, "language": language, "finish_reason": finish if ok else "error",
+            "status": status}
+
+
 def write_run(folder: Path, rows: list[dict], meta: dict | None = None) -> Path:
+    """rows: result rows (dicts); `segments` / `skipped`, where given, are typed as the record types them."""
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows)
+    for name in ("segments", "skipped"):
+        if name in table.column_names:
+            typed = pa.array([r.get(name) for r in rows], PART_SCHEMA.field(name).type)
+            table = table.set_column(table.column_names.index(name), name, typed)
     for name in ("queued_at", "started_at", "finished_at"):  # the runner stores timestamps as Arrow timestamps
         i = table.column_names.index(name)
         micros = pa.array([None if r[name] is None else round(r[name] * 1e6) for r in rows], pa.int64())

@@ -72,3 +72,10 @@ def test_ledger_benchmark_compares_file_and_actor():
     out, figures = _run("ledger.py", "-n", "50", timeout=300)
     assert "| file: hold (before each engine call) | 50 |" in out, out
     assert float(figures["ledger_hold_median_us"]) > 0 and float(figures["actor_hold_median_us"]) > 0
+
+
+def test_export_segments_benchmark_runs(tmp_path):
+    out, figures = _run("export_segments.py", "--rows", "2000", "--long", "4,16")
+    assert "rows 2000: sanity filters off" in out and "long rows 16 (1 h, 360 segments each): 5760 segments" in out
+    assert {"sanity_cost", "segments_per_s", "peak_mb_small", "peak_mb_big"} <= set(figures)
+    assert figures["rows_growth"] == "4"

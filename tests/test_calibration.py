@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval_helpers import result_row, write_run
+from eval_helpers import result_row, segment, write_run
 from transcribe_batch.pipeline.evaluate.calibration import calibrate
 from transcribe_batch.pipeline.evaluate.metrics import evaluate_accuracy
 from transcribe_batch.pipeline.evaluate.render_html import render_html
@@ -96,3 +96,54 @@ def test_null_confidence_and_no_references():
     assert not none.available and "no reference" in none.unavailable
     nulls = calibrate([None], [1.0], [True], scores[:1])
     assert not nulls.available and "no confidence values" in nulls.unavailable
+
+
+def _long_rows():
+    """Rows split in segments (each its own confidence) and an old row without segments."""
+    a = result_row("a", "the cat sat on the mat and the dog ran by the hat", "the cat sat on the mat and a frog "
+                   "ran by my cap", duration=6.0)
+    a.update(confidence=0.7, segments=[segment(0.0, 3.0, "The cat sat on the mat.", confidence=0.99),
+                                       segment(3.0, 6.0, "And a frog ran by my cap.", confidence=0.40)])
+    b = result_row("b", "red green blue black", "red green blue", duration=4.0)
+    b.update(confidence=0.92, segments=[segment(0.0, 2.0, "red green", confidence=0.95),
+                                        segment(2.0, 4.0, "blue", confidence=0.90)])  # "black" deleted at the end
+    c = result_row("c", "hello world", "hello world", duration=2.0)
+    c.update(confidence=0.97, segments=None)  # from before segments: one segment
+    d = result_row("d", "never said", None, status="failed")
+    d.update(confidence=0.1, segments=None)
+    return [a, b, c, d]
+
+
+def test_calibration_per_segment_next_to_per_row(tmp_path):
+    run = write_run(tmp_path / "run", _long_rows())
+    report = evaluate_paths([run])
+    acc = report.runs[0].accuracy
+    assert acc.all.ref_words == 13 + 4 + 2 + 2  # rows scored as before: each row's joined text vs its reference
+    assert acc.successful.wer == pytest.approx((4 + 1) / 19) and acc.all.wer == pytest.approx((4 + 1 + 2) / 21)
+    data = json.loads(to_json(report))["runs"][0]
+    rows, segs = data["calibration"], data["calibration_segments"]
+    assert rows["n_rows"] == 3 and segs["n_rows"] == 5 and segs["n_segments"] == 6 and segs["n_split_rows"] == 2
+    by_label = {b["lo"]: b for b in segs["wer_by_confidence"] if b["n"]}
+    assert by_label[0.0]["ref_words"] == 7 and by_label[0.0]["word_edits"] == 4  # a's 2nd segment: 4 substitutions
+    assert by_label[0.9]["ref_words"] == 2 and by_label[0.9]["word_edits"] == 1  # b's "blue" (+ deleted "black")
+    assert by_label[0.95]["n"] == 2 and by_label[0.95]["word_edits"] == 0  # b's first segment and c
+    assert by_label[0.98]["ref_words"] == 6 and by_label[0.98]["word_edits"] == 0
+    kept = {t["threshold"]: t for t in segs["thresholds"]}
+    assert kept[0.95]["n_kept"] == 3 and kept[0.95]["wer_kept"] == 0.0
+    assert kept[0.5]["n_kept"] == 4 and kept[0.5]["wer_kept"] == pytest.approx(1 / 12)
+    assert kept[0.0]["wer_kept"] == pytest.approx(5 / 19)  # all segments: the rows' words and edits again
+    row_kept = {t["threshold"]: t for t in rows["thresholds"]}
+    assert row_kept[0.9]["n_kept"] == 2 and row_kept[0.9]["wer_kept"] == pytest.approx(1 / 6)  # rows b and c
+    md = to_markdown(report)
+    assert "### WER by confidence — run" in md and "### WER by confidence, per segment — run" in md
+    assert "### Confidence thresholds, per segment — run" in md and "export --segments --min-confidence" in md
+    assert 'id="table-wer-by-confidence-segments-run"' in render_html(report)
+
+
+def test_unsplit_runs_show_the_per_row_calibration_once(tmp_path):
+    run = write_run(tmp_path / "run", _rows())
+    report = evaluate_paths([run])
+    data = json.loads(to_json(report))["runs"][0]
+    assert data["calibration_segments"]["n_split_rows"] == 0
+    assert data["calibration_segments"]["thresholds"] == data["calibration"]["thresholds"]
+    assert "per segment" not in to_markdown(report)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
 
 from typer.testing import CliRunner
 
@@ -73,3 +75,44 @@ def test_folder_to_filtered_nemo_labels(tmp_path, audio_dir, ray_cluster):
     for row in exported:
         assert row.text == by_id[row.id]["text"]  # what is kept is right (WER 0 at this threshold)
         assert Path(row.audio_filepath).is_file() and row.duration > 0
+
+
+def test_long_recordings_to_segments_in_every_format(tmp_path, audio_dir, ray_cluster):
+    """Long recordings: manifest dir → run → export --segments into NeMo, Lhotse and HF, each loaded by its own
+    library: ids <row id>#<k>, segments inside their file, in order, not overlapping. (Until the actor keeps a
+    row's pieces, each row is one segment.)"""
+    datasets = pytest.importorskip("datasets")
+    lhotse = pytest.importorskip("lhotse")
+    manifest = tmp_path / "long.jsonl"
+    _in_process("manifest", "dir", str(audio_dir), "--glob", "[et]*.wav", "-o", str(manifest))
+    rows = {r.id: r for _, r in iter_rows(manifest)}
+    assert len(rows) == 2  # endgame.wav (28 s), two_cities.wav (44 s)
+    run = tmp_path / "runs" / "long"
+    _cli("run", str(manifest), "-o", str(run), "--engine", "simulated", "--sim-speedup", "2000", "--sim-text",
+         "it was the best of times", "--quiet", "--address", ray_cluster)
+    results = {r["id"]: r for r in pq.read_table(run / "results.parquet").to_pylist()}
+
+    def check(ids, offsets, durations):
+        by_row: dict = {}
+        for segment_id, start, length in zip(ids, offsets, durations):
+            row_id, k = segment_id.rsplit("#", 1)
+            by_row.setdefault(row_id, []).append((int(k), start, start + length))
+        assert set(by_row) == set(results)
+        for row_id, pieces in by_row.items():
+            r = results[row_id]
+            assert [k for k, _, _ in pieces] == sorted(k for k, _, _ in pieces)
+            assert all(r["offset"] - 1e-6 <= a < b <= r["offset"] + r["duration_s"] + 1e-6 for _, a, b in pieces)
+            assert all(b1 <= a2 + 1e-6 for (_, _, b1), (_, a2, _) in zip(pieces, pieces[1:]))
+
+    _in_process("export", str(run), "--segments", "-o", str(tmp_path / "seg.jsonl"))
+    nemo = [json.loads(line) for line in (tmp_path / "seg.jsonl").read_text().splitlines()]
+    check([x["id"] for x in nemo], [x["offset"] for x in nemo], [x["duration"] for x in nemo])
+    assert all(x["text"] == "it was the best of times" for x in nemo)
+    _in_process("export", str(run), "--segments", "--to", "lhotse", "-o", str(tmp_path / "lhotse"))
+    cuts = lhotse.CutSet.from_file(tmp_path / "lhotse" / "cuts.jsonl.gz").to_eager()
+    check(list(cuts.ids), [c.start for c in cuts], [c.duration for c in cuts])
+    assert len({c.recording_id for c in cuts}) == 2
+    _in_process("export", str(run), "--segments", "--to", "hf", "--embed-audio", "-o", str(tmp_path / "hf"))
+    ds = datasets.load_from_disk(str(tmp_path / "hf")).cast_column("audio", datasets.Audio(decode=False))
+    samples, sr = sf.read(io.BytesIO(ds[0]["audio"]["bytes"]))
+    assert ds["id"] == [x["id"] for x in nemo] and sr == 16000 and len(samples) == round(nemo[0]["duration"] * sr)

@@ -114,3 +114,24 @@ def test_device_kind_is_a_setting_not_an_engine_option():
         build_config("m.jsonl", "out", engine="simulated", engine_options={"device_kind": "bm1684x"})
     with pytest.raises(ConfigError, match="does not run on device kind 'gpu'"):
         build_config("m.jsonl", "out", engine="bm1684x", bmodel="x.bmodel", device_kind="gpu")
+
+
+def test_export_sanity_filters_default_to_the_export_table():
+    """export's sanity filters: defaults.toml [export] gives Filters' defaults and the export options' help."""
+    from pathlib import Path
+
+    from transcribe_batch.config.settings import section, section_helps
+    from transcribe_batch.pipeline.export.filters import Filters
+
+    command = typer.main.get_command(app).commands["export"]
+    options = {p.name: p for p in command.params}
+    table, filters = section("export"), Filters()
+    assert set(table) == set(section_helps("export")) == {"min_chars_per_s", "max_chars_per_s", "hallucinations",
+                                                          "repetition"}
+    for name, value in table.items():
+        assert options[name].help.startswith(section_helps("export")[name]), name
+        if name == "hallucinations":
+            assert Path(filters.hallucinations).name == value and Path(filters.hallucinations).is_file()
+        else:
+            assert getattr(filters, name) == value == options[name].default, name
+    assert "export" not in defaults() and "min_chars_per_s" not in helps()  # not run settings

@@ -5,6 +5,10 @@ from data.
 Rows considered: successful rows (status ok: the only ones an export keeps) with a confidence and a scored reference
 (non-empty after normalization). Rates are corpus WER = Σ word edits / Σ reference words over the rows in question.
 Runs written before the confidence columns existed, or whose engine reports none, get no calibration and a reason.
+
+The same calibration per segment (`segment_calibration_of`): each segment of a long row with its own confidence,
+duration and share of the row's word edits (segment_scores.py) — what `export --segments --min-confidence`
+keeps. A row without segments is one segment.
 """
 
 from __future__ import annotations
@@ -152,3 +156,10 @@ def calibration_of(run) -> Calibration:
     sub = run.evaluated
     return calibrate(sub.col("confidence"), sub.col("duration_s"), [s == "ok" for s in sub.col("status")],
                      run.scores, has_column=sub.has("confidence"))
+
+
+def segment_calibration_of(run) -> Calibration:
+    """The calibration of one RunReport's segments (its scored rows' segments)."""
+    seg = run.segment_scores
+    return calibrate(seg.confidence, seg.duration_s, seg.ok, seg.scores,
+                     has_column=run.evaluated.has("confidence") or run.evaluated.has("segments"))

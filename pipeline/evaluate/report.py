@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .calibration import calibration_of
+from .calibration import calibration_of, segment_calibration_of
 from .compare import common_ids, disagreements, reference_conflicts, worst_utterances
 from .metrics import Accuracy, Bucket, UttScore, evaluate_accuracy, wer_by_duration
 from .runs import Run, load_run, unique_names
+from .segment_scores import SegmentScores, score_segments
 from .speed import Speed, evaluate_speed
 
 META_KEYS = ("engine", "model_id", "bmodel", "dtype", "template", "status")
@@ -23,6 +24,7 @@ class RunReport:
     accuracy: Accuracy
     scores: list[UttScore | None]  # per row of `evaluated`
     speed: Speed
+    segment_scores: SegmentScores  # per segment of `evaluated`'s rows (for the per-segment calibration)
 
     @property
     def name(self) -> str:
@@ -72,6 +74,9 @@ class Report:
                         for b in buckets_of(r)
                     ],
                     "calibration": calibration_of(r).to_dict(),
+                    "calibration_segments": {**segment_calibration_of(r).to_dict(),
+                                             "n_segments": r.segment_scores.n,
+                                             "n_split_rows": r.segment_scores.n_split_rows},
                 }
                 for r in self.runs
             ],
@@ -99,7 +104,9 @@ def build_report(runs: Sequence[Run], *, normalizer: str = "whisper", top: int =
         accuracy, scores = evaluate_accuracy(
             sub.col("text"), sub.col("pred_text"), [s == "ok" for s in sub.col("status")], normalizer=normalizer
         )
-        reports.append(RunReport(run, sub, accuracy, scores, evaluate_speed(run)))
+        segments = score_segments(sub.col("text"), sub.col("pred_text"), sub.col("status"), sub.col("confidence"),
+                                  sub.col("duration_s"), sub.col("segments"), normalizer=normalizer)
+        reports.append(RunReport(run, sub, accuracy, scores, evaluate_speed(run), segments))
     report = Report(reports, normalizer, len(ids) if ids is not None else None, notes=notes)
     if len(runs) > 1 and ids is not None:
         report.disagreements, more = disagreements(

@@ -1,9 +1,10 @@
 """`transcribe-batch export`: a run's transcripts as training labels, filtered, in the formats training code reads.
 
-Modules, in data-flow order: `source` (open run folders, check columns, stream record batches) → `target` (where
-the export may go; build it aside, mark it as an export, move it into place) → `agreement` (normalized WER against a
-second run, joined by id through hash buckets on disk) → `filters` (keep/drop each row, counting why) → one writer
-module per format → `export` (the passes, the summary).
+Modules, in data-flow order: `source` (open run folders, check columns, stream record batches) → `segments` (with
+--segments: each result row's segments as rows of their own) → `target` (where the export may go; build it aside,
+mark it as an export, move it into place) → `agreement` (normalized WER against a second run, joined by id through
+hash buckets on disk) → `filters` (keep/drop each row, counting why; the text checks in `sanity`: characters per
+second, repetition, hallucination phrases) → one writer module per format → `export` (the passes, the summary).
 A new format is one module with a subclass of `writer.Writer` named `Writer`, its tests, and one line in `FORMATS`.
 """
 

@@ -5,6 +5,10 @@ Both sides are spread by a hash of the id into bucket files on disk (Arrow IPC, 
 position on this side); each bucket pair is then joined by id with pyarrow and scored alone. What stays in memory is
 one float32 per row of this side (the result) plus one bucket. Texts go through the evaluator's normalizer
 (pipeline/evaluate/normalize.py) and are scored with the evaluator's jiwer alignments (metrics.score_texts).
+
+With `segments` both sides are segments (segments.py), joined by segment id "<row id>#<k>": a segment is compared
+only with the other run's segment of the same id covering the same audio (both ends within SPAN_TOLERANCE_S);
+where the other run split the row differently the segment gets SPAN_DIFFERS, not a WER of different audio.
 """
 
 from __future__ import annotations
@@ -22,15 +26,19 @@ from transcribe_batch.manifests.reader import id_digests
 
 from ..evaluate.metrics import score_texts
 from ..evaluate.normalize import normalize_all
-from .filters import FAILED_OTHER, MISSING_OTHER, Filters, keep_mask
+from . import segments as seg
+from .filters import FAILED_OTHER, MISSING_OTHER, SPAN_DIFFERS, Filters, keep_mask
 from .source import RunSource
 
 BUCKET_ROWS = 20_000  # rows of this side per bucket (the join's working set)
 SCORE_ROWS = 2_048  # pairs aligned by jiwer at once (its alignment objects are large)
 MAX_BUCKETS = 256  # bucket files open at once per side
+SPAN_TOLERANCE_S = 0.01  # --segments: two segments of one id cover the same audio when both ends are this close
 
-_MINE = pa.schema([("_row", pa.int64()), ("id", pa.string()), ("pred_text", pa.string())])
-_OTHER = pa.schema([("id", pa.string()), ("other_status", pa.string()), ("other_text", pa.string())])
+_SPAN = [("start_s", pa.float64()), ("end_s", pa.float64())]
+_MINE = pa.schema([("_row", pa.int64()), ("id", pa.string()), ("pred_text", pa.string()), *_SPAN])
+_OTHER = pa.schema([("id", pa.string()), ("other_status", pa.string()), ("other_text", pa.string()),
+                    *[("other_" + name, dtype) for name, dtype in _SPAN]])
 
 
 def _bucket_of(ids: pa.Array, n_buckets: int) -> np.ndarray:
@@ -75,28 +83,48 @@ def pair_wer(mine: Sequence[str], other: Sequence[str], normalizer: str) -> np.n
     return out
 
 
+def _count(source: RunSource, segments: bool) -> int:
+    """Rows, or with `segments` the segments they hold (a null list counts one), to size the buckets."""
+    if not (segments and "segments" in source.columns):
+        return source.n_rows
+    return sum(int(pc.sum(pc.fill_null(pc.list_value_length(b["segments"]), 1)).as_py() or 0)
+               for b in source.batches(["segments"]))
+
+
+def _span(table: pa.Table, segments: bool) -> tuple[pa.Array, pa.Array]:
+    if not segments:
+        return pa.nulls(table.num_rows, pa.float64()), pa.nulls(table.num_rows, pa.float64())
+    return table["offset"], pc.add(table["offset"], table["duration_s"])
+
+
 def agreement_codes(sources: Sequence[RunSource], other: RunSource, filters: Filters, *,
-                    normalizer: str = "whisper", workdir: str | Path | None = None) -> np.ndarray:
-    """One float32 per row of `sources` (in their read order): NaN for rows that fail `filters` (never compared),
-    MISSING_OTHER / FAILED_OTHER, or the normalized WER against `other`."""
-    n_rows = sum(s.n_rows for s in sources)
-    codes = np.full(n_rows, np.nan, dtype=np.float32)
+                    normalizer: str = "whisper", workdir: str | Path | None = None,
+                    segments: bool = False) -> np.ndarray:
+    """One float32 per row of `sources` (in their read order; with `segments`, per segment): NaN for rows that fail
+    `filters` (never compared), MISSING_OTHER / FAILED_OTHER / SPAN_DIFFERS, or the normalized WER against
+    `other`."""
+    n_rows = sum(_count(s, segments) for s in sources)
     n_buckets = max(1, min(MAX_BUCKETS, -(-n_rows // BUCKET_ROWS)))
     folder = Path(tempfile.mkdtemp(prefix=".tmp-agree-", dir=workdir))
     writers: dict = {}
+    extra = ["offset", "duration_s"] if segments else []
     try:
         start = 0
         for source in sources:
-            for batch in source.batches(["id", *dict.fromkeys(filters.columns())]):
+            for batch in seg.rows_of(source, list(dict.fromkeys(["id", *filters.columns(), *extra])), segments):
                 keep, _ = keep_mask(batch, filters)
                 rows = np.flatnonzero(keep)
                 picked = batch.take(pa.array(rows))
+                begin, end = _span(picked, segments)
                 mine = pa.table({"_row": pa.array(rows + start, pa.int64()), "id": picked["id"],
-                                 "pred_text": picked["pred_text"]})
+                                 "pred_text": picked["pred_text"], "start_s": begin, "end_s": end})
                 _spread(mine, n_buckets, writers, folder, "mine", _MINE)
                 start += batch.num_rows
-        for batch in other.batches(["id", "status", "pred_text"]):
-            theirs = pa.table({"id": batch["id"], "other_status": batch["status"], "other_text": batch["pred_text"]})
+        codes = np.full(start, np.nan, dtype=np.float32)
+        for batch in seg.rows_of(other, ["id", "status", "pred_text", *extra], segments):
+            begin, end = _span(batch, segments)
+            theirs = pa.table({"id": batch["id"], "other_status": batch["status"], "other_text": batch["pred_text"],
+                               "other_start_s": begin, "other_end_s": end})
             _spread(theirs, n_buckets, writers, folder, "other", _OTHER)
         for w in writers.values():
             w.close()
@@ -111,8 +139,16 @@ def agreement_codes(sources: Sequence[RunSource], other: RunSource, filters: Fil
             present = pc.is_valid(joined["other_status"]).to_numpy(zero_copy_only=False)
             usable = present & pc.fill_null(pc.and_(pc.equal(joined["other_status"], "ok"), pc.greater(
                 pc.utf8_length(pc.utf8_trim_whitespace(joined["other_text"])), 0)), False).to_numpy(zero_copy_only=False)
+            same_span = np.ones(len(rows), dtype=bool)
+            if segments:
+                for name in ("start_s", "end_s"):
+                    gap = pc.abs(pc.subtract(joined[name], joined["other_" + name]))
+                    same_span &= pc.fill_null(pc.less_equal(gap, SPAN_TOLERANCE_S), False).to_numpy(
+                        zero_copy_only=False)
             codes[rows[~present]] = MISSING_OTHER
-            codes[rows[present & ~usable]] = FAILED_OTHER
+            codes[rows[present & ~same_span]] = SPAN_DIFFERS
+            usable &= same_span
+            codes[rows[present & same_span & ~usable]] = FAILED_OTHER
             idx = np.flatnonzero(usable)
             if len(idx):
                 mine_text = joined["pred_text"].take(pa.array(idx)).to_pylist()

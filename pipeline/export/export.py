@@ -1,5 +1,6 @@
 """One export: check everything (the target first: `target.py`), compare with the other run (if asked), stream the
 kept rows into the format's writer, move the output into place, and say what was kept and what was dropped and why.
+With `segments` the rows written are the results' segments (segments.py), each filtered on its own values.
 Any failure (a full disk, a folder without write permission, Ctrl-C) leaves nothing behind and an earlier export
 unchanged; an OSError becomes an ExportError naming the target."""
 
@@ -18,6 +19,7 @@ from transcribe_batch.manifests.reader import DigestSet, id_digest
 
 from ..evaluate.normalize import NORMALIZERS
 from . import ExportError, writer_class
+from . import segments as seg
 from .filters import REASONS, Filters, keep_mask
 from .source import RunSource, open_run, open_runs
 from .target import Target, commit, discard, make_parents, plan_target, remove_parents, run_inputs, staging_path
@@ -29,6 +31,7 @@ class RunCount:
     path: str
     n_rows: int
     n_kept: int = 0
+    n_segments: int | None = None  # --segments: the segments its rows hold (what the filters saw)
 
 
 @dataclass
@@ -42,27 +45,42 @@ class Summary:
     runs: list[RunCount] = field(default_factory=list)
     agree_with: str | None = None
     filters: dict = field(default_factory=dict)
+    n_segments: int | None = None  # --segments: segments read (n_kept, n_dropped and dropped count segments)
+
+    @property
+    def n_read(self) -> int:
+        """What the filters saw: result rows, or with --segments their segments."""
+        return self.n_rows if self.n_segments is None else self.n_segments
 
     def to_dict(self) -> dict:
         return {
             "output": self.output,
             "format": self.format,
+            "unit": "row" if self.n_segments is None else "segment",
             "n_rows": self.n_rows,
+            **({} if self.n_segments is None else {"n_segments": self.n_segments}),
             "n_kept": self.n_kept,
-            "n_dropped": self.n_rows - self.n_kept,
+            "n_dropped": self.n_read - self.n_kept,
             "hours_kept": self.audio_s_kept / 3600,
             "dropped": {reason: self.dropped.get(reason, 0) for reason in REASONS if self.dropped.get(reason)},
-            "runs": [vars(r) for r in self.runs],
+            "runs": [{k: v for k, v in vars(r).items() if v is not None} for r in self.runs],
             "agree_with": self.agree_with,
             "filters": self.filters,
         }
 
 
-def _check_fields(sources: Sequence[RunSource], fields: Sequence[str]) -> tuple[str, ...]:
+def _check_fields(sources: Sequence[RunSource], fields: Sequence[str], segments: bool) -> tuple[str, ...]:
     out: list[str] = []
     for name in fields:
         if name in BUILT_IN:
             raise ExportError(f"--field {name}: already in every export (audio_filepath, offset, duration, text)")
+        if segments and name in seg.ROW_ONLY:
+            raise ExportError(f"--field {name}: with --segments each output row is one segment, and {name} is the "
+                              "whole result row's" + (" (its reference text is not split into segments)"
+                                                      if name == "text" else ""))
+        if segments and name == seg.ROW_ID:
+            out.append(name)
+            continue
         for s in sources:
             if name not in s.columns:
                 raise ExportError(f"--field {name}: {s.results} has no such column; it has: {', '.join(s.columns)}")
@@ -84,6 +102,40 @@ def _check_unique_ids(sources: Sequence[RunSource]) -> None:
                     first = next((s for s in sources[:sources.index(source) + 1] if _has_id(s, row_id)), source)
                     raise ExportError(f"id {row_id!r} is in both {first.path} and {source.path}: export runs with "
                                       "disjoint ids (or only the run whose labels you want)")
+
+
+def _says_language(source: RunSource, segments: bool) -> bool:
+    """Whether some row (with `segments`: or some segment) of the run has a detected language."""
+    if "detected_language" in source.columns and any(
+            pc.any(pc.is_valid(b["detected_language"])).as_py() for b in source.batches(["detected_language"])):
+        return True
+    return segments and "segments" in source.columns and any(
+        pc.any(pc.is_valid(pc.list_flatten(b["segments"].combine_chunks()).field("language"))).as_py() is True
+        for b in source.batches(["segments"], seg.BATCH_ROWS))
+
+
+def _check_language(sources: Sequence[RunSource], language: str, segments: bool) -> None:
+    """--language on a run whose model never says which language it heard: refused, saying so (every row would be
+    dropped for it)."""
+    for s in sources:
+        if not _says_language(s, segments):
+            model = s.meta.get("model_id") or _first(s, "model_id") or "its model"
+            raise ExportError(
+                f"--language {language}: {s.path} has no detected language on any row: {model} did not identify "
+                "the language (Qwen2-Audio never does; Qwen3-ASR does with its default template, not when the "
+                "language was forced). Drop --language for this run, or filter on the manifest's `language` "
+                "field before the run")
+
+
+def _first(source: RunSource, column: str):
+    """The first non-null value of a column (None when the run lacks it or it is all null)."""
+    if column not in source.columns:
+        return None
+    for batch in source.batches([column]):
+        values = batch[column].drop_null()
+        if len(values):
+            return values[0].as_py()
+    return None
 
 
 def _has_id(source: RunSource, row_id: str) -> bool:
@@ -110,7 +162,7 @@ def _os_failure(e: OSError, target: Target, tmp: Path | None) -> ExportError:
 
 def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo", filters: Filters = Filters(),
            fields: Sequence[str] = (), agree_with: str | Path | None = None, normalizer: str = "whisper",
-           embed_audio: bool = False, overwrite: bool = False) -> Summary:
+           embed_audio: bool = False, overwrite: bool = False, segments: bool = False) -> Summary:
     filters.check()
     if normalizer not in NORMALIZERS:
         raise ExportError(f"--normalizer {normalizer!r}: choose from {', '.join(NORMALIZERS)}")
@@ -129,16 +181,22 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
     target = plan_target(output, fmt, Writer.is_folder, overwrite, inputs)
     if filters.min_confidence is not None:
         for s in sources:
-            if "confidence" not in s.columns:
+            if "confidence" not in s.columns and not (segments and "segments" in s.columns):
                 raise ExportError(f"{s.results}: no confidence column (a run written before confidence existed): "
                                   "--min-confidence cannot be applied to it")
-    fields = _check_fields(sources, fields)
+    fields = _check_fields(sources, fields, segments)
+    if filters.language is not None:
+        _check_language(sources, filters.language, segments)
     _check_unique_ids(sources)
 
     summary = Summary(str(output), fmt, agree_with=str(agree_with) if agree_with is not None else None,
-                      filters={k: v for k, v in vars(filters).items() if v is not None})
+                      filters={k: v for k, v in vars(filters).items() if v is not None},
+                      n_segments=0 if segments else None)
     columns = list(dict.fromkeys([*ROW_COLUMNS, *filters.columns(), "status", *fields]))
     write_columns = list(dict.fromkeys([*ROW_COLUMNS, *fields]))
+    schema = _schema(sources, write_columns)
+    if segments:
+        schema = seg.schema(schema)
     created: list[Path] = []
     tmp: Path | None = None
     writer = None
@@ -151,12 +209,14 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
             from .filters import pre_agreement
 
             agreement = agreement_codes(sources, other, pre_agreement(filters), normalizer=normalizer,
-                                        workdir=target.path.parent)
-        writer = Writer(tmp, WriterOptions(fields=fields, embed_audio=embed_audio), _schema(sources, write_columns))
+                                        workdir=target.path.parent, segments=segments)
+        writer = Writer(tmp, WriterOptions(fields=fields, embed_audio=embed_audio, segments=segments), schema)
         start = 0
         for source in sources:
-            count = RunCount(str(source.path), source.n_rows)
-            for batch in source.batches(columns):
+            count = RunCount(str(source.path), source.n_rows, n_segments=0 if segments else None)
+            for batch in seg.rows_of(source, columns, segments):
+                if segments:
+                    count.n_segments += batch.num_rows
                 codes = agreement[start:start + batch.num_rows] if agreement is not None else None
                 keep, dropped = keep_mask(batch, filters, codes)
                 start += batch.num_rows
@@ -169,6 +229,8 @@ def export(runs: Sequence[str | Path], output: str | Path, *, fmt: str = "nemo",
             summary.runs.append(count)
             summary.n_rows += count.n_rows
             summary.n_kept += count.n_kept
+            if segments:
+                summary.n_segments += count.n_segments
         writer.close()
         writer = None
         record = {k: v for k, v in summary.to_dict().items() if k not in ("output", "format")}

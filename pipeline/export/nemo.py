@@ -1,5 +1,6 @@
 """NeMo manifest: one JSON object per line, `audio_filepath` (absolute), `offset`, `duration` (s), `text` (the
-transcript), then the `--field` columns. NeMo's ASR datasets (and our manifest reader) read it as is; an export that
+transcript), with --segments the segment's `id` ("<row id>#<k>"), then the `--field` columns. NeMo's ASR datasets
+read it as is (so does our manifest reader, except --segments ids: '#' is reserved in manifest ids); an export that
 keeps no rows is an empty file."""
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ class Writer(writer.Writer):
 
     def write(self, table: pa.Table) -> None:
         fields = self.options.fields
-        columns = {name: table[name].to_pylist() for name in ("audio_filepath", "offset", "duration_s", "pred_text",
-                                                              *fields)}
+        columns = {name: table[name].to_pylist() for name in ("id", "audio_filepath", "offset", "duration_s",
+                                                              "pred_text", *fields)}
         lines = []
         for i in range(table.num_rows):
             row = {"audio_filepath": columns["audio_filepath"][i], "offset": columns["offset"][i] or 0.0,
                    "duration": columns["duration_s"][i], "text": columns["pred_text"][i].strip()}
+            if self.options.segments:
+                row["id"] = columns["id"][i]
             for name in fields:
                 row[field_name(name)] = json_value(columns[name][i])
             lines.append(json.dumps(row, ensure_ascii=False, default=str))

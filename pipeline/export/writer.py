@@ -29,6 +29,7 @@ def field_name(column: str) -> str:
 class WriterOptions:
     fields: tuple[str, ...] = ()  # extra result columns to carry (--field), in the order given
     embed_audio: bool = False  # hf: decode each utterance and store its samples (16 kHz mono) in the dataset
+    segments: bool = False  # the rows are segments (export --segments): nemo then writes each one's `id` too
 
 
 class Writer(ABC):

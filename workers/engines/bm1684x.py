@@ -42,6 +42,7 @@ import numpy as np
 
 from ..frontend import model_id_of
 from ..models import ModelFamily, load_family
+from ..simulator_threads import yield_idle_engine_threads
 from .bm1684x_layout import ONE_CHUNK, engine_limits, one_chunk_problems, runtime_chunks, takes_any_length
 from .bm1684x_layout import describe as describe_layout
 from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineResult, Request,
@@ -232,6 +233,7 @@ class Bm1684xEngine(Engine):
         self.device = int(device)
         self.runtime = native.Runtime(str(self.bmodel), self.device,
                                       **({} if mask_value is None else {"mask_value": mask_value}))
+        yield_idle_engine_threads()  # on the cmodel simulator (a no-op on a card)
         self.layout = self.runtime.layout  # a copy: what the runtime found in the bmodel's nets
         problems = check_pair(self.bmodel, self.sidecar, self.family, self.layout)
         if problems:
