@@ -125,21 +125,6 @@ def _assert_prebuilt_limits(eng, head: str, logprob: str) -> None:
 
 
 @pytest.mark.simulator
-def test_every_committed_bmodel_layout_has_its_name():
-    """The names the engine logs and run.json keeps, from each fixture bmodel's own nets."""
-    from bm1684x_support import bmodel_path, port_bmodel_path
-    from transcribe_batch.workers.engines.bm1684x_layout import layout_name
-
-    tbn = native()
-    named = {PREBUILT: LOGITS, "qwen3-asr": TINY / "tiny-qwen3-asr.bmodel", "qwen2-audio": bmodel_path(),
-             "qwen2-audio-port": port_bmodel_path()}
-    for name, path in named.items():
-        lay = tbn.Runtime(str(path), 0).layout
-        assert layout_name(lay) == name, path
-        assert (lay.prefill_len < lay.seqlen) == (name == PREBUILT), (path, lay.prefill_len, lay.seqlen)
-
-
-@pytest.mark.simulator
 def test_the_released_8_chunk_window_runs_with_a_warning(released_window_folder, caplog):
     """The released checkpoints attend within n_window_infer = 800 frames; the prebuilt net within one 100-frame
     chunk: not a mismatch that refuses the pair, but a caveat, logged and kept in the limits (run.json)."""
@@ -217,9 +202,25 @@ def test_logits_head_gives_qwen_asr_tokens_at_every_step_with_confidence(folder,
     assert len(WHOLE[-1]["input_ids"]) + len(got[-1].token_ids) > REF["max_input_length"]
 
 
-# The TopK bmodel is loaded into the pytest process only from here on: on the cmodel simulator, loading it after the
-# logits bmodel makes the logits bmodel's runtime in the same process return all-zero logits (the other order, or any
-# other bmodel loaded after it, is fine; runs load one bmodel per actor process). Not investigated further.
+# Other bmodels are loaded into the pytest process only from here on: on the cmodel simulator, loading the TopK
+# bmodel or tiny-qwen3-asr.bmodel (the same weights) after the prebuilt logits bmodel makes the logits bmodel's runtime
+# in the same process return all-zero logits, while they themselves run right (loading them first, or a Qwen2-Audio
+# bmodel after it, is fine; runs load one bmodel per actor process). Not investigated further.
+
+@pytest.mark.simulator
+def test_every_committed_bmodel_layout_has_its_name():
+    """The names the engine logs and run.json keeps, from each fixture bmodel's own nets."""
+    from bm1684x_support import bmodel_path, port_bmodel_path
+    from transcribe_batch.workers.engines.bm1684x_layout import layout_name
+
+    tbn = native()
+    named = {PREBUILT: LOGITS, "qwen3-asr": TINY / "tiny-qwen3-asr.bmodel", "qwen2-audio": bmodel_path(),
+             "qwen2-audio-port": port_bmodel_path()}
+    for name, path in named.items():
+        lay = tbn.Runtime(str(path), 0).layout
+        assert layout_name(lay) == name, path
+        assert (lay.prefill_len < lay.seqlen) == (name == PREBUILT), (path, lay.prefill_len, lay.seqlen)
+
 
 @pytest.mark.simulator
 def test_the_topk_head_gives_ids_only(folder):
