@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribe_batch.config.settings import default, defaults
-from transcribe_batch.workers.contracts import EngineOptions, SimulatedOptions, WorkerConfig
+from transcribe_batch.workers.contracts import EngineOptions, SegmentSettings, SimulatedOptions, WorkerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,6 +22,9 @@ else:  # pragma: no cover
 _OPTIONAL = {"model_dir", "bmodel", "address", "progress_log", "sim_faults", "sim_text", "sim_card_model",
              "device_kind"}
 _PATHS = {"model_dir", "bmodel", "progress_log"}
+
+
+MIN_RANGE_S = 30.0  # a range must be longer than the cut window around its boundaries (workers/ranges.py: 20 s)
 
 
 class ConfigError(ValueError):
@@ -56,6 +60,10 @@ class RunConfig:
     shard_max_audio_s: float = _d("shard_max_audio_s")
     inflight_per_device: int = _d("inflight_per_device")
     escalate_min_s: float = _d("escalate_min_s")
+    splitter: str = _d("splitter")
+    segment_min_s: float = _d("segment_min_s")
+    segment_max_s: float = _d("segment_max_s")
+    range_s: float = _d("range_s")
     skip_bad_lines: bool = _d("skip_bad_lines")
     overwrite: bool = _d("overwrite")
     retry_failed: bool = _d("retry_failed")
@@ -81,6 +89,7 @@ class RunConfig:
             engine=self.engine, model_dir=str(self.model_dir) if self.model_dir else None,
             bmodel=str(self.bmodel) if self.bmodel else None, dtype=self.dtype, template=self.template,
             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, escalate_min_s=self.escalate_min_s,
+            segments=SegmentSettings(self.resolved_splitter(), self.segment_min_s, self.segment_max_s),
             sim=SimulatedOptions(speedup=self.sim_speedup, faults=self.sim_faults, text=self.sim_text,
                                  ttft_s=self.sim_ttft_s, s_per_token=self.sim_s_per_token,
                                  cost_model=self.sim_cost_model, card_model=self.sim_card_model,
@@ -88,8 +97,16 @@ class RunConfig:
                                  batch=self.sim_batch),
             extras=EngineOptions(self.engine_options), log_dir=str(log_dir) if log_dir is not None else None)
 
+    def resolved_splitter(self) -> str:
+        """The splitter this run uses: `splitter`, with auto resolved to vad where the Silero VAD can run here,
+        else energy (workers/vad.py; VadUnavailable for vad where it cannot)."""
+        from transcribe_batch.workers.vad import resolve_splitter
+
+        return resolve_splitter(self.splitter)
+
     def identity(self) -> dict:
-        """What must not change between a run and its resume (else --overwrite)."""
+        """What must not change between a run and its resume (else --overwrite): the segmentation included, so
+        that a row's pieces (and a long row's ranges) are all cut alike."""
         return {
             "engine": self.engine,
             "model_dir": str(self.model_dir) if self.model_dir else None,
@@ -98,6 +115,10 @@ class RunConfig:
             "prompt": _template_text(self.template),
             "max_new_tokens": self.max_new_tokens,
             "sim_text": self.sim_text if self.engine == "simulated" else None,
+            "splitter": self.resolved_splitter(),
+            "segment_min_s": self.segment_min_s,
+            "segment_max_s": self.segment_max_s,
+            "range_s": self.range_s,
         }
 
     def to_json(self) -> dict:
@@ -212,6 +233,18 @@ def validate(cfg: RunConfig, *, run: bool = True) -> None:
                  "device_max_failures"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not (math.isfinite(cfg.segment_max_s) and cfg.segment_max_s > 0):
+        raise ConfigError(f"segment_max_s must be a positive number of seconds, got {cfg.segment_max_s}")
+    if not 0 <= cfg.segment_min_s <= cfg.segment_max_s:
+        raise ConfigError(f"segment_min_s must lie in [0, segment_max_s = {cfg.segment_max_s}], got "
+                          f"{cfg.segment_min_s}")
+    if not (math.isfinite(cfg.range_s) and cfg.range_s >= MIN_RANGE_S):
+        raise ConfigError(f"range_s must be at least {MIN_RANGE_S:g} seconds (longer than the window a range's "
+                          f"cut is chosen from), got {cfg.range_s}")
+    try:
+        cfg.resolved_splitter()
+    except (ValueError, RuntimeError) as e:  # an unknown name, or vad where the Silero VAD cannot run
+        raise ConfigError(f"splitter: {e}") from None
     if cfg.sim_speedup <= 0:
         raise ConfigError(f"sim_speedup must be > 0, got {cfg.sim_speedup}")
     if run and cfg.engine == "bm1684x" and not cfg.bmodel:

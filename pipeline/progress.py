@@ -102,6 +102,20 @@ class ProgressTracker:
         if time.monotonic() - self._last_log >= self.min_log_interval_s or self.done >= self.total:
             self._write({"event": "progress"})
 
+    def update_range(self, record, *, row_failed: bool | None) -> None:
+        """record: a range of a long row done for good (its audio counts); `row_failed`: None while the row has
+        ranges left, else whether the row, now done, failed."""
+        d = record.duration_s or 0.0
+        self.audio_s_done += d
+        self._session_audio_s += d
+        if row_failed is not None:
+            self.done += 1
+            self.failed += bool(row_failed)
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.done)
+        if time.monotonic() - self._last_log >= self.min_log_interval_s or self.done >= self.total:
+            self._write({"event": "progress"})
+
     def retry(self, n: int) -> None:
         self.retries += n
 

@@ -87,6 +87,27 @@ def connect_ray(cfg: RunConfig) -> bool:
     return True
 
 
+class RangeTally:
+    """Long rows' ranges still to finish: a long row counts as done (failed if any range failed, now or in an
+    earlier run) when its last range's outcome comes."""
+
+    def __init__(self, plan, failed_inputs: np.ndarray):
+        rows, _ = plan.range_rows()
+        todo = ~plan.range_done
+        self.left = dict(zip(*np.unique(rows[todo], return_counts=True))) if todo.any() else {}
+        self.left = {int(i): int(n) for i, n in self.left.items()}
+        self.failed = {int(i) for i in np.unique(rows[np.isin(plan.range_inputs, failed_inputs) & plan.range_done])}
+
+    def done(self, outcome: Outcome) -> bool | None:
+        """None: the row has ranges left; else whether the finished row failed (its ranges of this run)."""
+        self.left[outcome.index] -= 1
+        if not outcome.ok:
+            self.failed.add(outcome.index)
+        if self.left[outcome.index] > 0:
+            return None
+        return outcome.index in self.failed
+
+
 class StopSignals:
     """SIGINT, SIGTERM and SIGHUP stop a run the same way (Ctrl-C; `kill`, `timeout`, systemd, batch schedulers; a
     closed terminal or a dropped ssh session). The first one is remembered in `received` (a run can never end
@@ -329,7 +350,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
     try:
         state = open_run_folder(folder, cfg.identity(), overwrite=cfg.overwrite, retry_failed=cfg.retry_failed)
         plan = build_plan(cfg.manifest, skip_bad_lines=cfg.skip_bad_lines, done_inputs=state.done_inputs,
-                          shard_size=cfg.shard_size, shard_max_audio_s=cfg.shard_max_audio_s)
+                          shard_size=cfg.shard_size, shard_max_audio_s=cfg.shard_max_audio_s, range_s=cfg.range_s)
         slots = []
         if plan.n_shards:
             life.ray_thread = start_ray(cfg, signals)
@@ -352,13 +373,14 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
         "identity": cfg.identity(),
         "engine": cfg.engine,
         "model_id": None,
+        "splitter": cfg.resolved_splitter(),
         "config": cfg.to_json(),
         "versions": versions(),
         "resumed": state.previous is not None,
         "runs": (state.previous or {}).get("runs", []) + [{"run_id": run_id, "started_at": now().isoformat(),
                                                              "manifest": str(cfg.manifest)}],
     }
-    n_failed_before = int(np.isin(plan.inputs[plan.done], state.failed_inputs).sum())
+    n_failed_before = plan.failed_rows(state.failed_inputs)
     summary = RunSummary(output=cfg.output, status="running", n_resumed=plan.n_done)
     writer = PartWriter(folder, state.next_seq)
     had_results = folder.results.exists()
@@ -370,13 +392,17 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
         life.claimed = True
     unreadable = {f for f, _ in state.unreadable}
     progress = ProgressTracker(total=plan.n_rows, audio_s_total=plan.audio_s(), done=plan.n_done,
-                               failed=n_failed_before, audio_s_done=plan.audio_s(np.flatnonzero(plan.done)),
+                               failed=n_failed_before, audio_s_done=plan.done_audio_s(),
                                log_path=cfg.progress_log or folder.progress_log, quiet=cfg.quiet)
 
+    range_tally = RangeTally(plan, state.failed_inputs)
+
     def on_final(outcomes: list[Outcome]) -> None:
-        records = [o.record for o in outcomes]
-        writer.add(records, [o.input_digest for o in outcomes])
-        progress.update(records)
+        writer.add([o.record for o in outcomes], [o.input_digest for o in outcomes])
+        progress.update([o.record for o in outcomes if o.span is None])
+        for o in outcomes:
+            if o.span is not None:  # a long row counts once its last range is done
+                progress.update_range(o.record, row_failed=range_tally.done(o))
 
     scheduler = None
     error: BaseException | None = None
@@ -401,6 +427,12 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                              "redone", event="stale")
             if plan.n_done:
                 progress.log(f"resuming: {plan.n_done} of {plan.n_rows} rows already in {cfg.output}", event="resume")
+            planned = (f"; {len(plan.long_rows)} long row(s) planned in {len(plan.range_inputs)} ranges of about "
+                      f"{cfg.range_s:g} s ({int(plan.range_done.sum())} done already)") if len(plan.long_rows) else ""
+            progress.log(f"audio longer than {cfg.segment_max_s:g} s (or the engine's limit) is cut at pauses found by "
+                         f"the {run_info['splitter']} splitter{planned}", event="segments",
+                         splitter=run_info["splitter"], long_rows=len(plan.long_rows),
+                         ranges=len(plan.range_inputs))
             if plan.bad:
                 on_final([Outcome(-1, 0, None, rec) for rec in plan.bad_line_records()])
             if plan.n_shards:

@@ -3,7 +3,8 @@
 - Each actor owns one device slot (pipeline/devices.py); what it asks Ray for (a card, a GPU, nothing) and whether
   it is pinned to its node comes from the slot's device kind (workers/platforms.py).
 - Work travels as typed `WorkItem`s and comes back as `Outcome`s (workers/work.py): plan index, line, attempt
-  number and the devices earlier attempts failed on go with each row.
+  number and the devices earlier attempts failed on go with each row; a long row goes as one item per time range
+  (pipeline/plan.py), each retried and charged on its own.
 - The driver keeps `inflight_per_device` shards queued per actor (the actor prepares the next shard's audio while
   the current one runs) and hands the next shard to whichever actor has room (breadth first): fresh shards longest
   first, retries before fresh work; a shard holds at least `batch_size` rows, so a batching engine always has a
@@ -255,12 +256,8 @@ class Scheduler:
         left = len(todo) - self.cursor
         share = -(-left // (2 * max(1, len(self.alive)) * self.inflight_per_device))
         end = min(end, self.cursor + max(self.batch_size, share))
-        indices = todo[self.cursor:end].tolist()
-        self.cursor = end
-        durations, lines, inputs = self.plan.durations, self.plan.lines, self.plan.inputs
-        return Task([WorkItem(index=i, line=int(lines[i]), input_digest=int(inputs[i]),
-                              duration=None if durations[i] != durations[i] else float(durations[i]))
-                     for i in indices])
+        start, self.cursor = self.cursor, end
+        return Task([self.plan.work_item(at) for at in range(start, end)])
 
     def _submit(self, dev: Device, task: Task) -> None:
         rows = self.plan.rows(np.asarray([item.index for item in task.items], dtype=np.int64))
@@ -435,7 +432,8 @@ class Scheduler:
                         error_class="ActorDied" if died else type(error).__name__,
                         attempts=item.attempt, engine=self.config.engine, device=dev.slot.device,
                         node=info.node if info else None, node_id=info.node_id if info else None,
-                        queued_at=item.queued_at, model_id=info.model_id if info else None)))
+                        queued_at=item.queued_at, model_id=info.model_id if info else None,
+                        **({"duration_s": item.duration} if item.span else {}))))
         self._requeue_unharmed(unharmed)
         if charged:
             self._requeue(charged)

@@ -74,6 +74,15 @@ def test_ledger_benchmark_compares_file_and_actor():
     assert float(figures["ledger_hold_median_us"]) > 0 and float(figures["actor_hold_median_us"]) > 0
 
 
+def test_longform_benchmark_measures_memory_and_the_spread_over_devices(tmp_path):
+    out, figures = _run("longform.py", "--hours", "0.05", "--whole", "0.05", "--wall-hours", "0.05", "--range-s",
+                        "60", "--wall-range-s", "60", "--speedup", "4000", "--keep", str(tmp_path))
+    assert "| 0.05h | ranges | 3 |" in out and "| 0.05h | whole row | 1 |" in out, out
+    assert "| 1 |" in out and "| 4 |" in out and "rows ok/failed" in out, out
+    assert int(figures["items_0.05h_ranges"]) == 3 and float(figures["wall_ratio_4_over_1"]) > 0
+    assert int(figures["mem_over_baseline_mb_0.05h_ranges"]) >= 0 and figures["splitter"] in ("vad", "energy")
+
+
 def test_export_segments_benchmark_runs(tmp_path):
     out, figures = _run("export_segments.py", "--rows", "2000", "--long", "4,16")
     assert "rows 2000: sanity filters off" in out and "long rows 16 (1 h, 360 segments each): 5760 segments" in out

@@ -30,6 +30,7 @@ def test_crashes_charge_only_the_rows_on_the_device(tmp_path, audio_dir, batch_s
     summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", devices="2",
                                    sim_speedup=2000, sim_faults=faults, max_attempts=3, batch_size=batch_size,
                                    escalate_min_s=1000.0,  # no retry splits audio: one fault draw per attempt
+                                   segment_max_s=30.0,  # rows ≤ 30 s are one piece: one draw an attempt
                                    quiet=True))
     out = {r["id"]: r for r in pq.read_table(summary.results).to_pylist()}
     spec = FaultSpec.parse(faults)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from transcribe_batch.config.settings import default
 from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.pipeline.config import worker_config
 from transcribe_batch.workers.audio import AudioDecodeError, AudioError, load_audio
@@ -39,12 +40,15 @@ def test_every_recording(frontend, audio_dir, audio_rows):
     assert frontend.model_id == "qwen2-audio-7b-instruct"
     for i, manifest_row in enumerate(audio_rows):
         row = _row(audio_dir, manifest_row, i)
-        requests = frontend.prepare(row)
-        total = sum(r.duration_s for r in requests)
-        assert total == pytest.approx(manifest_row["duration"], abs=0.002)  # nothing dropped
-        assert len(requests) == (2 if manifest_row["duration"] > 30 else 1)
+        pieces = frontend.prepare_pieces(row)
+        requests = pieces.requests
+        spans = sorted([(r.start_s, r.end_s) for r in requests] + list(pieces.skipped))
+        assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(manifest_row["duration"], abs=0.002)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # pieces and skipped stretches tile the audio
+        longer = manifest_row["duration"] > default("segment_max_s")  # cut into training segments at pauses
+        assert len(requests) >= 2 if longer else len(requests) == 1 and not pieces.skipped
         for k, r in enumerate(requests):
-            assert r.duration_s <= 30.0
+            assert r.duration_s <= default("segment_max_s") and r.end_s - r.start_s == pytest.approx(r.duration_s)
             assert (r.chunk_index, r.n_chunks) == (k, len(requests))
             assert r.id == (row.id if len(requests) == 1 else f"{row.id}#{k}")
             assert r.features.shape == (128, 3000) and r.features.dtype == np.float32
@@ -83,9 +87,10 @@ def test_offset_duration_prompt_and_task(frontend, audio_dir):
     assert np.array_equal(r.audio, load_audio(path, 2.0, 3.0))
 
 
-def test_max_chunk_s_forces_shorter_pieces(frontend, audio_dir):
+def test_max_chunk_s_forces_shorter_pieces(model_dir, audio_dir):
+    frontend = _fe(model_dir, segment_max_s=30.0)
     row = ManifestRow(id="e", audio_filepath=str(audio_dir / "endgame.wav"))
-    assert len(frontend.prepare(row)) == 1
+    assert len(frontend.prepare(row)) == 1  # 28.3 s: one piece within segment_max_s
     pieces = frontend.prepare(row, max_chunk_s=8.0)
     assert len(pieces) >= 4 and all(p.duration_s <= 8.0 for p in pieces)
     assert [p.id for p in pieces] == [f"e#{k}" for k in range(len(pieces))]
@@ -96,7 +101,7 @@ def test_without_a_model_folder_only_audio(audio_dir):
     (r,) = fe.prepare(ManifestRow(id="x", audio_filepath=str(audio_dir / "001.wav"), text="ten of clubs"))
     assert r.features is None and r.prompt_ids == () and r.n_audio_tokens == 27 and r.audio is not None
     assert r.reference == "ten of clubs" and fe.model_id == ""
-    assert len(fe.prepare(ManifestRow(id="y", audio_filepath=str(audio_dir / "two_cities.wav")))) == 2
+    assert len(fe.prepare(ManifestRow(id="y", audio_filepath=str(audio_dir / "two_cities.wav")))) >= 3  # 44 s, ≤ 20 s
     with pytest.raises(RuntimeError):
         fe.decode([1, 2])
 

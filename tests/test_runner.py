@@ -7,6 +7,7 @@ import pytest
 import ray
 
 from manifest_helpers import write_manifest
+from transcribe_batch.config.settings import default
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.runner import run_job
 from transcribe_batch.pipeline.scheduler import SchedulerError
@@ -56,7 +57,7 @@ def test_injected_failures_are_retried_and_recover(tmp_path, audio_dir):
     spec = FaultSpec.parse(faults)
     expected = {}
     for row in rows:  # the attempt on which the seeded faults let each row through
-        if row["duration"] > 30:
+        if row["duration"] > default("segment_max_s"):
             continue  # split into pieces: every piece draws its own faults
         expected[row["id"]] = next(k for k in range(1, 11) if spec.draw(row["id"], k) is None)
     assert summary.n_ok == len(rows) and len(out) == len(rows)

@@ -124,7 +124,7 @@ def rows(audio_manifest):
 
 
 def test_worker_cheap_front_end_records(rows):
-    w = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=2000), device=3)
+    w = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=2000, segment_max_s=30.0), device=3)
     try:
         recs = _records(w, _items(rows))
     finally:
@@ -192,7 +192,7 @@ def test_retry_escalation_splits_long_audio(audio_dir):
     long_row = next(r for r in shared_rows(audio_dir) if r["duration"] > 40)
     row = ManifestRow(id="long", audio_filepath=long_row["audio_filepath"], duration=long_row["duration"],
                       text=long_row.get("text"))
-    w = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=2000), device=0)
+    w = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=2000, segment_max_s=30.0), device=0)
     try:
         first, third = _records(w, _items([row]) + [replace(_items([row], attempt=3)[0], index=1, line=2)])
     finally:
@@ -283,7 +283,8 @@ def test_pieces_of_split_audio_say_their_share_of_the_reference(audio_dir, model
     tok = load_tokenizer(model_dir)
     for options, whole in [({}, count_tokens(reference)),
                            ({"model_dir": str(model_dir)}, len(tok.encode(reference, add_special_tokens=False).ids))]:
-        w = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=2000, **options), device=0)
+        w = TranscriptionWorker(worker_config(engine="simulated", sim_speedup=2000, segment_max_s=30.0, **options),
+                                device=0)
         try:
             recs = _records(w, _items([row]) + [replace(_items([row], attempt=3)[0], index=1, line=2)])
         finally:

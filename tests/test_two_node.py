@@ -81,8 +81,8 @@ def test_crashes_on_either_node_charge_only_the_row_on_the_device(tmp_path, audi
     faults = "crash=0.25,seed=3"
     summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", sim_speedup=2000,
                                    devices="all", shard_size=1, quiet=True, sim_faults=faults, max_attempts=3,
-                                   escalate_min_s=1000.0, device_max_failures=1000,
-                                   device_kind="bm1684x"))
+                                   escalate_min_s=1000.0, device_max_failures=1000, segment_max_s=30.0,
+                                   device_kind="bm1684x"))  # rows ≤ 30 s: one piece, one fault draw an attempt
     assert summary.status == "complete" and summary.stats["actor_crashes"] >= 3
     spec = FaultSpec.parse(faults)
     out = {r["id"]: r for r in pq.read_table(summary.results).to_pylist()}

@@ -25,11 +25,12 @@ from .audio import AudioError
 from .contracts import ActorInfo, WorkerConfig
 from .engines import create_engine
 from .engines.base import Request, SequenceTooLong
-from .frontend import FrontEnd
+from .frontend import FrontEnd, Pieces
 from .ledger import DeviceLedger
 from .platforms import platform
 from .prompts import PromptError
 from .record import node_name, now
+from .vad import VadUnavailable
 from .work import Outcome, WorkItem
 
 MIN_CHUNK_S = 4.0  # escalation never splits audio into pieces shorter than this
@@ -55,12 +56,17 @@ def ray_node_id() -> str | None:
 
 
 class _Prepared:
-    """A work item whose front end is done: its requests, CPU seconds, and when it was ready (perf_counter)."""
+    """A work item whose front end is done: its pieces (requests), CPU seconds, and when it was ready
+    (perf_counter)."""
 
-    __slots__ = ("item", "requests", "prep_s", "ready_at")
+    __slots__ = ("item", "pieces", "prep_s", "ready_at")
 
-    def __init__(self, item: WorkItem, requests: list[Request], prep_s: float, ready_at: float):
-        self.item, self.requests, self.prep_s, self.ready_at = item, requests, prep_s, ready_at
+    def __init__(self, item: WorkItem, pieces: Pieces, prep_s: float, ready_at: float):
+        self.item, self.pieces, self.prep_s, self.ready_at = item, pieces, prep_s, ready_at
+
+    @property
+    def requests(self) -> list[Request]:
+        return self.pieces.requests
 
 
 class TranscriptionWorker:
@@ -111,6 +117,10 @@ class TranscriptionWorker:
             if isinstance(prepared, Outcome):
                 yield prepared
                 continue
+            if not prepared.requests:  # no speech anywhere in its audio: nothing for the device
+                at = now()
+                yield self._record(prepared, [], at, at, 0.0, 0.0)
+                continue
             if prepared.item.alone and self.batch_size > 1:  # it was in a batch that crashed: find out alone
                 for outcome in self._run_group([prepared], submitted_at):
                     yield outcome
@@ -132,18 +142,19 @@ class TranscriptionWorker:
         return escalated_chunk_s(item.duration, item.attempt, self.engine.limits.max_audio_s,
                                  self.config.escalate_min_s)
 
-    def _prepare(self, item: WorkItem, max_chunk_s: float | None) -> tuple[list[Request], float, float]:
-        """(requests, CPU seconds, perf_counter when ready)."""
+    def _prepare(self, item: WorkItem, max_chunk_s: float | None) -> tuple[Pieces, float, float]:
+        """(pieces, CPU seconds, perf_counter when ready)."""
         t0 = time.perf_counter()
-        requests = self.frontend.prepare(item.row, max_chunk_s=max_chunk_s, keep_audio=self.engine.needs_audio)
+        pieces = self.frontend.prepare_pieces(item.row, span=item.span, max_chunk_s=max_chunk_s,
+                                              keep_audio=self.engine.needs_audio)
         t1 = time.perf_counter()
-        return requests, t1 - t0, t1
+        return pieces, t1 - t0, t1
 
     def _await(self, item: WorkItem, fut: Future) -> _Prepared | Outcome:
         try:
             return _Prepared(item, *fut.result())
-        except (AudioError, PromptError) as e:  # bad input: final, never worth a retry
-            return self._failed(item, e, on_device=False)
+        except (AudioError, PromptError, VadUnavailable) as e:  # bad input, or no VAD on this node: final, never
+            return self._failed(item, e, on_device=False)  # worth a retry
         except Exception as e:  # noqa: BLE001 - recorded; the driver may retry
             return self._failed(item, e, retry=True, on_device=False)
 
@@ -192,19 +203,19 @@ class TranscriptionWorker:
             yield self._record(p, res, started_at, finished_at, share, waited if k == 0 else 0.0)
 
     def _run_one(self, p: _Prepared, submitted_at: float) -> Outcome:
-        item, requests, prep_s = p.item, p.requests, p.prep_s
+        item, pieces, prep_s = p.item, p.pieces, p.prep_s
         chunk_s = self._chunk_s(item)
         with self._device([p], submitted_at) as wait_s:
             started_at = now()
             t0 = time.perf_counter()
             for _ in range(MAX_RESPLITS + 1):
                 try:
-                    results = [self.engine.transcribe(r) for r in requests]
+                    results = [self.engine.transcribe(r) for r in pieces.requests]
                     break
                 except SequenceTooLong:
                     chunk_s = max(MIN_CHUNK_S, (chunk_s or self.engine.limits.max_audio_s) / 2)
                     try:
-                        requests, extra_prep, _ = self._prepare(item, chunk_s)
+                        pieces, extra_prep, _ = self._prepare(item, chunk_s)
                         prep_s += extra_prep
                     except Exception as e:  # noqa: BLE001
                         return self._failed(item, e, retry=not isinstance(e, (AudioError, PromptError)))
@@ -215,7 +226,7 @@ class TranscriptionWorker:
                                     started_at=started_at, finished_at=now())
             total_s = time.perf_counter() - t0
             finished_at = now()
-        return self._record(_Prepared(item, requests, prep_s, p.ready_at), results, started_at, finished_at,
+        return self._record(_Prepared(item, pieces, prep_s, p.ready_at), results, started_at, finished_at,
                             total_s, wait_s)
 
     # -- records (workers/assemble.py) ---------------------------------------------------------------------------
@@ -227,7 +238,7 @@ class TranscriptionWorker:
         return failed(self.producer, item, error, **kw)
 
     def _record(self, p: _Prepared, results, started_at, finished_at, total_s, wait_s) -> Outcome:
-        return answered(self.frontend, self.producer, p.item, p.requests, results,
+        return answered(self.frontend, self.producer, p.item, p.pieces, results,
                         DeviceTime(started_at, finished_at, total_s, wait_s, p.prep_s))
 
     def close(self) -> None:

@@ -77,6 +77,15 @@ class SimulatedOptions:
 
 
 @dataclass(frozen=True)
+class SegmentSettings:
+    """How long audio becomes pieces (training segments): where speech is, and how long a piece may be."""
+
+    splitter: str  # vad (Silero) | energy: what finds the pauses (resolved: never "auto" here; workers/vad.py)
+    min_s: float  # pieces shorter than this are avoided (merged across short pauses; workers/segmenting.py)
+    max_s: float  # no piece longer than this (nor than the engine's own limit); audio longer is cut at pauses
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Everything a device actor, its front end and its engine are configured with; built once per run by
     `RunConfig.worker_config()` (pipeline/config.py). Paths are absolute strings (it travels to other nodes)."""
@@ -89,6 +98,7 @@ class WorkerConfig:
     max_new_tokens: int  # cap on generated tokens per request (the front end lowers it for short audio)
     batch_size: int  # requests per engine call (a batched bmodel takes at least its B)
     escalate_min_s: float  # a failed utterance at least this long is retried in shorter pieces
+    segments: SegmentSettings  # how long audio is cut into pieces
     sim: SimulatedOptions  # the simulated engine's settings
     extras: EngineOptions = field(default_factory=EngineOptions)  # [engine_options]: engine-specific, read-only
     log_dir: str | None = None  # where native libraries' console output goes (the run folder's logs/); None: stdout
@@ -137,6 +147,8 @@ class Request:
     reference: str | None = None  # reference transcript, if the manifest has one (the simulated engine uses it)
     chunk_index: int = 0
     n_chunks: int = 1
+    start_s: float = 0.0  # where this piece starts within the audio FILE, seconds (the row's offset included)
+    end_s: float = 0.0  # where it ends within the file
     speech: bool = True  # the audio has speech by the front end's energy check (an empty answer is then wrong)
 
     @property

@@ -71,12 +71,12 @@ class DeviceLedger:
         except OSError:  # a dying predecessor still holds it: the lock only guards against sweeps
             pass
 
-    def hold(self, keys: list[tuple[int, int]]) -> None:
-        """Record `keys` ((plan index, attempt) pairs) as what is on the device from now on. If that fails, no
+    def hold(self, keys: list[tuple[int, ...]]) -> None:
+        """Record `keys` (WorkItem.key: tuples of ints) as what is on the device from now on. If that fails, no
         earlier record is left behind to be charged for this call's crash. Once the run's ledgers were removed (the
         run is over; an actor still finishing a call as it is ended), nothing is left behind either: the driver
         removes the lock file first and the record last, and this checks the lock file after writing the record."""
-        data = json.dumps([[int(i), int(a)] for i, a in keys]).encode()
+        data = json.dumps([[int(x) for x in key] for key in keys]).encode()
         try:
             fd = os.open(self._files[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
@@ -96,7 +96,7 @@ class DeviceLedger:
         os.close(self._lock)
 
 
-def take_held(path: str | Path) -> list[tuple[int, int]]:
+def take_held(path: str | Path) -> list[tuple[int, ...]]:
     """The keys the ledger at `path` last recorded (the device may have finished them since), removing the record
     so that a second crash is not charged to the first one's rows. Run on the actor's node. [] when none."""
     path = Path(path)
@@ -106,7 +106,7 @@ def take_held(path: str | Path) -> list[tuple[int, int]]:
         return []
     path.unlink(missing_ok=True)
     try:
-        return [(int(i), int(a)) for i, a in json.loads(data)]
+        return [tuple(int(x) for x in key) for key in json.loads(data)]
     except (ValueError, TypeError):  # cannot happen with the rename; a crash is then the device's alone
         return []
 

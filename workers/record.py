@@ -83,7 +83,8 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("finished_at", _TS, "when the device finished this row"),
     ("n_chunks", pa.int32(), "pieces the audio was split into (1 = not split)"),
     ("segments", pa.list_(SEGMENT), "the row's pieces in time order, one element when it was not split (fields: "
-                                    + ", ".join(name for name, _, _ in SEGMENT_FIELDS) + "; times within the file)"),
+                                    + ", ".join(name for name, _, _ in SEGMENT_FIELDS) + "; times within the file); "
+                                    "null when no piece reached the engine (bad audio, engine errors)"),
     ("skipped", pa.list_(SKIPPED), "stretches of the row's audio left out of every segment (start_s, end_s, reason, "
                                    "e.g. non_speech); empty when nothing was left out"),
     ("manifest_extra", pa.string(), "other manifest fields as JSON (parts only; results.parquet has them as columns)"),

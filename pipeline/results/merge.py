@@ -1,9 +1,10 @@
 """The merge: parts + the current manifest's plan -> results.parquet, exactly the plan's rows in line order.
 
 Each result row is the latest record answering the row's exact input (its input digest), with the manifest's
-current line number, reference text and other fields (as columns). Records of rows the manifest no longer has (or
-has changed) stay in parts/ but never reach the results. Streaming: a few numbers per row plus one bucket of rows in
-memory, whatever the run's size.
+current line number, reference text and other fields (as columns); a long row planned in time ranges
+(pipeline/plan.py) is the join of its ranges' latest records, in range order (workers/assemble.py join_ranges).
+Records of rows the manifest no longer has (or has changed) stay in parts/ but never reach the results. Streaming: a
+few numbers per record plus one bucket of rows in memory, whatever the run's size.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, to_table
+from transcribe_batch.workers.assemble import join_ranges
+from transcribe_batch.workers.record import COLUMNS, PART_SCHEMA, conform, records_of, to_table
 
 from .atomic import temp_path
 from .folder import RunFolder
@@ -50,37 +52,72 @@ def _digests(path: Path) -> pa.ChunkedArray | None:
                              ) from None
 
 
-def _output_positions(files: list[Path], plan) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, int]:
-    """Where each record of each part goes in results.parquet (-1: left out) and which plan row it answers, and
-    where each bad line's record goes, from the parts' input digests only (a few 8-byte numbers a row at the peak,
-    never the rows). A record goes in when its input digest is that of a current manifest row and it is the latest
-    record for that input; output order is the manifest's line order."""
-    by_input = np.argsort(plan.inputs, kind="stable")
-    sorted_inputs = plan.inputs[by_input]
-    indices, sizes = [], []
+def _match(digests: np.ndarray, valid: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each digest, the index in `keys` of an equal key (-1: none, or not valid)."""
+    if not len(keys):
+        return np.full(len(digests), -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    at = np.minimum(np.searchsorted(sorted_keys, digests), len(sorted_keys) - 1)
+    return np.where(valid & (sorted_keys[at] == digests), order[at], -1).astype(np.int64)
+
+
+def _output_positions(files: list[Path], plan) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray],
+                                                         np.ndarray, int]:
+    """Where each record of each part goes in results.parquet (-1: left out), which plan row it answers and which
+    range of it (-1: the whole row), and where each bad line's record goes, from the parts' input digests only (a
+    few 8-byte numbers a record at the peak, never the rows). A record goes in when its input digest is that of a
+    current manifest row (or of a range of a long row: pipeline/plan.py) and it is the latest record for that
+    input; a long row goes in once every one of its ranges has a record (its ranges share its position and are
+    joined in the last pass). Output order is the manifest's line order."""
+    long_row = np.zeros(len(plan.inputs), bool)
+    long_row[plan.long_rows] = True
+    range_row, range_k = plan.range_rows()
+    n_rows = len(plan.inputs)
+    units, sizes = [], []  # unit: a plan row (whole), or n_rows + a range's index in plan.range_inputs
     for f in files:
         d = _digests(f)
-        if d is not None and len(sorted_inputs):
+        if d is not None and (n_rows or len(plan.range_inputs)):
             valid = pc.is_valid(d).to_numpy(zero_copy_only=False)
             d = pc.fill_null(d, 0).to_numpy().astype(np.int64, copy=False)
-            at = np.minimum(np.searchsorted(sorted_inputs, d), len(sorted_inputs) - 1)
-            idx = np.where(valid & (sorted_inputs[at] == d), by_input[at], -1)
+            whole = _match(d, valid, plan.inputs)
+            whole[whole >= 0] = np.where(long_row[whole[whole >= 0]], -1, whole[whole >= 0])
+            ranged = _match(d, valid, plan.range_inputs)
+            unit = np.where(ranged >= 0, n_rows + ranged, whole)
         else:  # no input digests (parts of an older version: never reused), or an empty plan
-            idx = np.full(pq.read_metadata(f).num_rows, -1, dtype=np.int64)
-        indices.append(idx.astype(np.int64, copy=False))
-        sizes.append(len(idx))
-    idx_all = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    matched = np.flatnonzero(idx_all >= 0)
-    chosen = matched[last_of_each(idx_all[matched])]  # record numbers, one per answered plan row
+            unit = np.full(pq.read_metadata(f).num_rows, -1, dtype=np.int64)
+        units.append(unit.astype(np.int64, copy=False))
+        sizes.append(len(unit))
+    unit_all = np.concatenate(units) if units else np.zeros(0, np.int64)
+    matched = np.flatnonzero(unit_all >= 0)
+    chosen = matched[last_of_each(unit_all[matched])]  # record numbers, one per answered row or range
+    chosen_unit = unit_all[chosen]
+    is_range = chosen_unit >= n_rows
+    row_of = np.where(is_range, range_row[np.maximum(chosen_unit - n_rows, 0)] if len(range_row) else -1,
+                      chosen_unit)
+    if len(plan.long_rows):  # a long row is answered when every one of its ranges is
+        have = np.bincount(row_of[is_range], minlength=n_rows)
+        need = np.zeros(n_rows, np.int64)
+        need[plan.long_rows] = np.diff(plan.range_first)
+        complete = have == need
+        keep = ~is_range | complete[row_of]
+        chosen, chosen_unit, is_range, row_of = chosen[keep], chosen_unit[keep], is_range[keep], row_of[keep]
+    rows = np.unique(row_of)
     bad_lines = np.array([e.line for e in plan.bad], dtype=np.int64)
-    lines = np.concatenate([plan.lines[idx_all[chosen]], bad_lines])
+    lines = np.concatenate([plan.lines[rows], bad_lines])
     rank = np.empty(len(lines), dtype=np.int64)
     rank[np.argsort(lines, kind="stable")] = np.arange(len(lines), dtype=np.int64)
-    pos = np.full(len(idx_all), -1, dtype=np.int64)
-    pos[chosen] = rank[:len(chosen)]
+    row_rank = np.full(n_rows, -1, dtype=np.int64)
+    row_rank[rows] = rank[:len(rows)]
+    pos = np.full(len(unit_all), -1, dtype=np.int64)
+    pos[chosen] = row_rank[row_of]
+    idx_all = np.full(len(unit_all), -1, dtype=np.int64)
+    idx_all[chosen] = row_of
+    k_all = np.full(len(unit_all), -1, dtype=np.int64)
+    k_all[chosen[is_range]] = range_k[chosen_unit[is_range] - n_rows]
     split = np.cumsum(sizes)[:-1] if sizes else []
-    return (np.split(pos, split) if sizes else [], np.split(idx_all, split) if sizes else [], rank[len(chosen):],
-            len(lines))
+    parts = (lambda a: np.split(a, split) if sizes else [])
+    return parts(pos), parts(idx_all), parts(k_all), rank[len(rows):], len(lines)
 
 
 class _ExtraFields:
@@ -153,6 +190,25 @@ def _with_current_fields(table: pa.Table, rows: list, lines: np.ndarray) -> pa.T
     return table
 
 
+def _joined(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A bucket sorted by (position, range) with each long row's range records joined into the row's record
+    (workers/assemble.py join_ranges), still sorted by position."""
+    ks = table["_range"].to_numpy()
+    if not (ks >= 0).any():
+        return table
+    pos = table["_pos"].to_numpy()
+    ranged = np.flatnonzero(ks >= 0)
+    records = records_of(table.take(pa.array(ranged)))
+    starts = np.flatnonzero(np.r_[True, np.diff(pos[ranged]) != 0])
+    ends = np.r_[starts[1:], len(ranged)]
+    joined = to_table([join_ranges(records[s:e]) for s, e in zip(starts.tolist(), ends.tolist())])
+    joined = (joined.append_column("_pos", pa.array(pos[ranged][starts]))
+              .append_column("_range", pa.array(np.full(len(starts), -1, dtype=np.int64))).cast(schema))
+    whole = table.take(pa.array(np.flatnonzero(ks < 0)))
+    out = pa.concat_tables([whole, joined])
+    return out.take(pa.array(np.argsort(out["_pos"].to_numpy(), kind="stable")))
+
+
 def merge_results(folder: RunFolder, plan, *, files: list[Path] | None = None, target: Path | None = None,
                   run_id: str | None = None, workdir: Path | None = None) -> MergeSummary:
     """Merge the part `files` (default: the folder's, in write order) into `target` (default: the folder's
@@ -167,10 +223,10 @@ def merge_results(folder: RunFolder, plan, *, files: list[Path] | None = None, t
     and appended to the output. Memory: a few numbers per row plus one bucket of rows."""
     files = folder.part_files() if files is None else files
     target = folder.results if target is None else target
-    positions, indices, bad_pos, n_out = _output_positions(files, plan)
+    positions, indices, range_ks, bad_pos, n_out = _output_positions(files, plan)
     bucket_rows = max(MERGE_BUCKET_ROWS, -(-n_out // MERGE_MAX_BUCKETS))
     n_buckets = -(-n_out // bucket_rows)
-    bucket_schema = PART_SCHEMA.append(pa.field("_pos", pa.int64()))
+    bucket_schema = PART_SCHEMA.append(pa.field("_pos", pa.int64())).append(pa.field("_range", pa.int64()))
     work = (workdir or target.parent) / f".tmp-merge-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
     extra = _ExtraFields()
@@ -179,20 +235,21 @@ def merge_results(folder: RunFolder, plan, *, files: list[Path] | None = None, t
     n_ok, audio_s = 0, 0.0
 
     def sources():
-        for f, pos, idx in zip(files, positions, indices):
+        for f, pos, idx, ks in zip(files, positions, indices, range_ks):
             rows = np.flatnonzero(pos >= 0)
             if len(rows):
                 table = conform(read_part(f)).take(pa.array(rows))  # an older part may lack newer columns
                 current = plan.rows(idx[rows])
-                yield _with_current_fields(table, current, plan.lines[idx[rows]]), pos[rows]
+                yield _with_current_fields(table, current, plan.lines[idx[rows]]), pos[rows], ks[rows]
         if plan.bad:
-            yield to_table(plan.bad_line_records()), bad_pos
+            yield to_table(plan.bad_line_records()), bad_pos, np.full(len(bad_pos), -1, dtype=np.int64)
 
     try:
-        for table, pos in sources():
+        for table, pos, ks in sources():
             by_bucket = np.argsort(pos // bucket_rows, kind="stable")
-            pos = pos[by_bucket]
-            table = table.take(pa.array(by_bucket)).append_column("_pos", pa.array(pos)).cast(bucket_schema)
+            pos, ks = pos[by_bucket], ks[by_bucket]
+            table = (table.take(pa.array(by_bucket)).append_column("_pos", pa.array(pos))
+                     .append_column("_range", pa.array(ks)).cast(bucket_schema))
             extra.observe(table["manifest_extra"], pos)
             buckets = pos // bucket_rows
             cuts = np.flatnonzero(np.diff(buckets)) + 1
@@ -216,9 +273,10 @@ def merge_results(folder: RunFolder, plan, *, files: list[Path] | None = None, t
                 with pa.ipc.open_stream(str(path)) as reader:
                     table = reader.read_all()
                 path.unlink()
-                table = table.take(pa.array(np.argsort(table["_pos"].to_numpy(), kind="stable")))
+                table = _joined(table.take(pa.array(np.lexsort((table["_range"].to_numpy(),
+                                                                  table["_pos"].to_numpy())))), bucket_schema)
                 columns = _ExtraFields.columns(table["manifest_extra"], fields)
-                table = table.drop_columns(["_pos", "manifest_extra"])
+                table = table.drop_columns(["_pos", "_range", "manifest_extra"])
                 for (_, name, _), column in zip(fields, columns):
                     table = table.append_column(name, column)
                 n_ok += int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)

@@ -201,8 +201,9 @@ def _merge_unfinished(folder: RunFolder, meta: dict, parts: list[Path], notes: l
     if not manifest:
         return None
     skip_bad_lines = bool((meta.get("config") or {}).get("skip_bad_lines", False))
+    range_s = (meta.get("config") or {}).get("range_s")  # long rows' ranges: planned from the headers, as the run did
     try:
-        plan = build_plan(manifest, skip_bad_lines=skip_bad_lines, read_headers=False)
+        plan = build_plan(manifest, skip_bad_lines=skip_bad_lines, read_headers=range_s is not None, range_s=range_s)
     except (ManifestError, OSError) as e:
         notes.append(f"its manifest cannot be read ({e})")
         return None
