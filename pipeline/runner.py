@@ -457,7 +457,10 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
                                 engine=infos[0].engine)
                 write_json(folder.run_json, run_info)
                 progress.log(f"{len(infos)} device(s): " + ", ".join(
-                    f"{i.engine} on {i.label} ({i.node})" for i in infos), event="devices")
+                    f"{i.engine} on {i.label} ({i.node})" + (f", {i.limits.layout} layout" if i.limits.layout else "")
+                    for i in infos), event="devices")
+                for caveat in sorted({c for i in infos for c in i.limits.caveats}):
+                    progress.log(f"WARNING: {caveat}", event="engine_caveat")
                 summary.stats = scheduler.run()
             writer.flush()
             signals.check()

@@ -26,6 +26,6 @@ def test_idle_engines_yield_and_the_busy_ones_do_not():
     idle = {k: v for k, v in threads.items() if k.split("/")[0] in IDLE_ENGINES}
     assert {k.split("/")[0] for k in idle} == IDLE_ENGINES, threads
     assert all(v == LOWEST_PRIORITY for v in idle.values()), threads
-    busy = {k: v for k, v in threads.items() if k.split("/")[0] in ("TPU_BD", "TPU_GDMA", "CORE_MAIN")}
+    busy = {k: v for k, v in threads.items() if k.split("/")[0] in ("TPU_BD", "TPU_GDMA", "TPU_SORT", "CORE_MAIN")}
     assert busy and all(v < LOWEST_PRIORITY for v in busy.values()), threads
     assert yield_idle_engine_threads() == 0  # done once

@@ -106,8 +106,17 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class EngineLimits:
+    """What one request may be, as the engine's model says (the front end fits requests to it: splits at pauses,
+    pads, never truncates), and where that comes from."""
+
     max_audio_s: float  # longest audio one request may carry (Qwen2-Audio: 30 s)
     max_seq_len: int | None = None  # prompt + audio tokens + answer must fit; None = unbounded
+    max_input_len: int | None = None  # prompt + audio tokens must fit (one prefill's width); None = max_seq_len only
+    audio_multiple_s: float | None = None  # the audio is padded with silence to a multiple of this (an encoder that
+    #                                        takes whole chunks only); None = as it is
+    layout: str | None = None  # the model layout the limits were read from (bm1684x: the bmodel's, e.g.
+    #                            "tpu-mlir-qwen3-asr" for Sophgo's prebuilt bmodels); None where nothing was read
+    caveats: tuple[str, ...] = ()  # where the engine's model is not the model folder's function (logged at start)
 
 
 @dataclass(frozen=True)

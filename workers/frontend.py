@@ -34,7 +34,7 @@ from .contracts import DecodeOptions, EngineLimits, Request, SegmentSettings, Wo
 from .models import ModelFamily, load_family
 from .prompts import ANSWER_OVERHEAD_TOKENS, TOKENS_PER_SECOND, PromptError, Templates, answer_budget, load_templates
 from .ranges import boundary_cut
-from .segment import max_piece_seconds, split_points
+from .segment import max_piece_seconds, padded_samples, split_points
 from .segmenting import SegmentOptions, segment_audio
 from .work import Span
 
@@ -184,8 +184,8 @@ class FrontEnd:
             prompt_ids, audio_token_id, stop_ids = (), None, ()
         requests = []
         for k, (start, end) in enumerate(pieces):
-            piece = audio[start:end]
-            duration_s = piece.size / SAMPLE_RATE
+            duration_s = (end - start) / SAMPLE_RATE
+            piece = self.fit_to_engine(audio[start:end])
             n_audio_tokens = self.family.n_audio_tokens(piece.size)
             budget = self.budget(duration_s)
             features = mask = None
@@ -215,6 +215,12 @@ class FrontEnd:
                 speech=has_speech(piece, SAMPLE_RATE),
             ))
         return Pieces(requests, tuple((at(s), at(e)) for s, e in skipped), start_s, end_s)
+
+    def fit_to_engine(self, piece: np.ndarray) -> np.ndarray:
+        """The piece padded with silence to the engine's audio multiple (an encoder that takes whole chunks only:
+        Sophgo's prebuilt Qwen3-ASR bmodels take whole seconds); as it is otherwise. Never truncated."""
+        n = padded_samples(piece.size, self.limits, SAMPLE_RATE)
+        return piece if n == piece.size else np.pad(piece, (0, n - piece.size))
 
     def decode(self, token_ids: list[int]) -> str:
         if not self.tokenized:

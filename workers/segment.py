@@ -35,21 +35,27 @@ def max_piece_seconds(
     """Longest audio (seconds) one request may carry.
 
     Bounded by the engine's max_audio_s, the model's (`max_audio_s`; default the feature window), and, when the
-    engine has a sequence limit, by prompt text tokens + audio tokens + the answer budget ≤ max_seq_len.
-    `n_text_tokens` counts the prompt without the audio placeholder; `audio_tokens(n_samples)` is the model family's
-    count (`ModelFamily.n_audio_tokens`) and `step_samples` its samples per audio token (`token_step_samples`).
+    engine has a sequence limit, by prompt text tokens + audio tokens + the answer budget ≤ max_seq_len and prompt
+    text tokens + audio tokens ≤ max_input_len, the audio counted as the engine gets it (padded to a multiple of
+    `audio_multiple_s` where the engine says so). `n_text_tokens` counts the prompt without the audio placeholder;
+    `audio_tokens(n_samples)` is the model family's count (`ModelFamily.n_audio_tokens`) and `step_samples` its
+    samples per audio token (`token_step_samples`).
     """
     model_s = features.max_audio_s if max_audio_s is None else max_audio_s
     longest = model_s if limits is None else min(limits.max_audio_s, model_s)
-    if limits is None or limits.max_seq_len is None:
+    if limits is None or (limits.max_seq_len is None and limits.max_input_len is None):
         return longest
     sr = features.sampling_rate
 
     def fits(n_samples: int) -> bool:
+        tokens = n_text_tokens + audio_tokens(padded_samples(n_samples, limits, sr))
+        if limits.max_input_len is not None and tokens > limits.max_input_len:
+            return False
         budget = answer_budget(n_samples / sr) if answer_budget else 0
-        return n_text_tokens + audio_tokens(n_samples) + budget <= limits.max_seq_len
+        return limits.max_seq_len is None or tokens + budget <= limits.max_seq_len
 
-    hi = int(longest * sr) // step_samples if math.isfinite(longest) else limits.max_seq_len * 2
+    bound = min(n for n in (limits.max_seq_len, limits.max_input_len) if n is not None)
+    hi = int(longest * sr) // step_samples if math.isfinite(longest) else bound * 2
     lo = 0  # largest k with fits(k * step_samples): token count and budget grow with length, so bisect
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -60,8 +66,17 @@ def max_piece_seconds(
     if lo <= 0:
         raise ValueError(
             f"the prompt ({n_text_tokens} tokens) leaves no room for audio within max_seq_len {limits.max_seq_len}"
+            + ("" if limits.max_input_len is None else f" and max_input_len {limits.max_input_len}")
         )
     return lo * step_samples / sr
+
+
+def padded_samples(n_samples: int, limits: EngineLimits | None, sr: int) -> int:
+    """Samples of a piece of n_samples as the engine gets it: rounded up to a multiple of limits.audio_multiple_s."""
+    if limits is None or not limits.audio_multiple_s:
+        return n_samples
+    step = int(round(limits.audio_multiple_s * sr))
+    return -(-n_samples // step) * step
 
 
 def _smoothed_energy_db(audio: np.ndarray, sr: int) -> np.ndarray:

@@ -117,6 +117,8 @@ PYBIND11_MODULE(_native, m) {
   // fields and meanings: native/src/runtime.h (struct Layout)
   py::class_<tbn::Layout>(m, "Layout", "What the runtime found in the bmodel and adapted to (native/src/runtime.h).")
       .def_readonly("seqlen", &tbn::Layout::seqlen)
+      .def_readonly("prefill_len", &tbn::Layout::prefill_len)
+      .def_readonly("position_rows", &tbn::Layout::position_rows)
       .def_readonly("hidden", &tbn::Layout::hidden)
       .def_readonly("n_layers", &tbn::Layout::n_layers)
       .def_readonly("kv_row_bytes", &tbn::Layout::kv_row_bytes)
@@ -143,7 +145,8 @@ PYBIND11_MODULE(_native, m) {
       .def_readonly("kv_capacity", &tbn::Layout::kv_capacity)
       .def_readonly("mask_value", &tbn::Layout::mask_value)
       .def("__repr__", [](const tbn::Layout &l) {
-        return repr("Layout", {{"seqlen", py::cast(l.seqlen)}, {"hidden", py::cast(l.hidden)},
+        return repr("Layout", {{"seqlen", py::cast(l.seqlen)}, {"prefill_len", py::cast(l.prefill_len)},
+                               {"hidden", py::cast(l.hidden)},
                                {"n_layers", py::cast(l.n_layers)}, {"batch", py::cast(l.batch)},
                                {"lm_head", py::cast(l.lm_head)}, {"token_logprob", py::cast(l.token_logprob)},
                                {"audio_kind", py::cast(l.audio_kind)}, {"n_mels", py::cast(l.n_mels)},

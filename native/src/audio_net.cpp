@@ -259,11 +259,94 @@ class ChunkedAudio : public AudioNet {
   float mask_value_ = kDefaultMaskValue;
 };
 
+// ---- "one_chunk": one launch per chunk of C frames, no mask (tpu-mlir's own Qwen3AsrConverter: Sophgo's prebuilt
+// Qwen3-ASR bmodels) ----
+// Input: ONE chunk [1,1,n_mels,C]; output [1,R,hidden]. The net attends within the chunk's R rows and has no mask
+// input: a partial last chunk is zero-padded and its first `rows` outputs spliced (its attention still spans all R
+// rows, which is why the engine pads requests to whole chunks; native/compile/README.md section 8).
+class OneChunkAudio : public AudioNet {
+ public:
+  static std::unique_ptr<AudioNet> recognise(const NetSet &nets, const bm_net_info_t *audio,
+                                             const bm_net_info_t *projector, int hidden, float) {
+    const auto &fs = in_shape(audio, 0);
+    if (audio->input_num != 1 || fs.num_dims != 4 || fs.dims[0] != 1 || fs.dims[1] != 1) return nullptr;
+    auto a = std::unique_ptr<OneChunkAudio>(new OneChunkAudio());
+    a->audio_ = audio;
+    if (audio->output_num < 1) nets.fail(std::string("audio net ") + audio->name + " has no output");
+    if (projector)
+      nets.fail(std::string("net ") + projector->name + ": a one-chunk audio net must include its projector");
+    nets.expect_float_input(audio, 0, "log-mel features of one chunk");
+    a->n_mels_ = fs.dims[2];
+    a->chunk_frames_ = fs.dims[3];
+    a->rows_ = embedding_rows(nets, audio, hidden);
+    return a;
+  }
+
+  void describe(Layout &l) const override {
+    l.audio_kind = "one_chunk";
+    l.audio_net = audio_->name;
+    l.projector_net = "";
+    l.n_mels = n_mels_;
+    l.n_frames = chunk_frames_;
+    l.audio_rows = rows_;
+    l.audio_mask = "";
+    l.audio_chunk_frames = chunk_frames_;
+    l.audio_chunks_per_window = 1;
+    l.audio_keys = 0;
+    l.audio_keep.clear();
+  }
+
+  void check(int n_mels, int width, const std::vector<AudioChunk> &chunks) const override {
+    if (n_mels != n_mels_)
+      throw std::invalid_argument("features are [" + str(n_mels) + "," + str(width) + "]; the audio net takes [" +
+                                  str(n_mels_) + ",any number of frames]");
+    long frames = 0;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const AudioChunk &c = chunks[i];
+      const std::string which = "chunk " + str(int(i)) + ": ";
+      if (c.frames > chunk_frames_ || (i + 1 < chunks.size() && c.frames != chunk_frames_))
+        throw std::invalid_argument(which + str(c.frames) + " frames; chunks hold " + str(chunk_frames_) +
+                                    " frames, every one but the last in full");
+      if (!c.keep.empty() || c.keys != 0)
+        throw std::invalid_argument(which + "keep lengths or key positions given; the one-chunk audio net masks "
+                                    "nothing");
+      if (c.rows > rows_)
+        throw std::invalid_argument(which + str(c.rows) + " rows; the net gives " + str(rows_) + " per chunk");
+      frames += c.frames;
+    }
+    if (frames > width)
+      throw std::invalid_argument("the chunks cover " + std::to_string(frames) + " frames; the features hold " +
+                                  str(width));
+  }
+
+  void encode(Device &dev, const std::vector<float> &features, int width, const std::vector<AudioChunk> &chunks,
+              const Splice &splice) const override {
+    const auto &st = audio_->stages[0];
+    const int C = chunk_frames_, M = n_mels_;
+    size_t offset = 0;  // first frame of the next chunk
+    for (const AudioChunk &c : chunks) {
+      std::vector<float> mel(static_cast<size_t>(M) * C, 0.0f);
+      for (int m = 0; m < M; ++m)
+        std::copy_n(features.data() + static_cast<size_t>(m) * width + offset, c.frames,
+                    mel.data() + static_cast<size_t>(m) * C);
+      offset += static_cast<size_t>(c.frames);
+      dev.h2d_floats(st.input_mems[0], audio_->input_dtypes[0], mel);
+      dev.launch(audio_);
+      splice(st.output_mems[0], audio_->output_dtypes[0], 0, c.rows);
+    }
+  }
+
+ private:
+  OneChunkAudio() = default;
+  const bm_net_info_t *audio_ = nullptr;
+  int n_mels_ = 0, chunk_frames_ = 0, rows_ = 0;
+};
+
 using Recogniser = std::unique_ptr<AudioNet> (*)(const NetSet &, const bm_net_info_t *, const bm_net_info_t *, int,
                                                  float);
 
 // Every kind this runtime drives; a new kind is one more entry (its net must not also match an earlier one).
-const Recogniser kKinds[] = {&ChunkedAudio::recognise, &WindowAudio::recognise};
+const Recogniser kKinds[] = {&ChunkedAudio::recognise, &OneChunkAudio::recognise, &WindowAudio::recognise};
 
 }  // namespace
 
@@ -278,8 +361,9 @@ std::unique_ptr<AudioNet> recognise_audio_net(const NetSet &nets, int hidden, fl
   std::string inputs;
   for (int i = 0; i < audio->input_num; ++i) inputs += (i ? ", " : "") + shape_str(in_shape(audio, i));
   nets.fail(std::string("audio net ") + audio->name + " with inputs (" + inputs + ") is no kind this runtime drives: "
-            "(features [1,n_mels,n_frames][, key mask]) for a fixed window, or (chunks [K,1,n_mels,C], conv1_keep, "
-            "conv2_keep, key mask) for a chunked encoder");
+            "(features [1,n_mels,n_frames][, key mask]) for a fixed window, (chunks [K,1,n_mels,C], conv1_keep, "
+            "conv2_keep, key mask) for a chunked encoder, or (one chunk [1,1,n_mels,C]) for tpu-mlir's one-chunk "
+            "encoder");
 }
 
 }  // namespace tbn

@@ -63,6 +63,8 @@ struct Runtime::Impl {
   void describe(Layout &L) const {
     const auto &t = text;
     L.seqlen = t.seqlen;
+    L.prefill_len = t.prefill_len;
+    L.position_rows = t.pos_rows;
     L.hidden = t.hidden;
     L.n_layers = static_cast<int>(t.blocks.size());
     L.kv_row_bytes = static_cast<int>(t.kv_row_bytes);
@@ -84,11 +86,13 @@ struct Runtime::Impl {
     const auto &t = text;
     const size_t melt = dtype_size(t.mask_dt), dmelt = dtype_size(t.dmask_dt);
     const size_t B = static_cast<size_t>(t.batch), S = static_cast<size_t>(t.seqlen);
-    states_buf = dev.alloc(S * t.row_bytes, "allocating the prompt states buffer");
-    pos_buf = dev.alloc(S * 4, "allocating prefill positions");
-    mask_buf = dev.alloc(S * S * melt, "allocating the prefill mask");
+    const size_t M = static_cast<size_t>(t.prefill_len);
+    states_buf = dev.alloc(M * t.row_bytes, "allocating the prompt states buffer");
+    const size_t P = static_cast<size_t>(t.pos_rows);
+    pos_buf = dev.alloc(P * M * 4, "allocating prefill positions");
+    mask_buf = dev.alloc(M * M * melt, "allocating the prefill mask");
     // per-row decode state the runtime owns (net io memory may be shared with other nets between steps)
-    dpos_buf = dev.alloc(B * 4, "allocating the decode positions");
+    dpos_buf = dev.alloc(P * B * 4, "allocating the decode positions");
     dmask_buf = dev.alloc((B * static_cast<size_t>(t.mlen) * dmelt + 3) / 4 * 4, "allocating the decode masks");
     tok_buf = dev.alloc(B * 4, "allocating the decode tokens");
     for (auto m : {dpos_buf, dmask_buf, tok_buf}) dev.clear(m, "clearing decode state");
@@ -261,6 +265,9 @@ int Runtime::check_request(const Request &r) const {
                   "SEQLEN " + str(I.text.seqlen) +
                   (I.text.kv_cap < I.text.seqlen ? " (" + str(I.text.kv_cap) + " usable: the batched decode nets keep "
                                                    "the last slot for the current token)" : ""));
+  if (L > I.text.prefill_len)
+    throw TooLong("prompt of " + str(L) + " tokens (" + std::to_string(tokens) + " audio) exceeds the " +
+                  str(I.text.prefill_len) + " positions one prefill takes (the bmodel's input length)");
   return L;
 }
 
@@ -272,7 +279,7 @@ int Runtime::start(const Request &request) {
 int Runtime::start_locked(const Request &req) {
   auto &I = *impl_;
   const auto &T = I.text;
-  const int S = T.seqlen;
+  const int M = T.prefill_len;
   const int L = check_request(req);
   int r = -1;
   for (int i = 0; i < T.batch; ++i)
@@ -294,15 +301,15 @@ int Runtime::start_locked(const Request &req) {
   const Counters start = I.dev.counters();
   const auto t0 = Clock::now();
   try {
-    // 1. text embeddings of the whole padded prompt (audio slots get id 0, overwritten below)
-    std::vector<int32_t> ids(static_cast<size_t>(S), 0);
+    // 1. text embeddings of the whole padded prompt, M wide (audio slots get id 0, overwritten below)
+    std::vector<int32_t> ids(static_cast<size_t>(M), 0);
     for (int i = 0, j = 0; i < static_cast<int>(prompt.size()); ++i) {
       if (i == at) { j += n_audio; continue; }
       ids[static_cast<size_t>(j++)] = prompt[static_cast<size_t>(i)];
     }
     I.dev.h2d(T.embed->stages[0].input_mems[0], 0, ids.data(), ids.size() * 4);
     I.dev.launch(T.embed);
-    I.dev.d2d(I.states_buf, 0, T.embed->stages[0].output_mems[0], 0, static_cast<size_t>(S) * T.row_bytes);
+    I.dev.d2d(I.states_buf, 0, T.embed->stages[0].output_mems[0], 0, static_cast<size_t>(M) * T.row_bytes);
 
     // 2. audio encoder (+ projector), spliced over the audio placeholder's slots on the device
     const auto ta = Clock::now();
@@ -310,15 +317,16 @@ int Runtime::start_locked(const Request &req) {
     g.encode_s = seconds_since(ta);
 
     // 3. causal prefill, positions 0..L-1; prompt K/V into this slot's rows of the decode history
-    std::vector<int32_t> pos(static_cast<size_t>(S), 0);
-    for (int i = 0; i < L; ++i) pos[static_cast<size_t>(i)] = i;
+    std::vector<int32_t> pos(static_cast<size_t>(T.pos_rows) * M, 0);  // pos_rows equal rows
+    for (int k = 0; k < T.pos_rows; ++k)
+      for (int i = 0; i < L; ++i) pos[static_cast<size_t>(k) * M + i] = i;
     I.dev.h2d(I.pos_buf, 0, pos.data(), pos.size() * 4);
     {
-      std::vector<uint8_t> mask(static_cast<size_t>(S) * S * I.hidden_mask.size(), 0);
-      for (int i = 0; i < S; ++i) {
-        const size_t first = static_cast<size_t>(i) * S;
-        if (i < L) Impl::fill_mask(mask, first + i + 1, static_cast<size_t>(S - i - 1), I.hidden_mask);  // causal
-        else Impl::fill_mask(mask, first, static_cast<size_t>(S), I.hidden_mask);  // padding rows: all hidden
+      std::vector<uint8_t> mask(static_cast<size_t>(M) * M * I.hidden_mask.size(), 0);
+      for (int i = 0; i < M; ++i) {
+        const size_t first = static_cast<size_t>(i) * M;
+        if (i < L) Impl::fill_mask(mask, first + i + 1, static_cast<size_t>(M - i - 1), I.hidden_mask);  // causal
+        else Impl::fill_mask(mask, first, static_cast<size_t>(M), I.hidden_mask);  // padding rows: all hidden
       }
       I.dev.h2d(I.mask_buf, 0, mask.data(), mask.size());
     }
@@ -326,9 +334,9 @@ int Runtime::start_locked(const Request &req) {
     for (size_t l = 0; l < T.blocks.size(); ++l) {
       auto *b = T.blocks[l];
       const auto &st = b->stages[0];
-      I.dev.d2d(st.input_mems[0], 0, cur, 0, static_cast<size_t>(S) * T.row_bytes);
-      I.dev.d2d(st.input_mems[1], 0, I.pos_buf, 0, static_cast<size_t>(S) * 4);
-      I.dev.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(S) * S * I.hidden_mask.size());
+      I.dev.d2d(st.input_mems[0], 0, cur, 0, static_cast<size_t>(M) * T.row_bytes);
+      I.dev.d2d(st.input_mems[1], 0, I.pos_buf, 0, pos.size() * 4);
+      I.dev.d2d(st.input_mems[2], 0, I.mask_buf, 0, static_cast<size_t>(M) * M * I.hidden_mask.size());
       I.dev.launch(b);
       cur = st.output_mems[0];
       I.copy_kv(I.k_store[l], T.kv_hist[0], r, 0, st.output_mems[1], T.kv_prefill[0], 0, 0, L);
@@ -421,7 +429,8 @@ std::vector<int> Runtime::step_locked() {
     qs[static_cast<size_t>(r)] = q;
     row_transfer(r, [&] {
       int32_t q32 = q;
-      I.dev.h2d(I.dpos_buf, static_cast<size_t>(r) * 4, &q32, 4);
+      for (int k = 0; k < T.pos_rows; ++k)
+        I.dev.h2d(I.dpos_buf, (static_cast<size_t>(k) * B + r) * 4, &q32, 4);
       if (q > L) I.dev.h2d(I.dmask_buf, (static_cast<size_t>(r) * T.mlen + (q - 1)) * delt, visible.data(), delt);
     });
   }
@@ -429,7 +438,7 @@ std::vector<int> Runtime::step_locked() {
     auto *c = T.caches[l];
     const auto &st = c->stages[0];
     I.dev.d2d(st.input_mems[0], 0, cur, 0, B * T.row_bytes);
-    I.dev.d2d(st.input_mems[1], 0, I.dpos_buf, 0, B * 4);
+    I.dev.d2d(st.input_mems[1], 0, I.dpos_buf, 0, static_cast<size_t>(T.pos_rows) * B * 4);
     I.dev.d2d(st.input_mems[2], 0, I.dmask_buf, 0, B * static_cast<size_t>(T.mlen) * delt);
     if (c->addr_mode == 1)
       I.dev.launch(c);

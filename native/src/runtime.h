@@ -83,7 +83,11 @@ struct NetSummary {
 
 // What the runtime found in the bmodel and adapted to.
 struct Layout {
-  int seqlen = 0;          // SEQLEN: prompt + audio + answer tokens
+  int seqlen = 0;          // SEQLEN: prompt + audio + answer tokens (the decode history)
+  int prefill_len = 0;     // positions one prefill takes: the longest prompt, audio included (= SEQLEN, or tpu-mlir's
+                           // --max_input_length: Sophgo's prebuilt Qwen3-ASR bmodels)
+  int position_rows = 1;   // rows of position ids the text nets take: 1, or 3 equal rows (MRoPE as declared by some
+                           // tpu-mlir versions of the Qwen3-ASR layout)
   int hidden = 0;
   int n_layers = 0;
   int kv_row_bytes = 0;    // one position's K (or V) in one layer
@@ -101,7 +105,9 @@ struct Layout {
   std::string audio_mask;  // "" (no key-mask input) or the key mask's shape, e.g. "[1,1,100,100]"
   // "window": one launch per request over a fixed mel window (Qwen2-Audio; n_frames = the window, audio_rows = its
   // most tokens); "chunked": one launch per attention window of audio_chunks_per_window chunks of
-  // audio_chunk_frames frames, as many launches as the clip needs (Qwen3-ASR; n_frames / audio_rows per launch)
+  // audio_chunk_frames frames, as many launches as the clip needs (Qwen3-ASR; n_frames / audio_rows per launch);
+  // "one_chunk": one launch per chunk of audio_chunk_frames frames, no mask input, attention within the chunk
+  // (tpu-mlir's own Qwen3-ASR converter: Sophgo's prebuilt bmodels; n_frames = the chunk, audio_chunks_per_window 1)
   std::string audio_kind;
   int audio_chunk_frames = 0, audio_chunks_per_window = 0;  // 0 for "window"
   int audio_keys = 0;           // key-mask positions per chunk ("chunked") or of the window; 0 without a key mask

@@ -28,21 +28,23 @@ void find_text_nets(const NetSet &nets, TextNets &t) {
   }
 }
 
-// embedding [1,SEQ] int32 -> [1,SEQ,hidden] float: SEQLEN, hidden size and the states' dtype.
+// embedding [1,M] int32 -> [1,M,hidden] float: the prefill width M, hidden size and the states' dtype.
 void read_embedding(const NetSet &nets, TextNets &t) {
   nets.expect_io(t.embed, 1, 1, "token ids -> embeddings");
   if (t.embed->input_dtypes[0] != BM_INT32) nets.fail("embedding nets must take INT32 token ids");
   const auto &is = in_shape(t.embed, 0), &eo = out_shape(t.embed, 0);
-  t.seqlen = is.dims[is.num_dims - 1];
+  t.prefill_len = is.dims[is.num_dims - 1];
   t.hidden = eo.dims[eo.num_dims - 1];
   t.states_dt = t.embed->output_dtypes[0];
   if (!is_float(t.states_dt)) nets.fail("embedding output dtype " + dtype_name(t.states_dt) + " is not a float type");
   t.row_bytes = static_cast<size_t>(t.hidden) * dtype_size(t.states_dt);
-  if (elements(eo) != static_cast<uint64_t>(t.seqlen) * t.hidden)
-    nets.fail("embedding output " + shape_str(eo) + " is not [1," + std::to_string(t.seqlen) + ",hidden]");
+  if (elements(eo) != static_cast<uint64_t>(t.prefill_len) * t.hidden)
+    nets.fail("embedding output " + shape_str(eo) + " is not [1," + std::to_string(t.prefill_len) + ",hidden]");
 }
 
-// Decode rows from block_cache_0's states [B,1,H], and the decode-net style from its mask width. Plain
+// Decode rows from block_cache_0's states [B,1,H]; the decode-net style and SEQLEN from its mask width: "insert"
+// nets (convert.py --batch, prefill width = SEQLEN) have SEQLEN mask slots, "concat" nets SEQLEN+1 - also where the
+// prefill is narrower than the history (tpu-mlir's --max_input_length). Plain
 // llm_convert -b B nets (states only, relying on an in-place insert into the history input that does not persist
 // on tpu-mlir 1.30.2: slot SEQLEN-1 reads back unchanged after the launch) are refused in check_layer.
 void read_decode_rows(const NetSet &nets, TextNets &t) {
@@ -55,8 +57,13 @@ void read_decode_rows(const NetSet &nets, TextNets &t) {
     nets.fail(std::string(c->name) + " states input " + shape_str(in_shape(c, 0)) + " is not [B,1,hidden]");
   t.batch = static_cast<int>(ce / static_cast<uint64_t>(t.hidden));
   const auto &ms = in_shape(c, 2);
-  t.insert = ms.num_dims > 0 && ms.dims[ms.num_dims - 1] == t.seqlen;
-  t.mlen = t.insert ? t.seqlen : t.seqlen + 1;
+  const int m = ms.num_dims > 0 ? ms.dims[ms.num_dims - 1] : 0;
+  t.insert = m == t.prefill_len;
+  t.seqlen = t.insert ? m : m - 1;
+  if (t.seqlen < t.prefill_len)
+    nets.fail(std::string(c->name) + " mask " + shape_str(ms) + " has fewer slots than the prefill's " +
+              std::to_string(t.prefill_len) + " positions (embedding width)");
+  t.mlen = m;
   t.kv_cap = t.insert ? t.seqlen - 1 : t.seqlen;
   if (c->addr_mode != 0 && c->addr_mode != 1)
     nets.fail("decode nets use addr_mode " + std::to_string(c->addr_mode) + "; supported: 0 (basic) and 1 (io_alone)");
@@ -78,15 +85,16 @@ KvLayout kv_layout(const bm_shape_t &s, int sd, bm_data_type_t dt) {
 }
 
 // K (k = 1) or V (k = 2) of layer i: the prefill output, the decode history input and the decode net's new K/V must
-// share a sequence dim (SEQLEN, SEQLEN, 1), heads and row size - and equal layer 0's.
+// share a sequence dim (prefill width, SEQLEN, 1), heads and row size - and equal layer 0's.
 void read_kv(const NetSet &nets, TextNets &t, size_t i, int k) {
   const auto *b = t.blocks[i], *c = t.caches[i];
   const auto &ks = out_shape(b, k), &hs = in_shape(c, 2 + k), &ns = out_shape(c, k);
   const std::string where = std::string(b->name) + " KV output " + shape_str(ks) + " / " + c->name + " history " +
                             shape_str(hs) + " / new " + shape_str(ns);
   const int sd = seq_dim(hs, t.seqlen);
-  if (sd < 0 || seq_dim(ks, t.seqlen) != sd)
-    nets.fail(where + ": no common sequence dim of size SEQLEN (" + std::to_string(t.seqlen) + ")");
+  if (sd < 0 || sd >= ks.num_dims || ks.dims[sd] != t.prefill_len)
+    nets.fail(where + ": no sequence dim of size SEQLEN (" + std::to_string(t.seqlen) + ") in the history where the "
+              "prefill output has its " + std::to_string(t.prefill_len) + " positions");
   if (sd >= ns.num_dims || ns.dims[sd] != 1)
     nets.fail(where + ": the new K/V has no sequence dim of size 1 where the history has SEQLEN");
   const size_t B = static_cast<size_t>(t.batch);
@@ -109,7 +117,7 @@ void read_kv(const NetSet &nets, TextNets &t, size_t i, int k) {
   }
 }
 
-// Layer i: block_i (states, positions, mask [SEQ,SEQ]) -> states, K, V; block_cache_i (states, positions, mask,
+// Layer i: block_i (states, positions, mask [M,M]) -> states, K, V; block_cache_i (states, positions, mask,
 // K/V history) -> states, new K, new V, with B rows.
 void check_layer(const NetSet &nets, TextNets &t, size_t i) {
   const auto *b = t.blocks[i], *c = t.caches[i];
@@ -125,17 +133,25 @@ void check_layer(const NetSet &nets, TextNets &t, size_t i) {
                                    : "decode layer: states, position_id, mask, k history, v history -> states, k, v");
   if (b->input_dtypes[1] != BM_INT32 || c->input_dtypes[1] != BM_INT32)
     nets.fail(bn + "/" + cn + ": position ids must be INT32");
-  if (elements(in_shape(b, 0)) != static_cast<uint64_t>(t.seqlen) * t.hidden || b->input_dtypes[0] != t.states_dt)
+  if (elements(in_shape(b, 0)) != static_cast<uint64_t>(t.prefill_len) * t.hidden || b->input_dtypes[0] != t.states_dt)
     nets.fail(bn + " states input " + shape_str(in_shape(b, 0)) + " " + dtype_name(b->input_dtypes[0]) +
               " does not match the embedding output");
   if (elements(in_shape(c, 0)) != static_cast<uint64_t>(t.batch) * t.hidden || c->input_dtypes[0] != t.states_dt)
     nets.fail(cn + " states input " + shape_str(in_shape(c, 0)) + " " + dtype_name(c->input_dtypes[0]) +
               " differs from block_cache_0's");
-  if (elements(in_shape(c, 1)) != static_cast<uint64_t>(t.batch))
-    nets.fail(cn + " position ids " + shape_str(in_shape(c, 1)) + " are not one per row (" + std::to_string(t.batch) +
-              ")");
-  if (elements(in_shape(b, 2)) != static_cast<uint64_t>(t.seqlen) * t.seqlen)
-    nets.fail(bn + " mask " + shape_str(in_shape(b, 2)) + " is not SEQLEN x SEQLEN (" + std::to_string(t.seqlen) + ")");
+  if (i == 0) {
+    const uint64_t pe = elements(in_shape(b, 1));
+    t.pos_rows = pe == 3 * static_cast<uint64_t>(t.prefill_len) ? 3 : 1;
+  }
+  if (elements(in_shape(c, 1)) != static_cast<uint64_t>(t.batch) * t.pos_rows)
+    nets.fail(cn + " position ids " + shape_str(in_shape(c, 1)) + " are not " +
+              (t.pos_rows == 3 ? "3 rows of " : "") + "one per row (" + std::to_string(t.batch) + ")");
+  if (elements(in_shape(b, 1)) != static_cast<uint64_t>(t.prefill_len) * t.pos_rows)
+    nets.fail(bn + " position ids " + shape_str(in_shape(b, 1)) + " are not one (or three equal rows) per prefill "
+              "position (" + std::to_string(t.prefill_len) + ")");
+  if (elements(in_shape(b, 2)) != static_cast<uint64_t>(t.prefill_len) * t.prefill_len)
+    nets.fail(bn + " mask " + shape_str(in_shape(b, 2)) + " is not M x M (M = the embedding width " +
+              std::to_string(t.prefill_len) + ")");
   if (elements(in_shape(c, 2)) != static_cast<uint64_t>(t.batch) * t.mlen)
     nets.fail(cn + " mask " + shape_str(in_shape(c, 2)) + " is not " + rows + (t.insert ? "SEQLEN (" : "SEQLEN+1 (") +
               std::to_string(t.mlen) + ") slots");
@@ -166,6 +182,12 @@ void check_embedding_cache(const NetSet &nets, const TextNets &t) {
               "native/compile/convert.py --batch B)");
 }
 
+// A head net that also returns the chosen token's log-probability: a second output, F32, one value per row.
+bool has_logprob_output(const bm_net_info_t *net, int batch) {
+  return net && net->output_num >= 2 && net->output_dtypes[1] == BM_FLOAT32 &&
+         elements(out_shape(net, 1)) == static_cast<uint64_t>(batch);
+}
+
 // lm_head [B,hidden] -> token ids [B,1] (greedy; + log-probabilities), or logits [B,vocab] with an optional
 // greedy_head (argmax on the device; without a usable one the host takes the argmax).
 void read_head(const NetSet &nets, TextNets &t) {
@@ -189,16 +211,14 @@ void read_head(const NetSet &nets, TextNets &t) {
   if (lm_elems % B) nets.fail("lm_head logits " + shape_str(out_shape(lm, 0)) + " are not " + rows + "one row of scores");
   t.vocab = static_cast<int>(lm_elems / B);
   const auto *g = nets.find({"greedy_head", "greed"});
+  // Only a head that also returns the log-probability (convert.py's, static) beats the host argmax, which computes
+  // the exact log-softmax from the scores it reads: an ids-only head (tpu-mlir's dynamic TopK greedy_head, which
+  // also cannot launch once `model_tool --kernel_remove` stripped the kernel module; the public port's `greed`,
+  // declared 115630 wide) would only lose the confidence.
   const bool usable = g && g->input_num == 1 && g->output_num >= 1 && elements(in_shape(g, 0)) == lm_elems &&
                       g->input_dtypes[0] == t.lm_out_dt && elements(out_shape(g, 0)) == B &&
-                      g->output_dtypes[0] == BM_INT32;
-  t.greedy_head = usable ? g : nullptr;  // the public port's `greed` is declared 115630 wide: host argmax
-}
-
-// A head net that also returns the chosen token's log-probability: a second output, F32, one value per row.
-bool has_logprob_output(const bm_net_info_t *net, int batch) {
-  return net && net->output_num >= 2 && net->output_dtypes[1] == BM_FLOAT32 &&
-         elements(out_shape(net, 1)) == static_cast<uint64_t>(batch);
+                      g->output_dtypes[0] == BM_INT32 && has_logprob_output(g, t.batch);
+  t.greedy_head = usable ? g : nullptr;
 }
 
 }  // namespace

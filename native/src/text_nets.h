@@ -24,7 +24,13 @@ struct TextNets {
   const bm_net_info_t *greedy_head = nullptr;  // argmax over lm_head's logits on the device (logits heads only)
   std::vector<const bm_net_info_t *> blocks, caches;  // prefill and decode net of each layer
 
-  int seqlen = 0, hidden = 0;
+  // prefill_len (M): positions one prefill launch takes (embedding / block_i width: the longest prompt, audio
+  // included); seqlen (S): positions of the decode history (prompt + answer). Equal in native/compile's bmodels;
+  // tpu-mlir's `--max_input_length M` (Sophgo's prebuilt Qwen3-ASR) makes M < S.
+  int seqlen = 0, prefill_len = 0, hidden = 0;
+  // rows of position ids: 1, or 3 equal rows (Qwen3-ASR's MRoPE as some tpu-mlir versions declare it: [3,M] /
+  // [3,B,1]; audio + text positions are equal in all three)
+  int pos_rows = 1;
   bm_data_type_t states_dt = BM_BFLOAT16;
   size_t row_bytes = 0;     // one position's hidden state
   int batch = 1;            // decode rows (slots)

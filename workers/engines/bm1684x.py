@@ -6,7 +6,9 @@ the prompt ids with one audio placeholder and the stop ids; the runtime (native/
 runs audio encoder, splice, prefill and greedy decode with the KV cache on the device. The model folder's family
 (workers/models/) says what the bmodel must match; the runtime reads from the bmodel's audio net how to feed it: one
 launch over a fixed mel window (Qwen2-Audio: 30 s), or one launch per attention window of chunks for as long as the
-clip (Qwen3-ASR: its own limit, here bounded by SEQLEN).
+clip (Qwen3-ASR: its own limit, here bounded by SEQLEN). workers/engines/bm1684x_layout.py names the layout found
+(also tpu-mlir's own Qwen3-ASR layout, that of Sophgo's prebuilt bmodels: one 1-s chunk per audio launch, a prefill
+narrower than SEQLEN) and turns it into the engine's limits and caveats.
 
 A bmodel compiled with `convert.py --batch B` has B decode slots, driven as an engine stream (`SlotStream`, see
 workers/engines/base.py): the actor submits a request as soon as a slot is free (from whichever shard it came),
@@ -30,6 +32,7 @@ public port's layout) still runs; its results' confidence columns are null.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -40,9 +43,12 @@ import numpy as np
 from ..frontend import model_id_of
 from ..models import ModelFamily, load_family
 from ..simulator_threads import yield_idle_engine_threads
-from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineLimits, EngineResult, EngineStream,
+from .bm1684x_layout import ONE_CHUNK, engine_limits, one_chunk_problems, runtime_chunks, takes_any_length
+from .bm1684x_layout import describe as describe_layout
+from .base import (FINISH_EOS, FINISH_MAX_TOKENS, Engine, EngineError, EngineResult, EngineStream,
                    Finished, Request, SequenceTooLong, WorkerConfig, run_stream)
 
+log = logging.getLogger(__name__)
 DEFAULT_SIM_SDK = "~/.cache/transcribe-batch/sim-sdk-1.30.2"
 BUILD_COMMAND = (
     "the bm1684x engine needs the native runtime (python package transcribe_batch_native), which is not installed "
@@ -170,7 +176,10 @@ def check_pair(bmodel: Path, sidecar: dict | None, family: ModelFamily, layout) 
     if sc.get("model_type") is not None and sc["model_type"] != model_type:
         problems.append(f"model family: sidecar says {sc['model_type']}, config.json says {model_type}")
     chunked = layout.audio_kind == "chunked"
-    if chunked != (facts.chunk_frames is not None):
+    one_chunk = layout.audio_kind == ONE_CHUNK
+    if one_chunk:  # tpu-mlir's own Qwen3-ASR audio net (Sophgo's prebuilt bmodels)
+        problems += one_chunk_problems(family, layout)
+    elif chunked != (facts.chunk_frames is not None):
         problems.append(f"audio encoder: the bmodel's audio net is {'chunked' if chunked else 'a fixed window'}, "
                         f"the {model_type} folder needs {'chunks' if facts.chunk_frames else 'a window'}")
     else:
@@ -197,8 +206,9 @@ def check_pair(bmodel: Path, sidecar: dict | None, family: ModelFamily, layout) 
     if "batch" in sc:
         cmp("decode batch", "sidecar", sc.get("batch"), "bmodel nets", layout.batch)
     cmp("mel bins", "bmodel audio net", layout.n_mels, "preprocessor_config.json", facts.n_mels)
-    cmp("mel frames (window)", "bmodel audio net", layout.n_frames,
-        "config.json" if chunked else "preprocessor_config.json", facts.frames_per_launch)
+    if not one_chunk:  # its one-chunk attention against the folder's window is a caveat (bm1684x_layout.caveats)
+        cmp("mel frames (window)", "bmodel audio net", layout.n_frames,
+            "config.json" if chunked else "preprocessor_config.json", facts.frames_per_launch)
     return problems
 
 
@@ -236,15 +246,22 @@ class Bm1684xEngine(Engine):
                 f"{sidecar_path.name}), or recompile with native/compile/."
             )
         self.model_id = (self.sidecar or {}).get("model_id") or model_id_of(self.model_dir)
-        feats = self.family.features
-        self.chunked = self.layout.audio_kind == "chunked"
+        self.chunked = takes_any_length(self.layout)
         # a fixed window holds that much audio; a chunked encoder takes any length (the family's own limit), and
-        # SEQLEN bounds a request's audio tokens either way (the front end splits longer audio at pauses)
-        window_s = self.layout.n_frames * feats.hop_length / feats.sampling_rate
-        self.limits = EngineLimits(
-            max_audio_s=self.family.max_request_s if self.chunked else window_s,
-            max_seq_len=self.layout.seqlen,
-        )
+        # SEQLEN and the prefill width bound a request's audio tokens either way (the front end splits longer audio
+        # at pauses, and pads it to whole chunks for a one-chunk audio net)
+        self.limits = engine_limits(self.family, self.layout)
+        log.info("bm1684x device %s: %s is a %s bmodel (%s)", self.device, self.bmodel.name, self.limits.layout,
+                 json.dumps(self.describe()))
+        for caveat in self.limits.caveats:
+            log.warning("bm1684x device %s: %s", self.device, caveat)
+
+    def describe(self) -> dict:
+        """The bmodel and the layout the runtime found in it (bm1684x_layout.describe), with the engine's limits."""
+        return {"engine": self.name, "bmodel": str(self.bmodel), "model_dir": str(self.model_dir),
+                **describe_layout(self.layout, self.family),
+                "limits": {"max_seq_len": self.limits.max_seq_len, "max_input_len": self.limits.max_input_len,
+                           "max_audio_s": self.limits.max_audio_s, "audio_multiple_s": self.limits.audio_multiple_s}}
 
     @property
     def preferred_batch_size(self) -> int:
@@ -265,7 +282,7 @@ class Bm1684xEngine(Engine):
                              f"{(n_mels, n_frames)}")
         n_valid = (int(np.asarray(request.feature_mask).sum()) if request.feature_mask is not None
                    else features.shape[1])
-        audio = native_audio(self._native, self.family, n_valid)
+        audio = runtime_chunks(self._native, self.family, self.layout, n_valid)
         tokens = sum(c.rows for c in audio)
         if tokens != request.n_audio_tokens:
             raise ValueError(f"{request.id}: n_audio_tokens {request.n_audio_tokens} disagrees with {n_valid} valid mel "
