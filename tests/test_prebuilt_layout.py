@@ -231,6 +231,7 @@ def test_the_topk_head_gives_ids_only(folder):
         eng.close()
 
 
+@pytest.mark.manual  # one TopK launch takes ~10 min on the simulator: `pytest -m manual tests/test_prebuilt_layout.py`
 @pytest.mark.slow
 @pytest.mark.simulator
 @pytest.mark.timeout(3600)  # ~10 min alone; over 30 min on this shared 2-core machine
