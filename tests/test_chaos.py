@@ -3,21 +3,17 @@ the manifest appended to between runs; the final run ends with exactly the manif
 recoverable failure left failed."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from manifest_helpers import write_manifest
+from process_helpers import kill_after_a_new_part
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.runner import run_job
 
 pytestmark = pytest.mark.slow
 
-CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] = 'transcribe-batch'; main()"
 FAULTS = "error=0.05,empty=0.02,repeat=0.02,crash=0.02,seed=9"
 COMMON = dict(engine="simulated", devices="4", shard_size=2, sim_faults=FAULTS, max_attempts=8, device_max_failures=1000)
 
@@ -27,29 +23,12 @@ def address(ray_cluster):
     return ray_cluster
 
 
-def _parts(out):
-    return sorted(p.name for p in (out / "parts").glob("part-*.parquet")) if (out / "parts").is_dir() else []
-
-
 def _kill_mid_run(manifest, out, address, batch_size):
     """Start the CLI, SIGKILL it as soon as it has written a new part file (rows finished, more to do)."""
-    before = set(_parts(out))
-    args = [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--address", address, "--quiet",
-            "--sim-speedup", "30"]
+    args = ["run", str(manifest), "-o", str(out), "--address", address, "--quiet", "--sim-speedup", "30"]
     for key, value in {**COMMON, "batch_size": batch_size}.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not set(_parts(out)) - before:
-        if proc.poll() is not None:
-            pytest.fail(f"the driver ended before it was killed: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("no new part file")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert not (out / "results.parquet").exists()
+    kill_after_a_new_part(args, out, timeout=180)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from longform_helpers import speech_clips, write_long_recording
+from process_helpers import kill_after_a_new_part
 from transcribe_batch.manifests.row import ManifestRow
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.plan import build_plan
@@ -258,9 +255,6 @@ def test_a_long_recording_becomes_segments_spread_over_the_devices(tmp_path, lon
     assert log[-1]["done"] == log[-1]["total"] == 2  # the long row counted once, when its last range was done
 
 
-CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] = 'transcribe-batch'; main()"
-
-
 @pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_long_file_loses_nothing_and_repeats_no_range(tmp_path, long_recording,
                                                                                  ray_cluster):
@@ -270,21 +264,9 @@ def test_sigkill_in_the_middle_of_a_long_file_loses_nothing_and_repeats_no_range
     reference = run_job(_cfg(m, tmp_path / "ref"))
     assert reference.status == "complete"
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "run", str(m), "-o", str(out), "--engine", "simulated", "--devices", "2",
-         "--sim-speedup", "40", "--range-s", str(RANGE_S), "--quiet", "--address", ray_cluster],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while not list((out / "parts").glob("part-*.parquet")):
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before writing a part: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("no part file appeared")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert not (out / "results.parquet").exists()
+    kill_after_a_new_part(["run", str(m), "-o", str(out), "--engine", "simulated", "--devices", "2", "--sim-speedup",
+                           "40", "--range-s", str(RANGE_S), "--quiet", "--address", ray_cluster], out,
+                          start_new_session=True)
     before = [d for p in (out / "parts").glob("part-*.parquet")
               for d in pq.read_table(p, columns=["input_digest"])["input_digest"].to_pylist()]
     n_ranges = build_plan(m, range_s=RANGE_S).n_ranges(0)

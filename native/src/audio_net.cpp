@@ -22,6 +22,29 @@ int embedding_rows(const NetSet &nets, const bm_net_info_t *net, int hidden) {
   return static_cast<int>(elements(s) / static_cast<uint64_t>(hidden));
 }
 
+// The checks both chunked kinds make: the features' mel bins, each chunk's frames (every one but the last in full),
+// and that the chunks fit the features; `each(which, chunk)` checks what is the kind's own.
+template <class Each>
+void check_chunks(int n_mels, int width, const std::vector<AudioChunk> &chunks, int net_mels, int chunk_frames,
+                  Each each) {
+  if (n_mels != net_mels)
+    throw std::invalid_argument("features are [" + str(n_mels) + "," + str(width) + "]; the audio net takes [" +
+                                str(net_mels) + ",any number of frames]");
+  long frames = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const AudioChunk &c = chunks[i];
+    const std::string which = "chunk " + str(int(i)) + ": ";
+    if (c.frames > chunk_frames || (i + 1 < chunks.size() && c.frames != chunk_frames))
+      throw std::invalid_argument(which + str(c.frames) + " frames; chunks hold " + str(chunk_frames) +
+                                  " frames, every one but the last in full");
+    each(which, c);
+    frames += c.frames;
+  }
+  if (frames > width)
+    throw std::invalid_argument("the chunks cover " + std::to_string(frames) + " frames; the features hold " +
+                                str(width));
+}
+
 // ---- "window": one launch over a fixed mel window (Qwen2-Audio: native/compile's net and the public port's) ----
 // Inputs: features [1, n_mels, F] and optionally an additive key mask whose last dim is the encoder's key positions
 // T (any leading dims: the port's [1,1,T,T] gets the same keys in every row). Optionally a separate projector net
@@ -183,16 +206,7 @@ class ChunkedAudio : public AudioNet {
   }
 
   void check(int n_mels, int width, const std::vector<AudioChunk> &chunks) const override {
-    if (n_mels != n_mels_)
-      throw std::invalid_argument("features are [" + str(n_mels) + "," + str(width) + "]; the audio net takes [" +
-                                  str(n_mels_) + ",any number of frames]");
-    long frames = 0;
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      const AudioChunk &c = chunks[i];
-      const std::string which = "chunk " + str(int(i)) + ": ";
-      if (c.frames > chunk_frames_ || (i + 1 < chunks.size() && c.frames != chunk_frames_))
-        throw std::invalid_argument(which + str(c.frames) + " frames; chunks hold " + str(chunk_frames_) +
-                                    " frames, every one but the last in full");
+    check_chunks(n_mels, width, chunks, n_mels_, chunk_frames_, [&](const std::string &which, const AudioChunk &c) {
       if (c.keep.size() != keep_width_.size())
         throw std::invalid_argument(which + str(int(c.keep.size())) + " keep lengths; the net masks " +
                                     str(int(keep_width_.size())) + " convolutions");
@@ -203,11 +217,7 @@ class ChunkedAudio : public AudioNet {
       if (c.keys < 0 || c.keys > chunk_rows_ || c.rows > c.keys)
         throw std::invalid_argument(which + str(c.keys) + " valid keys and " + str(c.rows) + " rows; the net has " +
                                     str(chunk_rows_) + " positions per chunk and splices only valid ones");
-      frames += c.frames;
-    }
-    if (frames > width)
-      throw std::invalid_argument("the chunks cover " + std::to_string(frames) + " frames; the features hold " +
-                                  str(width));
+    });
   }
 
   void encode(Device &dev, const std::vector<float> &features, int width, const std::vector<AudioChunk> &chunks,
@@ -297,26 +307,13 @@ class OneChunkAudio : public AudioNet {
   }
 
   void check(int n_mels, int width, const std::vector<AudioChunk> &chunks) const override {
-    if (n_mels != n_mels_)
-      throw std::invalid_argument("features are [" + str(n_mels) + "," + str(width) + "]; the audio net takes [" +
-                                  str(n_mels_) + ",any number of frames]");
-    long frames = 0;
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      const AudioChunk &c = chunks[i];
-      const std::string which = "chunk " + str(int(i)) + ": ";
-      if (c.frames > chunk_frames_ || (i + 1 < chunks.size() && c.frames != chunk_frames_))
-        throw std::invalid_argument(which + str(c.frames) + " frames; chunks hold " + str(chunk_frames_) +
-                                    " frames, every one but the last in full");
+    check_chunks(n_mels, width, chunks, n_mels_, chunk_frames_, [&](const std::string &which, const AudioChunk &c) {
       if (!c.keep.empty() || c.keys != 0)
         throw std::invalid_argument(which + "keep lengths or key positions given; the one-chunk audio net masks "
                                     "nothing");
       if (c.rows > rows_)
         throw std::invalid_argument(which + str(c.rows) + " rows; the net gives " + str(rows_) + " per chunk");
-      frames += c.frames;
-    }
-    if (frames > width)
-      throw std::invalid_argument("the chunks cover " + std::to_string(frames) + " frames; the features hold " +
-                                  str(width));
+    });
   }
 
   void encode(Device &dev, const std::vector<float> &features, int width, const std::vector<AudioChunk> &chunks,
