@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from transcribe_batch.workers.simulator_threads import yield_idle_engine_threads
+from transcribe_batch.workers.simulator_threads import simulator_loaded, yield_idle_engine_threads
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # the same layout as the project's shared folder: audio/, qwen2-audio-7b-instruct/
@@ -121,6 +121,18 @@ class RuntimeCache:
 
 
 _RUNTIMES: list[RuntimeCache] = []
+
+
+@pytest.fixture(autouse=True)
+def simulator_marker_is_honest(request):
+    """A test that loads the cmodel simulator into the pytest process must be marked `simulator`: from then on the
+    simulator's threads spin on the CPU (see pytest_collection_modifyitems), and Ray's workers, which run niced, get
+    little of it — an unmarked test in the middle of the suite once made every later Ray test several times slower."""
+    before = simulator_loaded()
+    yield
+    if not before and request.node.get_closest_marker("simulator") is None and simulator_loaded():
+        pytest.fail(f"{request.node.nodeid} loaded the BM1684X cmodel simulator into the pytest process but is not "
+                    "marked @pytest.mark.simulator (tests/conftest.py: such tests run last)", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,6 +21,7 @@ FIRST_SHARD = 5
 
 
 @pytest.mark.slow
+@pytest.mark.simulator
 def test_the_b4_bmodel_keeps_its_slots_full_across_shards(audio_dir):
     native()
     from transcribe_batch.workers.frontend import FrontEnd

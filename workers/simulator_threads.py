@@ -12,8 +12,25 @@ from __future__ import annotations
 
 import os
 
+ENGINE_THREADS = frozenset({"TPU_BD", "TPU_GDMA", "TPU_GDE", "TPU_SORT", "TPU_NMS", "CORE_MAIN"})
 IDLE_ENGINES = frozenset({"TPU_GDE", "TPU_NMS"})
 LOWEST_PRIORITY = 19
+
+
+def simulator_loaded() -> bool:
+    """Whether the simulator's engine threads run in this process (it has loaded a bmodel on the cmodel)."""
+    try:
+        tasks = os.listdir(f"/proc/{os.getpid()}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{os.getpid()}/task/{tid}/comm") as f:
+                if f.read().strip() in ENGINE_THREADS:
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def yield_idle_engine_threads() -> int:
