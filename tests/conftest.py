@@ -210,4 +210,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.module._uses_ray_cluster = True
-    items.sort(key=lambda item: (item.get_closest_marker("simulator") is not None, not _uses_ray_cluster(item)))
+    # Modules that set SIMULATOR_LAST load bmodels after which the simulator's later loads in the same process go
+    # wrong (tests/test_prebuilt_layout.py: Sophgo's prebuilt layout): they come after every other simulator test.
+    items.sort(key=lambda item: (item.get_closest_marker("simulator") is not None, not _uses_ray_cluster(item),
+                                 getattr(item.module, "SIMULATOR_LAST", False)))
