@@ -17,37 +17,36 @@ IDLE_ENGINES = frozenset({"TPU_GDE", "TPU_NMS"})
 LOWEST_PRIORITY = 19
 
 
-def simulator_loaded() -> bool:
-    """Whether the simulator's engine threads run in this process (it has loaded a bmodel on the cmodel)."""
+def _engine_threads():
+    """(thread id, name) of this process's simulator engine threads (none on a card or without /proc)."""
     try:
         tasks = os.listdir(f"/proc/{os.getpid()}/task")
     except OSError:
-        return False
+        return
     for tid in tasks:
         try:
             with open(f"/proc/{os.getpid()}/task/{tid}/comm") as f:
-                if f.read().strip() in ENGINE_THREADS:
-                    return True
-        except OSError:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
             continue
-    return False
+        if name in ENGINE_THREADS:
+            yield int(tid), name
+
+
+def simulator_loaded() -> bool:
+    """Whether the simulator's engine threads run in this process (it has loaded a bmodel on the cmodel)."""
+    return any(True for _ in _engine_threads())
 
 
 def yield_idle_engine_threads() -> int:
     """Gives this process's idle simulator engine threads the lowest scheduling priority; returns how many it changed
     (0 on a card, or where /proc is not readable)."""
     changed = 0
-    try:
-        tasks = os.listdir(f"/proc/{os.getpid()}/task")
-    except OSError:
-        return 0
-    for tid in tasks:
+    for tid, name in _engine_threads():
         try:
-            with open(f"/proc/{os.getpid()}/task/{tid}/comm") as f:
-                name = f.read().strip()
-            if name in IDLE_ENGINES and os.getpriority(os.PRIO_PROCESS, int(tid)) < LOWEST_PRIORITY:
-                os.setpriority(os.PRIO_PROCESS, int(tid), LOWEST_PRIORITY)
+            if name in IDLE_ENGINES and os.getpriority(os.PRIO_PROCESS, tid) < LOWEST_PRIORITY:
+                os.setpriority(os.PRIO_PROCESS, tid, LOWEST_PRIORITY)
                 changed += 1
-        except (OSError, ValueError):  # the thread ended meanwhile, or the priority may not be changed here
+        except OSError:  # the thread ended meanwhile, or the priority may not be changed here
             continue
     return changed
