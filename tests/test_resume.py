@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -11,14 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifest_helpers import write_manifest
+from process_helpers import CLI, Driver
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.results import ResumeError
 from transcribe_batch.pipeline.runner import run_job
 
 pytestmark = pytest.mark.slow
-
-CLI = "import sys; from transcribe_batch.pipeline.cli import main; sys.argv[0] = 'transcribe-batch'; main()"
-
 
 @pytest.fixture(scope="module")
 def address(ray_cluster):
@@ -38,10 +35,10 @@ def _texts(path):
 def _start_driver(manifest, out, address, speedup=60):
     """The CLI in its own process group (as a shell runs a job). `address=None`: it starts its own Ray cluster,
     whose processes are in that group too."""
-    return subprocess.Popen(
-        [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "4",
+    return Driver(
+        [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "2",
          "--sim-speedup", str(speedup), "--shard-size", "2", "--quiet", *(["--address", address] if address else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        start_new_session=True)
 
 
 def _wait_for_parts(out, proc, timeout=120):
@@ -50,7 +47,7 @@ def _wait_for_parts(out, proc, timeout=120):
         if list((out / "parts").glob("part-*.parquet")):
             return
         if proc.poll() is not None:
-            pytest.fail(f"driver ended before writing a part: {proc.communicate()}")
+            pytest.fail(f"driver ended before writing a part: {proc.output()}")
         time.sleep(0.1)
     proc.kill()
     pytest.fail("no part file appeared")
@@ -81,11 +78,11 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, audio_dir, ad
     assert run["status"] == "complete" and run["resumed"] and len(run["runs"]) == 2
 
 
-# The signal tests cannot race: the manifest is 72 rows at a simulated speed that keeps 4 devices busy for > 25 s,
+# The signal tests cannot race: the manifest is 72 rows at a simulated speed that keeps 2 devices busy for > 40 s,
 # and the signal goes out as soon as the first part file (rows finished) exists, which is seconds in (the test polls
 # every 0.1 s). A run that received a signal can never end "complete" (runner.StopSignals remembers it even if an
 # exception were swallowed). test_signals.py covers each signal at each stage of a run.
-SLOW = 20  # --sim-speedup: ~2.5 s a row
+SLOW = 40  # --sim-speedup: ~1.2 s a row
 
 
 def test_sigterm_to_the_process_group_of_a_driver_with_its_own_ray(tmp_path, audio_dir):
@@ -97,7 +94,7 @@ def test_sigterm_to_the_process_group_of_a_driver_with_its_own_ray(tmp_path, aud
     proc = _start_driver(manifest, out, None, speedup=SLOW)
     _wait_for_parts(out, proc, timeout=240)
     os.killpg(proc.pid, signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.output(timeout=120)
     assert proc.returncode == 130, stderr
     run = json.loads((out / "run.json").read_text())
     done = sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))

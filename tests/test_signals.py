@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifest_helpers import write_manifest
+from process_helpers import Driver
 from transcribe_batch.pipeline.config import build_config
 from transcribe_batch.pipeline.runner import run_job
 
@@ -69,12 +70,13 @@ from transcribe_batch.pipeline.cli import main
 main()
 """
 
-SLOW = 10  # --sim-speedup for the signalled run: ~5 s a row, 4 devices busy for about a minute
+SLOW = 25  # --sim-speedup for the signalled run: ~2 s a row, both devices busy for about 12 s after the first part
 EARLIER = 6  # rows an earlier run already finished
+DEVICES = "2"  # two actors: every signal still meets more than one (each actor start costs ~1.5 CPU-seconds)
 
 
 def _cfg(manifest, out, **kw):
-    settings = dict(engine="simulated", devices="4", sim_speedup=4000, shard_size=2, quiet=True)
+    settings = dict(engine="simulated", devices=DEVICES, sim_speedup=4000, shard_size=2, quiet=True)
     settings.update(kw)
     return build_config(manifest, out, **settings)
 
@@ -109,13 +111,18 @@ def _part_rows(out):
     return sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
 
 
+# A group signal at Ray start-up can kill the GCS before it publishes its port; ray.init then waits for the port file
+# with the GIL held (docs/running.md), 30 s by default: 5 s is enough for the test's cluster to start.
+RAY_START_ENV = {"RAY_gcs_server_port_wait_time_s": "5"}
+
+
 def _start(manifest, out, address, stage, marker):
-    env = {**os.environ, "TB_STAGE": stage, "TB_MARKER": str(marker)}
-    return subprocess.Popen(
+    env = {**os.environ, "TB_STAGE": stage, "TB_MARKER": str(marker), **RAY_START_ENV}
+    return Driver(
         [sys.executable, "-c", HOOKED_CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated",
-         "--devices", "4", "--sim-speedup", str(SLOW), "--shard-size", "2", "--quiet",
+         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--quiet",
          *(["--address", address] if address else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+        start_new_session=True, env=env)
 
 
 def _wait_for(what, proc, done, timeout=240):
@@ -124,7 +131,7 @@ def _wait_for(what, proc, done, timeout=240):
         if done():
             return
         if proc.poll() is not None:
-            pytest.fail(f"driver ended before {what}: {proc.communicate()}")
+            pytest.fail(f"driver ended before {what}: {proc.output()}")
         time.sleep(0.05)
     proc.kill()
     pytest.fail(f"{what}: not reached in {timeout} s")
@@ -141,7 +148,7 @@ def _signal(proc, sig, group, released=None):
     (os.killpg if group else os.kill)(proc.pid, sig)
     if released is not None:
         released.touch()
-    stdout, stderr = proc.communicate(timeout=240)
+    stdout, stderr = proc.output(timeout=240)
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     return stdout, stderr
@@ -185,8 +192,9 @@ def test_stop_while_planning(tmp_path, earlier_runs, ray_cluster, sig, group):
 
 
 @pytest.mark.parametrize("sig, group", _matrix(1))
-def test_stop_while_ray_starts(tmp_path, earlier_runs, sig, group):
-    """The driver starts its own Ray cluster (no --address); the signal comes while ray.init runs. Ray installs its
+def test_stop_while_ray_starts(tmp_path, earlier_runs, ray_cluster, sig, group):
+    """The driver starts its own Ray cluster (no --address; the test's own cluster serves only the resuming run that
+    follows, in the pytest process); the signal comes while ray.init runs. Ray installs its
     own SIGTERM handler when started from the main thread (exit 15, run.json "failed: SystemExit: 15") and a group
     signal kills the cluster's processes under it: the run must still stop as a stop. It had not claimed the folder:
     the folder is as it was; a folder it created is removed."""
@@ -202,7 +210,7 @@ def test_stop_while_ray_starts(tmp_path, earlier_runs, sig, group):
     _resumes(manifest, rows, out)
 
 
-def test_a_ray_start_that_does_not_return_is_given_up(tmp_path, earlier_runs):
+def test_a_ray_start_that_does_not_return_is_given_up(tmp_path, earlier_runs, ray_cluster):
     """A group signal can kill the cluster ray.init is starting; ray.init may then wait a long time (and Ray ends a
     process whose GCS died while it connected, exit 1, after 60 s). A stopped run waits STOP_GRACE_S for it, then
     ends: exit 130, the folder as it was."""
@@ -299,7 +307,7 @@ def test_a_closed_terminal_stops_the_run_like_a_signal(tmp_path, earlier_runs, r
 
     proc = subprocess.Popen(
         [sys.executable, "-c", HOOKED_CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated",
-         "--devices", "4", "--sim-speedup", str(SLOW), "--shard-size", "2", "--address", ray_cluster],
+         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--address", ray_cluster],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=controlling_terminal)
     os.close(slave)
     seen = bytearray()

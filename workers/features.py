@@ -17,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import scipy.fft  # float32 transforms in float32 (numpy's rfft is slower in float32 than in float64)
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,10 @@ def log_mel(audio: np.ndarray, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarr
     padded = np.pad(padded, (half, half), mode="reflect")
     n_live = live_frames(audio.size, cfg)
     frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length][:n_live]
+    # scipy's rfft keeps float32 in float32 (numpy's is slower in float32 than in float64); imported here, not at the
+    # top: every actor imports this module, and the simulated engine's actors never compute features (~0.25 s a start)
+    import scipy.fft
+
     spectrum = scipy.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)  # [n_live, 1 + n_fft // 2] complex64
     power = spectrum.real ** 2 + spectrum.imag ** 2
     mel = np.zeros((cfg.feature_size, n_frames), dtype=np.float32)

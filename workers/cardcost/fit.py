@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.optimize import nnls
 
 from .published import POINTS, WHISPER, PublishedPoint, WhisperPoint
 
@@ -101,6 +100,8 @@ class Calibration:
 def _relative_nnls(features: np.ndarray, target: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
     """Coefficients c ≥ 0 minimising Σ ((features·c + offset − target) / target)²."""
     offset = np.zeros_like(target) if offset is None else offset
+    from scipy.optimize import nnls  # here: the simulated engine imports this package in every actor, fits rarely
+
     coef, _ = nnls(features / target[:, None], (target - offset) / target)
     return coef
 
