@@ -68,6 +68,7 @@ class RunConfig:
     overwrite: bool = _d("overwrite")
     retry_failed: bool = _d("retry_failed")
     quiet: bool = _d("quiet")
+    save_every_s: float = _d("save_every_s")
     progress_log: Path | None = _d("progress_log")
     sim_speedup: float = _d("sim_speedup")
     sim_faults: str | None = _d("sim_faults")
@@ -233,6 +234,8 @@ def validate(cfg: RunConfig, *, run: bool = True) -> None:
                  "device_max_failures"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not (math.isfinite(cfg.save_every_s) and cfg.save_every_s > 0):
+        raise ConfigError(f"save_every_s must be a positive number of seconds, got {cfg.save_every_s}")
     if not (math.isfinite(cfg.segment_max_s) and cfg.segment_max_s > 0):
         raise ConfigError(f"segment_max_s must be a positive number of seconds, got {cfg.segment_max_s}")
     if not 0 <= cfg.segment_min_s <= cfg.segment_max_s:

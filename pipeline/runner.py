@@ -392,7 +392,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, t0: float, signals: StopSigna
     }
     n_failed_before = plan.failed_rows(state.failed_inputs)
     summary = RunSummary(output=cfg.output, status="running", n_resumed=plan.n_done)
-    writer = PartWriter(folder, state.next_seq)
+    writer = PartWriter(folder, state.next_seq, flush_s=cfg.save_every_s)
     had_results = folder.results.exists()
     with signals.deferred():  # run.json and what it replaces change together
         try:

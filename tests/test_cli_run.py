@@ -39,6 +39,8 @@ def test_bad_manifest_line_is_a_clear_error(tmp_path, audio_dir):
     (["--engine", "simulated", "--sim-faults", "boom=1"], "unknown fault 'boom'"),
     (["--engine", "simulated", "--template", "poetry"], "unknown template 'poetry'"),
     (["--engine", "simulated", "--max-attempts", "0"], "max_attempts must be >= 1"),
+    (["--engine", "simulated", "--save-every-s", "0"], "save_every_s must be a positive number of seconds"),
+    (["--engine", "simulated", "--save-every-s", "nan"], "save_every_s must be a positive number of seconds"),
 ])
 def test_bad_settings_are_refused(tmp_path, args, words):
     m = tmp_path / "m.jsonl"

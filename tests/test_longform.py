@@ -265,7 +265,8 @@ def test_sigkill_in_the_middle_of_a_long_file_loses_nothing_and_repeats_no_range
     assert reference.status == "complete"
     out = tmp_path / "killed"
     kill_after_a_new_part(["run", str(m), "-o", str(out), "--engine", "simulated", "--devices", "2", "--sim-speedup",
-                           "40", "--range-s", str(RANGE_S), "--quiet", "--address", ray_cluster], out,
+                           "40", "--range-s", str(RANGE_S), "--save-every-s", "1", "--quiet", "--address",
+                           ray_cluster], out,
                           start_new_session=True)
     before = [d for p in (out / "parts").glob("part-*.parquet")
               for d in pq.read_table(p, columns=["input_digest"])["input_digest"].to_pylist()]

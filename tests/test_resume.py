@@ -37,7 +37,8 @@ def _start_driver(manifest, out, address, speedup=60):
     whose processes are in that group too."""
     return Driver(
         [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "2",
-         "--sim-speedup", str(speedup), "--shard-size", "2", "--quiet", *(["--address", address] if address else [])],
+         "--sim-speedup", str(speedup), "--shard-size", "2", "--save-every-s", "1", "--quiet",
+         *(["--address", address] if address else [])],
         start_new_session=True)
 
 

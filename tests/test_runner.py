@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 def _run(tmp_path, manifest, **kw):
-    settings = dict(engine="simulated", devices="4", sim_speedup=2000, shard_size=3, quiet=True)
+    settings = dict(engine="simulated", devices="2", sim_speedup=2000, shard_size=3, quiet=True)
     settings.update(kw)
     return run_job(build_config(manifest, tmp_path / "out", **settings))
 
@@ -28,7 +28,7 @@ def _results(summary):
 
 def test_every_row_exactly_once_in_input_order(tmp_path, audio_dir):
     rows = write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=4)
-    summary = _run(tmp_path, tmp_path / "m.jsonl")
+    summary = _run(tmp_path, tmp_path / "m.jsonl", devices="4")
     out = _results(summary)
     assert [r["id"] for r in out] == [r["id"] for r in rows]
     assert [r["line"] for r in out] == list(range(1, len(rows) + 1))
@@ -87,7 +87,8 @@ def test_actor_killed_mid_shard_loses_nothing(tmp_path, audio_dir):
 
 def test_a_device_that_keeps_failing_leaves_the_pool(tmp_path, audio_dir):
     rows = write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=2)
-    summary = _run(tmp_path, tmp_path / "m.jsonl", engine_options={"sim_broken_devices": [2]}, shard_size=2)
+    summary = _run(tmp_path, tmp_path / "m.jsonl", engine_options={"sim_broken_devices": [2]}, shard_size=2,
+                   devices="3")
     out = _results(summary)
     assert summary.n_ok == len(rows) == len(out)
     assert 2 not in {r["device"] for r in out}

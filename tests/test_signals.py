@@ -72,6 +72,7 @@ main()
 
 SLOW = 25  # --sim-speedup for the signalled run: ~2 s a row, both devices busy for about 12 s after the first part
 EARLIER = 6  # rows an earlier run already finished
+SAVE_EVERY_S = 1  # a part file a second: the mid-run tests wait for one
 DEVICES = "2"  # two actors: every signal still meets more than one (each actor start costs ~1.5 CPU-seconds)
 
 
@@ -120,7 +121,8 @@ def _start(manifest, out, address, stage, marker):
     env = {**os.environ, "TB_STAGE": stage, "TB_MARKER": str(marker), **RAY_START_ENV}
     return Driver(
         [sys.executable, "-c", HOOKED_CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated",
-         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--quiet",
+         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--save-every-s", str(SAVE_EVERY_S),
+         "--quiet",
          *(["--address", address] if address else [])],
         start_new_session=True, env=env)
 
@@ -157,7 +159,7 @@ def _signal(proc, sig, group, released=None):
 def _resumes(manifest, rows, out):
     """The same command again finishes the run, redoing no row that has a result."""
     done = _part_rows(out)
-    again = run_job(_cfg(manifest, out))
+    again = run_job(_cfg(manifest, out, devices="1"))  # (the device count is not part of a run's identity)
     assert again.status == "complete" and again.n_resumed == done and again.n_rows == len(rows) == again.n_ok
     assert pq.read_table(out / "results.parquet", columns=["id"])["id"].to_pylist() == [r["id"] for r in rows]
 
@@ -307,7 +309,8 @@ def test_a_closed_terminal_stops_the_run_like_a_signal(tmp_path, earlier_runs, r
 
     proc = subprocess.Popen(
         [sys.executable, "-c", HOOKED_CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated",
-         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--address", ray_cluster],
+         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--save-every-s", str(SAVE_EVERY_S),
+         "--address", ray_cluster],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=controlling_terminal)
     os.close(slave)
     seen = bytearray()

@@ -77,7 +77,7 @@ def test_work_for_a_node_runs_on_that_node(two_nodes):
 
 
 def test_crashes_on_either_node_charge_only_the_row_on_the_device(tmp_path, audio_dir, two_nodes, node2_ledgers):
-    rows = write_manifest(tmp_path / "m.jsonl", audio_dir, repeat=3, max_duration=30)
+    rows = write_manifest(tmp_path / "m.jsonl", audio_dir, max_duration=30)
     faults = "crash=0.25,seed=3"
     summary = run_job(build_config(tmp_path / "m.jsonl", tmp_path / "out", engine="simulated", sim_speedup=2000,
                                    devices="all", shard_size=1, quiet=True, sim_faults=faults, max_attempts=3,

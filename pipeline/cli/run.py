@@ -86,6 +86,8 @@ def run(
     quiet: Optional[bool] = typer.Option(None, "--quiet", "-q", help=_h("quiet"), rich_help_panel=_OUT,
                                          show_default=False),
     progress_log: Optional[Path] = typer.Option(None, "--progress-log", help=_h("progress_log"), rich_help_panel=_OUT),
+    save_every_s: Optional[float] = typer.Option(None, "--save-every-s", help=_h("save_every_s"),
+                                                 rich_help_panel=_OUT),
     splitter: Optional[str] = typer.Option(None, "--splitter", help=_h("splitter"), rich_help_panel=_LONG),
     segment_min_s: Optional[float] = typer.Option(None, "--segment-min-s", help=_h("segment_min_s"),
                                                   rich_help_panel=_LONG),
@@ -107,9 +109,9 @@ def run(
                      max_new_tokens=max_new_tokens, batch_size=batch_size, devices=devices, address=address,
                      max_attempts=max_attempts, device_max_failures=device_max_failures, shard_size=shard_size,
                      skip_bad_lines=skip_bad_lines, overwrite=overwrite, retry_failed=retry_failed, quiet=quiet,
-                     progress_log=progress_log, splitter=splitter, segment_min_s=segment_min_s,
-                     segment_max_s=segment_max_s, range_s=range_s, sim_speedup=sim_speedup, sim_faults=sim_faults,
-                     sim_text=sim_text)
+                     progress_log=progress_log, save_every_s=save_every_s, splitter=splitter,
+                     segment_min_s=segment_min_s, segment_max_s=segment_max_s, range_s=range_s,
+                     sim_speedup=sim_speedup, sim_faults=sim_faults, sim_text=sim_text)
     from transcribe_batch.pipeline.ray_address import probe
 
     err = typer.echo
