@@ -79,7 +79,8 @@ def test_ledger_benchmark_compares_file_and_actor():
 
 def test_longform_benchmark_measures_memory_and_the_spread_over_devices(tmp_path):
     out, figures = _run("longform.py", "--hours", "0.05", "--whole", "0.05", "--wall-hours", "0.05", "--range-s",
-                        "60", "--wall-range-s", "60", "--speedup", "4000", "--keep", str(tmp_path))
+                        "60", "--wall-range-s", "60", "--speedup", "4000", "--splitter", "energy", "--keep",
+                        str(tmp_path))
     assert "| 0.05h | ranges | 3 |" in out and "| 0.05h | whole row | 1 |" in out, out
     assert "| 1 |" in out and "| 4 |" in out and "rows ok/failed" in out, out
     assert int(figures["items_0.05h_ranges"]) == 3 and float(figures["wall_ratio_4_over_1"]) > 0

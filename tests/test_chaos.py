@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 FAULTS = "error=0.05,empty=0.02,repeat=0.02,crash=0.02,seed=9"
 COMMON = dict(engine="simulated", devices="2", shard_size=2, sim_faults=FAULTS, max_attempts=8,
-              device_max_failures=1000)
+              device_max_failures=1000, splitter="energy")
 
 
 @pytest.fixture(scope="module")

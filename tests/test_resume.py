@@ -23,7 +23,7 @@ def address(ray_cluster):
 
 
 def _cfg(manifest, out, **kw):
-    settings = dict(engine="simulated", devices="4", sim_speedup=2000, shard_size=2, quiet=True)
+    settings = dict(engine="simulated", devices="4", sim_speedup=2000, shard_size=2, splitter="energy", quiet=True)
     settings.update(kw)
     return build_config(manifest, out, **settings)
 
@@ -37,7 +37,8 @@ def _start_driver(manifest, out, address, speedup=60):
     whose processes are in that group too."""
     return Driver(
         [sys.executable, "-c", CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated", "--devices", "2",
-         "--sim-speedup", str(speedup), "--shard-size", "2", "--save-every-s", "1", "--quiet",
+         "--sim-speedup", str(speedup), "--shard-size", "2", "--splitter", "energy",
+         "--save-every-s", "1", "--quiet",
          *(["--address", address] if address else [])],
         start_new_session=True)
 
