@@ -79,3 +79,16 @@ def test_silence_and_clipping_are_finite():
     for audio in (np.zeros(16000, np.float32), np.ones(16000, np.float32), np.zeros(1, np.float32)):
         feats, _ = log_mel(audio, WINDOW_30S)
         assert np.isfinite(feats).all()
+
+
+def test_starting_an_actor_does_not_import_scipy():
+    """Every actor start imports the worker modules; scipy (~0.25 s of CPU) is imported only when features are
+    computed or the card cost model is fitted, which the simulated engine's actors never do."""
+    import subprocess
+    import sys
+
+    code = ("import sys, transcribe_batch.workers.actor, transcribe_batch.workers.engines.simulated; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

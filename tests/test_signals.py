@@ -7,7 +7,7 @@ that stage: ray.init and the actors' start run for real, planning and the merge 
 ends before the test has sent its signal), a child `gcs_server` process (Ray is starting), or a new part file (rows
 finished). Every folder holds an earlier partial run
 (the first rows of the manifest), so "finished rows are saved and a rerun resumes without repeating them" is checked
-at every stage.
+at every stage: by a rerun after a stop that changed the folder, by the folder's bytes (unchanged) before that.
 
 Outcomes: a run stopped before it claims the folder (planning, Ray start-up) leaves the folder as it was; after
 (actors starting, mid-run, merge) run.json says interrupted with the signal. Always exit 130, no .lock left.
@@ -190,14 +190,13 @@ def test_stop_while_planning(tmp_path, earlier_runs, ray_cluster, sig, group):
     manifest, rows, out = _folder_with_an_earlier_run(tmp_path, earlier_runs)
     before = _snapshot(out)
     _, stderr = _stop_at("planning", manifest, out, ray_cluster, sig, group, tmp_path)
+    # byte for byte the earlier run's folder, which the other stages' tests resume (_resumes): no need to here
     assert "interrupted before the run started" in stderr and _snapshot(out) == before
-    _resumes(manifest, rows, out)
 
 
 @pytest.mark.parametrize("sig, group", _matrix(1))
-def test_stop_while_ray_starts(tmp_path, earlier_runs, ray_cluster, sig, group):
-    """The driver starts its own Ray cluster (no --address; the test's own cluster serves only the resuming run that
-    follows, in the pytest process); the signal comes while ray.init runs. Ray installs its
+def test_stop_while_ray_starts(tmp_path, earlier_runs, sig, group):
+    """The driver starts its own Ray cluster (no --address); the signal comes while ray.init runs. Ray installs its
     own SIGTERM handler when started from the main thread (exit 15, run.json "failed: SystemExit: 15") and a group
     signal kills the cluster's processes under it: the run must still stop as a stop. It had not claimed the folder:
     the folder is as it was; a folder it created is removed."""
@@ -209,11 +208,10 @@ def test_stop_while_ray_starts(tmp_path, earlier_runs, ray_cluster, sig, group):
     manifest, rows, out = _folder_with_an_earlier_run(tmp_path, earlier_runs)
     before = _snapshot(out)
     _, stderr = _stop_at("ray-startup", manifest, out, None, sig, group, tmp_path)
-    assert "interrupted before the run started" in stderr and _snapshot(out) == before
-    _resumes(manifest, rows, out)
+    assert "interrupted before the run started" in stderr and _snapshot(out) == before  # (resumable: as above)
 
 
-def test_a_ray_start_that_does_not_return_is_given_up(tmp_path, earlier_runs, ray_cluster):
+def test_a_ray_start_that_does_not_return_is_given_up(tmp_path, earlier_runs):
     """A group signal can kill the cluster ray.init is starting; ray.init may then wait a long time (and Ray ends a
     process whose GCS died while it connected, exit 1, after 60 s). A stopped run waits STOP_GRACE_S for it (2 s
     here), then ends: exit 130, the folder as it was."""
