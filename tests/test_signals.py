@@ -119,13 +119,16 @@ def _part_rows(out):
 RAY_START_ENV = {"RAY_gcs_server_port_wait_time_s": "5"}
 
 
+def _hooked_cli(manifest, out, address, *extra):
+    """The command line of the signalled run (HOOKED_CLI), joining the cluster at `address` (None: its own)."""
+    return [sys.executable, "-c", HOOKED_CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated",
+            "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--splitter", SPLITTER,
+            "--save-every-s", str(SAVE_EVERY_S), *extra, *(["--address", address] if address else [])]
+
+
 def _start(manifest, out, address, stage, marker):
     env = {**os.environ, "TB_STAGE": stage, "TB_MARKER": str(marker), **RAY_START_ENV}
-    return Driver(
-        [sys.executable, "-c", HOOKED_CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated",
-         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--splitter", SPLITTER,
-         "--save-every-s", str(SAVE_EVERY_S), "--quiet", *(["--address", address] if address else [])],
-        start_new_session=True, env=env)
+    return Driver(_hooked_cli(manifest, out, address, "--quiet"), start_new_session=True, env=env)
 
 
 def _wait_for(what, proc, done, timeout=240):
@@ -308,10 +311,7 @@ def test_a_closed_terminal_stops_the_run_like_a_signal(tmp_path, earlier_runs, r
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOOKED_CLI, "run", str(manifest), "-o", str(out), "--engine", "simulated",
-         "--devices", DEVICES, "--sim-speedup", str(SLOW), "--shard-size", "2", "--splitter", SPLITTER,
-         "--save-every-s", str(SAVE_EVERY_S),
-         "--address", ray_cluster],
+        _hooked_cli(manifest, out, ray_cluster),
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=controlling_terminal)
     os.close(slave)
     seen = bytearray()

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from transcribe_batch.config.settings import default
 from transcribe_batch.workers.record import PART_SCHEMA, Record, to_table
 
 from .atomic import write_parquet_atomic
@@ -86,11 +87,12 @@ class PartWriter:
     """Buffers finished records and writes them as atomic part files (one file per flush), each with the input
     digest of the manifest row it answers in the part's INPUT_DIGEST column."""
 
-    def __init__(self, folder: RunFolder, next_seq: int, *, flush_rows: int = 512, flush_s: float = 5.0):
+    def __init__(self, folder: RunFolder, next_seq: int, *, flush_rows: int = 512, flush_s: float | None = None):
+        """`flush_s`: the run's save_every_s (None: its default in config/defaults.toml)."""
         self.folder = folder
         self.seq = next_seq
         self.flush_rows = flush_rows
-        self.flush_s = flush_s
+        self.flush_s = default("save_every_s") if flush_s is None else flush_s
         self.buffer: list[Record] = []
         self.digests: list[int | None] = []
         self.last_flush = time.monotonic()
